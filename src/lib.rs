@@ -1,1 +1,15 @@
+//! Qoima: an encrypted personal-data vault with per-subject crypto-shredding.
+//!
+//! See `docs/ARCHITECTURE.md` for the code map and the invariants each module keeps.
 
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod policy;
+pub mod schema;
+pub mod server;
+pub mod store;
+pub mod vault;

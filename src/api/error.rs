@@ -1,0 +1,129 @@
+//! One web error type: every failure becomes `application/problem+json` (RFC 9457) with
+//! `type`, `title`, `status`, `detail`. 5xx details are logged, not shown.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::InvalidId;
+use crate::policy::Denial;
+use crate::vault::VaultError;
+
+/// A problem details document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:qoima:problem:<slug>`; the slugs are listed in docs/api.md.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The erasure receipt, on 410.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+/// An error on its way to becoming a problem response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub detail: String,
+    pub receipt: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            slug,
+            detail: detail.into(),
+            receipt: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request", detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(d) => Self::bad_request(d),
+            VaultError::Denied(d @ Denial::BasisMissing { .. }) => {
+                Self::new(StatusCode::FORBIDDEN, "basis-missing", d.to_string())
+            }
+            VaultError::Denied(d) => Self::new(StatusCode::FORBIDDEN, "forbidden", d.to_string()),
+            VaultError::NotFound(d) => Self::not_found(d),
+            VaultError::Erased { subject, receipt } => Self {
+                status: StatusCode::GONE,
+                slug: "erased",
+                detail: format!(
+                    "subject {subject} was erased (crypto-shredded); receipt {receipt}"
+                ),
+                receipt: Some(receipt),
+            },
+            VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
+            VaultError::Unavailable(d) => {
+                tracing::error!(detail = %d, "vault unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault cannot durably record this request right now; nothing was done and nothing is returned")
+            }
+            e @ (VaultError::RootKey(_) | VaultError::Internal(_)) => {
+                tracing::error!(detail = %e, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the request id identifies it in the vault's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<InvalidId> for ApiError {
+    fn from(e: InvalidId) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+fn title(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            kind: format!("urn:qoima:problem:{}", self.slug),
+            title: title(self.status).into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            receipt: self.receipt,
+        };
+        let mut res = (
+            self.status,
+            serde_json::to_vec(&body).expect("problem serialises"),
+        )
+            .into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"qoima\""),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,217 @@
+//! Extractors and middleware: the request id, caller authentication, and JSON/query/path
+//! extractors whose rejections are the API's own problem documents (never echoing values).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::RequestId;
+use crate::vault::{Ctx, Vault, VaultError};
+
+/// Gives every request an id (the caller's `x-request-id` if it is plain and short, else a
+/// fresh one), echoes it on the response, and sets headers every response carries.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(id.clone());
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    // A RequestId holds only [A-Za-z0-9._:-], always a valid header value.
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_str(id.as_str()).expect("plain request id"),
+    );
+    // Responses may hold personal data: never cache them anywhere.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+fn request_id_of(parts: &Parts) -> RequestId {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate)
+}
+
+/// An authenticated caller and the request it makes. Missing or unknown tokens are refused
+/// with 401, and the attempt is audited when it aims at a subject or at keys or audit.
+pub struct Authed(pub Ctx);
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let request_id = request_id_of(parts);
+        let token = bearer(parts);
+        if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
+            return Ok(Authed(Ctx {
+                caller: caller.clone(),
+                request_id,
+            }));
+        }
+        let reason = if token.is_some() {
+            "unknown bearer token"
+        } else {
+            "missing bearer token"
+        };
+        let path = parts.uri.path().to_owned();
+        let subject = path
+            .strip_prefix("/v1/subjects/")
+            .map(|rest| rest.split('/').next().unwrap_or_default().to_owned());
+        let vault = state.vault.clone();
+        let rid = request_id.clone();
+        // Best effort: an unauthenticated caller gets 401 whether or not this is recorded.
+        let _ = tokio::task::spawn_blocking(move || {
+            vault.record_unauthenticated(subject.as_deref(), reason, &rid)
+        })
+        .await;
+        Err(ApiError::unauthorized(format!(
+            "{reason}; send Authorization: Bearer <token>"
+        )))
+    }
+}
+
+/// Runs a blocking vault call off the async executor's threads.
+pub async fn run<T, F>(vault: &Arc<Vault>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Vault) -> Result<T, VaultError> + Send + 'static,
+{
+    let vault = vault.clone();
+    match tokio::task::spawn_blocking(move || f(&vault)).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "vault task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; the request id identifies it in the vault's log",
+            ))
+        }
+    }
+}
+
+/// A JSON body. Wrong content type 415, too large 413, malformed or unknown fields 400. Error
+/// details name keys and positions, never values (which may be personal data).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            })
+            .unwrap_or(false);
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "send Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    "request body exceeds the configured limit",
+                )
+            } else {
+                ApiError::bad_request("could not read the request body")
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(json_error)
+    }
+}
+
+fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let at = format!("line {} column {}", e.line(), e.column());
+    let detail = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => format!("malformed JSON at {at}"),
+        Category::Data => {
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or_default();
+            if msg.starts_with("unknown field")
+                || msg.starts_with("missing field")
+                || msg.starts_with("unknown variant")
+            {
+                format!("{msg} (at {at})")
+            } else {
+                format!("a value has the wrong type or shape at {at}")
+            }
+        }
+    };
+    ApiError::bad_request(detail)
+}
+
+/// Query parameters, rejected as a problem document.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                let text = e.body_text();
+                let text = text.trim_start_matches("Failed to deserialize query string: ");
+                ApiError::bad_request(format!("bad query string: {text}"))
+            })
+    }
+}
+
+/// Path parameters, rejected as a problem document.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|_| ApiError::bad_request("malformed path parameter"))
+    }
+}
+
+/// Lets handlers name the state without importing axum's extractor.
+pub type App = State<AppState>;

@@ -1,0 +1,131 @@
+//! The HTTP API (design §6): a thin axum layer over the vault core. Handlers extract, call
+//! the vault off the async threads, and map the result; they hold no policy of their own.
+//!
+//! **Invariant:** the API knows no RocksDB and makes no decision; authorisation, audit and
+//! crypto live below it.
+
+mod admin;
+pub mod error;
+mod extract;
+mod subjects;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::auth::Callers;
+use crate::config::Limits;
+use crate::vault::Vault;
+use error::ApiError;
+
+pub use admin::parse_anchor;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: Arc<Vault>,
+    pub callers: Arc<Callers>,
+}
+
+/// The OpenAPI document, generated from the handlers and wire types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Qoima", description = "Encrypted personal-data vault: purpose-scoped, audited decryption for authorised callers."),
+    paths(
+        subjects::put_subject, subjects::read_subject, subjects::rectify, subjects::open_contract, subjects::update_contract,
+        subjects::give_consent, subjects::withdraw_consent, subjects::disclose, subjects::export, subjects::request_erasure,
+        subjects::erasure_status, subjects::rekey, admin::keys, admin::rotate, admin::audit, admin::audit_verify,
+        admin::healthz, admin::readyz
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// The router with its middleware.
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/subjects/{id}",
+            put(subjects::put_subject).get(subjects::read_subject),
+        )
+        .route("/v1/subjects/{id}/rectify", patch(subjects::rectify))
+        .route("/v1/subjects/{id}/contracts", post(subjects::open_contract))
+        .route(
+            "/v1/subjects/{id}/contracts/{contract}",
+            patch(subjects::update_contract),
+        )
+        .route("/v1/subjects/{id}/consents", post(subjects::give_consent))
+        .route(
+            "/v1/subjects/{id}/consents/{purpose}",
+            axum::routing::delete(subjects::withdraw_consent),
+        )
+        .route("/v1/subjects/{id}/disclosures", post(subjects::disclose))
+        .route("/v1/subjects/{id}/export", get(subjects::export))
+        .route(
+            "/v1/subjects/{id}/erasure",
+            post(subjects::request_erasure).get(subjects::erasure_status),
+        )
+        .route("/v1/subjects/{id}/rekey", post(subjects::rekey))
+        .route("/v1/keys", get(admin::keys))
+        .route("/v1/keys/rotate", post(admin::rotate))
+        .route("/v1/audit", get(admin::audit))
+        .route("/v1/audit/verify", get(admin::audit_verify))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    v1.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(limits.request_timeout_secs),
+        ))
+        .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(axum::middleware::from_fn(extract::request_id))
+}

@@ -1,0 +1,351 @@
+//! Handlers for `/v1/subjects/…`: each extracts, calls the vault, maps the result.
+
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::error::{ApiError, Problem};
+use super::extract::{run, ApiJson, ApiPath, ApiQuery, App, Authed};
+use super::wire::*;
+use crate::domain::SubjectId;
+use crate::vault::{ConsentRequest, DisclosureRequest};
+
+fn subject(id: &str) -> Result<SubjectId, ApiError> {
+    Ok(SubjectId::parse(id)?)
+}
+
+/// Store or merge a subject's fields (role service).
+#[utoipa::path(put, path = "/v1/subjects/{id}", tag = "subjects",
+    params(("id" = String, Path, description = "opaque subject id, ^[A-Za-z0-9._-]{1,128}$")),
+    request_body = FieldsBody,
+    responses((status = 201, body = WriteResponse, description = "created"), (status = 200, body = WriteResponse, description = "updated"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 410, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_subject(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<FieldsBody>,
+) -> Result<(StatusCode, Json<WriteResponse>), ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let out = run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?;
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(WriteResponse {
+            subject: subj,
+            version: out.version,
+            created: out.created,
+            missing_mandatory: out.missing_mandatory,
+        }),
+    ))
+}
+
+/// Read a subject's fields for a purpose (role service): only the fields the purpose allows,
+/// only while its legal basis holds.
+#[utoipa::path(get, path = "/v1/subjects/{id}", tag = "subjects",
+    params(("id" = String, Path), ReadQuery),
+    responses((status = 200, body = FieldsResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn read_subject(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Json<FieldsResponse>, ApiError> {
+    let s = subject(&id)?;
+    let purpose = q
+        .purpose
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
+    let fields: Option<Vec<String>> = q.fields.map(|f| {
+        f.split(',')
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect()
+    });
+    let (subj, p) = (s.to_string(), purpose.clone());
+    let values = run(&state.vault, move |v| {
+        v.read(&ctx, &s, &purpose, fields.as_deref())
+    })
+    .await?;
+    Ok(Json(FieldsResponse {
+        subject: subj,
+        purpose: p,
+        fields: values,
+    }))
+}
+
+/// Correct fields (role website); allowed even under a hold (P6).
+#[utoipa::path(patch, path = "/v1/subjects/{id}/rectify", tag = "subjects",
+    params(("id" = String, Path)), request_body = FieldsBody,
+    responses((status = 200, body = WriteResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn rectify(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<FieldsBody>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let out = run(&state.vault, move |v| v.rectify(&ctx, &s, &body.fields)).await?;
+    Ok(Json(WriteResponse {
+        subject: subj,
+        version: out.version,
+        created: false,
+        missing_mandatory: out.missing_mandatory,
+    }))
+}
+
+/// Open a loan contract (role service).
+#[utoipa::path(post, path = "/v1/subjects/{id}/contracts", tag = "contracts",
+    params(("id" = String, Path)), request_body = ContractBody,
+    responses((status = 201, body = ContractResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn open_contract(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ContractBody>,
+) -> Result<(StatusCode, Json<ContractResponse>), ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let c = run(&state.vault, move |v| {
+        v.open_contract(&ctx, &s, &body.contract)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ContractResponse::new(&subj, c, None)),
+    ))
+}
+
+/// Settle or breach a contract (role service). Settling the last one runs a pending erasure.
+#[utoipa::path(patch, path = "/v1/subjects/{id}/contracts/{contract}", tag = "contracts",
+    params(("id" = String, Path), ("contract" = String, Path)), request_body = ContractUpdateBody,
+    responses((status = 200, body = ContractResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn update_contract(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath((id, contract)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<ContractUpdateBody>,
+) -> Result<Json<ContractResponse>, ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let (c, erasure) = run(&state.vault, move |v| {
+        let (c, e) = v.update_contract(&ctx, &s, &contract, &body.status)?;
+        Ok((
+            c,
+            e.map(|e| {
+                let st = v.erasure_statement(&e);
+                ErasureResponse::new(e, st)
+            }),
+        ))
+    })
+    .await?;
+    Ok(Json(ContractResponse::new(&subj, c, erasure)))
+}
+
+/// Record a consent with the policy version it is given under (roles website, service).
+#[utoipa::path(post, path = "/v1/subjects/{id}/consents", tag = "consents",
+    params(("id" = String, Path)), request_body = ConsentBody,
+    responses((status = 201, body = ConsentResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn give_consent(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ConsentBody>,
+) -> Result<(StatusCode, Json<ConsentResponse>), ApiError> {
+    let s = subject(&id)?;
+    let valid_until = body
+        .valid_until
+        .map(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("valid_until must be an RFC 3339 date-time"))?;
+    let req = ConsentRequest {
+        purpose: body.purpose,
+        policy_version: body.policy_version,
+        valid_until,
+        third_parties: body.third_parties,
+        abroad: body.abroad,
+    };
+    let c = run(&state.vault, move |v| v.give_consent(&ctx, &s, &req)).await?;
+    Ok((StatusCode::CREATED, Json(c.into())))
+}
+
+/// Withdraw a consent; it takes effect on the next read (roles website, service).
+#[utoipa::path(delete, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
+    params(("id" = String, Path), ("purpose" = String, Path)),
+    responses((status = 204, description = "withdrawn"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn withdraw_consent(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath((id, purpose)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let s = subject(&id)?;
+    run(&state.vault, move |v| {
+        v.withdraw_consent(&ctx, &s, &purpose)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disclose fields to a third party on a basis (role service); recorded for the subject.
+#[utoipa::path(post, path = "/v1/subjects/{id}/disclosures", tag = "disclosures",
+    params(("id" = String, Path)), request_body = DisclosureBody,
+    responses((status = 200, body = DisclosureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn disclose(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<DisclosureBody>,
+) -> Result<Json<DisclosureResponse>, ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let req = DisclosureRequest {
+        recipient: body.recipient,
+        basis: body.basis,
+        reference: body.reference,
+        fields: body.fields,
+        abroad: body.abroad,
+    };
+    let (record, values) = run(&state.vault, move |v| v.disclose(&ctx, &s, &req)).await?;
+    Ok(Json(DisclosureResponse {
+        subject: subj,
+        purpose: "third_party_transfer".into(),
+        fields: values,
+        disclosure: record.into(),
+    }))
+}
+
+/// Everything the vault holds on the subject (role website; right of access).
+#[utoipa::path(get, path = "/v1/subjects/{id}/export", tag = "subjects",
+    params(("id" = String, Path)),
+    responses((status = 200, body = ExportResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn export(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ExportResponse>, ApiError> {
+    let s = subject(&id)?;
+    let out = run(&state.vault, move |v| {
+        let e = v.export(&ctx, &s)?;
+        let erasure = e.erasure.clone().map(|r| {
+            let st = v.erasure_statement(&r);
+            ErasureResponse::new(r, st)
+        });
+        Ok((e, erasure))
+    })
+    .await?;
+    let (e, erasure) = out;
+    let subj = e.subject.clone();
+    Ok(Json(ExportResponse {
+        subject: e.subject,
+        version: e.version,
+        fields: e.fields,
+        missing_mandatory: e.missing_mandatory,
+        consents: e.consents.into_iter().map(Into::into).collect(),
+        contracts: e
+            .contracts
+            .into_iter()
+            .map(|c| ContractResponse::new(&subj, c, None))
+            .collect(),
+        disclosures: e.disclosures.into_iter().map(Into::into).collect(),
+        access: e
+            .access
+            .into_iter()
+            .map(|a| AccessWire {
+                caller: a.caller,
+                action: a.action,
+                purpose: a.purpose,
+                fields: a.fields,
+                count: a.count,
+                first: a.first,
+                last: a.last,
+            })
+            .collect(),
+        policy_version: e.policy_version,
+        erasure,
+    }))
+}
+
+/// Request erasure (roles website, service). Idempotent; pending while a contract holds it.
+#[utoipa::path(post, path = "/v1/subjects/{id}/erasure", tag = "erasure",
+    params(("id" = String, Path)),
+    responses((status = 202, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn request_erasure(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<ErasureResponse>), ApiError> {
+    let s = subject(&id)?;
+    let r = run(&state.vault, move |v| {
+        let e = v.request_erasure(&ctx, &s)?;
+        let st = v.erasure_statement(&e);
+        Ok(ErasureResponse::new(e, st))
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(r)))
+}
+
+/// Erasure status and receipt (roles website, service); 404 if never requested.
+#[utoipa::path(get, path = "/v1/subjects/{id}/erasure", tag = "erasure",
+    params(("id" = String, Path)),
+    responses((status = 200, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn erasure_status(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ErasureResponse>, ApiError> {
+    let s = subject(&id)?;
+    let r = run(&state.vault, move |v| {
+        let e = v.erasure_status(&ctx, &s)?;
+        let st = v.erasure_statement(&e);
+        Ok(ErasureResponse::new(e, st))
+    })
+    .await?;
+    Ok(Json(r))
+}
+
+/// Re-encrypt a subject's fields under a fresh DEK (role security).
+#[utoipa::path(post, path = "/v1/subjects/{id}/rekey", tag = "keys",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RekeyResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn rekey(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RekeyResponse>, ApiError> {
+    let s = subject(&id)?;
+    let subj = s.to_string();
+    let v = run(&state.vault, move |v| v.rekey(&ctx, &s)).await?;
+    Ok(Json(RekeyResponse {
+        subject: subj,
+        dek_version: v,
+    }))
+}

@@ -1,0 +1,373 @@
+//! The JSON shapes of the HTTP contract (design §6). Kept apart from the core's types so the
+//! contract changes only on purpose; `From` impls map one to the other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::rfc3339;
+use crate::vault::{self, KekInfo};
+
+/// `PUT /v1/subjects/{id}` and `PATCH …/rectify`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsBody {
+    /// Field name (`category.name`) → value (JSON string or number).
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub fields: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WriteResponse {
+    pub subject: String,
+    /// The subject's record version after this write.
+    pub version: u64,
+    pub created: bool,
+    /// Fields mandatory for a loan application (P2) still missing.
+    pub missing_mandatory: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// The purpose of the read (required).
+    pub purpose: Option<String>,
+    /// Comma-separated field names to narrow the read.
+    pub fields: Option<String>,
+}
+
+/// Field values disclosed for a purpose.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldsResponse {
+    pub subject: String,
+    pub purpose: String,
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub fields: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractBody {
+    pub contract: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractUpdateBody {
+    /// `settled` or `breached`.
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContractResponse {
+    pub subject: String,
+    pub contract: String,
+    /// `open`, `settled` or `breached`.
+    pub status: String,
+    pub opened_at: String,
+    pub updated_at: String,
+    /// The subject's erasure, if one was requested (settling the last contract runs it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureResponse>,
+}
+
+impl ContractResponse {
+    pub fn new(subject: &str, c: vault::ContractRecord, erasure: Option<ErasureResponse>) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            contract: c.contract,
+            status: c.status.as_str().to_owned(),
+            opened_at: rfc3339(c.opened_at),
+            updated_at: rfc3339(c.updated_at),
+            erasure,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    pub purpose: String,
+    /// The privacy-policy version the consent is given under; the current one if absent.
+    pub policy_version: Option<String>,
+    /// RFC 3339; absent means until withdrawn.
+    pub valid_until: Option<String>,
+    /// Covers transfer to third parties (default: true for third_party_transfer).
+    pub third_parties: Option<bool>,
+    /// Covers transfer abroad.
+    #[serde(default)]
+    pub abroad: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentResponse {
+    pub purpose: String,
+    pub policy_version: String,
+    pub given_at: String,
+    pub valid_until: Option<String>,
+    pub withdrawn_at: Option<String>,
+    pub third_parties: bool,
+    pub abroad: bool,
+    pub recorded_by: String,
+}
+
+impl From<vault::ConsentRecord> for ConsentResponse {
+    fn from(c: vault::ConsentRecord) -> Self {
+        Self {
+            purpose: c.purpose,
+            policy_version: c.policy_version,
+            given_at: rfc3339(c.given_at),
+            valid_until: c.valid_until.map(rfc3339),
+            withdrawn_at: c.withdrawn_at.map(rfc3339),
+            third_parties: c.third_parties,
+            abroad: c.abroad,
+            recorded_by: c.recorded_by,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureBody {
+    pub recipient: String,
+    /// `consent`, `legal_obligation` or `contract_breach`.
+    #[schema(value_type = String)]
+    pub basis: crate::policy::DisclosureBasis,
+    /// The legal reference (required for legal_obligation).
+    pub reference: Option<String>,
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub abroad: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisclosureRecordWire {
+    pub id: String,
+    pub recipient: String,
+    pub basis: String,
+    pub reference: Option<String>,
+    pub fields: Vec<String>,
+    pub abroad: bool,
+    pub caller: String,
+    pub time: String,
+}
+
+impl From<vault::DisclosureRecord> for DisclosureRecordWire {
+    fn from(d: vault::DisclosureRecord) -> Self {
+        Self {
+            id: d.id,
+            recipient: d.recipient,
+            basis: d.basis,
+            reference: d.reference,
+            fields: d.fields,
+            abroad: d.abroad,
+            caller: d.caller,
+            time: rfc3339(d.time),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisclosureResponse {
+    pub subject: String,
+    pub purpose: String,
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub fields: BTreeMap<String, Value>,
+    pub disclosure: DisclosureRecordWire,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureResponse {
+    pub subject: String,
+    /// `pending` or `erased`.
+    pub status: String,
+    pub receipt: String,
+    /// Contracts holding the erasure (open or breached when requested).
+    pub held_by: Vec<String>,
+    pub requested_at: String,
+    pub erased_at: Option<String>,
+    /// Fingerprint of the destroyed wrapped DEK.
+    pub key_fingerprint: Option<String>,
+    /// The KEK generation that wrapped it.
+    pub kek_generation: Option<u32>,
+    /// What the receipt promises, in words.
+    pub statement: String,
+}
+
+impl ErasureResponse {
+    pub fn new(e: vault::ErasureRecord, statement: String) -> Self {
+        Self {
+            subject: e.subject,
+            status: match e.status {
+                vault::ErasureStatus::Pending => "pending".into(),
+                vault::ErasureStatus::Erased => "erased".into(),
+            },
+            receipt: e.receipt,
+            held_by: e.held_by,
+            requested_at: rfc3339(e.requested_at),
+            erased_at: e.erased_at.map(rfc3339),
+            key_fingerprint: e.key_fingerprint,
+            kek_generation: e.kek_generation,
+            statement,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessWire {
+    pub caller: String,
+    pub action: String,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+    pub count: u64,
+    pub first: String,
+    pub last: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportResponse {
+    pub subject: String,
+    pub version: u64,
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub fields: BTreeMap<String, Value>,
+    pub missing_mandatory: Vec<String>,
+    pub consents: Vec<ConsentResponse>,
+    pub contracts: Vec<ContractResponse>,
+    pub disclosures: Vec<DisclosureRecordWire>,
+    /// Who read which fields for which purpose (from the audit trail).
+    pub access: Vec<AccessWire>,
+    /// The privacy-policy version in force.
+    pub policy_version: String,
+    pub erasure: Option<ErasureResponse>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RekeyResponse {
+    pub subject: String,
+    pub dek_version: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationWire {
+    pub generation: u32,
+    /// `active`, `decrypt-only` or `destroyed`.
+    pub state: String,
+    /// Subject DEKs it wraps now.
+    pub deks: i64,
+    pub created_at: String,
+    pub activated_at: Option<String>,
+    pub retired_at: Option<String>,
+    pub destroyed_at: Option<String>,
+}
+
+impl GenerationWire {
+    pub fn new(i: KekInfo, deks: i64) -> Self {
+        let state = serde_json::to_value(i.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            generation: i.generation,
+            state,
+            deks,
+            created_at: rfc3339(i.created_at),
+            activated_at: i.activated_at.map(rfc3339),
+            retired_at: i.retired_at.map(rfc3339),
+            destroyed_at: i.destroyed_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysResponse {
+    pub generations: Vec<GenerationWire>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    pub subject: Option<String>,
+    pub caller: Option<String>,
+    /// Only entries after this sequence number.
+    pub after: Option<u64>,
+    /// At most this many entries (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryWire {
+    pub seq: u64,
+    pub time: String,
+    pub caller: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub reason: String,
+    pub request_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<crate::audit::AuditEntry> for AuditEntryWire {
+    fn from(e: crate::audit::AuditEntry) -> Self {
+        Self {
+            seq: e.seq,
+            time: e.time,
+            caller: e.caller,
+            action: e.action,
+            subject: e.subject,
+            purpose: e.purpose,
+            fields: e.fields,
+            decision: match e.decision {
+                crate::audit::Decision::Allow => "allow".into(),
+                crate::audit::Decision::Deny => "deny".into(),
+            },
+            reason: e.reason,
+            request_id: e.request_id,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditResponse {
+    pub entries: Vec<AuditEntryWire>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// `SEQ:HASH` recorded earlier outside the vault; the check fails if that entry changed.
+    pub anchor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BrokenWire {
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyResponse {
+    pub ok: bool,
+    pub entries: u64,
+    /// Hash of the last entry.
+    pub head: String,
+    pub first_broken: Option<BrokenWire>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    pub status: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, String>,
+}

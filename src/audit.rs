@@ -1,0 +1,686 @@
+//! The tamper-evident audit log: a hash chain of entries in the store, appended by one
+//! committer thread that groups concurrent requests into one fsynced write (group commit).
+//!
+//! **Invariant:** an entry is durable before the request it records may return plaintext. The
+//! caller's own changes ride in the same write batch as its entry, so an operation and its
+//! audit entry are applied together or not at all. Entries hold ids and field *names*, never
+//! values, tokens or key bytes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{rfc3339, Clock};
+use crate::store::{subject_key, Batch, Space, Store, StoreError};
+
+/// The hash before the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HEAD_KEY: &[u8] = b"audit/head";
+/// Most jobs folded into one group commit.
+const MAX_GROUP: usize = 256;
+
+/// Allowed or denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// One audit entry as stored and served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time: String,
+    pub caller: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+    pub decision: Decision,
+    pub reason: String,
+    pub request_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEntry {
+    /// SHA-256 over every field but `hash`, serialised as a JSON array (fixed order).
+    pub fn compute_hash(&self) -> String {
+        let body = serde_json::json!([
+            self.seq,
+            self.time,
+            self.caller,
+            self.action,
+            self.subject,
+            self.purpose,
+            self.fields,
+            self.decision,
+            self.reason,
+            self.request_id,
+            self.prev_hash
+        ]);
+        let bytes = serde_json::to_vec(&body).expect("JSON value serialises");
+        hex::encode(digest::digest(&digest::SHA256, &bytes))
+    }
+}
+
+/// An entry before the committer gives it a place in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draft {
+    pub caller: String,
+    pub action: &'static str,
+    pub subject: Option<String>,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+    pub decision: Decision,
+    pub reason: String,
+    pub request_id: String,
+}
+
+/// The audit log could not take an entry; the request it records must fail (fail closed).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+struct Job {
+    drafts: Vec<Draft>,
+    batch: Batch,
+    reply: SyncSender<Result<Vec<u64>, AuditError>>,
+}
+
+/// A switch tests flip to make audit writes fail (fault injection; never set in production).
+#[derive(Debug, Default)]
+pub struct FaultSwitch(AtomicBool);
+
+impl FaultSwitch {
+    pub fn set(&self, failing: bool) {
+        self.0.store(failing, Ordering::SeqCst);
+    }
+
+    fn failing(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The running audit log.
+pub struct AuditLog {
+    tx: Mutex<Option<SyncSender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl AuditLog {
+    /// Starts the committer, continuing the chain found in `store`.
+    pub fn start(
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        faults: Arc<FaultSwitch>,
+    ) -> Result<Self, StoreError> {
+        let head = load_head(&store)?;
+        let (tx, rx) = sync_channel::<Job>(4096);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        let thread = std::thread::Builder::new()
+            .name("qoima-audit".into())
+            .spawn(move || committer(rx, store, clock, faults, head, h))
+            .map_err(|e| StoreError::Io(format!("cannot start the audit committer: {e}")))?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            healthy,
+        })
+    }
+
+    /// Appends `drafts` and applies `batch` in one durable write. Blocks until done; returns
+    /// the entries' sequence numbers.
+    pub fn commit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Vec<u64>, AuditError> {
+        let (reply, wait) = sync_channel(1);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tx = tx.ok_or_else(|| AuditError::Unavailable("the vault is shutting down".into()))?;
+        match tx.try_send(Job {
+            drafts,
+            batch,
+            reply,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => tx
+                .send(job)
+                .map_err(|_| AuditError::Unavailable("committer stopped".into()))?,
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AuditError::Unavailable("committer stopped".into()))
+            }
+        }
+        wait.recv()
+            .map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+    }
+
+    /// Appends one entry with no other changes.
+    pub fn record(&self, draft: Draft) -> Result<u64, AuditError> {
+        Ok(self.commit(vec![draft], Batch::default())?[0])
+    }
+
+    /// Whether the last write succeeded (for readiness).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking entries, lets the committer finish what it has, and waits for it.
+    pub fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn load_head(store: &Store) -> Result<Head, StoreError> {
+    let corrupt = |what| StoreError::Corrupt {
+        space: "audit",
+        what,
+    };
+    match store.get(Space::Keyring, HEAD_KEY)? {
+        Some(v) => serde_json::from_slice(&v).map_err(|_| corrupt("chain head")),
+        None => match store.last(Space::Audit)? {
+            // A log without a head record: continue from its last entry.
+            Some((_, v)) => {
+                let e: AuditEntry = serde_json::from_slice(&v).map_err(|_| corrupt("entry"))?;
+                Ok(Head {
+                    seq: e.seq,
+                    hash: e.hash,
+                })
+            }
+            None => Ok(Head {
+                seq: 0,
+                hash: GENESIS.to_string(),
+            }),
+        },
+    }
+}
+
+fn committer(
+    rx: Receiver<Job>,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    faults: Arc<FaultSwitch>,
+    mut head: Head,
+    healthy: Arc<AtomicBool>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let time = rfc3339(clock.now());
+        let mut batch = Batch::default();
+        let mut next = head.clone();
+        let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(group.len());
+        for job in &mut group {
+            batch.extend(std::mem::take(&mut job.batch));
+            let mut mine = Vec::with_capacity(job.drafts.len());
+            for d in job.drafts.drain(..) {
+                let mut e = AuditEntry {
+                    seq: next.seq + 1,
+                    time: time.clone(),
+                    caller: d.caller,
+                    action: d.action.to_string(),
+                    subject: d.subject,
+                    purpose: d.purpose,
+                    fields: d.fields,
+                    decision: d.decision,
+                    reason: d.reason,
+                    request_id: d.request_id,
+                    prev_hash: next.hash.clone(),
+                    hash: String::new(),
+                };
+                e.hash = e.compute_hash();
+                if let Some(s) = &e.subject {
+                    batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
+                }
+                batch.put(
+                    Space::Audit,
+                    e.seq.to_be_bytes().to_vec(),
+                    serde_json::to_vec(&e).expect("entry serialises"),
+                );
+                next = Head {
+                    seq: e.seq,
+                    hash: e.hash,
+                };
+                mine.push(next.seq);
+            }
+            seqs.push(mine);
+        }
+        batch.put(
+            Space::Keyring,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&next).expect("head serialises"),
+        );
+        let result = if faults.failing() {
+            Err(StoreError::Io("injected audit write failure".into()))
+        } else {
+            store.write(&batch)
+        };
+        match result {
+            Ok(()) => {
+                head = next;
+                healthy.store(true, Ordering::SeqCst);
+                for (job, s) in group.into_iter().zip(seqs) {
+                    let _ = job.reply.send(Ok(s));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group is applied; the chain head stays where it was.
+                healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "audit write failed; requests refused");
+                for job in group {
+                    let _ = job.reply.send(Err(AuditError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn index_key(subject: &str, seq: u64) -> Vec<u8> {
+    let mut k = subject_key(subject, "");
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub entries: u64,
+    /// The hash of the last entry: record it outside the vault and pass it back as an anchor.
+    pub head: String,
+    pub first_broken: Option<Broken>,
+}
+
+/// The first entry where the chain breaks, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Recomputes the whole chain. Detects an edited entry (hash), a deleted or reordered one
+/// (sequence gap or broken link), a deleted tail (head record) and, given an `anchor`
+/// (seq, hash) recorded earlier outside the vault, a rewrite of the log up to that point.
+pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification, StoreError> {
+    let mut expected_seq = 1u64;
+    let mut prev = GENESIS.to_string();
+    let mut broken: Option<Broken> = None;
+    let mut entries = 0u64;
+    let mut anchor_seen = false;
+    store.scan(Space::Audit, &[], &[0xff; 9], |k, v| {
+        entries += 1;
+        let key_seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        let fail = |reason: String| Broken {
+            seq: key_seq.max(expected_seq),
+            reason,
+        };
+        let entry: AuditEntry = match serde_json::from_slice(v) {
+            Ok(e) => e,
+            Err(_) => {
+                broken = Some(fail("entry does not parse".into()));
+                return false;
+            }
+        };
+        if key_seq != expected_seq {
+            broken = Some(Broken {
+                seq: expected_seq,
+                reason: format!("entry {expected_seq} is missing (next stored is {key_seq})"),
+            });
+            return false;
+        }
+        if entry.seq != key_seq {
+            broken = Some(fail(format!(
+                "entry stored at {key_seq} claims sequence {}",
+                entry.seq
+            )));
+            return false;
+        }
+        if entry.prev_hash != prev {
+            broken = Some(fail(
+                "previous-hash link does not match the entry before it".into(),
+            ));
+            return false;
+        }
+        if entry.compute_hash() != entry.hash {
+            broken = Some(fail("content does not match its hash (edited)".into()));
+            return false;
+        }
+        if let Some((aseq, ahash)) = anchor {
+            if aseq == entry.seq {
+                anchor_seen = true;
+                if entry.hash != ahash {
+                    broken = Some(fail(
+                        "hash differs from the recorded anchor (log rewritten)".into(),
+                    ));
+                    return false;
+                }
+            }
+        }
+        prev = entry.hash;
+        expected_seq += 1;
+        true
+    })?;
+    if broken.is_none() {
+        let stored_head = load_head(store).ok();
+        let last = expected_seq - 1;
+        match stored_head {
+            Some(h) if h.seq == last && h.hash == prev => {}
+            Some(h) if h.seq > last => {
+                broken = Some(Broken {
+                    seq: last + 1,
+                    reason: format!(
+                        "entries {}..={} are missing (chain head says {})",
+                        last + 1,
+                        h.seq,
+                        h.seq
+                    ),
+                })
+            }
+            _ => {
+                broken = Some(Broken {
+                    seq: last,
+                    reason: "the chain head record does not match the last entry".into(),
+                })
+            }
+        }
+    }
+    if broken.is_none() {
+        if let Some((aseq, _)) = anchor {
+            if !anchor_seen {
+                broken = Some(Broken {
+                    seq: aseq,
+                    reason: "the anchored entry is no longer in the log".into(),
+                });
+            }
+        }
+    }
+    Ok(Verification {
+        ok: broken.is_none(),
+        entries,
+        head: prev,
+        first_broken: broken,
+    })
+}
+
+/// Which entries to list.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub subject: Option<String>,
+    pub caller: Option<String>,
+    /// Only entries with a sequence number greater than this.
+    pub after: u64,
+    pub limit: usize,
+}
+
+/// Entries matching `q`, oldest first.
+pub fn query(store: &Store, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut out = Vec::new();
+    let keep = |e: &AuditEntry| q.caller.as_deref().is_none_or(|c| c == e.caller);
+    let corrupt = || StoreError::Corrupt {
+        space: "audit",
+        what: "entry",
+    };
+    match &q.subject {
+        Some(s) => {
+            let from = index_key(s, q.after.saturating_add(1));
+            let to = crate::store::prefix_end(&subject_key(s, ""));
+            let mut seqs = Vec::new();
+            store.scan(Space::AuditIndex, &from, &to, |k, _| {
+                if let Ok(b) = k[k.len() - 8..].try_into() {
+                    seqs.push(u64::from_be_bytes(b));
+                }
+                true
+            })?;
+            for chunk in seqs.chunks(256) {
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|s| s.to_be_bytes().to_vec()).collect();
+                for v in store.get_many(Space::Audit, &keys)?.into_iter().flatten() {
+                    let e: AuditEntry = serde_json::from_slice(&v).map_err(|_| corrupt())?;
+                    if keep(&e) {
+                        out.push(e);
+                        if out.len() >= q.limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            let mut err = None;
+            store.scan(
+                Space::Audit,
+                &q.after.saturating_add(1).to_be_bytes(),
+                &[0xff; 9],
+                |_, v| {
+                    match serde_json::from_slice::<AuditEntry>(v) {
+                        Ok(e) if keep(&e) => out.push(e),
+                        Ok(_) => {}
+                        Err(_) => err = Some(corrupt()),
+                    }
+                    err.is_none() && out.len() < q.limit
+                },
+            )?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SystemClock;
+
+    fn draft(subject: &str, reason: &str) -> Draft {
+        Draft {
+            caller: "svc".into(),
+            action: "subject.read",
+            subject: Some(subject.into()),
+            purpose: Some("loan_issuance".into()),
+            fields: vec!["identity.phone".into()],
+            decision: Decision::Allow,
+            reason: reason.into(),
+            request_id: "r".into(),
+        }
+    }
+
+    fn log_with(n: usize) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default()).unwrap();
+        std::thread::scope(|s| {
+            for i in 0..n {
+                let log = &log;
+                s.spawn(move || {
+                    log.record(draft(&format!("s{}", i % 3), &format!("r{i}")))
+                        .unwrap()
+                });
+            }
+        });
+        log.shutdown();
+        (dir, store)
+    }
+
+    fn tamper(store: &Store, seq: u64, f: impl FnOnce(&mut AuditEntry)) {
+        let mut e: AuditEntry = serde_json::from_slice(
+            &store
+                .get(Space::Audit, &seq.to_be_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        f(&mut e);
+        let mut b = Batch::default();
+        b.put(
+            Space::Audit,
+            seq.to_be_bytes().to_vec(),
+            serde_json::to_vec(&e).unwrap(),
+        );
+        store.write(&b).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_form_one_chain() {
+        let (_d, store) = log_with(50);
+        let v = verify(&store, None).unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.entries, 50);
+        let s1 = query(
+            &store,
+            &Query {
+                subject: Some("s1".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(s1.len() >= 16 && s1.iter().all(|e| e.subject.as_deref() == Some("s1")));
+        let page = query(
+            &store,
+            &Query {
+                after: 10,
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [11, 12, 13, 14, 15]
+        );
+    }
+
+    #[test]
+    fn editing_any_entry_is_detected() {
+        for seq in 1..=5 {
+            let (_d, store) = log_with(5);
+            tamper(&store, seq, |e| e.fields.push("identity.iin".into()));
+            let v = verify(&store, None).unwrap();
+            assert_eq!(v.first_broken.unwrap().seq, seq, "edit of {seq}");
+        }
+        // Rehashing the edited entry breaks the link of the next one instead.
+        let (_d, store) = log_with(5);
+        tamper(&store, 2, |e| {
+            e.reason = "nothing to see".into();
+            e.hash = e.compute_hash();
+        });
+        assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 3);
+    }
+
+    #[test]
+    fn deleting_any_entry_is_detected() {
+        for seq in 1..=5u64 {
+            let (_d, store) = log_with(5);
+            let mut b = Batch::default();
+            b.delete(Space::Audit, seq.to_be_bytes().to_vec());
+            store.write(&b).unwrap();
+            let v = verify(&store, None).unwrap();
+            assert!(!v.ok, "deleting {seq}");
+            assert_eq!(v.first_broken.unwrap().seq, seq);
+        }
+    }
+
+    #[test]
+    fn reordering_entries_is_detected() {
+        let (_d, store) = log_with(5);
+        let a = store
+            .get(Space::Audit, &2u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        let b = store
+            .get(Space::Audit, &3u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.put(Space::Audit, 2u64.to_be_bytes().to_vec(), b);
+        batch.put(Space::Audit, 3u64.to_be_bytes().to_vec(), a);
+        store.write(&batch).unwrap();
+        assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 2);
+    }
+
+    #[test]
+    fn anchor_catches_a_full_rewrite() {
+        let (_d, store) = log_with(3);
+        let v = verify(&store, None).unwrap();
+        // Rewrite entry 2 and re-chain everything after it, head included: only an anchor sees it.
+        let mut prev = store
+            .get(Space::Audit, &1u64.to_be_bytes())
+            .map(|v| {
+                serde_json::from_slice::<AuditEntry>(&v.unwrap())
+                    .unwrap()
+                    .hash
+            })
+            .unwrap();
+        for seq in 2..=3u64 {
+            tamper(&store, seq, |e| {
+                e.reason = "rewritten".into();
+                e.prev_hash = prev.clone();
+                e.hash = e.compute_hash();
+                prev = e.hash.clone();
+            });
+        }
+        let mut b = Batch::default();
+        b.put(
+            Space::Keyring,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&Head { seq: 3, hash: prev }).unwrap(),
+        );
+        store.write(&b).unwrap();
+        assert!(
+            verify(&store, None).unwrap().ok,
+            "a consistent rewrite passes without an anchor"
+        );
+        let r = verify(&store, Some((3, &v.head))).unwrap();
+        assert_eq!(r.first_broken.unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_failed_write_applies_nothing_and_keeps_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let faults = Arc::new(FaultSwitch::default());
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), faults.clone()).unwrap();
+        log.record(draft("a", "1")).unwrap();
+        faults.set(true);
+        let mut b = Batch::default();
+        b.put(Space::Records, b"a\0x".to_vec(), b"v".to_vec());
+        assert!(log.commit(vec![draft("a", "2")], b).is_err());
+        assert!(!log.healthy());
+        assert_eq!(
+            store.get(Space::Records, b"a\0x").unwrap(),
+            None,
+            "the request's changes were not applied"
+        );
+        faults.set(false);
+        assert_eq!(log.record(draft("a", "3")).unwrap(), 2);
+        log.shutdown();
+        assert!(verify(&store, None).unwrap().ok);
+    }
+}

@@ -1,0 +1,73 @@
+//! Caller authentication: bearer tokens are known only by their SHA-256 digests, and a
+//! presented token is compared against every digest in constant time.
+
+use ring::digest;
+use subtle::ConstantTimeEq;
+
+use crate::policy::Caller;
+
+/// A configured caller and the digest of its token.
+#[derive(Clone, Debug)]
+pub struct CallerEntry {
+    pub caller: Caller,
+    pub token_sha256: [u8; 32],
+}
+
+/// Every configured caller.
+#[derive(Clone, Debug, Default)]
+pub struct Callers(Vec<CallerEntry>);
+
+/// SHA-256 of a token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+impl Callers {
+    pub fn new(entries: Vec<CallerEntry>) -> Self {
+        Self(entries)
+    }
+
+    /// The caller whose token this is. Every digest is compared, in constant time, whether or
+    /// not an earlier one matched, so timing says nothing about which caller (if any) matched
+    /// or how much of a digest did.
+    pub fn authenticate(&self, token: &str) -> Option<&Caller> {
+        let presented = token_digest(token);
+        let mut found: Option<&Caller> = None;
+        for e in &self.0 {
+            let hit = presented.ct_eq(&e.token_sha256);
+            if bool::from(hit) {
+                found = Some(&e.caller);
+            }
+        }
+        found
+    }
+
+    pub fn entries(&self) -> &[CallerEntry] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CallerName, Role};
+
+    #[test]
+    fn tokens_match_only_their_caller() {
+        let mk = |name: &str, token: &str| CallerEntry {
+            caller: Caller {
+                name: CallerName::parse(name).unwrap(),
+                roles: [Role::Service].into(),
+                purposes: Default::default(),
+            },
+            token_sha256: token_digest(token),
+        };
+        let c = Callers::new(vec![mk("a", "token-a"), mk("b", "token-b")]);
+        assert_eq!(c.authenticate("token-a").unwrap().name.as_str(), "a");
+        assert_eq!(c.authenticate("token-b").unwrap().name.as_str(), "b");
+        assert!(c.authenticate("token-c").is_none());
+        assert!(c.authenticate("").is_none());
+        assert!(c.authenticate("token-a ").is_none());
+    }
+}

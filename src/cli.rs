@@ -1,0 +1,365 @@
+//! The `qoima` command line. Every command takes `--config FILE` (default: the embedded
+//! development configuration in the working directory). Errors are one line on stderr.
+//!
+//! Exit codes: 0 success; 1 a check failed (e.g. the audit chain is broken); 2 usage;
+//! 3 configuration error; 4 the vault or its store failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{process_env, Config, DevSetup};
+use crate::domain::{CallerName, RequestId, Role};
+use crate::policy::Caller;
+use crate::server::{self, Application, Options};
+use crate::store::{Store, StoreError};
+use crate::vault::{Ctx, Vault};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qoima",
+    version,
+    about = "Qoima: an encrypted personal-data vault with per-subject crypto-shredding"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, the embedded development default is used:
+    /// data in ./data, a development root key and callers in ./.qoima-dev/.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the vault's HTTP server until SIGINT or SIGTERM.
+    Serve,
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// KEK generations.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Callers (API clients).
+    #[command(subcommand)]
+    Callers(CallersCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Recompute the hash chain; exit 0 when intact, 1 naming the first broken entry.
+    /// Works offline or beside a running vault (read-only).
+    Verify {
+        /// SEQ:HASH recorded earlier outside the vault: fail if that entry changed.
+        #[arg(long)]
+        anchor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Every KEK generation: state, times, DEKs wrapped.
+    Status,
+    /// Create and activate a new KEK generation (offline; use POST /v1/keys/rotate on a
+    /// running vault).
+    Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a configuration file; names the offending line.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CallersCmd {
+    /// Create a caller: print a fresh token once, and its [[callers]] entry (digest only).
+    /// With --config, the entry is appended to that file.
+    Add {
+        /// The caller's name.
+        name: String,
+        /// Roles: service, website, security, auditor.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Purposes it may read for (service role).
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+    },
+}
+
+/// A failed command: what to print, and the exit code.
+struct Failure(u8, String);
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(4, e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(Failure(code, msg)) => {
+            eprintln!("qoima: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<(Config, DevSetup), Failure> {
+    match path {
+        Some(p) => Config::load(p, &process_env)
+            .map(|c| (c, DevSetup::default()))
+            .map_err(|e| Failure(3, e.to_string())),
+        None => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| Failure(3, format!("no working directory: {e}")))?;
+            Config::embedded_default(&cwd, &process_env).map_err(|e| Failure(3, e.to_string()))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Serve => serve(&cli.config),
+        Command::Audit(AuditCmd::Verify { anchor }) => {
+            let (config, _) = load_config(&cli.config)?;
+            let anchor = anchor
+                .map(|a| crate::api::parse_anchor(&a).map_err(|e| Failure(2, e.detail)))
+                .transpose()?;
+            let store = open_store_for_reading(&config)?;
+            let v = crate::audit::verify(&store, anchor.as_ref().map(|(s, h)| (*s, h.as_str())))?;
+            match v.first_broken {
+                None => {
+                    println!(
+                        "audit chain intact: {} entries, head {}:{}",
+                        v.entries, v.entries, v.head
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(b) => {
+                    println!("audit chain BROKEN at entry {}: {}", b.seq, b.reason);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Keys(KeysCmd::Status) => {
+            let (config, _) = load_config(&cli.config)?;
+            let store = open_store_for_reading(&config)?;
+            println!(
+                "{:<11} {:<13} {:>10}  {:<25} {:<25}",
+                "GENERATION", "STATE", "DEKS", "CREATED", "ACTIVATED"
+            );
+            for (i, n) in crate::vault::keyring::read_infos(&store)? {
+                let state = serde_json::to_value(i.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let activated = i
+                    .activated_at
+                    .map(crate::domain::rfc3339)
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<11} {:<13} {:>10}  {:<25} {:<25}",
+                    i.generation,
+                    state,
+                    n,
+                    crate::domain::rfc3339(i.created_at),
+                    activated
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::Rotate) => {
+            let (config, _) = load_config(&cli.config)?;
+            let vault = open_vault_offline(&config)?;
+            let info = vault
+                .rotate_kek(&cli_ctx())
+                .map_err(|e| Failure(4, e.to_string()))?;
+            vault.close();
+            println!(
+                "KEK generation {} created and active; run a rewrap to move existing DEKs onto it",
+                info.generation
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCmd::Check { file }) => {
+            let c = Config::load(&file, &process_env).map_err(|e| Failure(3, e.to_string()))?;
+            println!(
+                "{}: ok ({} callers, {} purposes, data_dir {}, listen {})",
+                file.display(),
+                c.callers.entries().len(),
+                c.purposes.0.len(),
+                c.data_dir.display(),
+                c.listen
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Callers(CallersCmd::Add {
+            name,
+            roles,
+            purposes,
+        }) => add_caller(&cli.config, &name, &roles, &purposes),
+    }
+}
+
+/// The caller the CLI acts as: the local operator, with the security role.
+fn cli_ctx() -> Ctx {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| CallerName::parse(&format!("cli.{u}")).is_ok())
+        .unwrap_or_else(|| "operator".into());
+    Ctx {
+        caller: Caller {
+            name: CallerName::parse(&format!("cli.{user}")).expect("checked above"),
+            roles: [Role::Security].into(),
+            purposes: Default::default(),
+        },
+        request_id: RequestId::generate(),
+    }
+}
+
+fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
+    match Store::open(&config.data_dir) {
+        Ok(s) => Ok(s),
+        // The vault is running: read beside it.
+        Err(StoreError::Locked(_)) => Ok(Store::open_read_only(&config.data_dir)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_vault_offline(config: &Config) -> Result<Vault, Failure> {
+    server::open_vault(config, &Options::default()).map_err(|e| match e {
+        server::StartError::Vault(crate::vault::VaultError::Unavailable(m))
+            if m.contains("in use") =>
+        {
+            Failure(
+                4,
+                format!("{m}; this command runs offline, or use the HTTP API of the running vault"),
+            )
+        }
+        e => Failure(4, e.to_string()),
+    })
+}
+
+fn add_caller(
+    config: &Option<PathBuf>,
+    name: &str,
+    roles: &[String],
+    purposes: &[String],
+) -> Result<ExitCode, Failure> {
+    let name = CallerName::parse(name).map_err(|e| Failure(2, e.to_string()))?;
+    let token = crate::config::new_token();
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let block = format!(
+        "\n[[callers]]\nname         = \"{name}\"\ntoken_sha256 = \"{}\"\nroles        = [{}]\npurposes     = [{}]\n",
+        hex::encode(crate::auth::token_digest(&token)),
+        quote(roles),
+        quote(purposes)
+    );
+    match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
+            let base = path.parent().map(PathBuf::from).unwrap_or_default();
+            let combined = format!("{text}{block}");
+            Config::parse(&combined, &path.display().to_string(), &base, &process_env)
+                .map_err(|e| Failure(3, e.to_string()))?;
+            std::fs::write(path, combined)
+                .map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
+            eprintln!(
+                "caller {name} added to {} (digest only); restart the vault to load it",
+                path.display()
+            );
+        }
+        None => println!("# add to your configuration:{block}"),
+    }
+    println!("token for {name} (shown once, stored nowhere): {token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("QOIMA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("QOIMA_LOG_FORMAT")
+        .map(|f| f == "json")
+        .unwrap_or(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config_path: &Option<PathBuf>) -> Result<ExitCode, Failure> {
+    init_tracing();
+    if let Err(e) = server::refuse_core_dumps() {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    let (config, setup) = load_config(config_path)?;
+    if config_path.is_none() {
+        warn_development(&config, &setup);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(4, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let app = Application::build(config, Options::default())
+            .await
+            .map_err(|e| Failure(4, e.to_string()))?;
+        tracing::info!(addr = %app.local_addr(), "qoima listening");
+        eprintln!("qoima: listening on http://{}", app.local_addr());
+        app.run_until_stopped(server::shutdown_signal())
+            .await
+            .map_err(|e| Failure(4, format!("server failed: {e}")))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn warn_development(config: &Config, setup: &DevSetup) {
+    let key = match &config.root_key {
+        qoima_keys::RootKeySource::File(p) => p.display().to_string(),
+        other => other.to_string(),
+    };
+    eprintln!("################################################################################");
+    eprintln!("#  WARNING: DEVELOPMENT MODE: the embedded default configuration is in use.");
+    eprintln!(
+        "#  Root key: {key}{}",
+        if setup.root_key_created.is_some() {
+            " (just generated)"
+        } else {
+            ""
+        }
+    );
+    eprintln!(
+        "#  It sits outside the data directory ({}) but on the same machine:",
+        config.data_dir.display()
+    );
+    eprintln!("#  never hold real personal data under a development root key.");
+    eprintln!("#  Production: qoima serve --config FILE with a root key you manage (docs/operator-guide.md).");
+    eprintln!("################################################################################");
+    if !setup.new_tokens.is_empty() {
+        eprintln!("Development callers created. Their tokens are shown ONCE and stored nowhere");
+        eprintln!("(delete .qoima-dev/callers.toml to get new ones):");
+        for (name, role, token) in &setup.new_tokens {
+            eprintln!("  {name:<13} role {role:<9} {token}");
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! Configuration: one TOML file (design §6) plus `QOIMA_…` environment overrides, parsed into
+//! typed settings once at start-up. An invalid file stops start-up with a message naming the
+//! line; the vault never starts half-configured.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use qoima_keys::RootKeySource;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::auth::{token_digest, CallerEntry, Callers};
+use crate::domain::{random_hex, CallerName, Purpose, Role};
+use crate::policy::{Caller, PurposeDef, Purposes};
+use crate::schema::{Category, Schema};
+use crate::vault::{default_journal_path, Settings};
+
+/// The listen address when nothing else is said.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+
+/// A configuration problem, as one line: `file:line: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    erasure_journal: Option<PathBuf>,
+    policy_version: Option<String>,
+    root_key: Option<Spanned<RawRootKey>>,
+    #[serde(default)]
+    callers: Vec<Spanned<RawCaller>>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    keys: KeySettings,
+    #[serde(default)]
+    retention: RetentionSettings,
+    #[serde(default)]
+    purposes: Vec<Spanned<PurposeDef>>,
+    #[serde(default)]
+    schema: BTreeMap<String, Category>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRootKey {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    name: CallerName,
+    token_sha256: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    purposes: Vec<Spanned<Purpose>>,
+}
+
+/// Request limits of the HTTP listener.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// A request taking longer than this is cut off (slow clients included).
+    pub request_timeout_secs: u64,
+    /// Requests served at once; more wait (backpressure) rather than grow memory.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+/// Key-management settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Field encryptions under one DEK before it rotates (NIST SP 800-38D: 2^32).
+    pub dek_seal_limit: u64,
+    /// Unwrapped DEKs kept in memory.
+    pub dek_cache_capacity: usize,
+    /// Planned KEK rotation period.
+    pub rotation_days: u32,
+    /// How long backups are kept; a retired generation is destroyed no earlier than this.
+    pub backup_retention_days: u32,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            dek_seal_limit: 1 << 32,
+            dek_cache_capacity: 100_000,
+            rotation_days: 90,
+            backup_retention_days: 30,
+        }
+    }
+}
+
+/// Retention sweep settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// How often expired fields (technical data) are removed.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
+/// The parsed configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub erasure_journal: PathBuf,
+    pub root_key: RootKeySource,
+    pub callers: Callers,
+    pub policy_version: String,
+    pub limits: Limits,
+    pub keys: KeySettings,
+    pub retention: RetentionSettings,
+    pub schema: Schema,
+    pub purposes: Purposes,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// An environment lookup, passed in so tests need not touch the process environment.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Reads and parses a configuration file, applying `QOIMA_…` overrides.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut c = Self::parse(&text, &path.display().to_string(), &base, env)?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Parses configuration text. `name` labels errors; relative paths resolve against `base`.
+    pub fn parse(text: &str, name: &str, base: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
+        let at = |offset: usize, msg: String| {
+            ConfigError(format!("{name}:{}: {msg}", line_of(text, offset)))
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            ConfigError(format!(
+                "{name}:{line}: {}",
+                e.message().trim().replace('\n', " ")
+            ))
+        })?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let listen_text = env("QOIMA_LISTEN")
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "{name}: listen must be an address like 127.0.0.1:8750"
+            ))
+        })?;
+        let data_dir = env("QOIMA_DATA_DIR")
+            .map(PathBuf::from)
+            .or(raw.data_dir)
+            .map(resolve)
+            .ok_or_else(|| ConfigError(format!("{name}: data_dir is required")))?;
+        let erasure_journal = raw
+            .erasure_journal
+            .map(resolve)
+            .unwrap_or_else(|| default_journal_path(&data_dir));
+
+        let root_key = match (env("QOIMA_ROOT_KEY_FILE"), raw.root_key) {
+            (Some(f), _) => RootKeySource::File(PathBuf::from(f)),
+            (None, Some(rk)) => {
+                let span = rk.span();
+                match rk.into_inner() {
+                    RawRootKey {
+                        file: Some(f),
+                        env: None,
+                    } => RootKeySource::File(resolve(f)),
+                    RawRootKey {
+                        file: None,
+                        env: Some(v),
+                    } => RootKeySource::Env(v),
+                    _ => {
+                        return Err(at(
+                            span.start,
+                            "[root_key] needs exactly one of file or env".into(),
+                        ))
+                    }
+                }
+            }
+            (None, None) => {
+                return Err(ConfigError(format!(
+                    "{name}: [root_key] is required (file = \"…\" or env = \"…\")"
+                )))
+            }
+        };
+        if let RootKeySource::File(f) = &root_key {
+            if f.starts_with(&data_dir) {
+                return Err(ConfigError(format!(
+                    "{name}: the root key must not live inside data_dir (backups copy data_dir)"
+                )));
+            }
+        }
+
+        let mut schema = Schema::default();
+        for (cat, def) in raw.schema {
+            if crate::domain::FieldName::parse(&format!("{cat}.x")).is_err() {
+                return Err(ConfigError(format!(
+                    "{name}: schema category `{cat}` must be snake case"
+                )));
+            }
+            for field in def.fields.keys() {
+                if crate::domain::FieldName::parse(&format!("{cat}.{field}")).is_err() {
+                    return Err(ConfigError(format!(
+                        "{name}: schema field `{cat}.{field}` must be snake case"
+                    )));
+                }
+            }
+            schema.categories.insert(cat, def);
+        }
+
+        let mut purposes = Purposes::default();
+        let mut seen = BTreeSet::new();
+        for p in raw.purposes {
+            let span = p.span();
+            let def = p.into_inner();
+            if !seen.insert(def.name.clone()) {
+                return Err(at(
+                    span.start,
+                    format!("purpose {} is defined twice", def.name),
+                ));
+            }
+            if def.fields.is_empty() {
+                return Err(at(
+                    span.start,
+                    format!("purpose {} allows no fields", def.name),
+                ));
+            }
+            if let Some(bad) = def.fields.iter().find(|f| !schema.pattern_is_known(f)) {
+                return Err(at(
+                    span.start,
+                    format!(
+                        "purpose {} names `{bad}`, which is not in the schema",
+                        def.name
+                    ),
+                ));
+            }
+            purposes.0.insert(def.name.clone(), def);
+        }
+        for def in purposes.0.values() {
+            if let Some(bad) = def.fields.iter().find(|f| !schema.pattern_is_known(f)) {
+                return Err(ConfigError(format!(
+                    "{name}: purpose {} names `{bad}`, which the schema no longer has",
+                    def.name
+                )));
+            }
+        }
+
+        let mut entries = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut digests = BTreeSet::new();
+        for c in raw.callers {
+            let span = c.span();
+            let c = c.into_inner();
+            let mut digest = [0u8; 32];
+            if c.token_sha256.len() != 64
+                || hex::decode_to_slice(&c.token_sha256, &mut digest).is_err()
+            {
+                return Err(at(span.start, format!("caller {}: token_sha256 must be 64 hex characters (the SHA-256 of the token)", c.name)));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(at(
+                    span.start,
+                    format!("caller {} is defined twice", c.name),
+                ));
+            }
+            if !digests.insert(digest) {
+                return Err(at(
+                    span.start,
+                    format!("caller {} shares its token with another caller", c.name),
+                ));
+            }
+            if c.roles.is_empty() {
+                return Err(at(span.start, format!("caller {} has no roles", c.name)));
+            }
+            let mut granted = BTreeSet::new();
+            for p in c.purposes {
+                let pspan = p.span();
+                let p = p.into_inner();
+                if purposes.get(&p).is_none() {
+                    return Err(at(
+                        pspan.start,
+                        format!("caller {}: unknown purpose {p}", c.name),
+                    ));
+                }
+                granted.insert(p);
+            }
+            entries.push(CallerEntry {
+                caller: Caller {
+                    name: c.name,
+                    roles: c.roles.into_iter().collect(),
+                    purposes: granted,
+                },
+                token_sha256: digest,
+            });
+        }
+
+        let policy_version = raw.policy_version.unwrap_or_else(|| "2019-01-29".into());
+        if policy_version.is_empty() || policy_version.len() > 64 {
+            return Err(ConfigError(format!(
+                "{name}: policy_version must be 1 to 64 characters"
+            )));
+        }
+        if raw.limits.max_body_bytes < 1024
+            || raw.limits.max_concurrent_requests == 0
+            || raw.limits.request_timeout_secs == 0
+        {
+            return Err(ConfigError(format!(
+                "{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)"
+            )));
+        }
+        if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
+            return Err(ConfigError(format!(
+                "{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)"
+            )));
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            erasure_journal,
+            root_key,
+            callers: Callers::new(entries),
+            policy_version,
+            limits: raw.limits,
+            keys: raw.keys,
+            retention: raw.retention,
+            schema,
+            purposes,
+            source: None,
+        })
+    }
+
+    /// The settings the vault core takes.
+    pub fn vault_settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            erasure_journal: self.erasure_journal.clone(),
+            schema: self.schema.clone(),
+            purposes: self.purposes.clone(),
+            policy_version: self.policy_version.clone(),
+            dek_seal_limit: self.keys.dek_seal_limit,
+            dek_cache_capacity: self.keys.dek_cache_capacity,
+            key_rotation_days: self.keys.rotation_days,
+            backup_retention_days: self.keys.backup_retention_days,
+        }
+    }
+
+    /// The embedded development default, rooted at `base` (the working directory): data in
+    /// `base/data`, a development root key and caller set in `base/.qoima-dev/` (outside the
+    /// data directory). Creates what is missing; returns the tokens of newly created callers,
+    /// which exist nowhere else and must be shown once.
+    pub fn embedded_default(base: &Path, env: Env<'_>) -> Result<(Self, DevSetup), ConfigError> {
+        let dev = base.join(".qoima-dev");
+        std::fs::create_dir_all(&dev)
+            .map_err(|e| ConfigError(format!("cannot create {}: {e}", dev.display())))?;
+        let mut setup = DevSetup::default();
+        let key = dev.join("root.key");
+        if !key.exists() {
+            qoima_keys::RootKey::generate_file(&key).map_err(|e| ConfigError(e.to_string()))?;
+            setup.root_key_created = Some(key.clone());
+        }
+        let callers = dev.join("callers.toml");
+        if !callers.exists() {
+            let all = [
+                "loan_issuance",
+                "loan_monitoring",
+                "third_party_transfer",
+                "advertising",
+            ];
+            let mut text = String::from(
+                "# Development callers (digests only); delete this file to get new tokens.\n",
+            );
+            for (name, role, purposes) in [
+                ("dev-service", "service", &all[..]),
+                ("dev-website", "website", &[][..]),
+                ("dev-security", "security", &[][..]),
+                ("dev-auditor", "auditor", &[][..]),
+            ] {
+                let token = new_token();
+                let p: Vec<String> = purposes.iter().map(|p| format!("\"{p}\"")).collect();
+                text.push_str(&format!(
+                    "\n[[callers]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\npurposes = [{}]\n",
+                    hex::encode(token_digest(&token)),
+                    p.join(", ")
+                ));
+                setup
+                    .new_tokens
+                    .push((name.to_string(), role.to_string(), token));
+            }
+            write_private(&callers, text.as_bytes())
+                .map_err(|e| ConfigError(format!("cannot write {}: {e}", callers.display())))?;
+        }
+        let callers_text = std::fs::read_to_string(&callers)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", callers.display())))?;
+        let text = format!(
+            "data_dir = \"data\"\n[root_key]\nfile = \".qoima-dev/root.key\"\n{callers_text}"
+        );
+        let c = Self::parse(
+            &text,
+            &format!("embedded default (callers from {})", callers.display()),
+            base,
+            env,
+        )?;
+        Ok((c, setup))
+    }
+}
+
+/// What the embedded default created on this start.
+#[derive(Debug, Default)]
+pub struct DevSetup {
+    pub root_key_created: Option<PathBuf>,
+    /// (caller, role, token) for callers created now.
+    pub new_tokens: Vec<(String, String, String)>,
+}
+
+/// A fresh bearer token: 32 random bytes, hex, with a recognisable prefix for secret scanners.
+pub fn new_token() -> String {
+    format!("qv1_{}", random_hex::<32>())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = r#"
+listen   = "127.0.0.1:9999"
+data_dir = "/var/lib/qoima"
+
+[root_key]
+file = "/etc/qoima/root.key"
+
+[[callers]]
+name         = "origination"
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+roles        = ["service"]
+purposes     = ["loan_issuance"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "qoima.toml", Path::new("/etc/qoima"), &no_env)
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(
+            c.root_key,
+            RootKeySource::File("/etc/qoima/root.key".into())
+        );
+        assert_eq!(
+            c.erasure_journal,
+            PathBuf::from("/var/lib/qoima-erasures.jsonl")
+        );
+        let caller = c.callers.authenticate("test").unwrap();
+        assert_eq!(caller.name.as_str(), "origination");
+        assert_eq!(c.purposes.0.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            (GOOD.replace("[\"service\"]", "[\"admin\"]"), 13, "admin"),
+            (GOOD.replace("[\"loan_issuance\"]", "[\"spying\"]"), 14, "unknown purpose spying"),
+            (GOOD.replace("9f86d0", "zz86d0"), 10, "64 hex"),
+            (GOOD.replace("listen ", "lisen "), 2, "lisen"),
+            (GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n", 17, "not in the schema"),
+        ];
+        for (text, line, needle) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("qoima.toml:{line}:")), "{e}");
+            assert!(e.contains(needle), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_root_key_rules() {
+        let env = |k: &str| match k {
+            "QOIMA_LISTEN" => Some("0.0.0.0:1234".to_string()),
+            "QOIMA_DATA_DIR" => Some("/srv/q".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(GOOD, "x", Path::new("/"), &env).unwrap();
+        assert_eq!(c.listen.port(), 1234);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
+        let inside = GOOD.replace("/etc/qoima/root.key", "/var/lib/qoima/root.key");
+        assert!(parse(&inside)
+            .unwrap_err()
+            .to_string()
+            .contains("must not live inside data_dir"));
+        let both = GOOD.replace(
+            "file = \"/etc/qoima/root.key\"",
+            "file = \"/k\"\nenv = \"K\"",
+        );
+        assert!(parse(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
+    }
+
+    #[test]
+    fn duplicate_tokens_and_names_are_refused() {
+        let dup = GOOD.to_string()
+            + &GOOD[GOOD.find("[[callers]]").unwrap()..].replace("origination", "other");
+        assert!(parse(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("shares its token"));
+    }
+
+    #[test]
+    fn embedded_default_creates_key_and_callers_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, setup) = Config::embedded_default(dir.path(), &no_env).unwrap();
+        assert!(setup.root_key_created.is_some());
+        assert_eq!(setup.new_tokens.len(), 4);
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert!(!c.data_dir.join("root.key").exists());
+        let (_, token) = (&setup.new_tokens[0].0, &setup.new_tokens[0].2);
+        assert!(c.callers.authenticate(token).is_some());
+        let files = std::fs::read_to_string(dir.path().join(".qoima-dev/callers.toml")).unwrap();
+        assert!(!files.contains(token.as_str()), "tokens are never written");
+        let (_, again) = Config::embedded_default(dir.path(), &no_env).unwrap();
+        assert!(again.root_key_created.is_none() && again.new_tokens.is_empty());
+    }
+}

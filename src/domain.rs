@@ -1,0 +1,316 @@
+//! The vocabulary of the vault, parsed once at the edge: a value of these types is valid by
+//! construction (parse, don't validate).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Why an identifier did not parse. The message never echoes the rejected input, which may
+/// be personal data sent by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} must match {rule}")]
+pub struct InvalidId {
+    pub what: &'static str,
+    pub rule: &'static str,
+}
+
+fn id_chars(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        // "." and ".." match the character rule but read as path segments; refuse them.
+        && !s.bytes().all(|b| b == b'.')
+}
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident, $what:literal, $rule:literal, $check:expr) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, InvalidId> {
+                let check: fn(&str) -> bool = $check;
+                if check(s) {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(InvalidId { what: $what, rule: $rule })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// An opaque, lender-chosen subject id. Never personal data (not an IIN, phone or email).
+    SubjectId, "subject id", "^[A-Za-z0-9._-]{1,128}$ (and not only dots)", |s| id_chars(s, 128)
+);
+string_newtype!(
+    /// A loan contract id, as the lender numbers it.
+    ContractId, "contract id", "^[A-Za-z0-9._-]{1,64}$", |s| id_chars(s, 64)
+);
+string_newtype!(
+    /// The name of a processing purpose, e.g. `loan_monitoring`.
+    Purpose, "purpose", "^[a-z][a-z0-9_]{0,63}$", is_snake
+);
+string_newtype!(
+    /// The name of a configured caller.
+    CallerName, "caller name", "^[A-Za-z0-9._-]{1,64}$", |s| id_chars(s, 64)
+);
+
+fn is_snake(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// A field name `category.name`, both parts snake case. Whether the field exists is the
+/// schema's business; this type only guarantees the shape.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct FieldName(String);
+
+impl FieldName {
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        match s.split_once('.') {
+            Some((c, n)) if is_snake(c) && is_snake(n) => Ok(Self(s.to_owned())),
+            _ => Err(InvalidId {
+                what: "field name",
+                rule: "category.name, both ^[a-z][a-z0-9_]{0,63}$",
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn category(&self) -> &str {
+        self.0.split_once('.').map(|(c, _)| c).unwrap_or(&self.0)
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.split_once('.').map(|(_, n)| n).unwrap_or("")
+    }
+}
+
+impl fmt::Display for FieldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for FieldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FieldName({:?})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a caller is allowed to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Lending services: store, read for a purpose, contracts, consents, disclosures.
+    Service,
+    /// The lender's website acting for a signed-in borrower: export, rectify, consents, erasure.
+    Website,
+    /// The security team: keys, audit.
+    Security,
+    /// Auditors: the audit trail, read only.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Service, Role::Website, Role::Security, Role::Auditor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Service => "service",
+            Role::Website => "website",
+            Role::Security => "security",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The id of one HTTP request (or CLI command), carried into its audit entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Accepts a caller-supplied id if it is short and plain; otherwise `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        (!s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')))
+        .then(|| Self(s.to_owned()))
+    }
+
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        Self(random_hex::<12>())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `N` random bytes from the OS CSPRNG, as hex. For ids, never for keys.
+pub fn random_hex<const N: usize>() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; N];
+    // The OS random source failing is unrecoverable for a vault; ids must not repeat.
+    SystemRandom::new()
+        .fill(&mut b)
+        .expect("OS random number generator");
+    hex::encode(b)
+}
+
+/// Where "now" comes from. Passed in, so retention, holds and rotation are testable.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock, the only place the vault reads the real time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one sanctioned call
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    pub fn new(start: OffsetDateTime) -> Self {
+        Self(Arc::new(Mutex::new(start)))
+    }
+
+    pub fn advance(&self, by: time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// RFC 3339 text of a time, the one format the vault writes.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_ids() {
+        for ok in ["a", "S-1", "borrower_0001.x", &"x".repeat(128)] {
+            assert!(SubjectId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../etc",
+            "a b",
+            "ä",
+            &"x".repeat(129),
+            "a\0",
+        ] {
+            let e = SubjectId::parse(bad).unwrap_err();
+            assert!(
+                !e.to_string().contains(bad) || bad.is_empty(),
+                "error echoes input"
+            );
+        }
+    }
+
+    #[test]
+    fn field_names() {
+        let f = FieldName::parse("identity.full_name").unwrap();
+        assert_eq!((f.category(), f.name()), ("identity", "full_name"));
+        for bad in [
+            "identity",
+            "identity.",
+            ".x",
+            "Identity.x",
+            "a.b.c",
+            "a.b-c",
+            "a..b",
+        ] {
+            assert!(FieldName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(RequestId::parse("abc-123").is_some());
+        assert!(RequestId::parse("<script>").is_none());
+        assert!(RequestId::parse(&"a".repeat(65)).is_none());
+        assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+}

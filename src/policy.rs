@@ -1,0 +1,686 @@
+//! Authorisation as a pure function: (caller, action, purpose, subject facts, clock) →
+//! decision with a reason. No I/O, no clock reads, no HTTP: the vault gathers the facts and
+//! passes "now" in, so every combination is a table test.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::{CallerName, ContractId, FieldName, Purpose, Role};
+use crate::schema::Schema;
+
+/// The legal basis a purpose needs (design §4, policy clauses P9–P10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BasisRule {
+    /// The subject's application data, or a contract (`loan_issuance`).
+    ApplicationOrContract,
+    /// An open or breached contract (`loan_monitoring`).
+    OpenContract,
+    /// A consent for this purpose, given, not withdrawn, not expired (`advertising`).
+    Consent,
+    /// A consent for this purpose, a legal obligation with a cited reference, or a breached
+    /// contract (`third_party_transfer`).
+    ConsentObligationOrBreach,
+}
+
+/// A configured purpose: its basis and the fields it may read (patterns `cat.name`/`cat.*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeDef {
+    pub name: Purpose,
+    pub basis: BasisRule,
+    pub fields: Vec<String>,
+}
+
+impl PurposeDef {
+    pub fn allows(&self, field: &FieldName) -> bool {
+        self.fields
+            .iter()
+            .any(|p| Schema::pattern_matches(p, field))
+    }
+}
+
+/// Every configured purpose by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purposes(pub BTreeMap<Purpose, PurposeDef>);
+
+impl Default for Purposes {
+    /// The shipped default of design.md §4.
+    fn default() -> Self {
+        let def = |name: &str, basis, fields: &[&str]| PurposeDef {
+            name: Purpose::parse(name).expect("default purpose names are valid"),
+            basis,
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+        };
+        let list = [
+            def(
+                "loan_issuance",
+                BasisRule::ApplicationOrContract,
+                &["identity.*", "questionnaire.*", "contract.*"],
+            ),
+            def(
+                "loan_monitoring",
+                BasisRule::OpenContract,
+                &[
+                    "identity.full_name",
+                    "identity.phone",
+                    "identity.email",
+                    "identity.address",
+                    "contract.*",
+                ],
+            ),
+            def(
+                "third_party_transfer",
+                BasisRule::ConsentObligationOrBreach,
+                &["identity.*", "contract.*"],
+            ),
+            def(
+                "advertising",
+                BasisRule::Consent,
+                &["identity.full_name", "identity.phone", "identity.email"],
+            ),
+        ];
+        Purposes(list.into_iter().map(|p| (p.name.clone(), p)).collect())
+    }
+}
+
+impl Purposes {
+    pub fn get(&self, p: &Purpose) -> Option<&PurposeDef> {
+        self.0.get(p)
+    }
+}
+
+/// The state of a loan contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractStatus {
+    Open,
+    Settled,
+    Breached,
+}
+
+impl ContractStatus {
+    /// Open and breached contracts are obligations: a legal basis, and a hold on erasure (P7).
+    pub fn holds(self) -> bool {
+        matches!(self, ContractStatus::Open | ContractStatus::Breached)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContractStatus::Open => "open",
+            ContractStatus::Settled => "settled",
+            ContractStatus::Breached => "breached",
+        }
+    }
+}
+
+/// A consent as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentFact {
+    pub purpose: Purpose,
+    pub given_at: OffsetDateTime,
+    pub valid_until: Option<OffsetDateTime>,
+    pub withdrawn_at: Option<OffsetDateTime>,
+    pub abroad: bool,
+}
+
+impl ConsentFact {
+    fn in_force(&self, now: OffsetDateTime) -> Result<(), &'static str> {
+        if self.withdrawn_at.is_some_and(|w| w <= now) {
+            return Err("withdrawn");
+        }
+        if self.valid_until.is_some_and(|u| u <= now) {
+            return Err("expired");
+        }
+        if self.given_at > now {
+            return Err("not yet given");
+        }
+        Ok(())
+    }
+}
+
+/// What the vault knows about a subject that bears on a decision. No field values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubjectFacts {
+    /// Application data (an application category field) is on record.
+    pub has_application: bool,
+    pub contracts: Vec<(ContractId, ContractStatus)>,
+    pub consents: Vec<ConsentFact>,
+}
+
+impl SubjectFacts {
+    /// Contracts that hold erasure (open or breached).
+    pub fn holds(&self) -> Vec<ContractId> {
+        self.contracts
+            .iter()
+            .filter(|(_, s)| s.holds())
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    fn consent(&self, purpose: &Purpose, now: OffsetDateTime) -> Result<&ConsentFact, String> {
+        let mut last_problem = None;
+        for c in self.consents.iter().filter(|c| &c.purpose == purpose) {
+            match c.in_force(now) {
+                Ok(()) => return Ok(c),
+                Err(why) => last_problem = Some(why),
+            }
+        }
+        Err(match last_problem {
+            Some(why) => format!("the consent for {purpose} was {why}"),
+            None => format!("no consent for {purpose} on record"),
+        })
+    }
+
+    fn contract_with(&self, status: ContractStatus) -> Option<&ContractId> {
+        self.contracts
+            .iter()
+            .find(|(_, s)| *s == status)
+            .map(|(c, _)| c)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: CallerName,
+    pub roles: BTreeSet<Role>,
+    /// Purposes it may read for (service role).
+    pub purposes: BTreeSet<Purpose>,
+}
+
+impl Caller {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Everything a caller can ask the vault to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    PutFields,
+    Read,
+    Rectify,
+    Export,
+    OpenContract,
+    UpdateContract,
+    GiveConsent,
+    WithdrawConsent,
+    Disclose,
+    RequestErasure,
+    ErasureStatus,
+    PrivacySession,
+    KeysRead,
+    KeysManage,
+    Rekey,
+    AuditRead,
+    Backup,
+}
+
+impl Action {
+    /// The roles allowed to take this action.
+    pub fn roles(self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Action::PutFields
+            | Action::Read
+            | Action::OpenContract
+            | Action::UpdateContract
+            | Action::Disclose => &[Service],
+            Action::Rectify | Action::Export | Action::PrivacySession => &[Website],
+            Action::GiveConsent
+            | Action::WithdrawConsent
+            | Action::RequestErasure
+            | Action::ErasureStatus => &[Website, Service],
+            Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],
+            Action::AuditRead => &[Auditor, Security],
+        }
+    }
+
+    /// The name written into audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::PutFields => "subject.put",
+            Action::Read => "subject.read",
+            Action::Rectify => "subject.rectify",
+            Action::Export => "subject.export",
+            Action::OpenContract => "contract.open",
+            Action::UpdateContract => "contract.update",
+            Action::GiveConsent => "consent.give",
+            Action::WithdrawConsent => "consent.withdraw",
+            Action::Disclose => "subject.disclose",
+            Action::RequestErasure => "erasure.request",
+            Action::ErasureStatus => "erasure.status",
+            Action::PrivacySession => "privacy_session.create",
+            Action::KeysRead => "keys.read",
+            Action::KeysManage => "keys.manage",
+            Action::Rekey => "subject.rekey",
+            Action::AuditRead => "audit.read",
+            Action::Backup => "backup.create",
+        }
+    }
+}
+
+/// Why a request is refused. The texts go into audit entries and problem details.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("caller {caller} lacks the role for {action} (needs one of: {needed})")]
+    Role {
+        caller: String,
+        action: &'static str,
+        needed: String,
+    },
+    #[error("purpose {0} is not granted to this caller")]
+    PurposeNotGranted(Purpose),
+    #[error("legal basis missing for {purpose}: {missing}")]
+    BasisMissing { purpose: Purpose, missing: String },
+}
+
+/// May `caller` take `action` at all?
+pub fn may(caller: &Caller, action: Action) -> Result<(), Denial> {
+    if action.roles().iter().any(|r| caller.has_role(*r)) {
+        Ok(())
+    } else {
+        Err(Denial::Role {
+            caller: caller.name.to_string(),
+            action: action.as_str(),
+            needed: action
+                .roles()
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// The grant behind an allowed read: which fields, and the basis that held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub basis: String,
+}
+
+/// May `caller` read for `purpose` about a subject with these facts, now?
+pub fn decide_read(
+    caller: &Caller,
+    purpose: &PurposeDef,
+    facts: &SubjectFacts,
+    now: OffsetDateTime,
+) -> Result<Grant, Denial> {
+    may(caller, Action::Read)?;
+    if !caller.purposes.contains(&purpose.name) {
+        return Err(Denial::PurposeNotGranted(purpose.name.clone()));
+    }
+    let missing = |missing: String| Denial::BasisMissing {
+        purpose: purpose.name.clone(),
+        missing,
+    };
+    let basis = match purpose.basis {
+        BasisRule::ApplicationOrContract => {
+            if let Some(c) = facts.contracts.first() {
+                format!("contract {}", c.0)
+            } else if facts.has_application {
+                "application data on record".to_string()
+            } else {
+                return Err(missing("no application data and no contract on record".into()));
+            }
+        }
+        BasisRule::OpenContract => match facts.contract_with(ContractStatus::Open).or(facts.contract_with(ContractStatus::Breached)) {
+            Some(c) => format!("contract {c} in force"),
+            None => return Err(missing("no open or breached contract".into())),
+        },
+        BasisRule::Consent => {
+            let c = facts.consent(&purpose.name, now).map_err(missing)?;
+            format!("consent for {} given {}", c.purpose, crate::domain::rfc3339(c.given_at))
+        }
+        BasisRule::ConsentObligationOrBreach => match (facts.consent(&purpose.name, now), facts.contract_with(ContractStatus::Breached)) {
+            (Ok(c), _) => format!("consent for {} given {}", c.purpose, crate::domain::rfc3339(c.given_at)),
+            (Err(_), Some(b)) => format!("breach of contract {b}"),
+            (Err(why), None) => {
+                return Err(missing(format!("{why}, no breached contract (a legal obligation needs a disclosure with a cited reference)")))
+            }
+        },
+    };
+    Ok(Grant { basis })
+}
+
+/// The basis a disclosure to a third party claims (P10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisclosureBasis {
+    Consent,
+    LegalObligation,
+    ContractBreach,
+}
+
+impl DisclosureBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisclosureBasis::Consent => "consent",
+            DisclosureBasis::LegalObligation => "legal_obligation",
+            DisclosureBasis::ContractBreach => "contract_breach",
+        }
+    }
+}
+
+/// May `caller` disclose to a third party on `basis`? `purpose` is the transfer purpose.
+pub fn decide_disclosure(
+    caller: &Caller,
+    purpose: &PurposeDef,
+    basis: DisclosureBasis,
+    reference: Option<&str>,
+    abroad: bool,
+    facts: &SubjectFacts,
+    now: OffsetDateTime,
+) -> Result<Grant, Denial> {
+    may(caller, Action::Disclose)?;
+    if !caller.purposes.contains(&purpose.name) {
+        return Err(Denial::PurposeNotGranted(purpose.name.clone()));
+    }
+    let missing = |missing: String| Denial::BasisMissing {
+        purpose: purpose.name.clone(),
+        missing,
+    };
+    let held = match basis {
+        DisclosureBasis::Consent => {
+            let c = facts.consent(&purpose.name, now).map_err(missing)?;
+            if abroad && !c.abroad {
+                return Err(missing(format!(
+                    "the consent for {} does not cover transfer abroad",
+                    purpose.name
+                )));
+            }
+            format!(
+                "consent for {} given {}",
+                c.purpose,
+                crate::domain::rfc3339(c.given_at)
+            )
+        }
+        DisclosureBasis::LegalObligation => {
+            match reference.map(str::trim).filter(|r| !r.is_empty()) {
+                Some(r) => format!("legal obligation: {r}"),
+                None => {
+                    return Err(missing(
+                        "a legal obligation must cite its legal reference".into(),
+                    ))
+                }
+            }
+        }
+        DisclosureBasis::ContractBreach => match facts.contract_with(ContractStatus::Breached) {
+            Some(c) => format!("breach of contract {c}"),
+            None => return Err(missing("no breached contract on record".into())),
+        },
+    };
+    Ok(Grant { basis: held })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
+
+    fn caller(roles: &[Role], purposes: &[&str]) -> Caller {
+        Caller {
+            name: CallerName::parse("c").unwrap(),
+            roles: roles.iter().copied().collect(),
+            purposes: purposes
+                .iter()
+                .map(|p| Purpose::parse(p).unwrap())
+                .collect(),
+        }
+    }
+
+    fn consent(purpose: &str, withdrawn: bool, expired: bool) -> ConsentFact {
+        ConsentFact {
+            purpose: Purpose::parse(purpose).unwrap(),
+            given_at: datetime!(2026-01-01 0:00 UTC),
+            valid_until: expired.then_some(datetime!(2026-06-01 0:00 UTC)),
+            withdrawn_at: withdrawn.then_some(datetime!(2026-11-01 0:00 UTC)),
+            abroad: false,
+        }
+    }
+
+    /// The states a subject can be in, as far as bases go.
+    fn bases() -> Vec<(&'static str, SubjectFacts)> {
+        let c = |s| vec![(ContractId::parse("L-1").unwrap(), s)];
+        vec![
+            ("nothing", SubjectFacts::default()),
+            (
+                "application",
+                SubjectFacts {
+                    has_application: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "open contract",
+                SubjectFacts {
+                    has_application: true,
+                    contracts: c(ContractStatus::Open),
+                    ..Default::default()
+                },
+            ),
+            (
+                "breached contract",
+                SubjectFacts {
+                    has_application: true,
+                    contracts: c(ContractStatus::Breached),
+                    ..Default::default()
+                },
+            ),
+            (
+                "settled contract",
+                SubjectFacts {
+                    has_application: true,
+                    contracts: c(ContractStatus::Settled),
+                    ..Default::default()
+                },
+            ),
+            (
+                "advertising consent",
+                SubjectFacts {
+                    has_application: true,
+                    consents: vec![consent("advertising", false, false)],
+                    ..Default::default()
+                },
+            ),
+            (
+                "withdrawn advertising consent",
+                SubjectFacts {
+                    has_application: true,
+                    consents: vec![consent("advertising", true, false)],
+                    ..Default::default()
+                },
+            ),
+            (
+                "expired advertising consent",
+                SubjectFacts {
+                    has_application: true,
+                    consents: vec![consent("advertising", false, true)],
+                    ..Default::default()
+                },
+            ),
+            (
+                "transfer consent",
+                SubjectFacts {
+                    has_application: true,
+                    consents: vec![consent("third_party_transfer", false, false)],
+                    ..Default::default()
+                },
+            ),
+        ]
+    }
+
+    /// Which (purpose, basis state) pairs hold. Everything not listed must be denied.
+    fn expected_allowed(purpose: &str, state: &str) -> bool {
+        matches!(
+            (purpose, state),
+            (
+                "loan_issuance",
+                "application"
+                    | "open contract"
+                    | "breached contract"
+                    | "settled contract"
+                    | "advertising consent"
+                    | "withdrawn advertising consent"
+                    | "expired advertising consent"
+                    | "transfer consent"
+            ) | ("loan_monitoring", "open contract" | "breached contract")
+                | ("advertising", "advertising consent")
+                | (
+                    "third_party_transfer",
+                    "breached contract" | "transfer consent"
+                )
+        )
+    }
+
+    #[test]
+    fn every_role_purpose_basis_combination() {
+        let purposes = Purposes::default();
+        let mut checked = 0;
+        for role in Role::ALL {
+            for (pname, pdef) in &purposes.0 {
+                for granted in [true, false] {
+                    let c = caller(&[role], if granted { &[pname.as_str()] } else { &[] });
+                    for (state, facts) in bases() {
+                        let got = decide_read(&c, pdef, &facts, NOW);
+                        let want = role == Role::Service
+                            && granted
+                            && expected_allowed(pname.as_str(), state);
+                        assert_eq!(
+                            got.is_ok(),
+                            want,
+                            "role {role} purpose {pname} granted {granted} state {state}: {got:?}"
+                        );
+                        match got {
+                            Err(Denial::Role { .. }) => assert_ne!(role, Role::Service),
+                            Err(Denial::PurposeNotGranted(_)) => {
+                                assert!(role == Role::Service && !granted)
+                            }
+                            Err(Denial::BasisMissing { ref missing, .. }) => {
+                                assert!(role == Role::Service && granted);
+                                assert!(!missing.is_empty());
+                            }
+                            Ok(ref g) => assert!(!g.basis.is_empty()),
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 4 * 2 * bases().len());
+    }
+
+    #[test]
+    fn basis_messages_name_what_is_missing() {
+        let p = Purposes::default();
+        let c = caller(&[Role::Service], &["advertising", "loan_monitoring"]);
+        let ad = p.get(&Purpose::parse("advertising").unwrap()).unwrap();
+        let withdrawn = SubjectFacts {
+            consents: vec![consent("advertising", true, false)],
+            ..Default::default()
+        };
+        let e = decide_read(&c, ad, &withdrawn, NOW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "legal basis missing for advertising: the consent for advertising was withdrawn"
+        );
+        let e = decide_read(&c, ad, &SubjectFacts::default(), NOW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "legal basis missing for advertising: no consent for advertising on record"
+        );
+        let mon = p.get(&Purpose::parse("loan_monitoring").unwrap()).unwrap();
+        let e = decide_read(&c, mon, &SubjectFacts::default(), NOW).unwrap_err();
+        assert!(e.to_string().contains("no open or breached contract"));
+    }
+
+    #[test]
+    fn withdrawal_in_the_future_still_counts_until_then() {
+        let p = Purposes::default();
+        let c = caller(&[Role::Service], &["advertising"]);
+        let ad = p.get(&Purpose::parse("advertising").unwrap()).unwrap();
+        let mut f = consent("advertising", false, false);
+        f.withdrawn_at = Some(NOW + time::Duration::seconds(1));
+        let facts = SubjectFacts {
+            consents: vec![f],
+            ..Default::default()
+        };
+        assert!(decide_read(&c, ad, &facts, NOW).is_ok());
+        assert!(decide_read(&c, ad, &facts, NOW + time::Duration::seconds(1)).is_err());
+    }
+
+    #[test]
+    fn disclosure_bases() {
+        let p = Purposes::default();
+        let tpt = p
+            .get(&Purpose::parse("third_party_transfer").unwrap())
+            .unwrap();
+        let c = caller(&[Role::Service], &["third_party_transfer"]);
+        let none = SubjectFacts::default();
+        use DisclosureBasis::*;
+        assert!(decide_disclosure(&c, tpt, Consent, None, false, &none, NOW).is_err());
+        assert!(decide_disclosure(&c, tpt, LegalObligation, None, false, &none, NOW).is_err());
+        assert!(
+            decide_disclosure(&c, tpt, LegalObligation, Some("  "), false, &none, NOW).is_err()
+        );
+        assert!(decide_disclosure(
+            &c,
+            tpt,
+            LegalObligation,
+            Some("Law 94-V art. 9"),
+            false,
+            &none,
+            NOW
+        )
+        .is_ok());
+        assert!(decide_disclosure(&c, tpt, ContractBreach, None, false, &none, NOW).is_err());
+        let breached = SubjectFacts {
+            contracts: vec![(ContractId::parse("L-1").unwrap(), ContractStatus::Breached)],
+            ..Default::default()
+        };
+        assert!(decide_disclosure(&c, tpt, ContractBreach, None, false, &breached, NOW).is_ok());
+        let consented = SubjectFacts {
+            consents: vec![consent("third_party_transfer", false, false)],
+            ..Default::default()
+        };
+        assert!(decide_disclosure(&c, tpt, Consent, None, false, &consented, NOW).is_ok());
+        assert!(
+            decide_disclosure(&c, tpt, Consent, None, true, &consented, NOW).is_err(),
+            "abroad needs a consent that covers it"
+        );
+        let other = caller(&[Role::Service], &["advertising"]);
+        assert!(matches!(
+            decide_disclosure(&other, tpt, LegalObligation, Some("x"), false, &none, NOW),
+            Err(Denial::PurposeNotGranted(_))
+        ));
+        let web = caller(&[Role::Website], &["third_party_transfer"]);
+        assert!(matches!(
+            decide_disclosure(&web, tpt, LegalObligation, Some("x"), false, &none, NOW),
+            Err(Denial::Role { .. })
+        ));
+    }
+
+    #[test]
+    fn role_table() {
+        for action in [
+            Action::PutFields,
+            Action::Rectify,
+            Action::Export,
+            Action::KeysManage,
+            Action::AuditRead,
+            Action::RequestErasure,
+        ] {
+            for role in Role::ALL {
+                let c = caller(&[role], &[]);
+                assert_eq!(may(&c, action).is_ok(), action.roles().contains(&role));
+            }
+        }
+        assert!(may(&caller(&[Role::Auditor], &[]), Action::KeysManage).is_err());
+        assert!(may(&caller(&[Role::Security], &[]), Action::Read).is_err());
+    }
+}

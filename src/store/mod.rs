@@ -1,0 +1,513 @@
+//! Storage: RocksDB behind one narrow interface. **This is the only module that names
+//! `rocksdb`**; everything above it speaks in [`Space`]s, byte keys and [`Batch`]es, so a
+//! distributed engine (TiKV) could take its place.
+//!
+//! Invariants kept here:
+//! - every [`Store::write`] is one atomic, fsynced write batch (RocksDB groups concurrent
+//!   synced writers into one WAL sync);
+//! - deletes are `Delete`/`DeleteRange`, never `SingleDelete` (which can resurrect older
+//!   versions of an overwritten key);
+//! - WAL recycling is off and WAL TTL/size limits are 0, so a flushed WAL is deleted, not kept;
+//! - [`Store::purge`] flushes every column family and compacts the given ranges with forced
+//!   bottommost compaction, then checks `rocksdb.background-errors`, because `compact_range`
+//!   itself reports none.
+
+mod keys;
+
+pub use keys::{prefix_end, subject_key, subject_prefix};
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
+    DBCompressionType, FlushOptions, MergeOperands, Options, ReadOptions, SliceTransform,
+    WriteBatch, WriteOptions, DB,
+};
+
+/// A kind of thing the vault stores; one column family each (design §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// KEK generations (wrapped), counters, audit chain head, settings.
+    Keyring,
+    /// One entry per live subject: its wrapped DEK and versions.
+    Subjects,
+    /// Field ciphertexts, `subject\0field`.
+    Records,
+    /// Contracts and consents, `subject\0c\0id` and `subject\0k\0purpose`.
+    Facts,
+    /// Disclosures to third parties, `subject\0seq`.
+    Disclosures,
+    /// Erasure records, kept forever, `subject`.
+    Erasures,
+    /// The audit log, `seq` (u64 big-endian).
+    Audit,
+    /// Audit sequence numbers by subject, `subject\0seq`.
+    AuditIndex,
+    /// Retention deadlines, `expires_at\0subject\0field`.
+    Expiry,
+    /// Background jobs (rewrap progress).
+    Jobs,
+}
+
+impl Space {
+    pub const ALL: [Space; 10] = [
+        Space::Keyring,
+        Space::Subjects,
+        Space::Records,
+        Space::Facts,
+        Space::Disclosures,
+        Space::Erasures,
+        Space::Audit,
+        Space::AuditIndex,
+        Space::Expiry,
+        Space::Jobs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Keyring => "keyring",
+            Space::Subjects => "subjects",
+            Space::Records => "records",
+            Space::Facts => "facts",
+            Space::Disclosures => "disclosures",
+            Space::Erasures => "erasures",
+            Space::Audit => "audit",
+            Space::AuditIndex => "audit_index",
+            Space::Expiry => "expiry",
+            Space::Jobs => "jobs",
+        }
+    }
+
+    /// Keys of these spaces start with `subject\0`; a prefix extractor and bloom filter make
+    /// per-subject scans and lookups cheap.
+    fn keyed_by_subject(self) -> bool {
+        matches!(
+            self,
+            Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex
+        )
+    }
+}
+
+/// One change inside a [`Batch`].
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put(Space, Vec<u8>, Vec<u8>),
+    Delete(Space, Vec<u8>),
+    /// Deletes `[from, to)`: one range tombstone, whatever the number of keys.
+    DeleteRange(Space, Vec<u8>, Vec<u8>),
+    /// Adds to a signed 64-bit counter (a merge, so concurrent adds never race).
+    Add(Space, Vec<u8>, i64),
+}
+
+/// A set of changes applied atomically by [`Store::write`].
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(space, key.into(), value.into()));
+    }
+
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(space, key.into()));
+    }
+
+    /// Deletes every key starting with `prefix`.
+    pub fn delete_prefix(&mut self, space: Space, prefix: &[u8]) {
+        self.ops
+            .push(Op::DeleteRange(space, prefix.to_vec(), prefix_end(prefix)));
+    }
+
+    pub fn add(&mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) {
+        self.ops.push(Op::Add(space, key.into(), delta));
+    }
+
+    pub fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+}
+
+/// Storage failures. Texts name the operation, never keys or values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("data directory {0} is in use by another process (is the vault running?)")]
+    Locked(PathBuf),
+    #[error("storage failure: {0}")]
+    Io(String),
+    #[error("corrupt {space} entry: {what}")]
+    Corrupt {
+        space: &'static str,
+        what: &'static str,
+    },
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Io(e.into_string())
+    }
+}
+
+/// The open store.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    /// Purges run one at a time: a flush+compaction pass serves all erasures queued behind it.
+    purge_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+const COUNTER_MERGE: &str = "qoima.add_i64";
+
+fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut n = existing.map(decode_i64).unwrap_or(0);
+    for op in operands {
+        n = n.wrapping_add(decode_i64(op));
+    }
+    Some(n.to_le_bytes().to_vec())
+}
+
+fn decode_i64(b: &[u8]) -> i64 {
+    b.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
+fn subject_prefix_of(key: &[u8]) -> &[u8] {
+    match key.iter().position(|b| *b == 0) {
+        Some(i) => &key[..=i],
+        None => key,
+    }
+}
+
+fn has_subject_prefix(key: &[u8]) -> bool {
+    key.contains(&0)
+}
+
+fn cf_options(space: Space, cache: &Cache) -> Options {
+    let mut o = Options::default();
+    // Values are ciphertext or small metadata: compression buys nothing.
+    o.set_compression_type(DBCompressionType::None);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    if space.keyed_by_subject() {
+        o.set_prefix_extractor(SliceTransform::create(
+            "qoima.subject_prefix",
+            subject_prefix_of,
+            Some(has_subject_prefix),
+        ));
+        table.set_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(0.05);
+    }
+    o.set_block_based_table_factory(&table);
+    if space == Space::Keyring {
+        o.set_merge_operator_associative(COUNTER_MERGE, add_i64);
+    }
+    o
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    // A flushed WAL is deleted at once: no TTL, no size-based archive, no recycling, so a
+    // shredded key does not linger in an old log (design §3).
+    o.set_wal_ttl_seconds(0);
+    o.set_wal_size_limit_mb(0);
+    o.set_recycle_log_file_num(0);
+    o.set_max_total_wal_size(64 << 20);
+    o.set_keep_log_file_num(4);
+    o.set_max_background_jobs(2);
+    o
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+        let cache = Cache::new_lru_cache(64 << 20);
+        let cfs = Space::ALL
+            .iter()
+            .map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {
+            let text = e.into_string();
+            if text.contains("lock") || text.contains("LOCK") {
+                StoreError::Locked(path.to_path_buf())
+            } else {
+                StoreError::Io(text)
+            }
+        })?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            purge_lock: Mutex::new(()),
+        })
+    }
+
+    /// Opens an existing store read-only, without taking its lock: for verifying and reading
+    /// beside a running vault. Sees what was written up to the moment it opens.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Io(format!(
+                "no Qoima store at {}",
+                path.display()
+            )));
+        }
+        let cache = Cache::new_lru_cache(8 << 20);
+        let cfs = Space::ALL
+            .iter()
+            .map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, cfs, false)?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            purge_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, space: Space) -> &rocksdb::ColumnFamily {
+        // Every space is created at open (create_missing_column_families).
+        self.db
+            .cf_handle(space.name())
+            .expect("column family opened with the store")
+    }
+
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(space), key)?)
+    }
+
+    /// Point lookups of many keys in one call.
+    pub fn get_many(
+        &self,
+        space: Space,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let cf = self.cf(space);
+        self.db
+            .batched_multi_get_cf(cf, keys.iter(), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|p| p.to_vec())).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Visits keys in `[from, to)` in order until `f` returns false.
+    pub fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(space), ro);
+        it.seek(from);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        Ok(it.status()?)
+    }
+
+    /// Visits every key starting with `prefix`.
+    pub fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scan(space, prefix, &prefix_end(prefix), f)
+    }
+
+    /// The last entry of a space, in key order.
+    pub fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(space));
+        it.seek_to_last();
+        let out = match (it.key(), it.value()) {
+            (Some(k), Some(v)) if it.valid() => Some((k.to_vec(), v.to_vec())),
+            _ => None,
+        };
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The value of a counter written with [`Batch::add`].
+    pub fn counter(&self, space: Space, key: &[u8]) -> Result<i64, StoreError> {
+        Ok(self
+            .get(space, key)?
+            .as_deref()
+            .map(decode_i64)
+            .unwrap_or(0))
+    }
+
+    /// Applies `batch` atomically and durably (fsynced WAL) before returning.
+    pub fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put(s, k, v) => wb.put_cf(self.cf(*s), k, v),
+                Op::Delete(s, k) => wb.delete_cf(self.cf(*s), k),
+                Op::DeleteRange(s, from, to) => wb.delete_range_cf(self.cf(*s), from, to),
+                Op::Add(s, k, d) => wb.merge_cf(self.cf(*s), k, d.to_le_bytes()),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    /// Forces deleted data out of every live file: flushes all column families (so the WAL
+    /// holding the old values is released and deleted), then compacts each range down through
+    /// the bottommost level so tombstones and the values they cover are dropped.
+    pub fn purge(&self, ranges: &[(Space, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();
+        self.db.flush_cfs_opt(&all, &fo)?;
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for (space, from, to) in ranges {
+            self.db
+                .compact_range_cf_opt(self.cf(*space), Some(from), Some(to), &co);
+        }
+        self.check_background_errors()
+    }
+
+    /// Compacts a whole space with forced bottommost compaction (after destroying a KEK).
+    pub fn purge_space(&self, space: Space) -> Result<(), StoreError> {
+        let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();
+        self.db.flush_cfs_opt(&all, &fo)?;
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(self.cf(space), None::<&[u8]>, None::<&[u8]>, &co);
+        self.check_background_errors()
+    }
+
+    /// `compact_range` reports no error; RocksDB counts them here instead.
+    pub fn check_background_errors(&self) -> Result<(), StoreError> {
+        match self.db.property_int_value("rocksdb.background-errors")? {
+            Some(0) | None => Ok(()),
+            Some(n) => Err(StoreError::Io(format!(
+                "{n} background error(s) in RocksDB"
+            ))),
+        }
+    }
+
+    /// A consistent copy of the store in `dir` (a new folder), taken online. SST files are
+    /// hard-linked where the file system allows; memtables are flushed first, so the copy needs
+    /// no WAL.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// A RocksDB statistic by name (for metrics and readiness).
+    pub fn property(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.db.property_int_value(name)?)
+    }
+
+    /// Whether the store answers reads.
+    pub fn ready(&self) -> Result<(), StoreError> {
+        self.get(Space::Keyring, b"")?;
+        self.check_background_errors()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_counter_scan_and_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        for f in ["a.x", "a.y", "b.z"] {
+            b.put(Space::Records, subject_key("s1", f), f.as_bytes());
+        }
+        b.put(Space::Records, subject_key("s10", "a.x"), b"other");
+        b.add(Space::Keyring, b"c".to_vec(), 5);
+        b.add(Space::Keyring, b"c".to_vec(), -2);
+        s.write(&b).unwrap();
+        assert_eq!(s.counter(Space::Keyring, b"c").unwrap(), 3);
+
+        let mut seen = vec![];
+        s.scan_prefix(Space::Records, &subject_prefix("s1"), |k, _| {
+            seen.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 3, "s10 is not under s1's prefix");
+
+        let mut del = Batch::default();
+        del.delete_prefix(Space::Records, &subject_prefix("s1"));
+        s.write(&del).unwrap();
+        s.purge(&[(
+            Space::Records,
+            subject_prefix("s1"),
+            prefix_end(&subject_prefix("s1")),
+        )])
+        .unwrap();
+        let mut left = 0;
+        s.scan(Space::Records, b"", b"\xff", |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(left, 1);
+        assert_eq!(
+            s.get(Space::Records, &subject_key("s10", "a.x"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"other"[..])
+        );
+    }
+
+    #[test]
+    fn second_open_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+    }
+}

@@ -1,0 +1,518 @@
+//! Erasure is crypto-shredding (design §3, policy clause P7): the subject's wrapped DEK and
+//! every ciphertext are deleted in one batch, cached keys purged, then the key ranges are
+//! flushed and compacted so no live store file holds the wrapped DEK. An erasure record stays
+//! forever, and every erasure is also appended to a journal outside the data directory so a
+//! restore from an older backup replays it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::codec::{ErasureRecord, ErasureStatus, SubjectMeta};
+use super::keyring::{dek_count_key, KekState};
+use super::{Ctx, Vault, VaultError};
+use crate::audit::Decision;
+use crate::domain::{random_hex, rfc3339, SubjectId};
+use crate::policy::Action;
+use crate::store::{prefix_end, subject_prefix, Batch, Space, StoreError};
+
+/// One line of the erasure journal. No personal data: an opaque subject id and a receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub subject: String,
+    /// `requested` (pending behind a hold) or `erased`.
+    pub event: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub receipt: String,
+}
+
+/// The append-only erasure journal (JSON lines, fsynced per entry).
+pub struct ErasureJournal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl ErasureJournal {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let file = opts.open(path).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot open erasure journal {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry and syncs it to disk before returning.
+    pub fn append(
+        &self,
+        subject: &str,
+        event: &str,
+        time: OffsetDateTime,
+        receipt: &str,
+    ) -> Result<(), StoreError> {
+        let entry = JournalEntry {
+            subject: subject.to_owned(),
+            event: event.to_owned(),
+            time,
+            receipt: receipt.to_owned(),
+        };
+        let mut line = serde_json::to_vec(&entry).expect("serialises");
+        line.push(b'\n');
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(&line)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| StoreError::Io(format!("cannot append to the erasure journal: {e}")))
+    }
+
+    /// Reads a journal. A torn last line (crash mid-append) is ignored; any other bad line is
+    /// an error, since silently skipping an erasure would resurrect someone.
+    pub fn read(path: &Path) -> Result<Vec<JournalEntry>, StoreError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StoreError::Io(format!(
+                    "cannot read erasure journal {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let lines: Vec<String> = BufReader::new(file)
+            .lines()
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(line) {
+                Ok(e) => out.push(e),
+                Err(_) if i + 1 == lines.len() => {}
+                Err(_) => {
+                    return Err(StoreError::Io(format!(
+                        "erasure journal {} line {} is corrupt",
+                        path.display(),
+                        i + 1
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Vault {
+    /// Requests erasure of a subject (roles website, service). Idempotent. Held by open or
+    /// breached contracts it is recorded as pending and runs when the last one is settled;
+    /// otherwise it runs now.
+    pub fn request_erasure(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+    ) -> Result<ErasureRecord, VaultError> {
+        let s = subject.as_str();
+        self.gate(ctx, Action::RequestErasure, Some(s))?;
+        let record = {
+            let _lock = self.locks.lock(s);
+            if let Some(e) = self.erasure(s)? {
+                let reason = format!(
+                    "erasure already requested ({})",
+                    if e.status == ErasureStatus::Erased {
+                        "erased"
+                    } else {
+                        "pending"
+                    }
+                );
+                self.audit.record(self.draft(
+                    ctx,
+                    Action::RequestErasure,
+                    Some(s),
+                    None,
+                    vec![],
+                    Decision::Allow,
+                    reason,
+                ))?;
+                return Ok(e);
+            }
+            let meta = self.live(ctx, Action::RequestErasure, subject)?;
+            let (facts, _, _) = self.facts(s, &meta)?;
+            let holds: Vec<String> = facts.holds().iter().map(|c| c.to_string()).collect();
+            let now = self.clock.now();
+            let mut record = ErasureRecord {
+                subject: s.to_owned(),
+                status: ErasureStatus::Pending,
+                receipt: format!("rcpt_{}", random_hex::<12>()),
+                requested_at: now,
+                requested_by: ctx.caller.name.to_string(),
+                held_by: holds.clone(),
+                erased_at: None,
+                key_fingerprint: None,
+                kek_generation: None,
+                purged: false,
+            };
+            let mut batch = Batch::default();
+            let reason = if holds.is_empty() {
+                self.journal.append(s, "erased", now, &record.receipt)?;
+                self.shred_into(s, &meta, &mut record, now, &mut batch)?;
+                "crypto-shredded".to_string()
+            } else {
+                self.journal.append(s, "requested", now, &record.receipt)?;
+                batch.put(
+                    Space::Erasures,
+                    s.as_bytes().to_vec(),
+                    serde_json::to_vec(&record).expect("serialises"),
+                );
+                format!("erasure pending: held by {}", holds.join(", "))
+            };
+            self.audit.commit(
+                vec![self.draft(
+                    ctx,
+                    Action::RequestErasure,
+                    Some(s),
+                    None,
+                    vec![],
+                    Decision::Allow,
+                    reason,
+                )],
+                batch,
+            )?;
+            if record.status == ErasureStatus::Erased {
+                self.cache.purge(s);
+            }
+            record
+        };
+        if record.status == ErasureStatus::Erased {
+            self.finish_purge(s)?;
+            return Ok(self.erasure(s)?.unwrap_or(record));
+        }
+        Ok(record)
+    }
+
+    /// The erasure record of a subject (roles website, service).
+    pub fn erasure_status(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+    ) -> Result<ErasureRecord, VaultError> {
+        let s = subject.as_str();
+        self.gate(ctx, Action::ErasureStatus, Some(s))?;
+        match self.erasure(s)? {
+            Some(e) => {
+                self.audit.record(self.draft(
+                    ctx,
+                    Action::ErasureStatus,
+                    Some(s),
+                    None,
+                    vec![],
+                    Decision::Allow,
+                    "erasure status read".into(),
+                ))?;
+                Ok(e)
+            }
+            None => Err(self.refuse(
+                ctx,
+                Action::ErasureStatus,
+                Some(s),
+                None,
+                vec![],
+                VaultError::NotFound(format!("no erasure requested for {s}")),
+            )),
+        }
+    }
+
+    /// Adds the shred of `s` to `batch` and marks `record` erased. The caller holds the
+    /// subject lock, commits the batch with its audit entry, purges the cache, then calls
+    /// [`Vault::finish_purge`].
+    pub(super) fn shred_into(
+        &self,
+        s: &str,
+        meta: &SubjectMeta,
+        record: &mut ErasureRecord,
+        now: OffsetDateTime,
+        batch: &mut Batch,
+    ) -> Result<(), VaultError> {
+        let generation = meta.generation()?;
+        batch.delete(Space::Subjects, s.as_bytes().to_vec());
+        for space in [Space::Records, Space::Facts, Space::Disclosures] {
+            batch.delete_prefix(space, &subject_prefix(s));
+        }
+        batch.add(Space::Keyring, dek_count_key(generation), -1);
+        record.status = ErasureStatus::Erased;
+        record.erased_at = Some(now);
+        record.key_fingerprint = Some(meta.wrapped_dek.fingerprint());
+        record.kek_generation = Some(generation.0);
+        record.purged = false;
+        batch.put(
+            Space::Erasures,
+            s.as_bytes().to_vec(),
+            serde_json::to_vec(record).expect("serialises"),
+        );
+        Ok(())
+    }
+
+    /// Flushes and force-compacts the subject's key ranges so no live SST or WAL file holds
+    /// its wrapped DEK or ciphertexts, then marks the erasure record purged.
+    pub(super) fn finish_purge(&self, s: &str) -> Result<(), VaultError> {
+        self.store.purge(&purge_ranges(s))?;
+        let _lock = self.locks.lock(s);
+        if let Some(mut e) = self.erasure(s)? {
+            if !e.purged {
+                e.purged = true;
+                let mut b = Batch::default();
+                b.put(
+                    Space::Erasures,
+                    s.as_bytes().to_vec(),
+                    serde_json::to_vec(&e).expect("serialises"),
+                );
+                self.store.write(&b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start-up work: run pending erasures whose holds are gone, finish unpurged shreds.
+    pub(super) fn resume_erasures(&self) -> Result<(), VaultError> {
+        let mut todo = Vec::new();
+        let mut bad = false;
+        self.store.scan(Space::Erasures, &[], &[0xff], |_, v| {
+            match serde_json::from_slice::<ErasureRecord>(v) {
+                Ok(e) if e.status == ErasureStatus::Pending || !e.purged => todo.push(e),
+                Ok(_) => {}
+                Err(_) => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(StoreError::Corrupt {
+                space: "erasures",
+                what: "record",
+            }
+            .into());
+        }
+        for e in todo {
+            match e.status {
+                ErasureStatus::Erased => self.finish_purge(&e.subject)?,
+                ErasureStatus::Pending => {
+                    self.run_if_unheld(
+                        &e.subject,
+                        "pending erasure executed at start-up: no contract holds it",
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a pending erasure if no contract holds it any more.
+    fn run_if_unheld(&self, s: &str, reason: &str) -> Result<bool, VaultError> {
+        let ran = {
+            let _lock = self.locks.lock(s);
+            let (Some(mut e), Some(meta)) = (self.erasure(s)?, self.meta(s)?) else {
+                return Ok(false);
+            };
+            if e.status != ErasureStatus::Pending {
+                return Ok(false);
+            }
+            let (facts, _, _) = self.facts(s, &meta)?;
+            if !facts.holds().is_empty() {
+                return Ok(false);
+            }
+            let now = self.clock.now();
+            let mut batch = Batch::default();
+            self.journal.append(s, "erased", now, &e.receipt)?;
+            self.shred_into(s, &meta, &mut e, now, &mut batch)?;
+            let ctx = Ctx::system();
+            self.audit.commit(
+                vec![self.draft(
+                    &ctx,
+                    Action::RequestErasure,
+                    Some(s),
+                    None,
+                    vec![],
+                    Decision::Allow,
+                    reason.into(),
+                )],
+                batch,
+            )?;
+            self.cache.purge(s);
+            true
+        };
+        if ran {
+            self.finish_purge(s)?;
+        }
+        Ok(ran)
+    }
+
+    /// Replays erasures from a journal into this store (after a restore): every subject the
+    /// journal says was erased is shredded here too, and every pending request is recorded
+    /// (and run, if nothing in the restored data holds it). Returns how many subjects changed.
+    pub fn replay_erasures(&self, entries: &[JournalEntry]) -> Result<usize, VaultError> {
+        let mut last: BTreeMap<&str, &JournalEntry> = BTreeMap::new();
+        for e in entries {
+            let slot = last.entry(e.subject.as_str()).or_insert(e);
+            // "erased" is final; otherwise the latest entry wins.
+            if slot.event != "erased" {
+                *slot = e;
+            }
+        }
+        let ctx = Ctx::system();
+        let mut changed = 0;
+        for (s, entry) in last {
+            let _lock = self.locks.lock(s);
+            let existing = self.erasure(s)?;
+            if existing
+                .as_ref()
+                .is_some_and(|e| e.status == ErasureStatus::Erased)
+            {
+                continue;
+            }
+            let now = self.clock.now();
+            let mut record = existing.unwrap_or_else(|| ErasureRecord {
+                subject: s.to_owned(),
+                status: ErasureStatus::Pending,
+                receipt: entry.receipt.clone(),
+                requested_at: entry.time,
+                requested_by: "restore".into(),
+                held_by: vec![],
+                erased_at: None,
+                key_fingerprint: None,
+                kek_generation: None,
+                purged: true,
+            });
+            let mut batch = Batch::default();
+            let meta = self.meta(s)?;
+            let shred = match &meta {
+                Some(m) => entry.event == "erased" || self.facts(s, m)?.0.holds().is_empty(),
+                None => entry.event == "erased",
+            };
+            if shred {
+                match &meta {
+                    Some(m) => self.shred_into(s, m, &mut record, now, &mut batch)?,
+                    None => {
+                        record.status = ErasureStatus::Erased;
+                        record.erased_at = Some(entry.time);
+                        batch.put(
+                            Space::Erasures,
+                            s.as_bytes().to_vec(),
+                            serde_json::to_vec(&record).expect("serialises"),
+                        );
+                    }
+                }
+            } else {
+                if let Some(m) = &meta {
+                    record.held_by = self
+                        .facts(s, m)?
+                        .0
+                        .holds()
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect();
+                }
+                batch.put(
+                    Space::Erasures,
+                    s.as_bytes().to_vec(),
+                    serde_json::to_vec(&record).expect("serialises"),
+                );
+            }
+            let reason = format!(
+                "erasure {} replayed from the journal after restore",
+                entry.receipt
+            );
+            self.audit.commit(
+                vec![self.draft(
+                    &ctx,
+                    Action::RequestErasure,
+                    Some(s),
+                    None,
+                    vec![],
+                    Decision::Allow,
+                    reason,
+                )],
+                batch,
+            )?;
+            self.cache.purge(s);
+            changed += 1;
+        }
+        if changed > 0 {
+            self.store.purge(&[
+                (Space::Subjects, vec![], vec![0xff]),
+                (Space::Records, vec![], vec![0xff]),
+                (Space::Facts, vec![], vec![0xff]),
+                (Space::Disclosures, vec![], vec![0xff]),
+            ])?;
+        }
+        Ok(changed)
+    }
+
+    /// What an erasure receipt promises: unreadable in the live store now, and unreadable
+    /// everywhere (old backups included) once the KEK generation that wrapped the DEK is
+    /// destroyed.
+    pub fn erasure_statement(&self, e: &ErasureRecord) -> String {
+        match (e.status, e.kek_generation) {
+            (ErasureStatus::Pending, _) => format!(
+                "erasure pending: held by {}; it runs by itself when they are settled",
+                e.held_by.join(", ")
+            ),
+            (ErasureStatus::Erased, None) => {
+                "erased: no key of this subject remains in the live store".into()
+            }
+            (ErasureStatus::Erased, Some(g)) => {
+                let info = self.keyring.info(qoima_keys::Generation(g));
+                let everywhere = match info {
+                    Some(i) if i.state == KekState::Destroyed => {
+                        format!("KEK generation {g} was destroyed {}: unreadable everywhere, backups included", i.destroyed_at.map(rfc3339).unwrap_or_default())
+                    }
+                    Some(i) => {
+                        let retire = i.retired_at.unwrap_or_else(|| {
+                            i.activated_at.unwrap_or(i.created_at)
+                                + time::Duration::days(self.settings.key_rotation_days.into())
+                        });
+                        let destroy = retire
+                            + time::Duration::days(self.settings.backup_retention_days.into());
+                        format!("unreadable in backups once KEK generation {g} is destroyed (scheduled no earlier than {})", rfc3339(destroy))
+                    }
+                    None => format!("unreadable in backups once KEK generation {g} is destroyed"),
+                };
+                format!("unreadable in the live store now; {everywhere}")
+            }
+        }
+    }
+}
+
+fn purge_ranges(s: &str) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+    let mut exact_end = s.as_bytes().to_vec();
+    exact_end.push(0);
+    let p = subject_prefix(s);
+    vec![
+        (Space::Subjects, s.as_bytes().to_vec(), exact_end),
+        (Space::Records, p.clone(), prefix_end(&p)),
+        (Space::Facts, p.clone(), prefix_end(&p)),
+        (Space::Disclosures, p.clone(), prefix_end(&p)),
+    ]
+}

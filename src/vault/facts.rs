@@ -1,0 +1,310 @@
+//! Contracts (the legal basis for issuance and monitoring, and the hold on erasure) and
+//! consents (the basis for advertising and transfers), per subject.
+
+use time::OffsetDateTime;
+
+use super::codec::{
+    consent_key, contract_key, ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus,
+};
+use super::{Ctx, Vault, VaultError};
+use crate::audit::Decision;
+use crate::domain::{ContractId, Purpose, SubjectId};
+use crate::policy::{Action, ContractStatus};
+use crate::store::{Batch, Space};
+
+/// A consent being given.
+#[derive(Clone, Debug, Default)]
+pub struct ConsentRequest {
+    pub purpose: String,
+    /// The policy version it is given under; the current one if absent.
+    pub policy_version: Option<String>,
+    pub valid_until: Option<OffsetDateTime>,
+    /// Covers transfer to third parties (Law 94-V art. 8); defaults to true for the transfer
+    /// purpose and false otherwise.
+    pub third_parties: Option<bool>,
+    /// Covers transfer abroad.
+    pub abroad: bool,
+}
+
+impl Vault {
+    fn contract(&self, s: &str, c: &ContractId) -> Result<Option<ContractRecord>, VaultError> {
+        Ok(
+            match self.store.get(Space::Facts, &contract_key(s, c.as_str()))? {
+                Some(v) => Some(serde_json::from_slice(&v).map_err(|_| {
+                    crate::store::StoreError::Corrupt {
+                        space: "facts",
+                        what: "contract",
+                    }
+                })?),
+                None => None,
+            },
+        )
+    }
+
+    /// Opens a loan contract: a legal basis for issuance and monitoring, and a hold on
+    /// erasure until it is settled.
+    pub fn open_contract(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        contract: &str,
+    ) -> Result<ContractRecord, VaultError> {
+        let s = subject.as_str();
+        let c = ContractId::parse(contract)?;
+        self.gate(ctx, Action::OpenContract, Some(s))?;
+        let _lock = self.locks.lock(s);
+        self.live(ctx, Action::OpenContract, subject)?;
+        if let Some(existing) = self.contract(s, &c)? {
+            let err = VaultError::Conflict(format!(
+                "contract {c} already exists ({})",
+                existing.status.as_str()
+            ));
+            return Err(self.refuse(ctx, Action::OpenContract, Some(s), None, vec![], err));
+        }
+        let now = self.clock.now();
+        let record = ContractRecord {
+            contract: c.to_string(),
+            status: ContractStatus::Open,
+            opened_at: now,
+            updated_at: now,
+        };
+        let mut batch = Batch::default();
+        batch.put(
+            Space::Facts,
+            contract_key(s, c.as_str()),
+            serde_json::to_vec(&record).expect("serialises"),
+        );
+        self.audit.commit(
+            vec![self.draft(
+                ctx,
+                Action::OpenContract,
+                Some(s),
+                None,
+                vec![],
+                Decision::Allow,
+                format!("contract {c} opened"),
+            )],
+            batch,
+        )?;
+        Ok(record)
+    }
+
+    /// Settles or breaches a contract. Settling the last contract that holds a pending
+    /// erasure runs the erasure in the same atomic write.
+    pub fn update_contract(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        contract: &str,
+        status: &str,
+    ) -> Result<(ContractRecord, Option<ErasureRecord>), VaultError> {
+        let s = subject.as_str();
+        let c = ContractId::parse(contract)?;
+        let status = match status {
+            "settled" => ContractStatus::Settled,
+            "breached" => ContractStatus::Breached,
+            _ => {
+                return Err(VaultError::Invalid(
+                    "status must be \"settled\" or \"breached\"".into(),
+                ))
+            }
+        };
+        self.gate(ctx, Action::UpdateContract, Some(s))?;
+        let outcome = {
+            let _lock = self.locks.lock(s);
+            let meta = self.live(ctx, Action::UpdateContract, subject)?;
+            let Some(mut record) = self.contract(s, &c)? else {
+                return Err(self.refuse(
+                    ctx,
+                    Action::UpdateContract,
+                    Some(s),
+                    None,
+                    vec![],
+                    VaultError::NotFound(format!("contract {c} not found")),
+                ));
+            };
+            if record.status == status {
+                return Ok((record, self.erasure(s)?));
+            }
+            if record.status == ContractStatus::Settled {
+                let err = VaultError::Conflict(format!(
+                    "contract {c} is settled; a settled contract does not change"
+                ));
+                return Err(self.refuse(ctx, Action::UpdateContract, Some(s), None, vec![], err));
+            }
+            let now = self.clock.now();
+            record.status = status;
+            record.updated_at = now;
+            let mut batch = Batch::default();
+            batch.put(
+                Space::Facts,
+                contract_key(s, c.as_str()),
+                serde_json::to_vec(&record).expect("serialises"),
+            );
+            let mut drafts = vec![self.draft(
+                ctx,
+                Action::UpdateContract,
+                Some(s),
+                None,
+                vec![],
+                Decision::Allow,
+                format!("contract {c} {}", status.as_str()),
+            )];
+            let (facts, _, _) = self.facts(s, &meta)?;
+            let still_held = facts.holds().into_iter().any(|h| h != c) || status.holds();
+            let erasure = match self.erasure(s)? {
+                Some(mut e) if e.status == ErasureStatus::Pending && !still_held => {
+                    // The last obligation is fulfilled: the pending erasure runs now (P7).
+                    self.journal.append(&e.subject, "erased", now, &e.receipt)?;
+                    self.shred_into(s, &meta, &mut e, now, &mut batch)?;
+                    drafts.push(self.draft(
+                        &Ctx::system(),
+                        Action::RequestErasure,
+                        Some(s),
+                        None,
+                        vec![],
+                        Decision::Allow,
+                        format!("pending erasure executed: contract {c} settled"),
+                    ));
+                    Some(e)
+                }
+                other => other,
+            };
+            self.audit.commit(drafts, batch)?;
+            if erasure
+                .as_ref()
+                .is_some_and(|e| e.status == ErasureStatus::Erased)
+            {
+                self.cache.purge(s);
+            }
+            (record, erasure)
+        };
+        if let (_, Some(e)) = &outcome {
+            if e.status == ErasureStatus::Erased && !e.purged {
+                self.finish_purge(s)?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Records a consent, with the policy version it was given under (P1).
+    pub fn give_consent(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        req: &ConsentRequest,
+    ) -> Result<ConsentRecord, VaultError> {
+        let s = subject.as_str();
+        let purpose = Purpose::parse(&req.purpose)?;
+        if self.settings.purposes.get(&purpose).is_none() {
+            return Err(VaultError::Invalid(format!("unknown purpose {purpose}")));
+        }
+        let policy_version = req
+            .policy_version
+            .clone()
+            .unwrap_or_else(|| self.settings.policy_version.clone());
+        if policy_version.is_empty()
+            || policy_version.len() > 64
+            || policy_version.chars().any(char::is_control)
+        {
+            return Err(VaultError::Invalid(
+                "policy_version must be 1 to 64 characters".into(),
+            ));
+        }
+        let now = self.clock.now();
+        if req.valid_until.is_some_and(|u| u <= now) {
+            return Err(VaultError::Invalid(
+                "valid_until must be in the future".into(),
+            ));
+        }
+        self.gate(ctx, Action::GiveConsent, Some(s))?;
+        let _lock = self.locks.lock(s);
+        self.live(ctx, Action::GiveConsent, subject)?;
+        let record = ConsentRecord {
+            purpose: purpose.to_string(),
+            policy_version,
+            given_at: now,
+            valid_until: req.valid_until,
+            withdrawn_at: None,
+            third_parties: req
+                .third_parties
+                .unwrap_or(purpose.as_str() == "third_party_transfer"),
+            abroad: req.abroad,
+            recorded_by: ctx.caller.name.to_string(),
+        };
+        let mut batch = Batch::default();
+        batch.put(
+            Space::Facts,
+            consent_key(s, purpose.as_str()),
+            serde_json::to_vec(&record).expect("serialises"),
+        );
+        let reason = format!("consent given under policy {}", record.policy_version);
+        self.audit.commit(
+            vec![self.draft(
+                ctx,
+                Action::GiveConsent,
+                Some(s),
+                Some(purpose.as_str()),
+                vec![],
+                Decision::Allow,
+                reason,
+            )],
+            batch,
+        )?;
+        Ok(record)
+    }
+
+    /// Withdraws a consent; the next read for that purpose is refused.
+    pub fn withdraw_consent(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        purpose: &str,
+    ) -> Result<ConsentRecord, VaultError> {
+        let s = subject.as_str();
+        let purpose = Purpose::parse(purpose)?;
+        self.gate(ctx, Action::WithdrawConsent, Some(s))?;
+        let _lock = self.locks.lock(s);
+        self.live(ctx, Action::WithdrawConsent, subject)?;
+        let key = consent_key(s, purpose.as_str());
+        let Some(v) = self.store.get(Space::Facts, &key)? else {
+            let err = VaultError::NotFound(format!("no consent for {purpose} on record"));
+            return Err(self.refuse(
+                ctx,
+                Action::WithdrawConsent,
+                Some(s),
+                Some(purpose.as_str()),
+                vec![],
+                err,
+            ));
+        };
+        let mut record: ConsentRecord =
+            serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt {
+                space: "facts",
+                what: "consent",
+            })?;
+        if record.withdrawn_at.is_some() {
+            return Ok(record);
+        }
+        record.withdrawn_at = Some(self.clock.now());
+        let mut batch = Batch::default();
+        batch.put(
+            Space::Facts,
+            key,
+            serde_json::to_vec(&record).expect("serialises"),
+        );
+        self.audit.commit(
+            vec![self.draft(
+                ctx,
+                Action::WithdrawConsent,
+                Some(s),
+                Some(purpose.as_str()),
+                vec![],
+                Decision::Allow,
+                "consent withdrawn".into(),
+            )],
+            batch,
+        )?;
+        Ok(record)
+    }
+}

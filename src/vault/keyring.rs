@@ -1,0 +1,309 @@
+//! KEK generations as the vault keeps them: persisted wrapped by the root key, unwrapped in
+//! memory, exactly one active (Tink's "primary"), the others decrypt-only or destroyed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use qoima_keys::{Generation, Kek, RootKey, WrappedKek};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::store::{Batch, Space, Store, StoreError};
+
+use super::VaultError;
+
+/// Where a generation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KekState {
+    /// Wraps new DEKs. Exactly one generation is active.
+    Active,
+    /// Unwraps the DEKs it still holds; wraps nothing new.
+    DecryptOnly,
+    /// Key bytes zeroized and deleted; anything only it wrapped is unreadable for good.
+    Destroyed,
+}
+
+/// What is known about a generation, without its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KekInfo {
+    pub generation: u32,
+    pub state: KekState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub activated_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub retired_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub destroyed_at: Option<OffsetDateTime>,
+}
+
+pub(crate) fn meta_key(g: Generation) -> Vec<u8> {
+    let mut k = b"kek/".to_vec();
+    k.extend_from_slice(&g.0.to_be_bytes());
+    k.extend_from_slice(b"/meta");
+    k
+}
+
+pub(crate) fn wrapped_key(g: Generation) -> Vec<u8> {
+    let mut k = b"kek/".to_vec();
+    k.extend_from_slice(&g.0.to_be_bytes());
+    k.extend_from_slice(b"/wrapped");
+    k
+}
+
+/// Counter of DEKs wrapped by a generation right now.
+pub(crate) fn dek_count_key(g: Generation) -> Vec<u8> {
+    let mut k = b"count/deks/".to_vec();
+    k.extend_from_slice(&g.0.to_be_bytes());
+    k
+}
+
+/// Counter of wraps ever made with a generation (random nonces: NIST's 2^32 limit).
+pub(crate) fn wrap_count_key(g: Generation) -> Vec<u8> {
+    let mut k = b"count/wraps/".to_vec();
+    k.extend_from_slice(&g.0.to_be_bytes());
+    k
+}
+
+/// Every generation's record, read straight from a store (no root key needed).
+pub fn read_infos(store: &Store) -> Result<Vec<(KekInfo, i64)>, StoreError> {
+    let mut infos = Vec::new();
+    let mut bad = false;
+    store.scan_prefix(Space::Keyring, b"kek/", |k, v| {
+        if k.ends_with(b"/meta") {
+            match serde_json::from_slice::<KekInfo>(v) {
+                Ok(i) => infos.push(i),
+                Err(_) => bad = true,
+            }
+        }
+        !bad
+    })?;
+    if bad {
+        return Err(StoreError::Corrupt {
+            space: "keyring",
+            what: "generation record",
+        });
+    }
+    infos
+        .into_iter()
+        .map(|i| {
+            let n = store.counter(Space::Keyring, &dek_count_key(Generation(i.generation)))?;
+            Ok((i, n))
+        })
+        .collect()
+}
+
+struct Ring {
+    active: Generation,
+    keks: BTreeMap<Generation, Arc<Kek>>,
+    infos: BTreeMap<Generation, KekInfo>,
+}
+
+/// The in-memory keyring.
+pub struct Keyring {
+    root: RootKey,
+    ring: RwLock<Ring>,
+    /// Key administration (rotate, destroy) runs one operation at a time.
+    admin: Mutex<()>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring(active generation {})", self.active_generation())
+    }
+}
+
+impl Keyring {
+    /// Loads every generation, unwrapping the live ones with `root`; creates generation 1 in
+    /// a new store. Fails if the root key does not open them.
+    pub fn load_or_init(
+        store: &Store,
+        root: RootKey,
+        now: OffsetDateTime,
+    ) -> Result<Self, VaultError> {
+        let mut infos = BTreeMap::new();
+        let mut err = None;
+        store.scan_prefix(Space::Keyring, b"kek/", |k, v| {
+            if k.ends_with(b"/meta") {
+                match serde_json::from_slice::<KekInfo>(v) {
+                    Ok(i) => {
+                        infos.insert(Generation(i.generation), i);
+                    }
+                    Err(_) => {
+                        err = Some(StoreError::Corrupt {
+                            space: "keyring",
+                            what: "generation record",
+                        })
+                    }
+                }
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        if infos.is_empty() {
+            let g = Generation(1);
+            let kek = Kek::generate(g)?;
+            let info = KekInfo {
+                generation: 1,
+                state: KekState::Active,
+                created_at: now,
+                activated_at: Some(now),
+                retired_at: None,
+                destroyed_at: None,
+            };
+            let mut b = Batch::default();
+            b.put(
+                Space::Keyring,
+                meta_key(g),
+                serde_json::to_vec(&info).expect("serialises"),
+            );
+            b.put(Space::Keyring, wrapped_key(g), root.wrap_kek(&kek)?.0);
+            store.write(&b)?;
+            infos.insert(g, info);
+        }
+        let mut keks = BTreeMap::new();
+        let mut active = None;
+        for (g, info) in &infos {
+            if info.state == KekState::Destroyed {
+                continue;
+            }
+            if info.state == KekState::Active {
+                active = Some(*g);
+            }
+            let wrapped =
+                store
+                    .get(Space::Keyring, &wrapped_key(*g))?
+                    .ok_or(StoreError::Corrupt {
+                        space: "keyring",
+                        what: "wrapped generation missing",
+                    })?;
+            let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| {
+                VaultError::RootKey(format!(
+                    "cannot open KEK generation {g} with the configured root key: {e}"
+                ))
+            })?;
+            keks.insert(*g, Arc::new(kek));
+        }
+        let active = active.ok_or(StoreError::Corrupt {
+            space: "keyring",
+            what: "no active generation",
+        })?;
+        Ok(Self {
+            root,
+            ring: RwLock::new(Ring {
+                active,
+                keks,
+                infos,
+            }),
+            admin: Mutex::new(()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn active_generation(&self) -> Generation {
+        self.read().active
+    }
+
+    /// The active KEK, which wraps new DEKs.
+    pub fn active(&self) -> Arc<Kek> {
+        let r = self.read();
+        r.keks[&r.active].clone()
+    }
+
+    /// The KEK of generation `g`, if it is not destroyed.
+    pub fn get(&self, g: Generation) -> Result<Arc<Kek>, VaultError> {
+        self.read().keks.get(&g).cloned().ok_or_else(|| {
+            VaultError::Internal(format!("KEK generation {g} is destroyed or unknown"))
+        })
+    }
+
+    pub fn infos(&self) -> Vec<KekInfo> {
+        self.read().infos.values().cloned().collect()
+    }
+
+    pub fn info(&self, g: Generation) -> Option<KekInfo> {
+        self.read().infos.get(&g).cloned()
+    }
+
+    pub(crate) fn admin(&self) -> MutexGuard<'_, ()> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Prepares a rotation: a new generation, active, the old one decrypt-only. Apply the
+    /// returned batch (with its audit entry), then call [`Keyring::install`]. Hold
+    /// [`Keyring::admin`] across both.
+    pub fn prepare_rotate(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<(Batch, Arc<Kek>, KekInfo, Option<KekInfo>), VaultError> {
+        let r = self.read();
+        let next = Generation(r.infos.keys().next_back().map(|g| g.0 + 1).unwrap_or(1));
+        let kek = Arc::new(Kek::generate(next)?);
+        let info = KekInfo {
+            generation: next.0,
+            state: KekState::Active,
+            created_at: now,
+            activated_at: Some(now),
+            retired_at: None,
+            destroyed_at: None,
+        };
+        let mut b = Batch::default();
+        b.put(
+            Space::Keyring,
+            meta_key(next),
+            serde_json::to_vec(&info).expect("serialises"),
+        );
+        b.put(
+            Space::Keyring,
+            wrapped_key(next),
+            self.root.wrap_kek(&kek)?.0,
+        );
+        let old = r.infos.get(&r.active).cloned().map(|mut o| {
+            o.state = KekState::DecryptOnly;
+            o.retired_at = Some(now);
+            b.put(
+                Space::Keyring,
+                meta_key(r.active),
+                serde_json::to_vec(&o).expect("serialises"),
+            );
+            o
+        });
+        Ok((b, kek, info, old))
+    }
+
+    /// Makes a committed rotation visible.
+    pub fn install(&self, kek: Arc<Kek>, info: KekInfo, old: Option<KekInfo>) {
+        let mut r = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let g = kek.generation();
+        if let Some(o) = old {
+            r.infos.insert(Generation(o.generation), o);
+        }
+        r.infos.insert(g, info);
+        r.keks.insert(g, kek);
+        r.active = g;
+    }
+
+    /// Forgets a destroyed generation's key (the `Kek` zeroizes when the last user drops it).
+    pub fn forget(&self, info: KekInfo) {
+        let mut r = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let g = Generation(info.generation);
+        r.keks.remove(&g);
+        r.infos.insert(g, info);
+    }
+
+    /// Rewraps every live generation under `new_root` into `batch` (root-key rotation).
+    pub fn rewrap_all(&self, new_root: &RootKey, batch: &mut Batch) -> Result<usize, VaultError> {
+        let r = self.read();
+        for (g, kek) in &r.keks {
+            batch.put(Space::Keyring, wrapped_key(*g), new_root.wrap_kek(kek)?.0);
+        }
+        Ok(r.keks.len())
+    }
+}

@@ -1,0 +1,457 @@
+//! The vault core: the one place that composes keys, store, policy and audit. It knows no
+//! HTTP; handlers and the CLI call it with a [`Ctx`] naming who asks.
+//!
+//! **Invariants.**
+//! - Every operation on a subject is decided by [`crate::policy`] and recorded by
+//!   [`crate::audit`] (allowed or denied) before it returns; the changes it makes ride in the
+//!   same write batch as its audit entry.
+//! - Plaintext leaves only after its audit entry is durable; if the entry cannot be written,
+//!   the operation fails with [`VaultError::Unavailable`] and returns nothing.
+//! - Writes to one subject run under that subject's lock (see [`cache::SubjectLocks`]).
+//! - Nothing here logs a value, a token or key bytes.
+
+mod admin;
+mod cache;
+pub mod codec;
+mod erasure;
+mod facts;
+pub mod keyring;
+mod subjects;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qoima_keys::{Dek, RootKey};
+use time::OffsetDateTime;
+
+pub use cache::{DekCache, SubjectLocks};
+pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
+pub use erasure::{ErasureJournal, JournalEntry};
+pub use facts::ConsentRequest;
+pub use keyring::{KekInfo, KekState, Keyring};
+pub use subjects::{AccessSummary, DisclosureRequest, Export, FieldValues, WriteOutcome};
+
+use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
+use crate::domain::{CallerName, Clock, InvalidId, RequestId, SubjectId};
+use crate::policy::{Action, Caller, Denial, Purposes, SubjectFacts};
+use crate::schema::{Schema, SchemaError};
+use crate::store::{Space, Store, StoreError};
+
+use codec::SubjectMeta;
+
+/// What the vault needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Append-only list of erasures kept outside the data directory, replayed on restore.
+    pub erasure_journal: PathBuf,
+    pub schema: Schema,
+    pub purposes: Purposes,
+    /// The privacy policy version in force (P1); consents record the one they were given under.
+    pub policy_version: String,
+    /// Field encryptions allowed under one DEK before it is rotated automatically.
+    pub dek_seal_limit: u64,
+    pub dek_cache_capacity: usize,
+    /// How often KEKs rotate, and how long backups are kept: together they bound when an
+    /// erased subject's DEK becomes unreadable in old backups too.
+    pub key_rotation_days: u32,
+    pub backup_retention_days: u32,
+}
+
+impl Settings {
+    /// Defaults for a data directory: the shipped schema and purposes.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let erasure_journal = default_journal_path(&data_dir);
+        Self {
+            data_dir,
+            erasure_journal,
+            schema: Schema::default(),
+            purposes: Purposes::default(),
+            policy_version: "2019-01-29".into(),
+            // NIST SP 800-38D: at most 2^32 invocations with random 96-bit nonces per key.
+            dek_seal_limit: 1 << 32,
+            dek_cache_capacity: 100_000,
+            key_rotation_days: 90,
+            backup_retention_days: 30,
+        }
+    }
+}
+
+/// `<data_dir>-erasures.jsonl`: beside the data directory, not in it, so replacing the data
+/// directory with a backup never replaces the list of erasures made since.
+pub fn default_journal_path(data_dir: &std::path::Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "data".into());
+    name.push("-erasures.jsonl");
+    data_dir.with_file_name(name)
+}
+
+/// Who is asking, and which request this is.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub caller: Caller,
+    pub request_id: RequestId,
+}
+
+impl Ctx {
+    /// The vault itself (retention sweeps, pending erasures, start-up work).
+    pub fn system() -> Self {
+        Self {
+            caller: Caller {
+                name: CallerName::parse("qoima").expect("valid name"),
+                roles: Default::default(),
+                purposes: Default::default(),
+            },
+            request_id: RequestId::generate(),
+        }
+    }
+}
+
+/// Why an operation failed. Texts never include field values, tokens or key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The request is malformed or names something that does not exist in the schema.
+    #[error("{0}")]
+    Invalid(String),
+    /// Policy said no.
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("{0}")]
+    NotFound(String),
+    /// The subject was crypto-shredded; its erasure receipt.
+    #[error("subject {subject} was erased (receipt {receipt})")]
+    Erased { subject: String, receipt: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage or audit cannot take writes: nothing was done, nothing is returned.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The root key does not open the keyring.
+    #[error("{0}")]
+    RootKey(String),
+    /// A key or stored value failed to open: corruption or tampering.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => VaultError::Internal(e.to_string()),
+            _ => VaultError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<AuditError> for VaultError {
+    fn from(e: AuditError) -> Self {
+        VaultError::Unavailable(e.to_string())
+    }
+}
+
+impl From<qoima_keys::Error> for VaultError {
+    fn from(e: qoima_keys::Error) -> Self {
+        VaultError::Internal(format!("key operation failed: {e}"))
+    }
+}
+
+impl From<SchemaError> for VaultError {
+    fn from(e: SchemaError) -> Self {
+        VaultError::Invalid(e.to_string())
+    }
+}
+
+impl From<InvalidId> for VaultError {
+    fn from(e: InvalidId) -> Self {
+        VaultError::Invalid(e.to_string())
+    }
+}
+
+/// The vault.
+pub struct Vault {
+    store: Arc<Store>,
+    audit: AuditLog,
+    keyring: Keyring,
+    cache: DekCache,
+    locks: SubjectLocks,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    journal: ErasureJournal,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault({})", self.settings.data_dir.display())
+    }
+}
+
+impl Vault {
+    /// Opens the store, the keyring (with `root`) and the audit log, then finishes work a
+    /// crash or restart left behind (pending erasures whose holds are gone, unpurged shreds).
+    pub fn open(
+        settings: Settings,
+        root: RootKey,
+        clock: Arc<dyn Clock>,
+        faults: Arc<FaultSwitch>,
+    ) -> Result<Self, VaultError> {
+        let store = Arc::new(Store::open(&settings.data_dir)?);
+        Self::with_store(store, settings, root, clock, faults)
+    }
+
+    pub fn with_store(
+        store: Arc<Store>,
+        settings: Settings,
+        root: RootKey,
+        clock: Arc<dyn Clock>,
+        faults: Arc<FaultSwitch>,
+    ) -> Result<Self, VaultError> {
+        let keyring = Keyring::load_or_init(&store, root, clock.now())?;
+        let audit = AuditLog::start(store.clone(), clock.clone(), faults)?;
+        let journal = ErasureJournal::open(&settings.erasure_journal)?;
+        let vault = Self {
+            cache: DekCache::new(settings.dek_cache_capacity),
+            locks: SubjectLocks::new(4096),
+            store,
+            audit,
+            keyring,
+            settings,
+            clock,
+            journal,
+        };
+        vault.resume_erasures()?;
+        Ok(vault)
+    }
+
+    /// Stops the audit committer after it has written what it holds.
+    pub fn close(&self) {
+        self.audit.shutdown();
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn cache(&self) -> &DekCache {
+        &self.cache
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Whether the audit log's last write succeeded.
+    pub fn audit_healthy(&self) -> bool {
+        self.audit.healthy()
+    }
+
+    fn draft(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        subject: Option<&str>,
+        purpose: Option<&str>,
+        fields: Vec<String>,
+        decision: Decision,
+        reason: String,
+    ) -> Draft {
+        Draft {
+            caller: ctx.caller.name.to_string(),
+            action: action.as_str(),
+            subject: subject.map(str::to_owned),
+            purpose: purpose.map(str::to_owned),
+            fields,
+            decision,
+            reason,
+            request_id: ctx.request_id.as_str().to_owned(),
+        }
+    }
+
+    /// Records a refusal and returns the error to give the caller. If even the refusal cannot
+    /// be recorded, the caller gets 503 instead.
+    fn refuse(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        subject: Option<&str>,
+        purpose: Option<&str>,
+        fields: Vec<String>,
+        err: VaultError,
+    ) -> VaultError {
+        let reason = match &err {
+            VaultError::Erased { .. } => "subject erased".to_string(),
+            VaultError::NotFound(_) => "unknown subject".to_string(),
+            e => e.to_string(),
+        };
+        match self.audit.record(self.draft(
+            ctx,
+            action,
+            subject,
+            purpose,
+            fields,
+            Decision::Deny,
+            reason,
+        )) {
+            Ok(_) => err,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Role gate for `action`, recording a refusal.
+    fn gate(&self, ctx: &Ctx, action: Action, subject: Option<&str>) -> Result<(), VaultError> {
+        crate::policy::may(&ctx.caller, action)
+            .map_err(|d| self.refuse(ctx, action, subject, None, vec![], d.into()))
+    }
+
+    fn meta(&self, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
+        Ok(self
+            .store
+            .get(Space::Subjects, subject.as_bytes())?
+            .map(|v| SubjectMeta::decode(&v))
+            .transpose()?)
+    }
+
+    fn erasure(&self, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
+        Ok(match self.store.get(Space::Erasures, subject.as_bytes())? {
+            Some(v) => Some(serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt {
+                space: "erasures",
+                what: "record",
+            })?),
+            None => None,
+        })
+    }
+
+    /// The subject's metadata if it is live; else a recorded refusal (410 or 404).
+    fn live(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        subject: &SubjectId,
+    ) -> Result<SubjectMeta, VaultError> {
+        let s = subject.as_str();
+        if let Some(e) = self.erasure(s)? {
+            if e.status == ErasureStatus::Erased {
+                return Err(self.refuse(
+                    ctx,
+                    action,
+                    Some(s),
+                    None,
+                    vec![],
+                    VaultError::Erased {
+                        subject: e.subject,
+                        receipt: e.receipt,
+                    },
+                ));
+            }
+        }
+        match self.meta(s)? {
+            Some(m) => Ok(m),
+            None => Err(self.refuse(
+                ctx,
+                action,
+                Some(s),
+                None,
+                vec![],
+                VaultError::NotFound(format!("subject {s} not found")),
+            )),
+        }
+    }
+
+    /// The subject's DEK, from the cache or unwrapped by its KEK generation.
+    fn dek(&self, subject: &str, meta: &SubjectMeta) -> Result<Arc<Dek>, VaultError> {
+        if let Some(d) = self.cache.get(subject, meta.dek_version) {
+            return Ok(d);
+        }
+        let kek = self.keyring.get(meta.generation()?)?;
+        let dek = Arc::new(kek.unwrap_dek(subject, meta.dek_version, &meta.wrapped_dek)?);
+        self.cache.insert(subject, dek.clone());
+        Ok(dek)
+    }
+
+    /// Contracts and consents of a subject, and the facts the policy decides on.
+    fn facts(
+        &self,
+        subject: &str,
+        meta: &SubjectMeta,
+    ) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
+        let mut contracts = Vec::new();
+        let mut consents = Vec::new();
+        let mut bad = false;
+        let plen = subject.len() + 1;
+        self.store.scan_prefix(
+            Space::Facts,
+            &crate::store::subject_prefix(subject),
+            |k, v| {
+                match k.get(plen) {
+                    Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
+                        Ok(c) => contracts.push(c),
+                        Err(_) => bad = true,
+                    },
+                    Some(b'k') => match serde_json::from_slice::<ConsentRecord>(v) {
+                        Ok(c) => consents.push(c),
+                        Err(_) => bad = true,
+                    },
+                    _ => bad = true,
+                }
+                !bad
+            },
+        )?;
+        if bad {
+            return Err(StoreError::Corrupt {
+                space: "facts",
+                what: "contract or consent",
+            }
+            .into());
+        }
+        let has_application = meta.categories.iter().any(|(c, n)| {
+            *n > 0
+                && self
+                    .settings
+                    .schema
+                    .category(c)
+                    .is_some_and(|c| c.application)
+        });
+        let facts = SubjectFacts {
+            has_application,
+            contracts: contracts
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        crate::domain::ContractId::parse(&c.contract).ok()?,
+                        c.status,
+                    ))
+                })
+                .collect(),
+            consents: consents.iter().filter_map(ConsentRecord::fact).collect(),
+        };
+        Ok((facts, contracts, consents))
+    }
+
+    /// KEK generations with how many DEKs each wraps.
+    pub fn key_generations(&self) -> Result<Vec<(KekInfo, i64)>, VaultError> {
+        self.keyring
+            .infos()
+            .into_iter()
+            .map(|i| {
+                let n = self.store.counter(
+                    Space::Keyring,
+                    &keyring::dek_count_key(qoima_keys::Generation(i.generation)),
+                )?;
+                Ok((i, n))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
