@@ -124,11 +124,7 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the committer, continuing the chain found in `store`.
-    pub fn start(
-        store: Arc<Store>,
-        clock: Arc<dyn Clock>,
-        faults: Arc<FaultSwitch>,
-    ) -> Result<Self, StoreError> {
+    pub fn start(store: Arc<Store>, clock: Arc<dyn Clock>, faults: Arc<FaultSwitch>) -> Result<Self, StoreError> {
         let head = load_head(&store)?;
         let (tx, rx) = sync_channel::<Job>(4096);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -137,11 +133,7 @@ impl AuditLog {
             .name("qoima-audit".into())
             .spawn(move || committer(rx, store, clock, faults, head, h))
             .map_err(|e| StoreError::Io(format!("cannot start the audit committer: {e}")))?;
-        Ok(Self {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            healthy,
-        })
+        Ok(Self { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), healthy })
     }
 
     /// Appends `drafts` and applies `batch` in one durable write. Blocks until done; returns
@@ -150,21 +142,12 @@ impl AuditLog {
         let (reply, wait) = sync_channel(1);
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tx = tx.ok_or_else(|| AuditError::Unavailable("the vault is shutting down".into()))?;
-        match tx.try_send(Job {
-            drafts,
-            batch,
-            reply,
-        }) {
+        match tx.try_send(Job { drafts, batch, reply }) {
             Ok(()) => {}
-            Err(TrySendError::Full(job)) => tx
-                .send(job)
-                .map_err(|_| AuditError::Unavailable("committer stopped".into()))?,
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(AuditError::Unavailable("committer stopped".into()))
-            }
+            Err(TrySendError::Full(job)) => tx.send(job).map_err(|_| AuditError::Unavailable("committer stopped".into()))?,
+            Err(TrySendError::Disconnected(_)) => return Err(AuditError::Unavailable("committer stopped".into())),
         }
-        wait.recv()
-            .map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+        wait.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
     }
 
     /// Appends one entry with no other changes.
@@ -193,25 +176,16 @@ impl Drop for AuditLog {
 }
 
 fn load_head(store: &Store) -> Result<Head, StoreError> {
-    let corrupt = |what| StoreError::Corrupt {
-        space: "audit",
-        what,
-    };
+    let corrupt = |what| StoreError::Corrupt { space: "audit", what };
     match store.get(Space::Keyring, HEAD_KEY)? {
         Some(v) => serde_json::from_slice(&v).map_err(|_| corrupt("chain head")),
         None => match store.last(Space::Audit)? {
             // A log without a head record: continue from its last entry.
             Some((_, v)) => {
                 let e: AuditEntry = serde_json::from_slice(&v).map_err(|_| corrupt("entry"))?;
-                Ok(Head {
-                    seq: e.seq,
-                    hash: e.hash,
-                })
+                Ok(Head { seq: e.seq, hash: e.hash })
             }
-            None => Ok(Head {
-                seq: 0,
-                hash: GENESIS.to_string(),
-            }),
+            None => Ok(Head { seq: 0, hash: GENESIS.to_string() }),
         },
     }
 }
@@ -258,29 +232,14 @@ fn committer(
                 if let Some(s) = &e.subject {
                     batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
                 }
-                batch.put(
-                    Space::Audit,
-                    e.seq.to_be_bytes().to_vec(),
-                    serde_json::to_vec(&e).expect("entry serialises"),
-                );
-                next = Head {
-                    seq: e.seq,
-                    hash: e.hash,
-                };
+                batch.put(Space::Audit, e.seq.to_be_bytes().to_vec(), serde_json::to_vec(&e).expect("entry serialises"));
+                next = Head { seq: e.seq, hash: e.hash };
                 mine.push(next.seq);
             }
             seqs.push(mine);
         }
-        batch.put(
-            Space::Keyring,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&next).expect("head serialises"),
-        );
-        let result = if faults.failing() {
-            Err(StoreError::Io("injected audit write failure".into()))
-        } else {
-            store.write(&batch)
-        };
+        batch.put(Space::Keyring, HEAD_KEY.to_vec(), serde_json::to_vec(&next).expect("head serialises"));
+        let result = if faults.failing() { Err(StoreError::Io("injected audit write failure".into())) } else { store.write(&batch) };
         match result {
             Ok(()) => {
                 head = next;
@@ -336,10 +295,7 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
     store.scan(Space::Audit, &[], &[0xff; 9], |k, v| {
         entries += 1;
         let key_seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
-        let fail = |reason: String| Broken {
-            seq: key_seq.max(expected_seq),
-            reason,
-        };
+        let fail = |reason: String| Broken { seq: key_seq.max(expected_seq), reason };
         let entry: AuditEntry = match serde_json::from_slice(v) {
             Ok(e) => e,
             Err(_) => {
@@ -348,23 +304,15 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
             }
         };
         if key_seq != expected_seq {
-            broken = Some(Broken {
-                seq: expected_seq,
-                reason: format!("entry {expected_seq} is missing (next stored is {key_seq})"),
-            });
+            broken = Some(Broken { seq: expected_seq, reason: format!("entry {expected_seq} is missing (next stored is {key_seq})") });
             return false;
         }
         if entry.seq != key_seq {
-            broken = Some(fail(format!(
-                "entry stored at {key_seq} claims sequence {}",
-                entry.seq
-            )));
+            broken = Some(fail(format!("entry stored at {key_seq} claims sequence {}", entry.seq)));
             return false;
         }
         if entry.prev_hash != prev {
-            broken = Some(fail(
-                "previous-hash link does not match the entry before it".into(),
-            ));
+            broken = Some(fail("previous-hash link does not match the entry before it".into()));
             return false;
         }
         if entry.compute_hash() != entry.hash {
@@ -375,9 +323,7 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
             if aseq == entry.seq {
                 anchor_seen = true;
                 if entry.hash != ahash {
-                    broken = Some(fail(
-                        "hash differs from the recorded anchor (log rewritten)".into(),
-                    ));
+                    broken = Some(fail("hash differs from the recorded anchor (log rewritten)".into()));
                     return false;
                 }
             }
@@ -394,38 +340,20 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
             Some(h) if h.seq > last => {
                 broken = Some(Broken {
                     seq: last + 1,
-                    reason: format!(
-                        "entries {}..={} are missing (chain head says {})",
-                        last + 1,
-                        h.seq,
-                        h.seq
-                    ),
+                    reason: format!("entries {}..={} are missing (chain head says {})", last + 1, h.seq, h.seq),
                 })
             }
-            _ => {
-                broken = Some(Broken {
-                    seq: last,
-                    reason: "the chain head record does not match the last entry".into(),
-                })
-            }
+            _ => broken = Some(Broken { seq: last, reason: "the chain head record does not match the last entry".into() }),
         }
     }
     if broken.is_none() {
         if let Some((aseq, _)) = anchor {
             if !anchor_seen {
-                broken = Some(Broken {
-                    seq: aseq,
-                    reason: "the anchored entry is no longer in the log".into(),
-                });
+                broken = Some(Broken { seq: aseq, reason: "the anchored entry is no longer in the log".into() });
             }
         }
     }
-    Ok(Verification {
-        ok: broken.is_none(),
-        entries,
-        head: prev,
-        first_broken: broken,
-    })
+    Ok(Verification { ok: broken.is_none(), entries, head: prev, first_broken: broken })
 }
 
 /// Which entries to list.
@@ -442,10 +370,7 @@ pub struct Query {
 pub fn query(store: &Store, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
     let mut out = Vec::new();
     let keep = |e: &AuditEntry| q.caller.as_deref().is_none_or(|c| c == e.caller);
-    let corrupt = || StoreError::Corrupt {
-        space: "audit",
-        what: "entry",
-    };
+    let corrupt = || StoreError::Corrupt { space: "audit", what: "entry" };
     match &q.subject {
         Some(s) => {
             let from = index_key(s, q.after.saturating_add(1));
@@ -472,19 +397,14 @@ pub fn query(store: &Store, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
         }
         None => {
             let mut err = None;
-            store.scan(
-                Space::Audit,
-                &q.after.saturating_add(1).to_be_bytes(),
-                &[0xff; 9],
-                |_, v| {
-                    match serde_json::from_slice::<AuditEntry>(v) {
-                        Ok(e) if keep(&e) => out.push(e),
-                        Ok(_) => {}
-                        Err(_) => err = Some(corrupt()),
-                    }
-                    err.is_none() && out.len() < q.limit
-                },
-            )?;
+            store.scan(Space::Audit, &q.after.saturating_add(1).to_be_bytes(), &[0xff; 9], |_, v| {
+                match serde_json::from_slice::<AuditEntry>(v) {
+                    Ok(e) if keep(&e) => out.push(e),
+                    Ok(_) => {}
+                    Err(_) => err = Some(corrupt()),
+                }
+                err.is_none() && out.len() < q.limit
+            })?;
             if let Some(e) = err {
                 return Err(e);
             }
@@ -518,10 +438,7 @@ mod tests {
         std::thread::scope(|s| {
             for i in 0..n {
                 let log = &log;
-                s.spawn(move || {
-                    log.record(draft(&format!("s{}", i % 3), &format!("r{i}")))
-                        .unwrap()
-                });
+                s.spawn(move || log.record(draft(&format!("s{}", i % 3), &format!("r{i}"))).unwrap());
             }
         });
         log.shutdown();
@@ -529,20 +446,10 @@ mod tests {
     }
 
     fn tamper(store: &Store, seq: u64, f: impl FnOnce(&mut AuditEntry)) {
-        let mut e: AuditEntry = serde_json::from_slice(
-            &store
-                .get(Space::Audit, &seq.to_be_bytes())
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
+        let mut e: AuditEntry = serde_json::from_slice(&store.get(Space::Audit, &seq.to_be_bytes()).unwrap().unwrap()).unwrap();
         f(&mut e);
         let mut b = Batch::default();
-        b.put(
-            Space::Audit,
-            seq.to_be_bytes().to_vec(),
-            serde_json::to_vec(&e).unwrap(),
-        );
+        b.put(Space::Audit, seq.to_be_bytes().to_vec(), serde_json::to_vec(&e).unwrap());
         store.write(&b).unwrap();
     }
 
@@ -552,29 +459,10 @@ mod tests {
         let v = verify(&store, None).unwrap();
         assert!(v.ok, "{v:?}");
         assert_eq!(v.entries, 50);
-        let s1 = query(
-            &store,
-            &Query {
-                subject: Some("s1".into()),
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let s1 = query(&store, &Query { subject: Some("s1".into()), limit: 100, ..Default::default() }).unwrap();
         assert!(s1.len() >= 16 && s1.iter().all(|e| e.subject.as_deref() == Some("s1")));
-        let page = query(
-            &store,
-            &Query {
-                after: 10,
-                limit: 5,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            [11, 12, 13, 14, 15]
-        );
+        let page = query(&store, &Query { after: 10, limit: 5, ..Default::default() }).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [11, 12, 13, 14, 15]);
     }
 
     #[test]
@@ -610,14 +498,8 @@ mod tests {
     #[test]
     fn reordering_entries_is_detected() {
         let (_d, store) = log_with(5);
-        let a = store
-            .get(Space::Audit, &2u64.to_be_bytes())
-            .unwrap()
-            .unwrap();
-        let b = store
-            .get(Space::Audit, &3u64.to_be_bytes())
-            .unwrap()
-            .unwrap();
+        let a = store.get(Space::Audit, &2u64.to_be_bytes()).unwrap().unwrap();
+        let b = store.get(Space::Audit, &3u64.to_be_bytes()).unwrap().unwrap();
         let mut batch = Batch::default();
         batch.put(Space::Audit, 2u64.to_be_bytes().to_vec(), b);
         batch.put(Space::Audit, 3u64.to_be_bytes().to_vec(), a);
@@ -630,14 +512,8 @@ mod tests {
         let (_d, store) = log_with(3);
         let v = verify(&store, None).unwrap();
         // Rewrite entry 2 and re-chain everything after it, head included: only an anchor sees it.
-        let mut prev = store
-            .get(Space::Audit, &1u64.to_be_bytes())
-            .map(|v| {
-                serde_json::from_slice::<AuditEntry>(&v.unwrap())
-                    .unwrap()
-                    .hash
-            })
-            .unwrap();
+        let mut prev =
+            store.get(Space::Audit, &1u64.to_be_bytes()).map(|v| serde_json::from_slice::<AuditEntry>(&v.unwrap()).unwrap().hash).unwrap();
         for seq in 2..=3u64 {
             tamper(&store, seq, |e| {
                 e.reason = "rewritten".into();
@@ -647,16 +523,9 @@ mod tests {
             });
         }
         let mut b = Batch::default();
-        b.put(
-            Space::Keyring,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&Head { seq: 3, hash: prev }).unwrap(),
-        );
+        b.put(Space::Keyring, HEAD_KEY.to_vec(), serde_json::to_vec(&Head { seq: 3, hash: prev }).unwrap());
         store.write(&b).unwrap();
-        assert!(
-            verify(&store, None).unwrap().ok,
-            "a consistent rewrite passes without an anchor"
-        );
+        assert!(verify(&store, None).unwrap().ok, "a consistent rewrite passes without an anchor");
         let r = verify(&store, Some((3, &v.head))).unwrap();
         assert_eq!(r.first_broken.unwrap().seq, 3);
     }
@@ -673,11 +542,7 @@ mod tests {
         b.put(Space::Records, b"a\0x".to_vec(), b"v".to_vec());
         assert!(log.commit(vec![draft("a", "2")], b).is_err());
         assert!(!log.healthy());
-        assert_eq!(
-            store.get(Space::Records, b"a\0x").unwrap(),
-            None,
-            "the request's changes were not applied"
-        );
+        assert_eq!(store.get(Space::Records, b"a\0x").unwrap(), None, "the request's changes were not applied");
         faults.set(false);
         assert_eq!(log.record(draft("a", "3")).unwrap(), 2);
         log.shutdown();

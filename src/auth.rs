@@ -56,11 +56,7 @@ mod tests {
     #[test]
     fn tokens_match_only_their_caller() {
         let mk = |name: &str, token: &str| CallerEntry {
-            caller: Caller {
-                name: CallerName::parse(name).unwrap(),
-                roles: [Role::Service].into(),
-                purposes: Default::default(),
-            },
+            caller: Caller { name: CallerName::parse(name).unwrap(), roles: [Role::Service].into(), purposes: Default::default() },
             token_sha256: token_digest(token),
         };
         let c = Callers::new(vec![mk("a", "token-a"), mk("b", "token-b")]);

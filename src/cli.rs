@@ -17,11 +17,7 @@ use crate::store::{Store, StoreError};
 use crate::vault::{Ctx, Vault};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "qoima",
-    version,
-    about = "Qoima: an encrypted personal-data vault with per-subject crypto-shredding"
-)]
+#[command(name = "qoima", version, about = "Qoima: an encrypted personal-data vault with per-subject crypto-shredding")]
 pub struct Cli {
     /// Configuration file (TOML). Without it, the embedded development default is used:
     /// data in ./data, a development root key and callers in ./.qoima-dev/.
@@ -116,12 +112,9 @@ pub fn main() -> ExitCode {
 
 fn load_config(path: &Option<PathBuf>) -> Result<(Config, DevSetup), Failure> {
     match path {
-        Some(p) => Config::load(p, &process_env)
-            .map(|c| (c, DevSetup::default()))
-            .map_err(|e| Failure(3, e.to_string())),
+        Some(p) => Config::load(p, &process_env).map(|c| (c, DevSetup::default())).map_err(|e| Failure(3, e.to_string())),
         None => {
-            let cwd = std::env::current_dir()
-                .map_err(|e| Failure(3, format!("no working directory: {e}")))?;
+            let cwd = std::env::current_dir().map_err(|e| Failure(3, format!("no working directory: {e}")))?;
             Config::embedded_default(&cwd, &process_env).map_err(|e| Failure(3, e.to_string()))
         }
     }
@@ -132,17 +125,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve => serve(&cli.config),
         Command::Audit(AuditCmd::Verify { anchor }) => {
             let (config, _) = load_config(&cli.config)?;
-            let anchor = anchor
-                .map(|a| crate::api::parse_anchor(&a).map_err(|e| Failure(2, e.detail)))
-                .transpose()?;
+            let anchor = anchor.map(|a| crate::api::parse_anchor(&a).map_err(|e| Failure(2, e.detail))).transpose()?;
             let store = open_store_for_reading(&config)?;
             let v = crate::audit::verify(&store, anchor.as_ref().map(|(s, h)| (*s, h.as_str())))?;
             match v.first_broken {
                 None => {
-                    println!(
-                        "audit chain intact: {} entries, head {}:{}",
-                        v.entries, v.entries, v.head
-                    );
+                    println!("audit chain intact: {} entries, head {}:{}", v.entries, v.entries, v.head);
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(b) => {
@@ -154,41 +142,20 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Keys(KeysCmd::Status) => {
             let (config, _) = load_config(&cli.config)?;
             let store = open_store_for_reading(&config)?;
-            println!(
-                "{:<11} {:<13} {:>10}  {:<25} {:<25}",
-                "GENERATION", "STATE", "DEKS", "CREATED", "ACTIVATED"
-            );
+            println!("{:<11} {:<13} {:>10}  {:<25} {:<25}", "GENERATION", "STATE", "DEKS", "CREATED", "ACTIVATED");
             for (i, n) in crate::vault::keyring::read_infos(&store)? {
-                let state = serde_json::to_value(i.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let activated = i
-                    .activated_at
-                    .map(crate::domain::rfc3339)
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<11} {:<13} {:>10}  {:<25} {:<25}",
-                    i.generation,
-                    state,
-                    n,
-                    crate::domain::rfc3339(i.created_at),
-                    activated
-                );
+                let state = serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let activated = i.activated_at.map(crate::domain::rfc3339).unwrap_or_else(|| "-".into());
+                println!("{:<11} {:<13} {:>10}  {:<25} {:<25}", i.generation, state, n, crate::domain::rfc3339(i.created_at), activated);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::Rotate) => {
             let (config, _) = load_config(&cli.config)?;
             let vault = open_vault_offline(&config)?;
-            let info = vault
-                .rotate_kek(&cli_ctx())
-                .map_err(|e| Failure(4, e.to_string()))?;
+            let info = vault.rotate_kek(&cli_ctx()).map_err(|e| Failure(4, e.to_string()))?;
             vault.close();
-            println!(
-                "KEK generation {} created and active; run a rewrap to move existing DEKs onto it",
-                info.generation
-            );
+            println!("KEK generation {} created and active; run a rewrap to move existing DEKs onto it", info.generation);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {
@@ -203,20 +170,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Callers(CallersCmd::Add {
-            name,
-            roles,
-            purposes,
-        }) => add_caller(&cli.config, &name, &roles, &purposes),
+        Command::Callers(CallersCmd::Add { name, roles, purposes }) => add_caller(&cli.config, &name, &roles, &purposes),
     }
 }
 
 /// The caller the CLI acts as: the local operator, with the security role.
 fn cli_ctx() -> Ctx {
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| CallerName::parse(&format!("cli.{u}")).is_ok())
-        .unwrap_or_else(|| "operator".into());
+    let user = std::env::var("USER").ok().filter(|u| CallerName::parse(&format!("cli.{u}")).is_ok()).unwrap_or_else(|| "operator".into());
     Ctx {
         caller: Caller {
             name: CallerName::parse(&format!("cli.{user}")).expect("checked above"),
@@ -238,32 +198,17 @@ fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
 
 fn open_vault_offline(config: &Config) -> Result<Vault, Failure> {
     server::open_vault(config, &Options::default()).map_err(|e| match e {
-        server::StartError::Vault(crate::vault::VaultError::Unavailable(m))
-            if m.contains("in use") =>
-        {
-            Failure(
-                4,
-                format!("{m}; this command runs offline, or use the HTTP API of the running vault"),
-            )
+        server::StartError::Vault(crate::vault::VaultError::Unavailable(m)) if m.contains("in use") => {
+            Failure(4, format!("{m}; this command runs offline, or use the HTTP API of the running vault"))
         }
         e => Failure(4, e.to_string()),
     })
 }
 
-fn add_caller(
-    config: &Option<PathBuf>,
-    name: &str,
-    roles: &[String],
-    purposes: &[String],
-) -> Result<ExitCode, Failure> {
+fn add_caller(config: &Option<PathBuf>, name: &str, roles: &[String], purposes: &[String]) -> Result<ExitCode, Failure> {
     let name = CallerName::parse(name).map_err(|e| Failure(2, e.to_string()))?;
     let token = crate::config::new_token();
-    let quote = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let quote = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
     let block = format!(
         "\n[[callers]]\nname         = \"{name}\"\ntoken_sha256 = \"{}\"\nroles        = [{}]\npurposes     = [{}]\n",
         hex::encode(crate::auth::token_digest(&token)),
@@ -272,18 +217,12 @@ fn add_caller(
     );
     match config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
             let base = path.parent().map(PathBuf::from).unwrap_or_default();
             let combined = format!("{text}{block}");
-            Config::parse(&combined, &path.display().to_string(), &base, &process_env)
-                .map_err(|e| Failure(3, e.to_string()))?;
-            std::fs::write(path, combined)
-                .map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
-            eprintln!(
-                "caller {name} added to {} (digest only); restart the vault to load it",
-                path.display()
-            );
+            Config::parse(&combined, &path.display().to_string(), &base, &process_env).map_err(|e| Failure(3, e.to_string()))?;
+            std::fs::write(path, combined).map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
+            eprintln!("caller {name} added to {} (digest only); restart the vault to load it", path.display());
         }
         None => println!("# add to your configuration:{block}"),
     }
@@ -294,12 +233,8 @@ fn add_caller(
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("QOIMA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("QOIMA_LOG_FORMAT")
-        .map(|f| f == "json")
-        .unwrap_or(false);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let json = std::env::var("QOIMA_LOG_FORMAT").map(|f| f == "json").unwrap_or(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -321,14 +256,10 @@ fn serve(config_path: &Option<PathBuf>) -> Result<ExitCode, Failure> {
         .build()
         .map_err(|e| Failure(4, format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let app = Application::build(config, Options::default())
-            .await
-            .map_err(|e| Failure(4, e.to_string()))?;
+        let app = Application::build(config, Options::default()).await.map_err(|e| Failure(4, e.to_string()))?;
         tracing::info!(addr = %app.local_addr(), "qoima listening");
         eprintln!("qoima: listening on http://{}", app.local_addr());
-        app.run_until_stopped(server::shutdown_signal())
-            .await
-            .map_err(|e| Failure(4, format!("server failed: {e}")))?;
+        app.run_until_stopped(server::shutdown_signal()).await.map_err(|e| Failure(4, format!("server failed: {e}")))?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -340,18 +271,8 @@ fn warn_development(config: &Config, setup: &DevSetup) {
     };
     eprintln!("################################################################################");
     eprintln!("#  WARNING: DEVELOPMENT MODE: the embedded default configuration is in use.");
-    eprintln!(
-        "#  Root key: {key}{}",
-        if setup.root_key_created.is_some() {
-            " (just generated)"
-        } else {
-            ""
-        }
-    );
-    eprintln!(
-        "#  It sits outside the data directory ({}) but on the same machine:",
-        config.data_dir.display()
-    );
+    eprintln!("#  Root key: {key}{}", if setup.root_key_created.is_some() { " (just generated)" } else { "" });
+    eprintln!("#  It sits outside the data directory ({}) but on the same machine:", config.data_dir.display());
     eprintln!("#  never hold real personal data under a development root key.");
     eprintln!("#  Production: qoima serve --config FILE with a root key you manage (docs/operator-guide.md).");
     eprintln!("################################################################################");

@@ -57,7 +57,7 @@ struct RawRootKey {
 #[serde(deny_unknown_fields)]
 struct RawCaller {
     name: CallerName,
-    token_sha256: String,
+    token_sha256: Spanned<String>,
     roles: Vec<Role>,
     #[serde(default)]
     purposes: Vec<Spanned<Purpose>>,
@@ -77,11 +77,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 256 * 1024,
-            request_timeout_secs: 30,
-            max_concurrent_requests: 512,
-        }
+        Self { max_body_bytes: 256 * 1024, request_timeout_secs: 30, max_concurrent_requests: 512 }
     }
 }
 
@@ -101,12 +97,7 @@ pub struct KeySettings {
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self {
-            dek_seal_limit: 1 << 32,
-            dek_cache_capacity: 100_000,
-            rotation_days: 90,
-            backup_retention_days: 30,
-        }
+        Self { dek_seal_limit: 1 << 32, dek_cache_capacity: 100_000, rotation_days: 90, backup_retention_days: 30 }
     }
 }
 
@@ -120,9 +111,7 @@ pub struct RetentionSettings {
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        Self {
-            sweep_interval_secs: 3600,
-        }
+        Self { sweep_interval_secs: 3600 }
     }
 }
 
@@ -145,11 +134,7 @@ pub struct Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 /// An environment lookup, passed in so tests need not touch the process environment.
@@ -163,8 +148,7 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Config {
     /// Reads and parses a configuration file, applying `QOIMA_…` overrides.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut c = Self::parse(&text, &path.display().to_string(), &base, env)?;
         c.source = Some(path.to_path_buf());
@@ -173,83 +157,49 @@ impl Config {
 
     /// Parses configuration text. `name` labels errors; relative paths resolve against `base`.
     pub fn parse(text: &str, name: &str, base: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
-        let at = |offset: usize, msg: String| {
-            ConfigError(format!("{name}:{}: {msg}", line_of(text, offset)))
-        };
+        let at = |offset: usize, msg: String| ConfigError(format!("{name}:{}: {msg}", line_of(text, offset)));
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            ConfigError(format!(
-                "{name}:{line}: {}",
-                e.message().trim().replace('\n', " ")
-            ))
+            ConfigError(format!("{name}:{line}: {}", e.message().trim().replace('\n', " ")))
         })?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
-        let listen_text = env("QOIMA_LISTEN")
-            .or(raw.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError(format!(
-                "{name}: listen must be an address like 127.0.0.1:8750"
-            ))
-        })?;
+        let listen_text = env("QOIMA_LISTEN").or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr =
+            listen_text.parse().map_err(|_| ConfigError(format!("{name}: listen must be an address like 127.0.0.1:8750")))?;
         let data_dir = env("QOIMA_DATA_DIR")
             .map(PathBuf::from)
             .or(raw.data_dir)
             .map(resolve)
             .ok_or_else(|| ConfigError(format!("{name}: data_dir is required")))?;
-        let erasure_journal = raw
-            .erasure_journal
-            .map(resolve)
-            .unwrap_or_else(|| default_journal_path(&data_dir));
+        let erasure_journal = raw.erasure_journal.map(resolve).unwrap_or_else(|| default_journal_path(&data_dir));
 
         let root_key = match (env("QOIMA_ROOT_KEY_FILE"), raw.root_key) {
             (Some(f), _) => RootKeySource::File(PathBuf::from(f)),
             (None, Some(rk)) => {
                 let span = rk.span();
                 match rk.into_inner() {
-                    RawRootKey {
-                        file: Some(f),
-                        env: None,
-                    } => RootKeySource::File(resolve(f)),
-                    RawRootKey {
-                        file: None,
-                        env: Some(v),
-                    } => RootKeySource::Env(v),
-                    _ => {
-                        return Err(at(
-                            span.start,
-                            "[root_key] needs exactly one of file or env".into(),
-                        ))
-                    }
+                    RawRootKey { file: Some(f), env: None } => RootKeySource::File(resolve(f)),
+                    RawRootKey { file: None, env: Some(v) } => RootKeySource::Env(v),
+                    _ => return Err(at(span.start, "[root_key] needs exactly one of file or env".into())),
                 }
             }
-            (None, None) => {
-                return Err(ConfigError(format!(
-                    "{name}: [root_key] is required (file = \"…\" or env = \"…\")"
-                )))
-            }
+            (None, None) => return Err(ConfigError(format!("{name}: [root_key] is required (file = \"…\" or env = \"…\")"))),
         };
         if let RootKeySource::File(f) = &root_key {
             if f.starts_with(&data_dir) {
-                return Err(ConfigError(format!(
-                    "{name}: the root key must not live inside data_dir (backups copy data_dir)"
-                )));
+                return Err(ConfigError(format!("{name}: the root key must not live inside data_dir (backups copy data_dir)")));
             }
         }
 
         let mut schema = Schema::default();
         for (cat, def) in raw.schema {
             if crate::domain::FieldName::parse(&format!("{cat}.x")).is_err() {
-                return Err(ConfigError(format!(
-                    "{name}: schema category `{cat}` must be snake case"
-                )));
+                return Err(ConfigError(format!("{name}: schema category `{cat}` must be snake case")));
             }
             for field in def.fields.keys() {
                 if crate::domain::FieldName::parse(&format!("{cat}.{field}")).is_err() {
-                    return Err(ConfigError(format!(
-                        "{name}: schema field `{cat}.{field}` must be snake case"
-                    )));
+                    return Err(ConfigError(format!("{name}: schema field `{cat}.{field}` must be snake case")));
                 }
             }
             schema.categories.insert(cat, def);
@@ -261,34 +211,19 @@ impl Config {
             let span = p.span();
             let def = p.into_inner();
             if !seen.insert(def.name.clone()) {
-                return Err(at(
-                    span.start,
-                    format!("purpose {} is defined twice", def.name),
-                ));
+                return Err(at(span.start, format!("purpose {} is defined twice", def.name)));
             }
             if def.fields.is_empty() {
-                return Err(at(
-                    span.start,
-                    format!("purpose {} allows no fields", def.name),
-                ));
+                return Err(at(span.start, format!("purpose {} allows no fields", def.name)));
             }
             if let Some(bad) = def.fields.iter().find(|f| !schema.pattern_is_known(f)) {
-                return Err(at(
-                    span.start,
-                    format!(
-                        "purpose {} names `{bad}`, which is not in the schema",
-                        def.name
-                    ),
-                ));
+                return Err(at(span.start, format!("purpose {} names `{bad}`, which is not in the schema", def.name)));
             }
             purposes.0.insert(def.name.clone(), def);
         }
         for def in purposes.0.values() {
             if let Some(bad) = def.fields.iter().find(|f| !schema.pattern_is_known(f)) {
-                return Err(ConfigError(format!(
-                    "{name}: purpose {} names `{bad}`, which the schema no longer has",
-                    def.name
-                )));
+                return Err(ConfigError(format!("{name}: purpose {} names `{bad}`, which the schema no longer has", def.name)));
             }
         }
 
@@ -299,22 +234,19 @@ impl Config {
             let span = c.span();
             let c = c.into_inner();
             let mut digest = [0u8; 32];
-            if c.token_sha256.len() != 64
-                || hex::decode_to_slice(&c.token_sha256, &mut digest).is_err()
-            {
-                return Err(at(span.start, format!("caller {}: token_sha256 must be 64 hex characters (the SHA-256 of the token)", c.name)));
+            let tspan = c.token_sha256.span();
+            let hex_text = c.token_sha256.get_ref();
+            if hex_text.len() != 64 || hex::decode_to_slice(hex_text, &mut digest).is_err() {
+                return Err(at(
+                    tspan.start,
+                    format!("caller {}: token_sha256 must be 64 hex characters (the SHA-256 of the token)", c.name),
+                ));
             }
             if !names.insert(c.name.clone()) {
-                return Err(at(
-                    span.start,
-                    format!("caller {} is defined twice", c.name),
-                ));
+                return Err(at(span.start, format!("caller {} is defined twice", c.name)));
             }
             if !digests.insert(digest) {
-                return Err(at(
-                    span.start,
-                    format!("caller {} shares its token with another caller", c.name),
-                ));
+                return Err(at(span.start, format!("caller {} shares its token with another caller", c.name)));
             }
             if c.roles.is_empty() {
                 return Err(at(span.start, format!("caller {} has no roles", c.name)));
@@ -324,41 +256,25 @@ impl Config {
                 let pspan = p.span();
                 let p = p.into_inner();
                 if purposes.get(&p).is_none() {
-                    return Err(at(
-                        pspan.start,
-                        format!("caller {}: unknown purpose {p}", c.name),
-                    ));
+                    return Err(at(pspan.start, format!("caller {}: unknown purpose {p}", c.name)));
                 }
                 granted.insert(p);
             }
             entries.push(CallerEntry {
-                caller: Caller {
-                    name: c.name,
-                    roles: c.roles.into_iter().collect(),
-                    purposes: granted,
-                },
+                caller: Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted },
                 token_sha256: digest,
             });
         }
 
         let policy_version = raw.policy_version.unwrap_or_else(|| "2019-01-29".into());
         if policy_version.is_empty() || policy_version.len() > 64 {
-            return Err(ConfigError(format!(
-                "{name}: policy_version must be 1 to 64 characters"
-            )));
+            return Err(ConfigError(format!("{name}: policy_version must be 1 to 64 characters")));
         }
-        if raw.limits.max_body_bytes < 1024
-            || raw.limits.max_concurrent_requests == 0
-            || raw.limits.request_timeout_secs == 0
-        {
-            return Err(ConfigError(format!(
-                "{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)"
-            )));
+        if raw.limits.max_body_bytes < 1024 || raw.limits.max_concurrent_requests == 0 || raw.limits.request_timeout_secs == 0 {
+            return Err(ConfigError(format!("{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)")));
         }
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
-            return Err(ConfigError(format!(
-                "{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)"
-            )));
+            return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
         Ok(Self {
             listen,
@@ -397,8 +313,7 @@ impl Config {
     /// which exist nowhere else and must be shown once.
     pub fn embedded_default(base: &Path, env: Env<'_>) -> Result<(Self, DevSetup), ConfigError> {
         let dev = base.join(".qoima-dev");
-        std::fs::create_dir_all(&dev)
-            .map_err(|e| ConfigError(format!("cannot create {}: {e}", dev.display())))?;
+        std::fs::create_dir_all(&dev).map_err(|e| ConfigError(format!("cannot create {}: {e}", dev.display())))?;
         let mut setup = DevSetup::default();
         let key = dev.join("root.key");
         if !key.exists() {
@@ -407,15 +322,8 @@ impl Config {
         }
         let callers = dev.join("callers.toml");
         if !callers.exists() {
-            let all = [
-                "loan_issuance",
-                "loan_monitoring",
-                "third_party_transfer",
-                "advertising",
-            ];
-            let mut text = String::from(
-                "# Development callers (digests only); delete this file to get new tokens.\n",
-            );
+            let all = ["loan_issuance", "loan_monitoring", "third_party_transfer", "advertising"];
+            let mut text = String::from("# Development callers (digests only); delete this file to get new tokens.\n");
             for (name, role, purposes) in [
                 ("dev-service", "service", &all[..]),
                 ("dev-website", "website", &[][..]),
@@ -429,24 +337,13 @@ impl Config {
                     hex::encode(token_digest(&token)),
                     p.join(", ")
                 ));
-                setup
-                    .new_tokens
-                    .push((name.to_string(), role.to_string(), token));
+                setup.new_tokens.push((name.to_string(), role.to_string(), token));
             }
-            write_private(&callers, text.as_bytes())
-                .map_err(|e| ConfigError(format!("cannot write {}: {e}", callers.display())))?;
+            write_private(&callers, text.as_bytes()).map_err(|e| ConfigError(format!("cannot write {}: {e}", callers.display())))?;
         }
-        let callers_text = std::fs::read_to_string(&callers)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", callers.display())))?;
-        let text = format!(
-            "data_dir = \"data\"\n[root_key]\nfile = \".qoima-dev/root.key\"\n{callers_text}"
-        );
-        let c = Self::parse(
-            &text,
-            &format!("embedded default (callers from {})", callers.display()),
-            base,
-            env,
-        )?;
+        let callers_text = std::fs::read_to_string(&callers).map_err(|e| ConfigError(format!("cannot read {}: {e}", callers.display())))?;
+        let text = format!("data_dir = \"data\"\n[root_key]\nfile = \".qoima-dev/root.key\"\n{callers_text}");
+        let c = Self::parse(&text, &format!("embedded default (callers from {})", callers.display()), base, env)?;
         Ok((c, setup))
     }
 }
@@ -508,14 +405,8 @@ purposes     = ["loan_issuance"]
     fn the_design_example_parses() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
-        assert_eq!(
-            c.root_key,
-            RootKeySource::File("/etc/qoima/root.key".into())
-        );
-        assert_eq!(
-            c.erasure_journal,
-            PathBuf::from("/var/lib/qoima-erasures.jsonl")
-        );
+        assert_eq!(c.root_key, RootKeySource::File("/etc/qoima/root.key".into()));
+        assert_eq!(c.erasure_journal, PathBuf::from("/var/lib/qoima-erasures.jsonl"));
         let caller = c.callers.authenticate("test").unwrap();
         assert_eq!(caller.name.as_str(), "origination");
         assert_eq!(c.purposes.0.len(), 4);
@@ -524,11 +415,15 @@ purposes     = ["loan_issuance"]
     #[test]
     fn errors_name_the_line() {
         let cases = [
-            (GOOD.replace("[\"service\"]", "[\"admin\"]"), 13, "admin"),
-            (GOOD.replace("[\"loan_issuance\"]", "[\"spying\"]"), 14, "unknown purpose spying"),
+            (GOOD.replace("[\"service\"]", "[\"admin\"]"), 11, "admin"),
+            (GOOD.replace("[\"loan_issuance\"]", "[\"spying\"]"), 12, "unknown purpose spying"),
             (GOOD.replace("9f86d0", "zz86d0"), 10, "64 hex"),
             (GOOD.replace("listen ", "lisen "), 2, "lisen"),
-            (GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n", 17, "not in the schema"),
+            (
+                GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n",
+                14,
+                "not in the schema",
+            ),
         ];
         for (text, line, needle) in cases {
             let e = parse(&text).unwrap_err().to_string();
@@ -549,28 +444,15 @@ purposes     = ["loan_issuance"]
         assert_eq!(c.listen.port(), 1234);
         assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
         let inside = GOOD.replace("/etc/qoima/root.key", "/var/lib/qoima/root.key");
-        assert!(parse(&inside)
-            .unwrap_err()
-            .to_string()
-            .contains("must not live inside data_dir"));
-        let both = GOOD.replace(
-            "file = \"/etc/qoima/root.key\"",
-            "file = \"/k\"\nenv = \"K\"",
-        );
-        assert!(parse(&both)
-            .unwrap_err()
-            .to_string()
-            .contains("exactly one"));
+        assert!(parse(&inside).unwrap_err().to_string().contains("must not live inside data_dir"));
+        let both = GOOD.replace("file = \"/etc/qoima/root.key\"", "file = \"/k\"\nenv = \"K\"");
+        assert!(parse(&both).unwrap_err().to_string().contains("exactly one"));
     }
 
     #[test]
     fn duplicate_tokens_and_names_are_refused() {
-        let dup = GOOD.to_string()
-            + &GOOD[GOOD.find("[[callers]]").unwrap()..].replace("origination", "other");
-        assert!(parse(&dup)
-            .unwrap_err()
-            .to_string()
-            .contains("shares its token"));
+        let dup = GOOD.to_string() + &GOOD[GOOD.find("[[callers]]").unwrap()..].replace("origination", "other");
+        assert!(parse(&dup).unwrap_err().to_string().contains("shares its token"));
     }
 
     #[test]

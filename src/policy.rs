@@ -36,9 +36,7 @@ pub struct PurposeDef {
 
 impl PurposeDef {
     pub fn allows(&self, field: &FieldName) -> bool {
-        self.fields
-            .iter()
-            .any(|p| Schema::pattern_matches(p, field))
+        self.fields.iter().any(|p| Schema::pattern_matches(p, field))
     }
 }
 
@@ -55,32 +53,14 @@ impl Default for Purposes {
             fields: fields.iter().map(|s| s.to_string()).collect(),
         };
         let list = [
-            def(
-                "loan_issuance",
-                BasisRule::ApplicationOrContract,
-                &["identity.*", "questionnaire.*", "contract.*"],
-            ),
+            def("loan_issuance", BasisRule::ApplicationOrContract, &["identity.*", "questionnaire.*", "contract.*"]),
             def(
                 "loan_monitoring",
                 BasisRule::OpenContract,
-                &[
-                    "identity.full_name",
-                    "identity.phone",
-                    "identity.email",
-                    "identity.address",
-                    "contract.*",
-                ],
+                &["identity.full_name", "identity.phone", "identity.email", "identity.address", "contract.*"],
             ),
-            def(
-                "third_party_transfer",
-                BasisRule::ConsentObligationOrBreach,
-                &["identity.*", "contract.*"],
-            ),
-            def(
-                "advertising",
-                BasisRule::Consent,
-                &["identity.full_name", "identity.phone", "identity.email"],
-            ),
+            def("third_party_transfer", BasisRule::ConsentObligationOrBreach, &["identity.*", "contract.*"]),
+            def("advertising", BasisRule::Consent, &["identity.full_name", "identity.phone", "identity.email"]),
         ];
         Purposes(list.into_iter().map(|p| (p.name.clone(), p)).collect())
     }
@@ -153,11 +133,7 @@ pub struct SubjectFacts {
 impl SubjectFacts {
     /// Contracts that hold erasure (open or breached).
     pub fn holds(&self) -> Vec<ContractId> {
-        self.contracts
-            .iter()
-            .filter(|(_, s)| s.holds())
-            .map(|(c, _)| c.clone())
-            .collect()
+        self.contracts.iter().filter(|(_, s)| s.holds()).map(|(c, _)| c.clone()).collect()
     }
 
     fn consent(&self, purpose: &Purpose, now: OffsetDateTime) -> Result<&ConsentFact, String> {
@@ -175,10 +151,7 @@ impl SubjectFacts {
     }
 
     fn contract_with(&self, status: ContractStatus) -> Option<&ContractId> {
-        self.contracts
-            .iter()
-            .find(|(_, s)| *s == status)
-            .map(|(c, _)| c)
+        self.contracts.iter().find(|(_, s)| *s == status).map(|(c, _)| c)
     }
 }
 
@@ -224,16 +197,9 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::PutFields
-            | Action::Read
-            | Action::OpenContract
-            | Action::UpdateContract
-            | Action::Disclose => &[Service],
+            Action::PutFields | Action::Read | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
             Action::Rectify | Action::Export | Action::PrivacySession => &[Website],
-            Action::GiveConsent
-            | Action::WithdrawConsent
-            | Action::RequestErasure
-            | Action::ErasureStatus => &[Website, Service],
+            Action::GiveConsent | Action::WithdrawConsent | Action::RequestErasure | Action::ErasureStatus => &[Website, Service],
             Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],
             Action::AuditRead => &[Auditor, Security],
         }
@@ -267,11 +233,7 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
     #[error("caller {caller} lacks the role for {action} (needs one of: {needed})")]
-    Role {
-        caller: String,
-        action: &'static str,
-        needed: String,
-    },
+    Role { caller: String, action: &'static str, needed: String },
     #[error("purpose {0} is not granted to this caller")]
     PurposeNotGranted(Purpose),
     #[error("legal basis missing for {purpose}: {missing}")]
@@ -286,12 +248,7 @@ pub fn may(caller: &Caller, action: Action) -> Result<(), Denial> {
         Err(Denial::Role {
             caller: caller.name.to_string(),
             action: action.as_str(),
-            needed: action
-                .roles()
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            needed: action.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
         })
     }
 }
@@ -303,20 +260,12 @@ pub struct Grant {
 }
 
 /// May `caller` read for `purpose` about a subject with these facts, now?
-pub fn decide_read(
-    caller: &Caller,
-    purpose: &PurposeDef,
-    facts: &SubjectFacts,
-    now: OffsetDateTime,
-) -> Result<Grant, Denial> {
+pub fn decide_read(caller: &Caller, purpose: &PurposeDef, facts: &SubjectFacts, now: OffsetDateTime) -> Result<Grant, Denial> {
     may(caller, Action::Read)?;
     if !caller.purposes.contains(&purpose.name) {
         return Err(Denial::PurposeNotGranted(purpose.name.clone()));
     }
-    let missing = |missing: String| Denial::BasisMissing {
-        purpose: purpose.name.clone(),
-        missing,
-    };
+    let missing = |missing: String| Denial::BasisMissing { purpose: purpose.name.clone(), missing };
     let basis = match purpose.basis {
         BasisRule::ApplicationOrContract => {
             if let Some(c) = facts.contracts.first() {
@@ -379,35 +328,19 @@ pub fn decide_disclosure(
     if !caller.purposes.contains(&purpose.name) {
         return Err(Denial::PurposeNotGranted(purpose.name.clone()));
     }
-    let missing = |missing: String| Denial::BasisMissing {
-        purpose: purpose.name.clone(),
-        missing,
-    };
+    let missing = |missing: String| Denial::BasisMissing { purpose: purpose.name.clone(), missing };
     let held = match basis {
         DisclosureBasis::Consent => {
             let c = facts.consent(&purpose.name, now).map_err(missing)?;
             if abroad && !c.abroad {
-                return Err(missing(format!(
-                    "the consent for {} does not cover transfer abroad",
-                    purpose.name
-                )));
+                return Err(missing(format!("the consent for {} does not cover transfer abroad", purpose.name)));
             }
-            format!(
-                "consent for {} given {}",
-                c.purpose,
-                crate::domain::rfc3339(c.given_at)
-            )
+            format!("consent for {} given {}", c.purpose, crate::domain::rfc3339(c.given_at))
         }
-        DisclosureBasis::LegalObligation => {
-            match reference.map(str::trim).filter(|r| !r.is_empty()) {
-                Some(r) => format!("legal obligation: {r}"),
-                None => {
-                    return Err(missing(
-                        "a legal obligation must cite its legal reference".into(),
-                    ))
-                }
-            }
-        }
+        DisclosureBasis::LegalObligation => match reference.map(str::trim).filter(|r| !r.is_empty()) {
+            Some(r) => format!("legal obligation: {r}"),
+            None => return Err(missing("a legal obligation must cite its legal reference".into())),
+        },
         DisclosureBasis::ContractBreach => match facts.contract_with(ContractStatus::Breached) {
             Some(c) => format!("breach of contract {c}"),
             None => return Err(missing("no breached contract on record".into())),
@@ -427,10 +360,7 @@ mod tests {
         Caller {
             name: CallerName::parse("c").unwrap(),
             roles: roles.iter().copied().collect(),
-            purposes: purposes
-                .iter()
-                .map(|p| Purpose::parse(p).unwrap())
-                .collect(),
+            purposes: purposes.iter().map(|p| Purpose::parse(p).unwrap()).collect(),
         }
     }
 
@@ -449,68 +379,25 @@ mod tests {
         let c = |s| vec![(ContractId::parse("L-1").unwrap(), s)];
         vec![
             ("nothing", SubjectFacts::default()),
-            (
-                "application",
-                SubjectFacts {
-                    has_application: true,
-                    ..Default::default()
-                },
-            ),
-            (
-                "open contract",
-                SubjectFacts {
-                    has_application: true,
-                    contracts: c(ContractStatus::Open),
-                    ..Default::default()
-                },
-            ),
-            (
-                "breached contract",
-                SubjectFacts {
-                    has_application: true,
-                    contracts: c(ContractStatus::Breached),
-                    ..Default::default()
-                },
-            ),
-            (
-                "settled contract",
-                SubjectFacts {
-                    has_application: true,
-                    contracts: c(ContractStatus::Settled),
-                    ..Default::default()
-                },
-            ),
+            ("application", SubjectFacts { has_application: true, ..Default::default() }),
+            ("open contract", SubjectFacts { has_application: true, contracts: c(ContractStatus::Open), ..Default::default() }),
+            ("breached contract", SubjectFacts { has_application: true, contracts: c(ContractStatus::Breached), ..Default::default() }),
+            ("settled contract", SubjectFacts { has_application: true, contracts: c(ContractStatus::Settled), ..Default::default() }),
             (
                 "advertising consent",
-                SubjectFacts {
-                    has_application: true,
-                    consents: vec![consent("advertising", false, false)],
-                    ..Default::default()
-                },
+                SubjectFacts { has_application: true, consents: vec![consent("advertising", false, false)], ..Default::default() },
             ),
             (
                 "withdrawn advertising consent",
-                SubjectFacts {
-                    has_application: true,
-                    consents: vec![consent("advertising", true, false)],
-                    ..Default::default()
-                },
+                SubjectFacts { has_application: true, consents: vec![consent("advertising", true, false)], ..Default::default() },
             ),
             (
                 "expired advertising consent",
-                SubjectFacts {
-                    has_application: true,
-                    consents: vec![consent("advertising", false, true)],
-                    ..Default::default()
-                },
+                SubjectFacts { has_application: true, consents: vec![consent("advertising", false, true)], ..Default::default() },
             ),
             (
                 "transfer consent",
-                SubjectFacts {
-                    has_application: true,
-                    consents: vec![consent("third_party_transfer", false, false)],
-                    ..Default::default()
-                },
+                SubjectFacts { has_application: true, consents: vec![consent("third_party_transfer", false, false)], ..Default::default() },
             ),
         ]
     }
@@ -531,10 +418,7 @@ mod tests {
                     | "transfer consent"
             ) | ("loan_monitoring", "open contract" | "breached contract")
                 | ("advertising", "advertising consent")
-                | (
-                    "third_party_transfer",
-                    "breached contract" | "transfer consent"
-                )
+                | ("third_party_transfer", "breached contract" | "transfer consent")
         )
     }
 
@@ -545,17 +429,12 @@ mod tests {
         for role in Role::ALL {
             for (pname, pdef) in &purposes.0 {
                 for granted in [true, false] {
-                    let c = caller(&[role], if granted { &[pname.as_str()] } else { &[] });
+                    let grants = [pname.as_str()];
+                    let c = caller(&[role], if granted { &grants } else { &[] });
                     for (state, facts) in bases() {
                         let got = decide_read(&c, pdef, &facts, NOW);
-                        let want = role == Role::Service
-                            && granted
-                            && expected_allowed(pname.as_str(), state);
-                        assert_eq!(
-                            got.is_ok(),
-                            want,
-                            "role {role} purpose {pname} granted {granted} state {state}: {got:?}"
-                        );
+                        let want = role == Role::Service && granted && expected_allowed(pname.as_str(), state);
+                        assert_eq!(got.is_ok(), want, "role {role} purpose {pname} granted {granted} state {state}: {got:?}");
                         match got {
                             Err(Denial::Role { .. }) => assert_ne!(role, Role::Service),
                             Err(Denial::PurposeNotGranted(_)) => {
@@ -580,20 +459,11 @@ mod tests {
         let p = Purposes::default();
         let c = caller(&[Role::Service], &["advertising", "loan_monitoring"]);
         let ad = p.get(&Purpose::parse("advertising").unwrap()).unwrap();
-        let withdrawn = SubjectFacts {
-            consents: vec![consent("advertising", true, false)],
-            ..Default::default()
-        };
+        let withdrawn = SubjectFacts { consents: vec![consent("advertising", true, false)], ..Default::default() };
         let e = decide_read(&c, ad, &withdrawn, NOW).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "legal basis missing for advertising: the consent for advertising was withdrawn"
-        );
+        assert_eq!(e.to_string(), "legal basis missing for advertising: the consent for advertising was withdrawn");
         let e = decide_read(&c, ad, &SubjectFacts::default(), NOW).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "legal basis missing for advertising: no consent for advertising on record"
-        );
+        assert_eq!(e.to_string(), "legal basis missing for advertising: no consent for advertising on record");
         let mon = p.get(&Purpose::parse("loan_monitoring").unwrap()).unwrap();
         let e = decide_read(&c, mon, &SubjectFacts::default(), NOW).unwrap_err();
         assert!(e.to_string().contains("no open or breached contract"));
@@ -606,10 +476,7 @@ mod tests {
         let ad = p.get(&Purpose::parse("advertising").unwrap()).unwrap();
         let mut f = consent("advertising", false, false);
         f.withdrawn_at = Some(NOW + time::Duration::seconds(1));
-        let facts = SubjectFacts {
-            consents: vec![f],
-            ..Default::default()
-        };
+        let facts = SubjectFacts { consents: vec![f], ..Default::default() };
         assert!(decide_read(&c, ad, &facts, NOW).is_ok());
         assert!(decide_read(&c, ad, &facts, NOW + time::Duration::seconds(1)).is_err());
     }
@@ -617,64 +484,30 @@ mod tests {
     #[test]
     fn disclosure_bases() {
         let p = Purposes::default();
-        let tpt = p
-            .get(&Purpose::parse("third_party_transfer").unwrap())
-            .unwrap();
+        let tpt = p.get(&Purpose::parse("third_party_transfer").unwrap()).unwrap();
         let c = caller(&[Role::Service], &["third_party_transfer"]);
         let none = SubjectFacts::default();
         use DisclosureBasis::*;
         assert!(decide_disclosure(&c, tpt, Consent, None, false, &none, NOW).is_err());
         assert!(decide_disclosure(&c, tpt, LegalObligation, None, false, &none, NOW).is_err());
-        assert!(
-            decide_disclosure(&c, tpt, LegalObligation, Some("  "), false, &none, NOW).is_err()
-        );
-        assert!(decide_disclosure(
-            &c,
-            tpt,
-            LegalObligation,
-            Some("Law 94-V art. 9"),
-            false,
-            &none,
-            NOW
-        )
-        .is_ok());
+        assert!(decide_disclosure(&c, tpt, LegalObligation, Some("  "), false, &none, NOW).is_err());
+        assert!(decide_disclosure(&c, tpt, LegalObligation, Some("Law 94-V art. 9"), false, &none, NOW).is_ok());
         assert!(decide_disclosure(&c, tpt, ContractBreach, None, false, &none, NOW).is_err());
-        let breached = SubjectFacts {
-            contracts: vec![(ContractId::parse("L-1").unwrap(), ContractStatus::Breached)],
-            ..Default::default()
-        };
+        let breached =
+            SubjectFacts { contracts: vec![(ContractId::parse("L-1").unwrap(), ContractStatus::Breached)], ..Default::default() };
         assert!(decide_disclosure(&c, tpt, ContractBreach, None, false, &breached, NOW).is_ok());
-        let consented = SubjectFacts {
-            consents: vec![consent("third_party_transfer", false, false)],
-            ..Default::default()
-        };
+        let consented = SubjectFacts { consents: vec![consent("third_party_transfer", false, false)], ..Default::default() };
         assert!(decide_disclosure(&c, tpt, Consent, None, false, &consented, NOW).is_ok());
-        assert!(
-            decide_disclosure(&c, tpt, Consent, None, true, &consented, NOW).is_err(),
-            "abroad needs a consent that covers it"
-        );
+        assert!(decide_disclosure(&c, tpt, Consent, None, true, &consented, NOW).is_err(), "abroad needs a consent that covers it");
         let other = caller(&[Role::Service], &["advertising"]);
-        assert!(matches!(
-            decide_disclosure(&other, tpt, LegalObligation, Some("x"), false, &none, NOW),
-            Err(Denial::PurposeNotGranted(_))
-        ));
+        assert!(matches!(decide_disclosure(&other, tpt, LegalObligation, Some("x"), false, &none, NOW), Err(Denial::PurposeNotGranted(_))));
         let web = caller(&[Role::Website], &["third_party_transfer"]);
-        assert!(matches!(
-            decide_disclosure(&web, tpt, LegalObligation, Some("x"), false, &none, NOW),
-            Err(Denial::Role { .. })
-        ));
+        assert!(matches!(decide_disclosure(&web, tpt, LegalObligation, Some("x"), false, &none, NOW), Err(Denial::Role { .. })));
     }
 
     #[test]
     fn role_table() {
-        for action in [
-            Action::PutFields,
-            Action::Rectify,
-            Action::Export,
-            Action::KeysManage,
-            Action::AuditRead,
-            Action::RequestErasure,
-        ] {
+        for action in [Action::PutFields, Action::Rectify, Action::Export, Action::KeysManage, Action::AuditRead, Action::RequestErasure] {
             for role in Role::ALL {
                 let c = caller(&[role], &[]);
                 assert_eq!(may(&c, action).is_ok(), action.roles().contains(&role));

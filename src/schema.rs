@@ -90,18 +90,7 @@ impl Default for Schema {
             retention_days,
             application,
             open: None,
-            fields: fields
-                .iter()
-                .map(|(n, ty, m)| {
-                    (
-                        n.to_string(),
-                        FieldSpec {
-                            ty: *ty,
-                            mandatory: *m,
-                        },
-                    )
-                })
-                .collect(),
+            fields: fields.iter().map(|(n, ty, m)| (n.to_string(), FieldSpec { ty: *ty, mandatory: *m })).collect(),
         };
         let mut categories = BTreeMap::new();
         categories.insert(
@@ -168,16 +157,10 @@ impl Default for Schema {
 impl Schema {
     /// The spec of `field`, or why it does not exist.
     pub fn spec(&self, field: &FieldName) -> Result<FieldSpec, SchemaError> {
-        let cat = self
-            .categories
-            .get(field.category())
-            .ok_or_else(|| SchemaError::UnknownCategory(field.category().to_owned()))?;
+        let cat = self.categories.get(field.category()).ok_or_else(|| SchemaError::UnknownCategory(field.category().to_owned()))?;
         match (cat.fields.get(field.name()), cat.open) {
             (Some(spec), _) => Ok(spec.clone()),
-            (None, Some(ty)) => Ok(FieldSpec {
-                ty,
-                mandatory: false,
-            }),
+            (None, Some(ty)) => Ok(FieldSpec { ty, mandatory: false }),
             (None, None) => Err(SchemaError::UnknownField(field.as_str().to_owned())),
         }
     }
@@ -189,10 +172,7 @@ impl Schema {
     /// Checks `value` against the field's type and returns the bytes to seal (its JSON text).
     pub fn encode(&self, field: &FieldName, value: &Value) -> Result<Vec<u8>, SchemaError> {
         let spec = self.spec(field)?;
-        check_value(spec.ty, value).map_err(|rule| SchemaError::BadValue {
-            field: field.as_str().to_owned(),
-            rule,
-        })?;
+        check_value(spec.ty, value).map_err(|rule| SchemaError::BadValue { field: field.as_str().to_owned(), rule })?;
         // Serialising a `Value` cannot fail.
         Ok(serde_json::to_vec(value).expect("JSON value serialises"))
     }
@@ -224,9 +204,7 @@ impl Schema {
     pub fn pattern_is_known(&self, pattern: &str) -> bool {
         match pattern.strip_suffix(".*") {
             Some(cat) => self.categories.contains_key(cat),
-            None => FieldName::parse(pattern)
-                .map(|f| self.spec(&f).is_ok())
-                .unwrap_or(false),
+            None => FieldName::parse(pattern).map(|f| self.spec(&f).is_ok()).unwrap_or(false),
         }
     }
 }
@@ -244,34 +222,19 @@ fn check_value(ty: FieldType, value: &Value) -> Result<(), &'static str> {
             }
             Ok(())
         }
-        FieldType::Iin => iin_is_valid(text()?)
-            .then_some(())
-            .ok_or("must be a 12-digit IIN with a valid check digit"),
-        FieldType::Date => parse_date(text()?)
-            .then_some(())
-            .ok_or("must be a date YYYY-MM-DD"),
+        FieldType::Iin => iin_is_valid(text()?).then_some(()).ok_or("must be a 12-digit IIN with a valid check digit"),
+        FieldType::Date => parse_date(text()?).then_some(()).ok_or("must be a date YYYY-MM-DD"),
         FieldType::Timestamp => {
             let s = text()?;
-            let ok = parse_date(s)
-                || time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                    .is_ok();
-            ok.then_some(())
-                .ok_or("must be an RFC 3339 date-time or a date YYYY-MM-DD")
+            let ok = parse_date(s) || time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok();
+            ok.then_some(()).ok_or("must be an RFC 3339 date-time or a date YYYY-MM-DD")
         }
-        FieldType::Phone => is_e164(text()?)
-            .then_some(())
-            .ok_or("must be an E.164 phone number (+ and 8 to 15 digits)"),
-        FieldType::Email => is_email(text()?)
-            .then_some(())
-            .ok_or("must be an email address"),
+        FieldType::Phone => is_e164(text()?).then_some(()).ok_or("must be an E.164 phone number (+ and 8 to 15 digits)"),
+        FieldType::Email => is_email(text()?).then_some(()).ok_or("must be an email address"),
         FieldType::Number => {
             let n = match value {
                 Value::Number(n) => n.as_f64(),
-                Value::String(s) => s
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|_| !s.trim().is_empty()),
+                Value::String(s) => s.trim().parse::<f64>().ok().filter(|_| !s.trim().is_empty()),
                 _ => None,
             };
             match n {
@@ -281,17 +244,10 @@ fn check_value(ty: FieldType, value: &Value) -> Result<(), &'static str> {
         }
         FieldType::Integer => match value {
             Value::Number(n) if n.as_u64().is_some() => Ok(()),
-            Value::String(s)
-                if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                Ok(())
-            }
+            Value::String(s) if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
             _ => Err("must be a non-negative integer"),
         },
-        FieldType::Ip => text()?
-            .parse::<std::net::IpAddr>()
-            .map(|_| ())
-            .map_err(|_| "must be an IPv4 or IPv6 address"),
+        FieldType::Ip => text()?.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| "must be an IPv4 or IPv6 address"),
     }
 }
 
@@ -301,11 +257,7 @@ fn parse_date(s: &str) -> bool {
 
 fn is_e164(s: &str) -> bool {
     match s.strip_prefix('+') {
-        Some(d) => {
-            (8..=15).contains(&d.len())
-                && d.bytes().all(|b| b.is_ascii_digit())
-                && !d.starts_with('0')
-        }
+        Some(d) => (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0'),
         None => false,
     }
 }
@@ -323,9 +275,7 @@ fn is_email(s: &str) -> bool {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
                 && !domain.contains("..")
-                && domain
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+                && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-')
         }
         None => false,
     }
@@ -345,11 +295,7 @@ pub fn iin_is_valid(s: &str) -> bool {
 pub fn iin_check_digit(first11: &[u32]) -> Option<u32> {
     let sum = |w: &[u32]| first11.iter().zip(w).map(|(a, b)| a * b).sum::<u32>() % 11;
     let c = sum(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
-    let c = if c == 10 {
-        sum(&[3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2])
-    } else {
-        c
-    };
+    let c = if c == 10 { sum(&[3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2]) } else { c };
     (c != 10).then_some(c)
 }
 
@@ -373,11 +319,7 @@ mod tests {
         // Every valid 11-digit prefix has exactly one check digit.
         let digits = [8, 5, 0, 3, 1, 2, 4, 0, 1, 2, 3];
         let c = iin_check_digit(&digits).unwrap();
-        let s: String = digits
-            .iter()
-            .chain([c].iter())
-            .map(|d| char::from_digit(*d, 10).unwrap())
-            .collect();
+        let s: String = digits.iter().chain([c].iter()).map(|d| char::from_digit(*d, 10).unwrap()).collect();
         assert!(iin_is_valid(&s));
     }
 
@@ -424,40 +366,19 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            s.encode(&f("passport.number"), &json!("x")),
-            Err(SchemaError::UnknownCategory("passport".into()))
-        );
-        assert_eq!(
-            s.encode(&f("identity.shoe_size"), &json!("x")),
-            Err(SchemaError::UnknownField("identity.shoe_size".into()))
-        );
+        assert_eq!(s.encode(&f("passport.number"), &json!("x")), Err(SchemaError::UnknownCategory("passport".into())));
+        assert_eq!(s.encode(&f("identity.shoe_size"), &json!("x")), Err(SchemaError::UnknownField("identity.shoe_size".into())));
     }
 
     #[test]
     fn patterns_and_mandatory() {
         assert!(Schema::pattern_matches("identity.*", &f("identity.iin")));
-        assert!(!Schema::pattern_matches(
-            "identity.*",
-            &f("contract.amount")
-        ));
-        assert!(Schema::pattern_matches(
-            "identity.phone",
-            &f("identity.phone")
-        ));
+        assert!(!Schema::pattern_matches("identity.*", &f("contract.amount")));
+        assert!(Schema::pattern_matches("identity.phone", &f("identity.phone")));
         let s = Schema::default();
         assert!(s.pattern_is_known("contract.*") && s.pattern_is_known("identity.email"));
         assert!(!s.pattern_is_known("identity.nope") && !s.pattern_is_known("nope.*"));
         let m: Vec<String> = s.mandatory().iter().map(|f| f.to_string()).collect();
-        assert_eq!(
-            m,
-            [
-                "identity.birth_date",
-                "identity.full_name",
-                "identity.iin",
-                "identity.phone",
-                "questionnaire.monthly_income"
-            ]
-        );
+        assert_eq!(m, ["identity.birth_date", "identity.full_name", "identity.iin", "identity.phone", "questionnaire.monthly_income"]);
     }
 }

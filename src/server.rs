@@ -22,10 +22,7 @@ pub enum StartError {
     #[error("{0}")]
     Vault(#[from] VaultError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Things tests pass in: the clock and fault switches. Production uses the defaults.
@@ -37,10 +34,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            clock: Arc::new(SystemClock),
-            faults: Arc::default(),
-        }
+        Self { clock: Arc::new(SystemClock), faults: Arc::default() }
     }
 }
 
@@ -55,12 +49,7 @@ pub struct Application {
 /// Opens the vault described by `config` (blocking: RocksDB open and start-up work).
 pub fn open_vault(config: &Config, options: &Options) -> Result<Vault, StartError> {
     let root = config.root_key.load()?;
-    Ok(Vault::open(
-        config.vault_settings(),
-        root,
-        options.clock.clone(),
-        options.faults.clone(),
-    )?)
+    Ok(Vault::open(config.vault_settings(), root, options.clock.clone(), options.faults.clone())?)
 }
 
 impl Application {
@@ -71,30 +60,14 @@ impl Application {
             .await
             .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
         let vault = Arc::new(vault);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let state = AppState {
-            vault: vault.clone(),
-            callers: Arc::new(config.callers.clone()),
-        };
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let state = AppState { vault: vault.clone(), callers: Arc::new(config.callers.clone()) };
         let router = api::router(state, &config.limits);
-        Ok(Self {
-            listener,
-            vault,
-            router,
-            sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)),
-        })
+        Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -107,14 +80,9 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the
     /// audit log.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_every));
-        let served = axum::serve(self.listener, self.router.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         let vault = self.vault;
         let _ = tokio::task::spawn_blocking(move || vault.close()).await;
@@ -169,10 +137,7 @@ pub fn refuse_core_dumps() -> std::io::Result<()> {
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
             return Err(std::io::Error::last_os_error());
         }

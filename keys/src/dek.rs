@@ -28,9 +28,7 @@ pub struct WrappedDek(pub Vec<u8>);
 impl WrappedDek {
     /// The KEK generation that wrapped it, read from the (not yet authenticated) header.
     pub fn generation(&self) -> Option<Generation> {
-        Envelope::parse_kind(&self.0, Kind::Dek)
-            .ok()
-            .map(|e| Generation(e.header.key_id))
+        Envelope::parse_kind(&self.0, Kind::Dek).ok().map(|e| Generation(e.header.key_id))
     }
 
     /// A short public fingerprint of the wrapped key (SHA-256 of the ciphertext, 16 bytes as
@@ -63,10 +61,7 @@ impl fmt::Debug for Dek {
 impl Dek {
     /// A fresh random DEK.
     pub fn generate(version: DekVersion) -> Result<Self, Error> {
-        Ok(Self {
-            version,
-            secret: Secret::random()?,
-        })
+        Ok(Self { version, secret: Secret::random()? })
     }
 
     pub(crate) fn from_secret(version: DekVersion, secret: Secret) -> Self {
@@ -85,12 +80,8 @@ impl Dek {
     /// key schedule is not zeroized on drop, so it should live no longer than the work.
     pub fn cipher(&self) -> FieldCipher {
         // The key is exactly 32 bytes, the length AES-256-GCM takes, so this cannot fail.
-        let unbound =
-            UnboundKey::new(&AES_256_GCM, self.secret.expose()).expect("32-byte AES-256 key");
-        FieldCipher {
-            key: LessSafeKey::new(unbound),
-            version: self.version,
-        }
+        let unbound = UnboundKey::new(&AES_256_GCM, self.secret.expose()).expect("32-byte AES-256 key");
+        FieldCipher { key: LessSafeKey::new(unbound), version: self.version }
     }
 }
 
@@ -118,22 +109,14 @@ impl FieldCipher {
         out.extend_from_slice(plaintext);
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                RingAad::from(aad.as_slice()),
-                &mut out[body_start..],
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), RingAad::from(aad.as_slice()), &mut out[body_start..])
             .map_err(|_| Error::Decrypt)?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
     /// Opens a field ciphertext sealed for exactly `ctx` under this DEK version.
-    pub fn open(
-        &self,
-        ctx: &FieldContext<'_>,
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub fn open(&self, ctx: &FieldContext<'_>, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let env = Envelope::parse_kind(ciphertext, Kind::Field)?;
         if env.header.key_id != self.version.0 {
             return Err(Error::WrongKey {
@@ -145,11 +128,7 @@ impl FieldCipher {
         let mut buf = Zeroizing::new(env.sealed.to_vec());
         let len = self
             .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(*env.nonce),
-                RingAad::from(aad.as_slice()),
-                buf.as_mut_slice(),
-            )
+            .open_in_place(Nonce::assume_unique_for_key(*env.nonce), RingAad::from(aad.as_slice()), buf.as_mut_slice())
             .map_err(|_| Error::Decrypt)?
             .len();
         buf.truncate(len);
@@ -158,10 +137,7 @@ impl FieldCipher {
 }
 
 fn field_aad(header: &[u8], ctx: &FieldContext<'_>) -> Aad {
-    Aad::new(header, "qoima.field")
-        .bytes(ctx.subject.as_bytes())
-        .bytes(ctx.field.as_bytes())
-        .u64(ctx.record_version)
+    Aad::new(header, "qoima.field").bytes(ctx.subject.as_bytes()).bytes(ctx.field.as_bytes()).u64(ctx.record_version)
 }
 
 #[cfg(test)]
@@ -169,11 +145,7 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(subject: &'a str, field: &'a str, v: u64) -> FieldContext<'a> {
-        FieldContext {
-            subject,
-            field,
-            record_version: v,
-        }
+        FieldContext { subject, field, record_version: v }
     }
 
     #[test]
@@ -183,12 +155,7 @@ mod tests {
         for pt in [&b""[..], b"x", &[7u8; 4096]] {
             let ct = c.seal(&ctx("s", "identity.full_name", 1), pt).unwrap();
             assert_eq!(ct.len(), pt.len() + crate::OVERHEAD);
-            assert_eq!(
-                c.open(&ctx("s", "identity.full_name", 1), &ct)
-                    .unwrap()
-                    .as_slice(),
-                pt
-            );
+            assert_eq!(c.open(&ctx("s", "identity.full_name", 1), &ct).unwrap().as_slice(), pt);
         }
     }
 
@@ -196,29 +163,15 @@ mod tests {
     fn moved_ciphertext_fails() {
         let dek = Dek::generate(DekVersion(1)).unwrap();
         let c = dek.cipher();
-        let ct = c
-            .seal(&ctx("s-1", "identity.phone", 4), b"+77011234567")
-            .unwrap();
-        assert!(
-            c.open(&ctx("s-2", "identity.phone", 4), &ct).is_err(),
-            "other subject"
-        );
-        assert!(
-            c.open(&ctx("s-1", "identity.email", 4), &ct).is_err(),
-            "other field"
-        );
-        assert!(
-            c.open(&ctx("s-1", "identity.phone", 5), &ct).is_err(),
-            "other version"
-        );
+        let ct = c.seal(&ctx("s-1", "identity.phone", 4), b"+77011234567").unwrap();
+        assert!(c.open(&ctx("s-2", "identity.phone", 4), &ct).is_err(), "other subject");
+        assert!(c.open(&ctx("s-1", "identity.email", 4), &ct).is_err(), "other field");
+        assert!(c.open(&ctx("s-1", "identity.phone", 5), &ct).is_err(), "other version");
         // Another subject's key (or another DEK version) fails too.
         let other = Dek::generate(DekVersion(1)).unwrap().cipher();
         assert!(other.open(&ctx("s-1", "identity.phone", 4), &ct).is_err());
         let v2 = Dek::generate(DekVersion(2)).unwrap().cipher();
-        assert!(matches!(
-            v2.open(&ctx("s-1", "identity.phone", 4), &ct),
-            Err(Error::WrongKey { .. })
-        ));
+        assert!(matches!(v2.open(&ctx("s-1", "identity.phone", 4), &ct), Err(Error::WrongKey { .. })));
     }
 
     #[test]
@@ -251,9 +204,6 @@ mod tests {
     fn debug_is_redacted() {
         let dek = Dek::generate(DekVersion(1)).unwrap();
         assert_eq!(format!("{dek:?}"), "Dek(version 1, <redacted>)");
-        assert_eq!(
-            format!("{:?}", dek.cipher()),
-            "FieldCipher(dek version 1, <redacted>)"
-        );
+        assert_eq!(format!("{:?}", dek.cipher()), "FieldCipher(dek version 1, <redacted>)");
     }
 }

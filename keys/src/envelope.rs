@@ -53,11 +53,7 @@ pub struct Header {
 
 impl Header {
     pub(crate) fn new(kind: Kind, key_id: u32) -> Self {
-        Self {
-            format: FORMAT_V1,
-            kind,
-            key_id,
-        }
+        Self { format: FORMAT_V1, kind, key_id }
     }
 
     pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
@@ -87,33 +83,17 @@ impl<'a> Envelope<'a> {
             return Err(Error::Malformed("unknown format version"));
         }
         let kind = Kind::from_byte(header_bytes[1])?;
-        let key_id = u32::from_be_bytes([
-            header_bytes[2],
-            header_bytes[3],
-            header_bytes[4],
-            header_bytes[5],
-        ]);
+        let key_id = u32::from_be_bytes([header_bytes[2], header_bytes[3], header_bytes[4], header_bytes[5]]);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| Error::Malformed("nonce"))?;
-        Ok(Self {
-            header: Header {
-                format: FORMAT_V1,
-                kind,
-                key_id,
-            },
-            header_bytes,
-            nonce,
-            sealed,
-        })
+        Ok(Self { header: Header { format: FORMAT_V1, kind, key_id }, header_bytes, nonce, sealed })
     }
 
     /// Parses and checks the envelope is of `kind`.
     pub(crate) fn parse_kind(bytes: &'a [u8], kind: Kind) -> Result<Self, Error> {
         let env = Self::parse(bytes)?;
         if env.header.kind != kind {
-            return Err(Error::Malformed(
-                "envelope holds another kind of ciphertext",
-            ));
+            return Err(Error::Malformed("envelope holds another kind of ciphertext"));
         }
         Ok(env)
     }
@@ -167,26 +147,13 @@ mod tests {
         let mut ok = vec![FORMAT_V1, 1, 0, 0, 0, 7];
         ok.extend_from_slice(&[0u8; NONCE_LEN + TAG_LEN]);
         let env = Envelope::parse(&ok).expect("well-formed");
-        assert_eq!(
-            env.header,
-            Header {
-                format: 1,
-                kind: Kind::Field,
-                key_id: 7
-            }
-        );
+        assert_eq!(env.header, Header { format: 1, kind: Kind::Field, key_id: 7 });
         let mut bad_format = ok.clone();
         bad_format[0] = 2;
-        assert!(matches!(
-            Envelope::parse(&bad_format),
-            Err(Error::Malformed(_))
-        ));
+        assert!(matches!(Envelope::parse(&bad_format), Err(Error::Malformed(_))));
         let mut bad_kind = ok.clone();
         bad_kind[1] = 9;
-        assert!(matches!(
-            Envelope::parse(&bad_kind),
-            Err(Error::Malformed(_))
-        ));
+        assert!(matches!(Envelope::parse(&bad_kind), Err(Error::Malformed(_))));
     }
 
     #[test]

@@ -15,9 +15,7 @@ pub enum Error {
     #[error("ciphertext was sealed under {found}, expected {expected}")]
     WrongKey { expected: String, found: String },
     /// A root-key file is readable by more than its owner.
-    #[error(
-        "root key file {path} has mode {mode:o}; it must be 0600 or 0400 (run: chmod 600 {path})"
-    )]
+    #[error("root key file {path} has mode {mode:o}; it must be 0600 or 0400 (run: chmod 600 {path})")]
     RootKeyPermissions { path: PathBuf, mode: u32 },
     /// A root-key source could not be read.
     #[error("cannot read root key from {source_name}: {reason}")]

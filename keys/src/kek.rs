@@ -53,11 +53,7 @@ impl Kek {
 
     pub(crate) fn from_secret(generation: Generation, secret: Secret) -> Self {
         let cipher = Aes256Gcm::new(secret.expose().into());
-        Self {
-            generation,
-            secret,
-            cipher,
-        }
+        Self { generation, secret, cipher }
     }
 
     pub fn generation(&self) -> Generation {
@@ -78,12 +74,7 @@ impl Kek {
     }
 
     /// Unwraps a DEK previously wrapped for `subject` at `version` by this generation.
-    pub fn unwrap_dek(
-        &self,
-        subject: &str,
-        version: DekVersion,
-        wrapped: &WrappedDek,
-    ) -> Result<Dek, Error> {
+    pub fn unwrap_dek(&self, subject: &str, version: DekVersion, wrapped: &WrappedDek) -> Result<Dek, Error> {
         let env = Envelope::parse_kind(&wrapped.0, Kind::Dek)?;
         if env.header.key_id != self.generation.0 {
             return Err(Error::WrongKey {
@@ -98,23 +89,14 @@ impl Kek {
 }
 
 fn dek_aad(header: &[u8], subject: &str, version: DekVersion) -> Aad {
-    Aad::new(header, "qoima.dek")
-        .bytes(subject.as_bytes())
-        .u64(u64::from(version.0))
+    Aad::new(header, "qoima.dek").bytes(subject.as_bytes()).u64(u64::from(version.0))
 }
 
 /// Seals 32 key bytes into an envelope with `aes-gcm` and a random nonce.
-pub(crate) fn wrap(
-    cipher: &Aes256Gcm,
-    header: Header,
-    aad: Aad,
-    key: &[u8; 32],
-) -> Result<Vec<u8>, Error> {
+pub(crate) fn wrap(cipher: &Aes256Gcm, header: Header, aad: Aad, key: &[u8; 32]) -> Result<Vec<u8>, Error> {
     let nonce: [u8; NONCE_LEN] = crate::rand::array()?;
     let mut body = Zeroizing::new(*key);
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad.as_slice(), body.as_mut())
-        .map_err(|_| Error::Decrypt)?;
+    let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad.as_slice(), body.as_mut()).map_err(|_| Error::Decrypt)?;
     let mut out = frame(header, &nonce, body.len() + tag.len());
     out.extend_from_slice(body.as_ref());
     out.extend_from_slice(&tag);
@@ -130,12 +112,7 @@ pub(crate) fn unwrap(cipher: &Aes256Gcm, env: &Envelope<'_>, aad: Aad) -> Result
     let mut body = Zeroizing::new([0u8; 32]);
     body.copy_from_slice(ct);
     cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(env.nonce),
-            aad.as_slice(),
-            body.as_mut(),
-            Tag::from_slice(tag),
-        )
+        .decrypt_in_place_detached(Nonce::from_slice(env.nonce), aad.as_slice(), body.as_mut(), Tag::from_slice(tag))
         .map_err(|_| Error::Decrypt)?;
     Ok(Secret::from_bytes(&mut body))
 }
@@ -154,20 +131,11 @@ mod tests {
         assert_eq!(back.secret().expose(), dek.secret().expose());
 
         // Bound to the subject and the DEK version.
-        assert!(matches!(
-            kek.unwrap_dek("s-2", DekVersion(1), &wrapped),
-            Err(Error::Decrypt)
-        ));
-        assert!(matches!(
-            kek.unwrap_dek("s-1", DekVersion(2), &wrapped),
-            Err(Error::Decrypt)
-        ));
+        assert!(matches!(kek.unwrap_dek("s-2", DekVersion(1), &wrapped), Err(Error::Decrypt)));
+        assert!(matches!(kek.unwrap_dek("s-1", DekVersion(2), &wrapped), Err(Error::Decrypt)));
         // Another generation refuses it by id before trying.
         let other = Kek::generate(Generation(4)).unwrap();
-        assert!(matches!(
-            other.unwrap_dek("s-1", DekVersion(1), &wrapped),
-            Err(Error::WrongKey { .. })
-        ));
+        assert!(matches!(other.unwrap_dek("s-1", DekVersion(1), &wrapped), Err(Error::WrongKey { .. })));
     }
 
     #[test]
@@ -178,10 +146,7 @@ mod tests {
         for i in 0..wrapped.0.len() * 8 {
             let mut bad = wrapped.clone();
             bad.0[i / 8] ^= 1 << (i % 8);
-            assert!(
-                kek.unwrap_dek("s", DekVersion(1), &bad).is_err(),
-                "bit {i} flipped still opened"
-            );
+            assert!(kek.unwrap_dek("s", DekVersion(1), &bad).is_err(), "bit {i} flipped still opened");
         }
     }
 

@@ -38,39 +38,29 @@ impl RootKeySource {
         let name = self.to_string();
         let text = match self {
             RootKeySource::File(path) => read_key_file(path)?,
-            RootKeySource::Env(var) => {
-                Zeroizing::new(std::env::var(var).map_err(|e| Error::RootKeyUnreadable {
-                    source_name: name.clone(),
-                    reason: e.to_string(),
-                })?)
-            }
+            RootKeySource::Env(var) => Zeroizing::new(
+                std::env::var(var).map_err(|e| Error::RootKeyUnreadable { source_name: name.clone(), reason: e.to_string() })?,
+            ),
         };
         RootKey::from_hex(text.trim(), &name)
     }
 }
 
 fn read_key_file(path: &Path) -> Result<Zeroizing<String>, Error> {
-    let unreadable = |e: std::io::Error| Error::RootKeyUnreadable {
-        source_name: format!("file {}", path.display()),
-        reason: e.to_string(),
-    };
+    let unreadable =
+        |e: std::io::Error| Error::RootKeyUnreadable { source_name: format!("file {}", path.display()), reason: e.to_string() };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode != 0o600 && mode != 0o400 {
-            return Err(Error::RootKeyPermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
+            return Err(Error::RootKeyPermissions { path: path.to_path_buf(), mode });
         }
     }
     #[cfg(not(unix))]
     let _ = meta;
-    Ok(Zeroizing::new(
-        std::fs::read_to_string(path).map_err(unreadable)?,
-    ))
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(unreadable)?))
 }
 
 /// The unwrapped root key. It only wraps and unwraps KEK generations.
@@ -98,9 +88,7 @@ impl RootKey {
     }
 
     fn from_hex(text: &str, source_name: &str) -> Result<Self, Error> {
-        let format_err = || Error::RootKeyFormat {
-            source_name: source_name.to_string(),
-        };
+        let format_err = || Error::RootKeyFormat { source_name: source_name.to_string() };
         if text.len() != 64 {
             return Err(format_err());
         }
@@ -112,10 +100,7 @@ impl RootKey {
     /// Creates a new random root key in a new file with mode 0600 (refusing to overwrite one).
     /// For development set-ups and root-key rotation; production keys come from the operator.
     pub fn generate_file(path: &Path) -> Result<Self, Error> {
-        let err = |e: std::io::Error| Error::RootKeyUnreadable {
-            source_name: format!("file {}", path.display()),
-            reason: e.to_string(),
-        };
+        let err = |e: std::io::Error| Error::RootKeyUnreadable { source_name: format!("file {}", path.display()), reason: e.to_string() };
         let secret = Secret::random()?;
         let text = Zeroizing::new(hex::encode(secret.expose()));
         let mut opts = std::fs::OpenOptions::new();
@@ -126,10 +111,7 @@ impl RootKey {
             opts.mode(0o600);
         }
         let mut file = opts.open(path).map_err(err)?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .and_then(|_| file.sync_all())
-            .map_err(err)?;
+        file.write_all(text.as_bytes()).and_then(|_| file.write_all(b"\n")).and_then(|_| file.sync_all()).map_err(err)?;
         Ok(Self::from_secret(secret))
     }
 
@@ -143,12 +125,7 @@ impl RootKey {
     pub fn wrap_kek(&self, kek: &Kek) -> Result<WrappedKek, Error> {
         let header = Header::new(Kind::Kek, self.id);
         let aad = kek_aad(&header.to_bytes(), kek.generation());
-        Ok(WrappedKek(wrap(
-            &self.cipher,
-            header,
-            aad,
-            kek.secret().expose(),
-        )?))
+        Ok(WrappedKek(wrap(&self.cipher, header, aad, kek.secret().expose())?))
     }
 
     /// Unwraps KEK `generation`.
@@ -161,10 +138,7 @@ impl RootKey {
             });
         }
         let aad = kek_aad(env.header_bytes, generation);
-        Ok(Kek::from_secret(
-            generation,
-            unwrap(&self.cipher, &env, aad)?,
-        ))
+        Ok(Kek::from_secret(generation, unwrap(&self.cipher, &env, aad)?))
     }
 }
 
@@ -184,14 +158,8 @@ mod tests {
         let path = dir.join("root.key");
         let _ = std::fs::remove_file(&path);
         let made = RootKey::generate_file(&path).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(
-            RootKey::generate_file(&path).is_err(),
-            "never overwrites a root key"
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(RootKey::generate_file(&path).is_err(), "never overwrites a root key");
 
         let loaded = RootKeySource::File(path.clone()).load().unwrap();
         assert_eq!(loaded.id(), made.id());
@@ -212,22 +180,13 @@ mod tests {
         std::env::set_var(var, "zz");
         let err = RootKeySource::Env(var.into()).load().unwrap_err();
         assert!(matches!(err, Error::RootKeyFormat { .. }));
-        assert!(
-            !err.to_string().contains("zz"),
-            "the bad value is not echoed"
-        );
+        assert!(!err.to_string().contains("zz"), "the bad value is not echoed");
         std::env::set_var(var, "00".repeat(31) + "0g");
-        assert!(matches!(
-            RootKeySource::Env(var.into()).load(),
-            Err(Error::RootKeyFormat { .. })
-        ));
+        assert!(matches!(RootKeySource::Env(var.into()).load(), Err(Error::RootKeyFormat { .. })));
         std::env::set_var(var, "ab".repeat(32));
         assert!(RootKeySource::Env(var.into()).load().is_ok());
         std::env::remove_var(var);
-        assert!(matches!(
-            RootKeySource::Env(var.into()).load(),
-            Err(Error::RootKeyUnreadable { .. })
-        ));
+        assert!(matches!(RootKeySource::Env(var.into()).load(), Err(Error::RootKeyUnreadable { .. })));
     }
 
     #[test]
@@ -235,22 +194,11 @@ mod tests {
         let root = RootKey::from_hex(&"11".repeat(32), "test").unwrap();
         let kek = Kek::generate(Generation(5)).unwrap();
         let wrapped = root.wrap_kek(&kek).unwrap();
-        assert_eq!(
-            root.unwrap_kek(Generation(5), &wrapped)
-                .unwrap()
-                .generation(),
-            Generation(5)
-        );
-        assert!(matches!(
-            root.unwrap_kek(Generation(6), &wrapped),
-            Err(Error::Decrypt)
-        ));
+        assert_eq!(root.unwrap_kek(Generation(5), &wrapped).unwrap().generation(), Generation(5));
+        assert!(matches!(root.unwrap_kek(Generation(6), &wrapped), Err(Error::Decrypt)));
         let other = RootKey::from_hex(&"22".repeat(32), "test").unwrap();
         let err = other.unwrap_kek(Generation(5), &wrapped).unwrap_err();
         assert!(matches!(err, Error::WrongKey { .. }), "{err}");
-        assert_eq!(
-            format!("{root:?}"),
-            format!("RootKey(id {:08x}, <redacted>)", root.id())
-        );
+        assert_eq!(format!("{root:?}"), format!("RootKey(id {:08x}, <redacted>)", root.id()));
     }
 }

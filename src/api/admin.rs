@@ -13,22 +13,14 @@ use super::wire::*;
     security(("bearer" = [])))]
 pub async fn keys(state: App, Authed(ctx): Authed) -> Result<Json<KeysResponse>, ApiError> {
     let gens = run(&state.vault, move |v| v.keys_status(&ctx)).await?;
-    Ok(Json(KeysResponse {
-        generations: gens
-            .into_iter()
-            .map(|(i, n)| GenerationWire::new(i, n))
-            .collect(),
-    }))
+    Ok(Json(KeysResponse { generations: gens.into_iter().map(|(i, n)| GenerationWire::new(i, n)).collect() }))
 }
 
 /// Create and activate a new KEK generation (role security).
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
     responses((status = 201, body = GenerationWire), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn rotate(
-    state: App,
-    Authed(ctx): Authed,
-) -> Result<(StatusCode, Json<GenerationWire>), ApiError> {
+pub async fn rotate(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<GenerationWire>), ApiError> {
     let info = run(&state.vault, move |v| v.rotate_kek(&ctx)).await?;
     Ok((StatusCode::CREATED, Json(GenerationWire::new(info, 0))))
 }
@@ -37,63 +29,36 @@ pub async fn rotate(
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn audit(
-    state: App,
-    Authed(ctx): Authed,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<AuditResponse>, ApiError> {
+pub async fn audit(state: App, Authed(ctx): Authed, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditResponse>, ApiError> {
     if let Some(s) = &q.subject {
         crate::domain::SubjectId::parse(s)?;
     }
-    let query = crate::audit::Query {
-        subject: q.subject,
-        caller: q.caller,
-        after: q.after.unwrap_or(0),
-        limit: q.limit.unwrap_or(100),
-    };
+    let query = crate::audit::Query { subject: q.subject, caller: q.caller, after: q.after.unwrap_or(0), limit: q.limit.unwrap_or(100) };
     let entries = run(&state.vault, move |v| v.audit_entries(&ctx, query)).await?;
-    Ok(Json(AuditResponse {
-        entries: entries.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(AuditResponse { entries: entries.into_iter().map(Into::into).collect() }))
 }
 
 /// Recompute the audit hash chain (roles auditor, security).
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery),
     responses((status = 200, body = VerifyResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn audit_verify(
-    state: App,
-    Authed(ctx): Authed,
-    ApiQuery(q): ApiQuery<VerifyQuery>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+pub async fn audit_verify(state: App, Authed(ctx): Authed, ApiQuery(q): ApiQuery<VerifyQuery>) -> Result<Json<VerifyResponse>, ApiError> {
     let anchor = q.anchor.map(|a| parse_anchor(&a)).transpose()?;
-    let v = run(&state.vault, move |v| {
-        v.audit_verify(&ctx, anchor.as_ref().map(|(s, h)| (*s, h.as_str())))
-    })
-    .await?;
+    let v = run(&state.vault, move |v| v.audit_verify(&ctx, anchor.as_ref().map(|(s, h)| (*s, h.as_str())))).await?;
     Ok(Json(VerifyResponse {
         ok: v.ok,
         entries: v.entries,
         head: v.head,
-        first_broken: v.first_broken.map(|b| BrokenWire {
-            seq: b.seq,
-            reason: b.reason,
-        }),
+        first_broken: v.first_broken.map(|b| BrokenWire { seq: b.seq, reason: b.reason }),
     }))
 }
 
 /// Parses `SEQ:HASH`.
 pub fn parse_anchor(a: &str) -> Result<(u64, String), ApiError> {
-    let (seq, hash) = a
-        .split_once(':')
-        .ok_or_else(|| ApiError::bad_request("anchor must be SEQ:HASH"))?;
-    let seq = seq
-        .parse()
-        .map_err(|_| ApiError::bad_request("anchor must be SEQ:HASH"))?;
+    let (seq, hash) = a.split_once(':').ok_or_else(|| ApiError::bad_request("anchor must be SEQ:HASH"))?;
+    let seq = seq.parse().map_err(|_| ApiError::bad_request("anchor must be SEQ:HASH"))?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request(
-            "anchor hash must be 64 hex characters",
-        ));
+        return Err(ApiError::bad_request("anchor hash must be 64 hex characters"));
     }
     Ok((seq, hash.to_ascii_lowercase()))
 }
@@ -101,10 +66,7 @@ pub fn parse_anchor(a: &str) -> Result<(u64, String), ApiError> {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
 pub async fn healthz() -> Json<HealthResponse> {
-    Json(HealthResponse {
-        status: "ok".into(),
-        checks: Default::default(),
-    })
+    Json(HealthResponse { status: "ok".into(), checks: Default::default() })
 }
 
 /// Readiness: store open, root key loaded, audit writable.
@@ -113,48 +75,14 @@ pub async fn readyz(state: App) -> (StatusCode, Json<HealthResponse>) {
     let vault = state.vault.clone();
     let checks = tokio::task::spawn_blocking(move || {
         let mut c = std::collections::BTreeMap::new();
-        c.insert(
-            "store".to_string(),
-            vault
-                .store()
-                .ready()
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.to_string()),
-        );
-        c.insert(
-            "root_key".to_string(),
-            format!(
-                "ok (active KEK generation {})",
-                vault.keyring().active_generation()
-            ),
-        );
-        c.insert(
-            "audit".to_string(),
-            if vault.audit_healthy() {
-                "ok".into()
-            } else {
-                "last audit write failed".into()
-            },
-        );
+        c.insert("store".to_string(), vault.store().ready().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()));
+        c.insert("root_key".to_string(), format!("ok (active KEK generation {})", vault.keyring().active_generation()));
+        c.insert("audit".to_string(), if vault.audit_healthy() { "ok".into() } else { "last audit write failed".into() });
         c
     })
     .await
     .unwrap_or_default();
     let ready = !checks.is_empty() && checks.values().all(|v| v.starts_with("ok"));
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(HealthResponse {
-            status: if ready {
-                "ready".into()
-            } else {
-                "not ready".into()
-            },
-            checks,
-        }),
-    )
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(HealthResponse { status: if ready { "ready".into() } else { "not ready".into() }, checks }))
 }

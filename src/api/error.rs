@@ -35,12 +35,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            slug,
-            detail: detail.into(),
-            receipt: None,
-        }
+        Self { status, slug, detail: detail.into(), receipt: None }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -60,31 +55,27 @@ impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Invalid(d) => Self::bad_request(d),
-            VaultError::Denied(d @ Denial::BasisMissing { .. }) => {
-                Self::new(StatusCode::FORBIDDEN, "basis-missing", d.to_string())
-            }
+            VaultError::Denied(d @ Denial::BasisMissing { .. }) => Self::new(StatusCode::FORBIDDEN, "basis-missing", d.to_string()),
             VaultError::Denied(d) => Self::new(StatusCode::FORBIDDEN, "forbidden", d.to_string()),
             VaultError::NotFound(d) => Self::not_found(d),
             VaultError::Erased { subject, receipt } => Self {
                 status: StatusCode::GONE,
                 slug: "erased",
-                detail: format!(
-                    "subject {subject} was erased (crypto-shredded); receipt {receipt}"
-                ),
+                detail: format!("subject {subject} was erased (crypto-shredded); receipt {receipt}"),
                 receipt: Some(receipt),
             },
             VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault cannot durably record this request right now; nothing was done and nothing is returned")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the vault cannot durably record this request right now; nothing was done and nothing is returned",
+                )
             }
             e @ (VaultError::RootKey(_) | VaultError::Internal(_)) => {
                 tracing::error!(detail = %e, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; the request id identifies it in the vault's log",
-                )
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the request id identifies it in the vault's log")
             }
         }
     }
@@ -109,20 +100,10 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             receipt: self.receipt,
         };
-        let mut res = (
-            self.status,
-            serde_json::to_vec(&body).expect("problem serialises"),
-        )
-            .into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut res = (self.status, serde_json::to_vec(&body).expect("problem serialises")).into_response();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"qoima\""),
-            );
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"qoima\""));
         }
         res
     }

@@ -19,35 +19,20 @@ use crate::vault::{Ctx, Vault, VaultError};
 /// Gives every request an id (the caller's `x-request-id` if it is plain and short, else a
 /// fresh one), echoes it on the response, and sets headers every response carries.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(RequestId::parse)
-        .unwrap_or_else(RequestId::generate);
+    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(id.clone());
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     // A RequestId holds only [A-Za-z0-9._:-], always a valid header value.
-    h.insert(
-        "x-request-id",
-        HeaderValue::from_str(id.as_str()).expect("plain request id"),
-    );
+    h.insert("x-request-id", HeaderValue::from_str(id.as_str()).expect("plain request id"));
     // Responses may hold personal data: never cache them anywhere.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     res
 }
 
 fn request_id_of(parts: &Parts) -> RequestId {
-    parts
-        .extensions
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(RequestId::generate)
+    parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
 }
 
 /// An authenticated caller and the request it makes. Missing or unknown tokens are refused
@@ -57,10 +42,7 @@ pub struct Authed(pub Ctx);
 fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
 
 impl FromRequestParts<AppState> for Authed {
@@ -70,30 +52,16 @@ impl FromRequestParts<AppState> for Authed {
         let request_id = request_id_of(parts);
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
-            return Ok(Authed(Ctx {
-                caller: caller.clone(),
-                request_id,
-            }));
+            return Ok(Authed(Ctx { caller: caller.clone(), request_id }));
         }
-        let reason = if token.is_some() {
-            "unknown bearer token"
-        } else {
-            "missing bearer token"
-        };
+        let reason = if token.is_some() { "unknown bearer token" } else { "missing bearer token" };
         let path = parts.uri.path().to_owned();
-        let subject = path
-            .strip_prefix("/v1/subjects/")
-            .map(|rest| rest.split('/').next().unwrap_or_default().to_owned());
+        let subject = path.strip_prefix("/v1/subjects/").map(|rest| rest.split('/').next().unwrap_or_default().to_owned());
         let vault = state.vault.clone();
         let rid = request_id.clone();
         // Best effort: an unauthenticated caller gets 401 whether or not this is recorded.
-        let _ = tokio::task::spawn_blocking(move || {
-            vault.record_unauthenticated(subject.as_deref(), reason, &rid)
-        })
-        .await;
-        Err(ApiError::unauthorized(format!(
-            "{reason}; send Authorization: Bearer <token>"
-        )))
+        let _ = tokio::task::spawn_blocking(move || vault.record_unauthenticated(subject.as_deref(), reason, &rid)).await;
+        Err(ApiError::unauthorized(format!("{reason}; send Authorization: Bearer <token>")))
     }
 }
 
@@ -129,35 +97,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .eq_ignore_ascii_case("application/json")
-            })
+            .map(|v| v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json"))
             .unwrap_or(false);
         if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "send Content-Type: application/json",
-            ));
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "send Content-Type: application/json"));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-large",
-                    "request body exceeds the configured limit",
-                )
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "request body exceeds the configured limit")
             } else {
                 ApiError::bad_request("could not read the request body")
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(json_error)
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(json_error)
     }
 }
 
@@ -169,10 +121,7 @@ fn json_error(e: serde_json::Error) -> ApiError {
         Category::Data => {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or_default();
-            if msg.starts_with("unknown field")
-                || msg.starts_with("missing field")
-                || msg.starts_with("unknown variant")
-            {
+            if msg.starts_with("unknown field") || msg.starts_with("missing field") || msg.starts_with("unknown variant") {
                 format!("{msg} (at {at})")
             } else {
                 format!("a value has the wrong type or shape at {at}")
@@ -189,13 +138,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| {
-                let text = e.body_text();
-                let text = text.trim_start_matches("Failed to deserialize query string: ");
-                ApiError::bad_request(format!("bad query string: {text}"))
-            })
+        Query::<T>::try_from_uri(&parts.uri).map(|q| ApiQuery(q.0)).map_err(|e| {
+            let text = e.body_text();
+            let text = text.trim_start_matches("Failed to deserialize query string: ");
+            ApiError::bad_request(format!("bad query string: {text}"))
+        })
     }
 }
 

@@ -56,10 +56,7 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
@@ -72,37 +69,21 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "method not allowed on this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route")
 }
 
 /// The router with its middleware.
 pub fn router(state: AppState, limits: &Limits) -> Router {
     let v1 = Router::new()
-        .route(
-            "/v1/subjects/{id}",
-            put(subjects::put_subject).get(subjects::read_subject),
-        )
+        .route("/v1/subjects/{id}", put(subjects::put_subject).get(subjects::read_subject))
         .route("/v1/subjects/{id}/rectify", patch(subjects::rectify))
         .route("/v1/subjects/{id}/contracts", post(subjects::open_contract))
-        .route(
-            "/v1/subjects/{id}/contracts/{contract}",
-            patch(subjects::update_contract),
-        )
+        .route("/v1/subjects/{id}/contracts/{contract}", patch(subjects::update_contract))
         .route("/v1/subjects/{id}/consents", post(subjects::give_consent))
-        .route(
-            "/v1/subjects/{id}/consents/{purpose}",
-            axum::routing::delete(subjects::withdraw_consent),
-        )
+        .route("/v1/subjects/{id}/consents/{purpose}", axum::routing::delete(subjects::withdraw_consent))
         .route("/v1/subjects/{id}/disclosures", post(subjects::disclose))
         .route("/v1/subjects/{id}/export", get(subjects::export))
-        .route(
-            "/v1/subjects/{id}/erasure",
-            post(subjects::request_erasure).get(subjects::erasure_status),
-        )
+        .route("/v1/subjects/{id}/erasure", post(subjects::request_erasure).get(subjects::erasure_status))
         .route("/v1/subjects/{id}/rekey", post(subjects::rekey))
         .route("/v1/keys", get(admin::keys))
         .route("/v1/keys/rotate", post(admin::rotate))
@@ -116,16 +97,9 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .with_state(state);
     v1.layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            ))
+            axum::response::IntoResponse::into_response(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
         }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(limits.request_timeout_secs),
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(limits.request_timeout_secs)))
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(axum::middleware::from_fn(extract::request_id))
 }

@@ -30,19 +30,10 @@ pub async fn put_subject(
     let s = subject(&id)?;
     let subj = s.to_string();
     let out = run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?;
-    let status = if out.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((
         status,
-        Json(WriteResponse {
-            subject: subj,
-            version: out.version,
-            created: out.created,
-            missing_mandatory: out.missing_mandatory,
-        }),
+        Json(WriteResponse { subject: subj, version: out.version, created: out.created, missing_mandatory: out.missing_mandatory }),
     ))
 }
 
@@ -60,26 +51,11 @@ pub async fn read_subject(
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<FieldsResponse>, ApiError> {
     let s = subject(&id)?;
-    let purpose = q
-        .purpose
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
-    let fields: Option<Vec<String>> = q.fields.map(|f| {
-        f.split(',')
-            .map(|x| x.trim().to_owned())
-            .filter(|x| !x.is_empty())
-            .collect()
-    });
+    let purpose = q.purpose.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
+    let fields: Option<Vec<String>> = q.fields.map(|f| f.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
     let (subj, p) = (s.to_string(), purpose.clone());
-    let values = run(&state.vault, move |v| {
-        v.read(&ctx, &s, &purpose, fields.as_deref())
-    })
-    .await?;
-    Ok(Json(FieldsResponse {
-        subject: subj,
-        purpose: p,
-        fields: values,
-    }))
+    let values = run(&state.vault, move |v| v.read(&ctx, &s, &purpose, fields.as_deref())).await?;
+    Ok(Json(FieldsResponse { subject: subj, purpose: p, fields: values }))
 }
 
 /// Correct fields (role website); allowed even under a hold (P6).
@@ -97,12 +73,7 @@ pub async fn rectify(
     let s = subject(&id)?;
     let subj = s.to_string();
     let out = run(&state.vault, move |v| v.rectify(&ctx, &s, &body.fields)).await?;
-    Ok(Json(WriteResponse {
-        subject: subj,
-        version: out.version,
-        created: false,
-        missing_mandatory: out.missing_mandatory,
-    }))
+    Ok(Json(WriteResponse { subject: subj, version: out.version, created: false, missing_mandatory: out.missing_mandatory }))
 }
 
 /// Open a loan contract (role service).
@@ -119,14 +90,8 @@ pub async fn open_contract(
 ) -> Result<(StatusCode, Json<ContractResponse>), ApiError> {
     let s = subject(&id)?;
     let subj = s.to_string();
-    let c = run(&state.vault, move |v| {
-        v.open_contract(&ctx, &s, &body.contract)
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ContractResponse::new(&subj, c, None)),
-    ))
+    let c = run(&state.vault, move |v| v.open_contract(&ctx, &s, &body.contract)).await?;
+    Ok((StatusCode::CREATED, Json(ContractResponse::new(&subj, c, None))))
 }
 
 /// Settle or breach a contract (role service). Settling the last one runs a pending erasure.
@@ -198,10 +163,7 @@ pub async fn withdraw_consent(
     ApiPath((id, purpose)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let s = subject(&id)?;
-    run(&state.vault, move |v| {
-        v.withdraw_consent(&ctx, &s, &purpose)
-    })
-    .await?;
+    run(&state.vault, move |v| v.withdraw_consent(&ctx, &s, &purpose)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -227,12 +189,7 @@ pub async fn disclose(
         abroad: body.abroad,
     };
     let (record, values) = run(&state.vault, move |v| v.disclose(&ctx, &s, &req)).await?;
-    Ok(Json(DisclosureResponse {
-        subject: subj,
-        purpose: "third_party_transfer".into(),
-        fields: values,
-        disclosure: record.into(),
-    }))
+    Ok(Json(DisclosureResponse { subject: subj, purpose: "third_party_transfer".into(), fields: values, disclosure: record.into() }))
 }
 
 /// Everything the vault holds on the subject (role website; right of access).
@@ -241,11 +198,7 @@ pub async fn disclose(
     responses((status = 200, body = ExportResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn export(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<ExportResponse>, ApiError> {
+pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ExportResponse>, ApiError> {
     let s = subject(&id)?;
     let out = run(&state.vault, move |v| {
         let e = v.export(&ctx, &s)?;
@@ -264,11 +217,7 @@ pub async fn export(
         fields: e.fields,
         missing_mandatory: e.missing_mandatory,
         consents: e.consents.into_iter().map(Into::into).collect(),
-        contracts: e
-            .contracts
-            .into_iter()
-            .map(|c| ContractResponse::new(&subj, c, None))
-            .collect(),
+        contracts: e.contracts.into_iter().map(|c| ContractResponse::new(&subj, c, None)).collect(),
         disclosures: e.disclosures.into_iter().map(Into::into).collect(),
         access: e
             .access
@@ -315,11 +264,7 @@ pub async fn request_erasure(
     responses((status = 200, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn erasure_status(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<ErasureResponse>, ApiError> {
+pub async fn erasure_status(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ErasureResponse>, ApiError> {
     let s = subject(&id)?;
     let r = run(&state.vault, move |v| {
         let e = v.erasure_status(&ctx, &s)?;
@@ -336,16 +281,9 @@ pub async fn erasure_status(
     responses((status = 200, body = RekeyResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn rekey(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<RekeyResponse>, ApiError> {
+pub async fn rekey(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<RekeyResponse>, ApiError> {
     let s = subject(&id)?;
     let subj = s.to_string();
     let v = run(&state.vault, move |v| v.rekey(&ctx, &s)).await?;
-    Ok(Json(RekeyResponse {
-        subject: subj,
-        dek_version: v,
-    }))
+    Ok(Json(RekeyResponse { subject: subj, dek_version: v }))
 }

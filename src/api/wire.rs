@@ -265,10 +265,7 @@ pub struct GenerationWire {
 
 impl GenerationWire {
     pub fn new(i: KekInfo, deks: i64) -> Self {
-        let state = serde_json::to_value(i.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let state = serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         Self {
             generation: i.generation,
             state,

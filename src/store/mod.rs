@@ -20,9 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DBCompressionType, FlushOptions, MergeOperands, Options, ReadOptions, SliceTransform,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions, DBCompressionType, FlushOptions,
+    MergeOperands, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
 /// A kind of thing the vault stores; one column family each (design §7).
@@ -82,10 +81,7 @@ impl Space {
     /// Keys of these spaces start with `subject\0`; a prefix extractor and bloom filter make
     /// per-subject scans and lookups cheap.
     fn keyed_by_subject(self) -> bool {
-        matches!(
-            self,
-            Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex
-        )
+        matches!(self, Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex)
     }
 }
 
@@ -117,8 +113,7 @@ impl Batch {
 
     /// Deletes every key starting with `prefix`.
     pub fn delete_prefix(&mut self, space: Space, prefix: &[u8]) {
-        self.ops
-            .push(Op::DeleteRange(space, prefix.to_vec(), prefix_end(prefix)));
+        self.ops.push(Op::DeleteRange(space, prefix.to_vec(), prefix_end(prefix)));
     }
 
     pub fn add(&mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) {
@@ -151,10 +146,7 @@ pub enum StoreError {
     #[error("storage failure: {0}")]
     Io(String),
     #[error("corrupt {space} entry: {what}")]
-    Corrupt {
-        space: &'static str,
-        what: &'static str,
-    },
+    Corrupt { space: &'static str, what: &'static str },
 }
 
 impl From<rocksdb::Error> for StoreError {
@@ -211,11 +203,7 @@ fn cf_options(space: Space, cache: &Cache) -> Options {
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
     if space.keyed_by_subject() {
-        o.set_prefix_extractor(SliceTransform::create(
-            "qoima.subject_prefix",
-            subject_prefix_of,
-            Some(has_subject_prefix),
-        ));
+        o.set_prefix_extractor(SliceTransform::create("qoima.subject_prefix", subject_prefix_of, Some(has_subject_prefix)));
         table.set_whole_key_filtering(true);
         o.set_memtable_prefix_bloom_ratio(0.05);
     }
@@ -244,12 +232,9 @@ fn db_options() -> Options {
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
         let cache = Cache::new_lru_cache(64 << 20);
-        let cfs = Space::ALL
-            .iter()
-            .map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {
             let text = e.into_string();
             if text.contains("lock") || text.contains("LOCK") {
@@ -258,32 +243,19 @@ impl Store {
                 StoreError::Io(text)
             }
         })?;
-        Ok(Self {
-            db,
-            path: path.to_path_buf(),
-            purge_lock: Mutex::new(()),
-        })
+        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()) })
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading
     /// beside a running vault. Sees what was written up to the moment it opens.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         if !path.join("CURRENT").exists() {
-            return Err(StoreError::Io(format!(
-                "no Qoima store at {}",
-                path.display()
-            )));
+            return Err(StoreError::Io(format!("no Qoima store at {}", path.display())));
         }
         let cache = Cache::new_lru_cache(8 << 20);
-        let cfs = Space::ALL
-            .iter()
-            .map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, cfs, false)?;
-        Ok(Self {
-            db,
-            path: path.to_path_buf(),
-            purge_lock: Mutex::new(()),
-        })
+        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -292,9 +264,7 @@ impl Store {
 
     fn cf(&self, space: Space) -> &rocksdb::ColumnFamily {
         // Every space is created at open (create_missing_column_families).
-        self.db
-            .cf_handle(space.name())
-            .expect("column family opened with the store")
+        self.db.cf_handle(space.name()).expect("column family opened with the store")
     }
 
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -302,11 +272,7 @@ impl Store {
     }
 
     /// Point lookups of many keys in one call.
-    pub fn get_many(
-        &self,
-        space: Space,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    pub fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let cf = self.cf(space);
         self.db
             .batched_multi_get_cf(cf, keys.iter(), false)
@@ -316,13 +282,7 @@ impl Store {
     }
 
     /// Visits keys in `[from, to)` in order until `f` returns false.
-    pub fn scan(
-        &self,
-        space: Space,
-        from: &[u8],
-        to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn scan(&self, space: Space, from: &[u8], to: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
         let mut ro = ReadOptions::default();
         ro.set_total_order_seek(true);
         ro.set_iterate_upper_bound(to.to_vec());
@@ -341,12 +301,7 @@ impl Store {
     }
 
     /// Visits every key starting with `prefix`.
-    pub fn scan_prefix(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn scan_prefix(&self, space: Space, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
         self.scan(space, prefix, &prefix_end(prefix), f)
     }
 
@@ -364,11 +319,7 @@ impl Store {
 
     /// The value of a counter written with [`Batch::add`].
     pub fn counter(&self, space: Space, key: &[u8]) -> Result<i64, StoreError> {
-        Ok(self
-            .get(space, key)?
-            .as_deref()
-            .map(decode_i64)
-            .unwrap_or(0))
+        Ok(self.get(space, key)?.as_deref().map(decode_i64).unwrap_or(0))
     }
 
     /// Applies `batch` atomically and durably (fsynced WAL) before returning.
@@ -400,8 +351,7 @@ impl Store {
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for (space, from, to) in ranges {
-            self.db
-                .compact_range_cf_opt(self.cf(*space), Some(from), Some(to), &co);
+            self.db.compact_range_cf_opt(self.cf(*space), Some(from), Some(to), &co);
         }
         self.check_background_errors()
     }
@@ -415,8 +365,7 @@ impl Store {
         self.db.flush_cfs_opt(&all, &fo)?;
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        self.db
-            .compact_range_cf_opt(self.cf(space), None::<&[u8]>, None::<&[u8]>, &co);
+        self.db.compact_range_cf_opt(self.cf(space), None::<&[u8]>, None::<&[u8]>, &co);
         self.check_background_errors()
     }
 
@@ -424,9 +373,7 @@ impl Store {
     pub fn check_background_errors(&self) -> Result<(), StoreError> {
         match self.db.property_int_value("rocksdb.background-errors")? {
             Some(0) | None => Ok(()),
-            Some(n) => Err(StoreError::Io(format!(
-                "{n} background error(s) in RocksDB"
-            ))),
+            Some(n) => Err(StoreError::Io(format!("{n} background error(s) in RocksDB"))),
         }
     }
 
@@ -480,12 +427,7 @@ mod tests {
         let mut del = Batch::default();
         del.delete_prefix(Space::Records, &subject_prefix("s1"));
         s.write(&del).unwrap();
-        s.purge(&[(
-            Space::Records,
-            subject_prefix("s1"),
-            prefix_end(&subject_prefix("s1")),
-        )])
-        .unwrap();
+        s.purge(&[(Space::Records, subject_prefix("s1"), prefix_end(&subject_prefix("s1")))]).unwrap();
         let mut left = 0;
         s.scan(Space::Records, b"", b"\xff", |_, _| {
             left += 1;
@@ -493,21 +435,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(left, 1);
-        assert_eq!(
-            s.get(Space::Records, &subject_key("s10", "a.x"))
-                .unwrap()
-                .as_deref(),
-            Some(&b"other"[..])
-        );
+        assert_eq!(s.get(Space::Records, &subject_key("s10", "a.x")).unwrap().as_deref(), Some(&b"other"[..]));
     }
 
     #[test]
     fn second_open_is_refused_as_locked() {
         let dir = tempfile::tempdir().unwrap();
         let _s = Store::open(dir.path()).unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::Locked(_))
-        ));
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
     }
 }

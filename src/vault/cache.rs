@@ -40,24 +40,13 @@ impl DekCache {
     fn shard(&self, subject: &str) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         subject.hash(&mut h);
-        self.shards[(h.finish() as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[(h.finish() as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached DEK of `subject` if it is at `version`.
     pub fn get(&self, subject: &str, version: DekVersion) -> Option<Arc<Dek>> {
-        let found = self
-            .shard(subject)
-            .map
-            .get(subject)
-            .filter(|d| d.version() == version)
-            .cloned();
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
+        let found = self.shard(subject).map.get(subject).filter(|d| d.version() == version).cloned();
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
@@ -89,10 +78,7 @@ impl DekCache {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,17 +94,13 @@ pub struct SubjectLocks {
 
 impl SubjectLocks {
     pub fn new(n: usize) -> Self {
-        Self {
-            stripes: (0..n.max(1)).map(|_| Mutex::new(())).collect(),
-        }
+        Self { stripes: (0..n.max(1)).map(|_| Mutex::new(())).collect() }
     }
 
     pub fn lock(&self, subject: &str) -> MutexGuard<'_, ()> {
         let mut h = DefaultHasher::new();
         subject.hash(&mut h);
-        self.stripes[(h.finish() as usize) % self.stripes.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.stripes[(h.finish() as usize) % self.stripes.len()].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -130,17 +112,11 @@ mod tests {
     fn bounded_versioned_and_purged() {
         let c = DekCache::new(SHARDS); // one per shard
         for i in 0..1000 {
-            c.insert(
-                &format!("s{i}"),
-                Arc::new(Dek::generate(DekVersion(1)).unwrap()),
-            );
+            c.insert(&format!("s{i}"), Arc::new(Dek::generate(DekVersion(1)).unwrap()));
         }
         assert!(c.len() <= SHARDS);
         c.insert("x", Arc::new(Dek::generate(DekVersion(2)).unwrap()));
-        assert!(
-            c.get("x", DekVersion(1)).is_none(),
-            "a stale version is a miss"
-        );
+        assert!(c.get("x", DekVersion(1)).is_none(), "a stale version is a miss");
         assert!(c.get("x", DekVersion(2)).is_some());
         c.purge("x");
         assert!(c.get("x", DekVersion(2)).is_none());

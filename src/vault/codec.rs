@@ -44,9 +44,7 @@ struct MetaRest {
 impl SubjectMeta {
     /// The KEK generation that wraps this subject's DEK.
     pub fn generation(&self) -> Result<Generation, StoreError> {
-        self.wrapped_dek
-            .generation()
-            .ok_or(corrupt("subjects", "wrapped DEK header"))
+        self.wrapped_dek.generation().ok_or(corrupt("subjects", "wrapped DEK header"))
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -110,11 +108,7 @@ impl Record {
         }
         let version = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
         let written_at = i64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
-        Ok(Self {
-            version,
-            written_at,
-            ciphertext: b[16..].to_vec(),
-        })
+        Ok(Self { version, written_at, ciphertext: b[16..].to_vec() })
     }
 }
 
@@ -235,11 +229,7 @@ mod tests {
 
     #[test]
     fn record_round_trip() {
-        let r = Record {
-            version: 3,
-            written_at: -5,
-            ciphertext: vec![9; 40],
-        };
+        let r = Record { version: 3, written_at: -5, ciphertext: vec![9; 40] };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(Record::decode(&[0; 15]).is_err());
     }

@@ -41,8 +41,7 @@ pub struct ErasureJournal {
 impl ErasureJournal {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut opts = OpenOptions::new();
         opts.create(true).append(true);
@@ -51,16 +50,8 @@ impl ErasureJournal {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let file = opts.open(path).map_err(|e| {
-            StoreError::Io(format!(
-                "cannot open erasure journal {}: {e}",
-                path.display()
-            ))
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-        })
+        let file = opts.open(path).map_err(|e| StoreError::Io(format!("cannot open erasure journal {}: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file) })
     }
 
     pub fn path(&self) -> &Path {
@@ -68,25 +59,12 @@ impl ErasureJournal {
     }
 
     /// Appends one entry and syncs it to disk before returning.
-    pub fn append(
-        &self,
-        subject: &str,
-        event: &str,
-        time: OffsetDateTime,
-        receipt: &str,
-    ) -> Result<(), StoreError> {
-        let entry = JournalEntry {
-            subject: subject.to_owned(),
-            event: event.to_owned(),
-            time,
-            receipt: receipt.to_owned(),
-        };
+    pub fn append(&self, subject: &str, event: &str, time: OffsetDateTime, receipt: &str) -> Result<(), StoreError> {
+        let entry = JournalEntry { subject: subject.to_owned(), event: event.to_owned(), time, receipt: receipt.to_owned() };
         let mut line = serde_json::to_vec(&entry).expect("serialises");
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line)
-            .and_then(|_| f.sync_data())
-            .map_err(|e| StoreError::Io(format!("cannot append to the erasure journal: {e}")))
+        f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| StoreError::Io(format!("cannot append to the erasure journal: {e}")))
     }
 
     /// Reads a journal. A torn last line (crash mid-append) is ignored; any other bad line is
@@ -95,17 +73,9 @@ impl ErasureJournal {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(StoreError::Io(format!(
-                    "cannot read erasure journal {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(StoreError::Io(format!("cannot read erasure journal {}: {e}", path.display()))),
         };
-        let lines: Vec<String> = BufReader::new(file)
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let lines: Vec<String> = BufReader::new(file).lines().collect::<Result<_, _>>().map_err(|e| StoreError::Io(e.to_string()))?;
         let mut out = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
@@ -114,13 +84,7 @@ impl ErasureJournal {
             match serde_json::from_str(line) {
                 Ok(e) => out.push(e),
                 Err(_) if i + 1 == lines.len() => {}
-                Err(_) => {
-                    return Err(StoreError::Io(format!(
-                        "erasure journal {} line {} is corrupt",
-                        path.display(),
-                        i + 1
-                    )))
-                }
+                Err(_) => return Err(StoreError::Io(format!("erasure journal {} line {} is corrupt", path.display(), i + 1))),
             }
         }
         Ok(out)
@@ -131,33 +95,15 @@ impl Vault {
     /// Requests erasure of a subject (roles website, service). Idempotent. Held by open or
     /// breached contracts it is recorded as pending and runs when the last one is settled;
     /// otherwise it runs now.
-    pub fn request_erasure(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-    ) -> Result<ErasureRecord, VaultError> {
+    pub fn request_erasure(&self, ctx: &Ctx, subject: &SubjectId) -> Result<ErasureRecord, VaultError> {
         let s = subject.as_str();
         self.gate(ctx, Action::RequestErasure, Some(s))?;
         let record = {
             let _lock = self.locks.lock(s);
             if let Some(e) = self.erasure(s)? {
-                let reason = format!(
-                    "erasure already requested ({})",
-                    if e.status == ErasureStatus::Erased {
-                        "erased"
-                    } else {
-                        "pending"
-                    }
-                );
-                self.audit.record(self.draft(
-                    ctx,
-                    Action::RequestErasure,
-                    Some(s),
-                    None,
-                    vec![],
-                    Decision::Allow,
-                    reason,
-                ))?;
+                let reason =
+                    format!("erasure already requested ({})", if e.status == ErasureStatus::Erased { "erased" } else { "pending" });
+                self.audit.record(self.draft(ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason))?;
                 return Ok(e);
             }
             let meta = self.live(ctx, Action::RequestErasure, subject)?;
@@ -183,25 +129,10 @@ impl Vault {
                 "crypto-shredded".to_string()
             } else {
                 self.journal.append(s, "requested", now, &record.receipt)?;
-                batch.put(
-                    Space::Erasures,
-                    s.as_bytes().to_vec(),
-                    serde_json::to_vec(&record).expect("serialises"),
-                );
+                batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
                 format!("erasure pending: held by {}", holds.join(", "))
             };
-            self.audit.commit(
-                vec![self.draft(
-                    ctx,
-                    Action::RequestErasure,
-                    Some(s),
-                    None,
-                    vec![],
-                    Decision::Allow,
-                    reason,
-                )],
-                batch,
-            )?;
+            self.audit.commit(vec![self.draft(ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
             if record.status == ErasureStatus::Erased {
                 self.cache.purge(s);
             }
@@ -215,11 +146,7 @@ impl Vault {
     }
 
     /// The erasure record of a subject (roles website, service).
-    pub fn erasure_status(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-    ) -> Result<ErasureRecord, VaultError> {
+    pub fn erasure_status(&self, ctx: &Ctx, subject: &SubjectId) -> Result<ErasureRecord, VaultError> {
         let s = subject.as_str();
         self.gate(ctx, Action::ErasureStatus, Some(s))?;
         match self.erasure(s)? {
@@ -268,11 +195,7 @@ impl Vault {
         record.key_fingerprint = Some(meta.wrapped_dek.fingerprint());
         record.kek_generation = Some(generation.0);
         record.purged = false;
-        batch.put(
-            Space::Erasures,
-            s.as_bytes().to_vec(),
-            serde_json::to_vec(record).expect("serialises"),
-        );
+        batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(record).expect("serialises"));
         Ok(())
     }
 
@@ -285,11 +208,7 @@ impl Vault {
             if !e.purged {
                 e.purged = true;
                 let mut b = Batch::default();
-                b.put(
-                    Space::Erasures,
-                    s.as_bytes().to_vec(),
-                    serde_json::to_vec(&e).expect("serialises"),
-                );
+                b.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&e).expect("serialises"));
                 self.store.write(&b)?;
             }
         }
@@ -309,20 +228,13 @@ impl Vault {
             true
         })?;
         if bad {
-            return Err(StoreError::Corrupt {
-                space: "erasures",
-                what: "record",
-            }
-            .into());
+            return Err(StoreError::Corrupt { space: "erasures", what: "record" }.into());
         }
         for e in todo {
             match e.status {
                 ErasureStatus::Erased => self.finish_purge(&e.subject)?,
                 ErasureStatus::Pending => {
-                    self.run_if_unheld(
-                        &e.subject,
-                        "pending erasure executed at start-up: no contract holds it",
-                    )?;
+                    self.run_if_unheld(&e.subject, "pending erasure executed at start-up: no contract holds it")?;
                 }
             }
         }
@@ -348,18 +260,8 @@ impl Vault {
             self.journal.append(s, "erased", now, &e.receipt)?;
             self.shred_into(s, &meta, &mut e, now, &mut batch)?;
             let ctx = Ctx::system();
-            self.audit.commit(
-                vec![self.draft(
-                    &ctx,
-                    Action::RequestErasure,
-                    Some(s),
-                    None,
-                    vec![],
-                    Decision::Allow,
-                    reason.into(),
-                )],
-                batch,
-            )?;
+            self.audit
+                .commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason.into())], batch)?;
             self.cache.purge(s);
             true
         };
@@ -386,10 +288,7 @@ impl Vault {
         for (s, entry) in last {
             let _lock = self.locks.lock(s);
             let existing = self.erasure(s)?;
-            if existing
-                .as_ref()
-                .is_some_and(|e| e.status == ErasureStatus::Erased)
-            {
+            if existing.as_ref().is_some_and(|e| e.status == ErasureStatus::Erased) {
                 continue;
             }
             let now = self.clock.now();
@@ -417,45 +316,17 @@ impl Vault {
                     None => {
                         record.status = ErasureStatus::Erased;
                         record.erased_at = Some(entry.time);
-                        batch.put(
-                            Space::Erasures,
-                            s.as_bytes().to_vec(),
-                            serde_json::to_vec(&record).expect("serialises"),
-                        );
+                        batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
                     }
                 }
             } else {
                 if let Some(m) = &meta {
-                    record.held_by = self
-                        .facts(s, m)?
-                        .0
-                        .holds()
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect();
+                    record.held_by = self.facts(s, m)?.0.holds().iter().map(|c| c.to_string()).collect();
                 }
-                batch.put(
-                    Space::Erasures,
-                    s.as_bytes().to_vec(),
-                    serde_json::to_vec(&record).expect("serialises"),
-                );
+                batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
             }
-            let reason = format!(
-                "erasure {} replayed from the journal after restore",
-                entry.receipt
-            );
-            self.audit.commit(
-                vec![self.draft(
-                    &ctx,
-                    Action::RequestErasure,
-                    Some(s),
-                    None,
-                    vec![],
-                    Decision::Allow,
-                    reason,
-                )],
-                batch,
-            )?;
+            let reason = format!("erasure {} replayed from the journal after restore", entry.receipt);
+            self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
             self.cache.purge(s);
             changed += 1;
         }
@@ -475,27 +346,28 @@ impl Vault {
     /// destroyed.
     pub fn erasure_statement(&self, e: &ErasureRecord) -> String {
         match (e.status, e.kek_generation) {
-            (ErasureStatus::Pending, _) => format!(
-                "erasure pending: held by {}; it runs by itself when they are settled",
-                e.held_by.join(", ")
-            ),
-            (ErasureStatus::Erased, None) => {
-                "erased: no key of this subject remains in the live store".into()
+            (ErasureStatus::Pending, _) => {
+                format!("erasure pending: held by {}; it runs by itself when they are settled", e.held_by.join(", "))
             }
+            (ErasureStatus::Erased, None) => "erased: no key of this subject remains in the live store".into(),
             (ErasureStatus::Erased, Some(g)) => {
                 let info = self.keyring.info(qoima_keys::Generation(g));
                 let everywhere = match info {
                     Some(i) if i.state == KekState::Destroyed => {
-                        format!("KEK generation {g} was destroyed {}: unreadable everywhere, backups included", i.destroyed_at.map(rfc3339).unwrap_or_default())
+                        format!(
+                            "KEK generation {g} was destroyed {}: unreadable everywhere, backups included",
+                            i.destroyed_at.map(rfc3339).unwrap_or_default()
+                        )
                     }
                     Some(i) => {
                         let retire = i.retired_at.unwrap_or_else(|| {
-                            i.activated_at.unwrap_or(i.created_at)
-                                + time::Duration::days(self.settings.key_rotation_days.into())
+                            i.activated_at.unwrap_or(i.created_at) + time::Duration::days(self.settings.key_rotation_days.into())
                         });
-                        let destroy = retire
-                            + time::Duration::days(self.settings.backup_retention_days.into());
-                        format!("unreadable in backups once KEK generation {g} is destroyed (scheduled no earlier than {})", rfc3339(destroy))
+                        let destroy = retire + time::Duration::days(self.settings.backup_retention_days.into());
+                        format!(
+                            "unreadable in backups once KEK generation {g} is destroyed (scheduled no earlier than {})",
+                            rfc3339(destroy)
+                        )
                     }
                     None => format!("unreadable in backups once KEK generation {g} is destroyed"),
                 };

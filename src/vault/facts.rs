@@ -3,9 +3,7 @@
 
 use time::OffsetDateTime;
 
-use super::codec::{
-    consent_key, contract_key, ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus,
-};
+use super::codec::{consent_key, contract_key, ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::Decision;
 use crate::domain::{ContractId, Purpose, SubjectId};
@@ -28,62 +26,32 @@ pub struct ConsentRequest {
 
 impl Vault {
     fn contract(&self, s: &str, c: &ContractId) -> Result<Option<ContractRecord>, VaultError> {
-        Ok(
-            match self.store.get(Space::Facts, &contract_key(s, c.as_str()))? {
-                Some(v) => Some(serde_json::from_slice(&v).map_err(|_| {
-                    crate::store::StoreError::Corrupt {
-                        space: "facts",
-                        what: "contract",
-                    }
-                })?),
-                None => None,
-            },
-        )
+        Ok(match self.store.get(Space::Facts, &contract_key(s, c.as_str()))? {
+            Some(v) => {
+                Some(serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt { space: "facts", what: "contract" })?)
+            }
+            None => None,
+        })
     }
 
     /// Opens a loan contract: a legal basis for issuance and monitoring, and a hold on
     /// erasure until it is settled.
-    pub fn open_contract(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        contract: &str,
-    ) -> Result<ContractRecord, VaultError> {
+    pub fn open_contract(&self, ctx: &Ctx, subject: &SubjectId, contract: &str) -> Result<ContractRecord, VaultError> {
         let s = subject.as_str();
         let c = ContractId::parse(contract)?;
         self.gate(ctx, Action::OpenContract, Some(s))?;
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::OpenContract, subject)?;
         if let Some(existing) = self.contract(s, &c)? {
-            let err = VaultError::Conflict(format!(
-                "contract {c} already exists ({})",
-                existing.status.as_str()
-            ));
+            let err = VaultError::Conflict(format!("contract {c} already exists ({})", existing.status.as_str()));
             return Err(self.refuse(ctx, Action::OpenContract, Some(s), None, vec![], err));
         }
         let now = self.clock.now();
-        let record = ContractRecord {
-            contract: c.to_string(),
-            status: ContractStatus::Open,
-            opened_at: now,
-            updated_at: now,
-        };
+        let record = ContractRecord { contract: c.to_string(), status: ContractStatus::Open, opened_at: now, updated_at: now };
         let mut batch = Batch::default();
-        batch.put(
-            Space::Facts,
-            contract_key(s, c.as_str()),
-            serde_json::to_vec(&record).expect("serialises"),
-        );
+        batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
         self.audit.commit(
-            vec![self.draft(
-                ctx,
-                Action::OpenContract,
-                Some(s),
-                None,
-                vec![],
-                Decision::Allow,
-                format!("contract {c} opened"),
-            )],
+            vec![self.draft(ctx, Action::OpenContract, Some(s), None, vec![], Decision::Allow, format!("contract {c} opened"))],
             batch,
         )?;
         Ok(record)
@@ -103,11 +71,7 @@ impl Vault {
         let status = match status {
             "settled" => ContractStatus::Settled,
             "breached" => ContractStatus::Breached,
-            _ => {
-                return Err(VaultError::Invalid(
-                    "status must be \"settled\" or \"breached\"".into(),
-                ))
-            }
+            _ => return Err(VaultError::Invalid("status must be \"settled\" or \"breached\"".into())),
         };
         self.gate(ctx, Action::UpdateContract, Some(s))?;
         let outcome = {
@@ -127,20 +91,14 @@ impl Vault {
                 return Ok((record, self.erasure(s)?));
             }
             if record.status == ContractStatus::Settled {
-                let err = VaultError::Conflict(format!(
-                    "contract {c} is settled; a settled contract does not change"
-                ));
+                let err = VaultError::Conflict(format!("contract {c} is settled; a settled contract does not change"));
                 return Err(self.refuse(ctx, Action::UpdateContract, Some(s), None, vec![], err));
             }
             let now = self.clock.now();
             record.status = status;
             record.updated_at = now;
             let mut batch = Batch::default();
-            batch.put(
-                Space::Facts,
-                contract_key(s, c.as_str()),
-                serde_json::to_vec(&record).expect("serialises"),
-            );
+            batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
             let mut drafts = vec![self.draft(
                 ctx,
                 Action::UpdateContract,
@@ -171,10 +129,7 @@ impl Vault {
                 other => other,
             };
             self.audit.commit(drafts, batch)?;
-            if erasure
-                .as_ref()
-                .is_some_and(|e| e.status == ErasureStatus::Erased)
-            {
+            if erasure.as_ref().is_some_and(|e| e.status == ErasureStatus::Erased) {
                 self.cache.purge(s);
             }
             (record, erasure)
@@ -188,34 +143,19 @@ impl Vault {
     }
 
     /// Records a consent, with the policy version it was given under (P1).
-    pub fn give_consent(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        req: &ConsentRequest,
-    ) -> Result<ConsentRecord, VaultError> {
+    pub fn give_consent(&self, ctx: &Ctx, subject: &SubjectId, req: &ConsentRequest) -> Result<ConsentRecord, VaultError> {
         let s = subject.as_str();
         let purpose = Purpose::parse(&req.purpose)?;
         if self.settings.purposes.get(&purpose).is_none() {
             return Err(VaultError::Invalid(format!("unknown purpose {purpose}")));
         }
-        let policy_version = req
-            .policy_version
-            .clone()
-            .unwrap_or_else(|| self.settings.policy_version.clone());
-        if policy_version.is_empty()
-            || policy_version.len() > 64
-            || policy_version.chars().any(char::is_control)
-        {
-            return Err(VaultError::Invalid(
-                "policy_version must be 1 to 64 characters".into(),
-            ));
+        let policy_version = req.policy_version.clone().unwrap_or_else(|| self.settings.policy_version.clone());
+        if policy_version.is_empty() || policy_version.len() > 64 || policy_version.chars().any(char::is_control) {
+            return Err(VaultError::Invalid("policy_version must be 1 to 64 characters".into()));
         }
         let now = self.clock.now();
         if req.valid_until.is_some_and(|u| u <= now) {
-            return Err(VaultError::Invalid(
-                "valid_until must be in the future".into(),
-            ));
+            return Err(VaultError::Invalid("valid_until must be in the future".into()));
         }
         self.gate(ctx, Action::GiveConsent, Some(s))?;
         let _lock = self.locks.lock(s);
@@ -226,41 +166,20 @@ impl Vault {
             given_at: now,
             valid_until: req.valid_until,
             withdrawn_at: None,
-            third_parties: req
-                .third_parties
-                .unwrap_or(purpose.as_str() == "third_party_transfer"),
+            third_parties: req.third_parties.unwrap_or(purpose.as_str() == "third_party_transfer"),
             abroad: req.abroad,
             recorded_by: ctx.caller.name.to_string(),
         };
         let mut batch = Batch::default();
-        batch.put(
-            Space::Facts,
-            consent_key(s, purpose.as_str()),
-            serde_json::to_vec(&record).expect("serialises"),
-        );
+        batch.put(Space::Facts, consent_key(s, purpose.as_str()), serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("consent given under policy {}", record.policy_version);
-        self.audit.commit(
-            vec![self.draft(
-                ctx,
-                Action::GiveConsent,
-                Some(s),
-                Some(purpose.as_str()),
-                vec![],
-                Decision::Allow,
-                reason,
-            )],
-            batch,
-        )?;
+        self.audit
+            .commit(vec![self.draft(ctx, Action::GiveConsent, Some(s), Some(purpose.as_str()), vec![], Decision::Allow, reason)], batch)?;
         Ok(record)
     }
 
     /// Withdraws a consent; the next read for that purpose is refused.
-    pub fn withdraw_consent(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        purpose: &str,
-    ) -> Result<ConsentRecord, VaultError> {
+    pub fn withdraw_consent(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str) -> Result<ConsentRecord, VaultError> {
         let s = subject.as_str();
         let purpose = Purpose::parse(purpose)?;
         self.gate(ctx, Action::WithdrawConsent, Some(s))?;
@@ -269,30 +188,16 @@ impl Vault {
         let key = consent_key(s, purpose.as_str());
         let Some(v) = self.store.get(Space::Facts, &key)? else {
             let err = VaultError::NotFound(format!("no consent for {purpose} on record"));
-            return Err(self.refuse(
-                ctx,
-                Action::WithdrawConsent,
-                Some(s),
-                Some(purpose.as_str()),
-                vec![],
-                err,
-            ));
+            return Err(self.refuse(ctx, Action::WithdrawConsent, Some(s), Some(purpose.as_str()), vec![], err));
         };
         let mut record: ConsentRecord =
-            serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt {
-                space: "facts",
-                what: "consent",
-            })?;
+            serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt { space: "facts", what: "consent" })?;
         if record.withdrawn_at.is_some() {
             return Ok(record);
         }
         record.withdrawn_at = Some(self.clock.now());
         let mut batch = Batch::default();
-        batch.put(
-            Space::Facts,
-            key,
-            serde_json::to_vec(&record).expect("serialises"),
-        );
+        batch.put(Space::Facts, key, serde_json::to_vec(&record).expect("serialises"));
         self.audit.commit(
             vec![self.draft(
                 ctx,

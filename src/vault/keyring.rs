@@ -81,10 +81,7 @@ pub fn read_infos(store: &Store) -> Result<Vec<(KekInfo, i64)>, StoreError> {
         !bad
     })?;
     if bad {
-        return Err(StoreError::Corrupt {
-            space: "keyring",
-            what: "generation record",
-        });
+        return Err(StoreError::Corrupt { space: "keyring", what: "generation record" });
     }
     infos
         .into_iter()
@@ -118,11 +115,7 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Loads every generation, unwrapping the live ones with `root`; creates generation 1 in
     /// a new store. Fails if the root key does not open them.
-    pub fn load_or_init(
-        store: &Store,
-        root: RootKey,
-        now: OffsetDateTime,
-    ) -> Result<Self, VaultError> {
+    pub fn load_or_init(store: &Store, root: RootKey, now: OffsetDateTime) -> Result<Self, VaultError> {
         let mut infos = BTreeMap::new();
         let mut err = None;
         store.scan_prefix(Space::Keyring, b"kek/", |k, v| {
@@ -131,12 +124,7 @@ impl Keyring {
                     Ok(i) => {
                         infos.insert(Generation(i.generation), i);
                     }
-                    Err(_) => {
-                        err = Some(StoreError::Corrupt {
-                            space: "keyring",
-                            what: "generation record",
-                        })
-                    }
+                    Err(_) => err = Some(StoreError::Corrupt { space: "keyring", what: "generation record" }),
                 }
             }
             true
@@ -156,11 +144,7 @@ impl Keyring {
                 destroyed_at: None,
             };
             let mut b = Batch::default();
-            b.put(
-                Space::Keyring,
-                meta_key(g),
-                serde_json::to_vec(&info).expect("serialises"),
-            );
+            b.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
             b.put(Space::Keyring, wrapped_key(g), root.wrap_kek(&kek)?.0);
             store.write(&b)?;
             infos.insert(g, info);
@@ -174,33 +158,16 @@ impl Keyring {
             if info.state == KekState::Active {
                 active = Some(*g);
             }
-            let wrapped =
-                store
-                    .get(Space::Keyring, &wrapped_key(*g))?
-                    .ok_or(StoreError::Corrupt {
-                        space: "keyring",
-                        what: "wrapped generation missing",
-                    })?;
-            let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| {
-                VaultError::RootKey(format!(
-                    "cannot open KEK generation {g} with the configured root key: {e}"
-                ))
-            })?;
+            let wrapped = store
+                .get(Space::Keyring, &wrapped_key(*g))?
+                .ok_or(StoreError::Corrupt { space: "keyring", what: "wrapped generation missing" })?;
+            let kek = root
+                .unwrap_kek(*g, &WrappedKek(wrapped))
+                .map_err(|e| VaultError::RootKey(format!("cannot open KEK generation {g} with the configured root key: {e}")))?;
             keks.insert(*g, Arc::new(kek));
         }
-        let active = active.ok_or(StoreError::Corrupt {
-            space: "keyring",
-            what: "no active generation",
-        })?;
-        Ok(Self {
-            root,
-            ring: RwLock::new(Ring {
-                active,
-                keks,
-                infos,
-            }),
-            admin: Mutex::new(()),
-        })
+        let active = active.ok_or(StoreError::Corrupt { space: "keyring", what: "no active generation" })?;
+        Ok(Self { root, ring: RwLock::new(Ring { active, keks, infos }), admin: Mutex::new(()) })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
@@ -219,9 +186,7 @@ impl Keyring {
 
     /// The KEK of generation `g`, if it is not destroyed.
     pub fn get(&self, g: Generation) -> Result<Arc<Kek>, VaultError> {
-        self.read().keks.get(&g).cloned().ok_or_else(|| {
-            VaultError::Internal(format!("KEK generation {g} is destroyed or unknown"))
-        })
+        self.read().keks.get(&g).cloned().ok_or_else(|| VaultError::Internal(format!("KEK generation {g} is destroyed or unknown")))
     }
 
     pub fn infos(&self) -> Vec<KekInfo> {
@@ -239,10 +204,7 @@ impl Keyring {
     /// Prepares a rotation: a new generation, active, the old one decrypt-only. Apply the
     /// returned batch (with its audit entry), then call [`Keyring::install`]. Hold
     /// [`Keyring::admin`] across both.
-    pub fn prepare_rotate(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<(Batch, Arc<Kek>, KekInfo, Option<KekInfo>), VaultError> {
+    pub fn prepare_rotate(&self, now: OffsetDateTime) -> Result<(Batch, Arc<Kek>, KekInfo, Option<KekInfo>), VaultError> {
         let r = self.read();
         let next = Generation(r.infos.keys().next_back().map(|g| g.0 + 1).unwrap_or(1));
         let kek = Arc::new(Kek::generate(next)?);
@@ -255,24 +217,12 @@ impl Keyring {
             destroyed_at: None,
         };
         let mut b = Batch::default();
-        b.put(
-            Space::Keyring,
-            meta_key(next),
-            serde_json::to_vec(&info).expect("serialises"),
-        );
-        b.put(
-            Space::Keyring,
-            wrapped_key(next),
-            self.root.wrap_kek(&kek)?.0,
-        );
+        b.put(Space::Keyring, meta_key(next), serde_json::to_vec(&info).expect("serialises"));
+        b.put(Space::Keyring, wrapped_key(next), self.root.wrap_kek(&kek)?.0);
         let old = r.infos.get(&r.active).cloned().map(|mut o| {
             o.state = KekState::DecryptOnly;
             o.retired_at = Some(now);
-            b.put(
-                Space::Keyring,
-                meta_key(r.active),
-                serde_json::to_vec(&o).expect("serialises"),
-            );
+            b.put(Space::Keyring, meta_key(r.active), serde_json::to_vec(&o).expect("serialises"));
             o
         });
         Ok((b, kek, info, old))

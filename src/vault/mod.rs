@@ -80,10 +80,7 @@ impl Settings {
 /// `<data_dir>-erasures.jsonl`: beside the data directory, not in it, so replacing the data
 /// directory with a backup never replaces the list of erasures made since.
 pub fn default_journal_path(data_dir: &std::path::Path) -> PathBuf {
-    let mut name = data_dir
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "data".into());
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
     name.push("-erasures.jsonl");
     data_dir.with_file_name(name)
 }
@@ -191,12 +188,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Opens the store, the keyring (with `root`) and the audit log, then finishes work a
     /// crash or restart left behind (pending erasures whose holds are gone, unpurged shreds).
-    pub fn open(
-        settings: Settings,
-        root: RootKey,
-        clock: Arc<dyn Clock>,
-        faults: Arc<FaultSwitch>,
-    ) -> Result<Self, VaultError> {
+    pub fn open(settings: Settings, root: RootKey, clock: Arc<dyn Clock>, faults: Arc<FaultSwitch>) -> Result<Self, VaultError> {
         let store = Arc::new(Store::open(&settings.data_dir)?);
         Self::with_store(store, settings, root, clock, faults)
     }
@@ -293,15 +285,7 @@ impl Vault {
             VaultError::NotFound(_) => "unknown subject".to_string(),
             e => e.to_string(),
         };
-        match self.audit.record(self.draft(
-            ctx,
-            action,
-            subject,
-            purpose,
-            fields,
-            Decision::Deny,
-            reason,
-        )) {
+        match self.audit.record(self.draft(ctx, action, subject, purpose, fields, Decision::Deny, reason)) {
             Ok(_) => err,
             Err(e) => e.into(),
         }
@@ -309,61 +293,31 @@ impl Vault {
 
     /// Role gate for `action`, recording a refusal.
     fn gate(&self, ctx: &Ctx, action: Action, subject: Option<&str>) -> Result<(), VaultError> {
-        crate::policy::may(&ctx.caller, action)
-            .map_err(|d| self.refuse(ctx, action, subject, None, vec![], d.into()))
+        crate::policy::may(&ctx.caller, action).map_err(|d| self.refuse(ctx, action, subject, None, vec![], d.into()))
     }
 
     fn meta(&self, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
-        Ok(self
-            .store
-            .get(Space::Subjects, subject.as_bytes())?
-            .map(|v| SubjectMeta::decode(&v))
-            .transpose()?)
+        Ok(self.store.get(Space::Subjects, subject.as_bytes())?.map(|v| SubjectMeta::decode(&v)).transpose()?)
     }
 
     fn erasure(&self, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
         Ok(match self.store.get(Space::Erasures, subject.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt {
-                space: "erasures",
-                what: "record",
-            })?),
+            Some(v) => Some(serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt { space: "erasures", what: "record" })?),
             None => None,
         })
     }
 
     /// The subject's metadata if it is live; else a recorded refusal (410 or 404).
-    fn live(
-        &self,
-        ctx: &Ctx,
-        action: Action,
-        subject: &SubjectId,
-    ) -> Result<SubjectMeta, VaultError> {
+    fn live(&self, ctx: &Ctx, action: Action, subject: &SubjectId) -> Result<SubjectMeta, VaultError> {
         let s = subject.as_str();
         if let Some(e) = self.erasure(s)? {
             if e.status == ErasureStatus::Erased {
-                return Err(self.refuse(
-                    ctx,
-                    action,
-                    Some(s),
-                    None,
-                    vec![],
-                    VaultError::Erased {
-                        subject: e.subject,
-                        receipt: e.receipt,
-                    },
-                ));
+                return Err(self.refuse(ctx, action, Some(s), None, vec![], VaultError::Erased { subject: e.subject, receipt: e.receipt }));
             }
         }
         match self.meta(s)? {
             Some(m) => Ok(m),
-            None => Err(self.refuse(
-                ctx,
-                action,
-                Some(s),
-                None,
-                vec![],
-                VaultError::NotFound(format!("subject {s} not found")),
-            )),
+            None => Err(self.refuse(ctx, action, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found")))),
         }
     }
 
@@ -379,59 +333,33 @@ impl Vault {
     }
 
     /// Contracts and consents of a subject, and the facts the policy decides on.
-    fn facts(
-        &self,
-        subject: &str,
-        meta: &SubjectMeta,
-    ) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
+    fn facts(&self, subject: &str, meta: &SubjectMeta) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
         let mut contracts = Vec::new();
         let mut consents = Vec::new();
         let mut bad = false;
         let plen = subject.len() + 1;
-        self.store.scan_prefix(
-            Space::Facts,
-            &crate::store::subject_prefix(subject),
-            |k, v| {
-                match k.get(plen) {
-                    Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
-                        Ok(c) => contracts.push(c),
-                        Err(_) => bad = true,
-                    },
-                    Some(b'k') => match serde_json::from_slice::<ConsentRecord>(v) {
-                        Ok(c) => consents.push(c),
-                        Err(_) => bad = true,
-                    },
-                    _ => bad = true,
-                }
-                !bad
-            },
-        )?;
-        if bad {
-            return Err(StoreError::Corrupt {
-                space: "facts",
-                what: "contract or consent",
+        self.store.scan_prefix(Space::Facts, &crate::store::subject_prefix(subject), |k, v| {
+            match k.get(plen) {
+                Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
+                    Ok(c) => contracts.push(c),
+                    Err(_) => bad = true,
+                },
+                Some(b'k') => match serde_json::from_slice::<ConsentRecord>(v) {
+                    Ok(c) => consents.push(c),
+                    Err(_) => bad = true,
+                },
+                _ => bad = true,
             }
-            .into());
+            !bad
+        })?;
+        if bad {
+            return Err(StoreError::Corrupt { space: "facts", what: "contract or consent" }.into());
         }
-        let has_application = meta.categories.iter().any(|(c, n)| {
-            *n > 0
-                && self
-                    .settings
-                    .schema
-                    .category(c)
-                    .is_some_and(|c| c.application)
-        });
+        let has_application =
+            meta.categories.iter().any(|(c, n)| *n > 0 && self.settings.schema.category(c).is_some_and(|c| c.application));
         let facts = SubjectFacts {
             has_application,
-            contracts: contracts
-                .iter()
-                .filter_map(|c| {
-                    Some((
-                        crate::domain::ContractId::parse(&c.contract).ok()?,
-                        c.status,
-                    ))
-                })
-                .collect(),
+            contracts: contracts.iter().filter_map(|c| Some((crate::domain::ContractId::parse(&c.contract).ok()?, c.status))).collect(),
             consents: consents.iter().filter_map(ConsentRecord::fact).collect(),
         };
         Ok((facts, contracts, consents))
@@ -443,10 +371,7 @@ impl Vault {
             .infos()
             .into_iter()
             .map(|i| {
-                let n = self.store.counter(
-                    Space::Keyring,
-                    &keyring::dek_count_key(qoima_keys::Generation(i.generation)),
-                )?;
+                let n = self.store.counter(Space::Keyring, &keyring::dek_count_key(qoima_keys::Generation(i.generation)))?;
                 Ok((i, n))
             })
             .collect()

@@ -75,10 +75,7 @@ fn expiry_key(at: i64, subject: &str, field: &str) -> Vec<u8> {
 
 impl Vault {
     /// Parses and type-checks fields against the schema; nothing is stored if one fails.
-    fn encode_fields(
-        &self,
-        fields: &BTreeMap<String, Value>,
-    ) -> Result<Vec<(FieldName, Vec<u8>)>, VaultError> {
+    fn encode_fields(&self, fields: &BTreeMap<String, Value>) -> Result<Vec<(FieldName, Vec<u8>)>, VaultError> {
         if fields.is_empty() {
             return Err(VaultError::Invalid("no fields given".into()));
         }
@@ -94,12 +91,7 @@ impl Vault {
 
     /// Stores or merges fields of a subject (role service). A new subject gets a new DEK
     /// wrapped by the active KEK generation.
-    pub fn put_fields(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        fields: &BTreeMap<String, Value>,
-    ) -> Result<WriteOutcome, VaultError> {
+    pub fn put_fields(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
         let encoded = self.encode_fields(fields)?;
         self.gate(ctx, Action::PutFields, Some(subject.as_str()))?;
         self.write_fields(ctx, Action::PutFields, subject, encoded, true)
@@ -107,12 +99,7 @@ impl Vault {
 
     /// Corrects fields (role website, P6): always allowed for a live subject, even under a
     /// hold. The new value gets a new record version; the old ciphertext is deleted.
-    pub fn rectify(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        fields: &BTreeMap<String, Value>,
-    ) -> Result<WriteOutcome, VaultError> {
+    pub fn rectify(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
         let encoded = self.encode_fields(fields)?;
         self.gate(ctx, Action::Rectify, Some(subject.as_str()))?;
         self.write_fields(ctx, Action::Rectify, subject, encoded, false)
@@ -133,17 +120,7 @@ impl Vault {
         let mut batch = Batch::default();
         let (mut meta, mut dek, created) = match (self.erasure(s)?, self.meta(s)?) {
             (Some(e), _) if e.status == super::ErasureStatus::Erased => {
-                return Err(self.refuse(
-                    ctx,
-                    action,
-                    Some(s),
-                    None,
-                    names,
-                    VaultError::Erased {
-                        subject: e.subject,
-                        receipt: e.receipt,
-                    },
-                ));
+                return Err(self.refuse(ctx, action, Some(s), None, names, VaultError::Erased { subject: e.subject, receipt: e.receipt }));
             }
             (_, Some(m)) => {
                 let d = self.dek(s, &m)?;
@@ -154,14 +131,7 @@ impl Vault {
                 (m, d, true)
             }
             (_, None) => {
-                return Err(self.refuse(
-                    ctx,
-                    action,
-                    Some(s),
-                    None,
-                    names,
-                    VaultError::NotFound(format!("subject {s} not found")),
-                ))
+                return Err(self.refuse(ctx, action, Some(s), None, names, VaultError::NotFound(format!("subject {s} not found"))))
             }
         };
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
@@ -169,46 +139,18 @@ impl Vault {
             dek = self.reencrypt(s, &mut meta, &mut batch)?;
         }
         let version = meta.version + 1;
-        let keys: Vec<Vec<u8>> = fields
-            .iter()
-            .map(|(f, _)| subject_key(s, f.as_str()))
-            .collect();
+        let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
         let existing = self.store.get_many(Space::Records, &keys)?;
         let cipher = dek.cipher();
         for (((f, bytes), key), old) in fields.iter().zip(keys).zip(existing) {
-            let ct = cipher.seal(
-                &FieldContext {
-                    subject: s,
-                    field: f.as_str(),
-                    record_version: version,
-                },
-                bytes,
-            )?;
-            batch.put(
-                Space::Records,
-                key,
-                Record {
-                    version,
-                    written_at: now.unix_timestamp(),
-                    ciphertext: ct,
-                }
-                .encode(),
-            );
+            let ct = cipher.seal(&FieldContext { subject: s, field: f.as_str(), record_version: version }, bytes)?;
+            batch.put(Space::Records, key, Record { version, written_at: now.unix_timestamp(), ciphertext: ct }.encode());
             if old.is_none() {
                 *meta.categories.entry(f.category().to_owned()).or_default() += 1;
             }
-            if let Some(days) = self
-                .settings
-                .schema
-                .category(f.category())
-                .and_then(|c| c.retention_days)
-            {
+            if let Some(days) = self.settings.schema.category(f.category()).and_then(|c| c.retention_days) {
                 let at = now.unix_timestamp() + i64::from(days) * 86_400;
-                batch.put(
-                    Space::Expiry,
-                    expiry_key(at, s, f.as_str()),
-                    version.to_be_bytes().to_vec(),
-                );
+                batch.put(Space::Expiry, expiry_key(at, s, f.as_str()), version.to_be_bytes().to_vec());
             }
         }
         meta.version = version;
@@ -216,40 +158,16 @@ impl Vault {
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let missing_mandatory = self.missing_mandatory(s, &names)?;
-        let reason = if created {
-            "subject created"
-        } else {
-            "fields written"
-        };
-        self.audit.commit(
-            vec![self.draft(
-                ctx,
-                action,
-                Some(s),
-                None,
-                names,
-                Decision::Allow,
-                reason.into(),
-            )],
-            batch,
-        )?;
+        let reason = if created { "subject created" } else { "fields written" };
+        self.audit.commit(vec![self.draft(ctx, action, Some(s), None, names, Decision::Allow, reason.into())], batch)?;
         if created {
             self.cache.insert(s, dek);
         }
-        Ok(WriteOutcome {
-            created,
-            version,
-            missing_mandatory,
-        })
+        Ok(WriteOutcome { created, version, missing_mandatory })
     }
 
     /// A fresh DEK for a new subject, wrapped by the active generation.
-    fn new_subject(
-        &self,
-        s: &str,
-        now: OffsetDateTime,
-        batch: &mut Batch,
-    ) -> Result<(SubjectMeta, Arc<Dek>), VaultError> {
+    fn new_subject(&self, s: &str, now: OffsetDateTime, batch: &mut Batch) -> Result<(SubjectMeta, Arc<Dek>), VaultError> {
         let kek = self.keyring.active();
         let dek = Dek::generate(DekVersion(1))?;
         let wrapped = kek.wrap_dek(s, &dek)?;
@@ -270,12 +188,7 @@ impl Vault {
     /// Re-encrypts every field of `s` under a fresh DEK (next version, active generation),
     /// into `batch`. Record versions are kept, so the AAD binding is unchanged but for the
     /// DEK version in the header.
-    fn reencrypt(
-        &self,
-        s: &str,
-        meta: &mut SubjectMeta,
-        batch: &mut Batch,
-    ) -> Result<Arc<Dek>, VaultError> {
+    fn reencrypt(&self, s: &str, meta: &mut SubjectMeta, batch: &mut Batch) -> Result<Arc<Dek>, VaultError> {
         let old = self.dek(s, meta)?;
         let old_gen = meta.generation()?;
         let kek = self.keyring.active();
@@ -283,35 +196,26 @@ impl Vault {
         let (oc, nc) = (old.cipher(), new.cipher());
         let mut n = 0u64;
         let mut failure = None;
-        self.store
-            .scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
-                let field = std::str::from_utf8(&k[s.len() + 1..]).unwrap_or_default();
-                let step = || -> Result<Vec<u8>, VaultError> {
-                    let r = Record::decode(v)?;
-                    let ctx = FieldContext {
-                        subject: s,
-                        field,
-                        record_version: r.version,
-                    };
-                    let plain = oc.open(&ctx, &r.ciphertext)?;
-                    Ok(Record {
-                        ciphertext: nc.seal(&ctx, &plain)?,
-                        ..r
-                    }
-                    .encode())
-                };
-                match step() {
-                    Ok(value) => {
-                        batch.put(Space::Records, k.to_vec(), value);
-                        n += 1;
-                        true
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
+        self.store.scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
+            let field = std::str::from_utf8(&k[s.len() + 1..]).unwrap_or_default();
+            let step = || -> Result<Vec<u8>, VaultError> {
+                let r = Record::decode(v)?;
+                let ctx = FieldContext { subject: s, field, record_version: r.version };
+                let plain = oc.open(&ctx, &r.ciphertext)?;
+                Ok(Record { ciphertext: nc.seal(&ctx, &plain)?, ..r }.encode())
+            };
+            match step() {
+                Ok(value) => {
+                    batch.put(Space::Records, k.to_vec(), value);
+                    n += 1;
+                    true
                 }
-            })?;
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })?;
         if let Some(e) = failure {
             return Err(e);
         }
@@ -335,42 +239,18 @@ impl Vault {
         meta.updated_at = self.clock.now().unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let reason = format!("DEK rotated to version {}", meta.dek_version);
-        self.audit.commit(
-            vec![self.draft(
-                ctx,
-                Action::Rekey,
-                Some(s),
-                None,
-                vec![],
-                Decision::Allow,
-                reason,
-            )],
-            batch,
-        )?;
+        self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
         self.cache.purge(s);
         self.cache.insert(s, dek);
         Ok(meta.dek_version.0)
     }
 
     fn missing_mandatory(&self, s: &str, writing: &[String]) -> Result<Vec<String>, VaultError> {
-        let mandatory: Vec<FieldName> = self
-            .settings
-            .schema
-            .mandatory()
-            .into_iter()
-            .filter(|f| !writing.iter().any(|w| w == f.as_str()))
-            .collect();
-        let keys: Vec<Vec<u8>> = mandatory
-            .iter()
-            .map(|f| subject_key(s, f.as_str()))
-            .collect();
+        let mandatory: Vec<FieldName> =
+            self.settings.schema.mandatory().into_iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
+        let keys: Vec<Vec<u8>> = mandatory.iter().map(|f| subject_key(s, f.as_str())).collect();
         let found = self.store.get_many(Space::Records, &keys)?;
-        Ok(mandatory
-            .into_iter()
-            .zip(found)
-            .filter(|(_, v)| v.is_none())
-            .map(|(f, _)| f.to_string())
-            .collect())
+        Ok(mandatory.into_iter().zip(found).filter(|(_, v)| v.is_none()).map(|(f, _)| f.to_string()).collect())
     }
 
     /// Reads stored records of `s`: the named ones, or all that `keep` accepts.
@@ -385,10 +265,7 @@ impl Vault {
             Some(names) => {
                 let names: Vec<&FieldName> = names.iter().filter(|f| keep(f)).collect();
                 let keys: Vec<Vec<u8>> = names.iter().map(|f| subject_key(s, f.as_str())).collect();
-                for (f, v) in names
-                    .into_iter()
-                    .zip(self.store.get_many(Space::Records, &keys)?)
-                {
+                for (f, v) in names.into_iter().zip(self.store.get_many(Space::Records, &keys)?) {
                     if let Some(v) = v {
                         out.push((f.clone(), Record::decode(&v)?));
                     }
@@ -396,24 +273,16 @@ impl Vault {
             }
             None => {
                 let mut err = None;
-                self.store
-                    .scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
-                        let name = std::str::from_utf8(&k[s.len() + 1..])
-                            .ok()
-                            .and_then(|n| FieldName::parse(n).ok());
-                        match (name, Record::decode(v)) {
-                            (Some(f), Ok(r)) if keep(&f) => out.push((f, r)),
-                            (Some(_), Ok(_)) => {}
-                            (_, Err(e)) => err = Some(e),
-                            (None, _) => {
-                                err = Some(crate::store::StoreError::Corrupt {
-                                    space: "records",
-                                    what: "field name",
-                                })
-                            }
-                        }
-                        err.is_none()
-                    })?;
+                self.store.scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
+                    let name = std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldName::parse(n).ok());
+                    match (name, Record::decode(v)) {
+                        (Some(f), Ok(r)) if keep(&f) => out.push((f, r)),
+                        (Some(_), Ok(_)) => {}
+                        (_, Err(e)) => err = Some(e),
+                        (None, _) => err = Some(crate::store::StoreError::Corrupt { space: "records", what: "field name" }),
+                    }
+                    err.is_none()
+                })?;
                 if let Some(e) = err {
                     return Err(e.into());
                 }
@@ -422,35 +291,19 @@ impl Vault {
         Ok(out)
     }
 
-    fn decrypt(
-        &self,
-        s: &str,
-        meta: &SubjectMeta,
-        records: Vec<(FieldName, Record)>,
-    ) -> Result<FieldValues, VaultError> {
+    fn decrypt(&self, s: &str, meta: &SubjectMeta, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
         let dek = self.dek(s, meta)?;
         let cipher = dek.cipher();
         let mut out = FieldValues::new();
         for (f, r) in records {
-            let plain = cipher.open(
-                &FieldContext {
-                    subject: s,
-                    field: f.as_str(),
-                    record_version: r.version,
-                },
-                &r.ciphertext,
-            )?;
-            let value: Value = serde_json::from_slice(&plain)
-                .map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))?;
+            let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
+            let value: Value = serde_json::from_slice(&plain).map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))?;
             out.insert(f.to_string(), value);
         }
         Ok(out)
     }
 
-    fn parse_requested(
-        &self,
-        requested: Option<&[String]>,
-    ) -> Result<Option<Vec<FieldName>>, VaultError> {
+    fn parse_requested(&self, requested: Option<&[String]>) -> Result<Option<Vec<FieldName>>, VaultError> {
         requested
             .map(|names| {
                 names
@@ -468,30 +321,15 @@ impl Vault {
     fn purpose(&self, name: &str) -> Result<&policy::PurposeDef, VaultError> {
         let p = Purpose::parse(name)?;
         self.settings.purposes.get(&p).ok_or_else(|| {
-            let known: Vec<&str> = self
-                .settings
-                .purposes
-                .0
-                .keys()
-                .map(|p| p.as_str())
-                .collect();
-            VaultError::Invalid(format!(
-                "unknown purpose {p} (configured: {})",
-                known.join(", ")
-            ))
+            let known: Vec<&str> = self.settings.purposes.0.keys().map(|p| p.as_str()).collect();
+            VaultError::Invalid(format!("unknown purpose {p} (configured: {})", known.join(", ")))
         })
     }
 
     /// Reads a subject's fields for a purpose: only if the caller is granted the purpose and
     /// its legal basis holds now, and only the fields the purpose allows (and the caller
     /// asked for, if it asked). The audit entry is durable before the values are returned.
-    pub fn read(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        purpose: &str,
-        requested: Option<&[String]>,
-    ) -> Result<FieldValues, VaultError> {
+    pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldValues, VaultError> {
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
         let requested = self.parse_requested(requested)?;
@@ -509,65 +347,36 @@ impl Vault {
         };
         let values = self.decrypt(s, &meta, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
-        self.audit.record(self.draft(
-            ctx,
-            Action::Read,
-            Some(s),
-            p,
-            names,
-            Decision::Allow,
-            grant.basis,
-        ))?;
+        self.audit.record(self.draft(ctx, Action::Read, Some(s), p, names, Decision::Allow, grant.basis))?;
         Ok(values)
     }
 
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns
     /// the disclosed values.
-    pub fn disclose(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        req: &DisclosureRequest,
-    ) -> Result<(DisclosureRecord, FieldValues), VaultError> {
+    pub fn disclose(&self, ctx: &Ctx, subject: &SubjectId, req: &DisclosureRequest) -> Result<(DisclosureRecord, FieldValues), VaultError> {
         let s = subject.as_str();
         let recipient = req.recipient.trim();
-        if recipient.is_empty()
-            || recipient.chars().count() > 200
-            || recipient.chars().any(char::is_control)
-        {
-            return Err(VaultError::Invalid(
-                "recipient must be 1 to 200 characters".into(),
-            ));
+        if recipient.is_empty() || recipient.chars().count() > 200 || recipient.chars().any(char::is_control) {
+            return Err(VaultError::Invalid("recipient must be 1 to 200 characters".into()));
         }
         if let Some(r) = &req.reference {
             if r.chars().count() > 500 || r.chars().any(char::is_control) {
-                return Err(VaultError::Invalid(
-                    "reference must be at most 500 characters".into(),
-                ));
+                return Err(VaultError::Invalid("reference must be at most 500 characters".into()));
             }
         }
         if req.fields.is_empty() {
-            return Err(VaultError::Invalid(
-                "a disclosure names the fields it transfers".into(),
-            ));
+            return Err(VaultError::Invalid("a disclosure names the fields it transfers".into()));
         }
         let fields = self.parse_requested(Some(&req.fields))?.unwrap_or_default();
         let names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
         let purpose = self.purpose("third_party_transfer")?;
         let p = Some(purpose.name.as_str());
         self.gate(ctx, Action::Disclose, Some(s))?;
-        let not_allowed: Vec<String> = fields
-            .iter()
-            .filter(|f| !purpose.allows(f))
-            .map(|f| f.to_string())
-            .collect();
+        let not_allowed: Vec<String> = fields.iter().filter(|f| !purpose.allows(f)).map(|f| f.to_string()).collect();
         if !not_allowed.is_empty() {
             let d = Denial::BasisMissing {
                 purpose: purpose.name.clone(),
-                missing: format!(
-                    "fields not allowed for this purpose: {}",
-                    not_allowed.join(", ")
-                ),
+                missing: format!("fields not allowed for this purpose: {}", not_allowed.join(", ")),
             };
             return Err(self.refuse(ctx, Action::Disclose, Some(s), p, names, d.into()));
         }
@@ -576,16 +385,8 @@ impl Vault {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Disclose, subject)?;
             let (facts, _, _) = self.facts(s, &meta)?;
-            let grant = policy::decide_disclosure(
-                &ctx.caller,
-                purpose,
-                req.basis,
-                req.reference.as_deref(),
-                req.abroad,
-                &facts,
-                now,
-            )
-            .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
+            let grant = policy::decide_disclosure(&ctx.caller, purpose, req.basis, req.reference.as_deref(), req.abroad, &facts, now)
+                .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
             let records = self.load_records(s, Some(&fields), |_| true)?;
             (meta, records, grant)
         };
@@ -604,24 +405,9 @@ impl Vault {
         key.extend_from_slice(&now.unix_timestamp_nanos().to_be_bytes());
         key.extend_from_slice(record.id.as_bytes());
         let mut batch = Batch::default();
-        batch.put(
-            Space::Disclosures,
-            key,
-            serde_json::to_vec(&record).expect("serialises"),
-        );
+        batch.put(Space::Disclosures, key, serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);
-        self.audit.commit(
-            vec![self.draft(
-                ctx,
-                Action::Disclose,
-                Some(s),
-                p,
-                record.fields.clone(),
-                Decision::Allow,
-                reason,
-            )],
-            batch,
-        )?;
+        self.audit.commit(vec![self.draft(ctx, Action::Disclose, Some(s), p, record.fields.clone(), Decision::Allow, reason)], batch)?;
         Ok((record, values))
     }
 
@@ -636,35 +422,19 @@ impl Vault {
             let (_, contracts, consents) = self.facts(s, &meta)?;
             let records = self.load_records(s, None, |_| true)?;
             let mut disclosures = Vec::new();
-            self.store
-                .scan_prefix(Space::Disclosures, &subject_prefix(s), |_, v| {
-                    if let Ok(d) = serde_json::from_slice::<DisclosureRecord>(v) {
-                        disclosures.push(d);
-                    }
-                    true
-                })?;
-            (
-                meta,
-                records,
-                contracts,
-                consents,
-                disclosures,
-                self.erasure(s)?,
-            )
+            self.store.scan_prefix(Space::Disclosures, &subject_prefix(s), |_, v| {
+                if let Ok(d) = serde_json::from_slice::<DisclosureRecord>(v) {
+                    disclosures.push(d);
+                }
+                true
+            })?;
+            (meta, records, contracts, consents, disclosures, self.erasure(s)?)
         };
         let fields = self.decrypt(s, &meta, records)?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(s, &[])?;
-        self.audit.record(self.draft(
-            ctx,
-            Action::Export,
-            Some(s),
-            None,
-            names,
-            Decision::Allow,
-            "data subject access".into(),
-        ))?;
+        self.audit.record(self.draft(ctx, Action::Export, Some(s), None, names, Decision::Allow, "data subject access".into()))?;
         Ok(Export {
             subject: s.to_owned(),
             version: meta.version,
@@ -681,27 +451,14 @@ impl Vault {
 
     /// Who read or received which fields of `s`, for which purpose, grouped.
     fn access_summary(&self, s: &str) -> Result<Vec<AccessSummary>, VaultError> {
-        let q = audit::Query {
-            subject: Some(s.to_owned()),
-            limit: 100_000,
-            ..Default::default()
-        };
-        let mut groups: BTreeMap<(String, String, Option<String>, Vec<String>), AccessSummary> =
-            BTreeMap::new();
+        let q = audit::Query { subject: Some(s.to_owned()), limit: 100_000, ..Default::default() };
+        let mut groups: BTreeMap<(String, String, Option<String>, Vec<String>), AccessSummary> = BTreeMap::new();
         for e in audit::query(&self.store, &q)? {
-            let disclosing = matches!(
-                e.action.as_str(),
-                "subject.read" | "subject.disclose" | "subject.export"
-            );
+            let disclosing = matches!(e.action.as_str(), "subject.read" | "subject.disclose" | "subject.export");
             if e.decision != Decision::Allow || !disclosing || e.fields.is_empty() {
                 continue;
             }
-            let key = (
-                e.caller.clone(),
-                e.action.clone(),
-                e.purpose.clone(),
-                e.fields.clone(),
-            );
+            let key = (e.caller.clone(), e.action.clone(), e.purpose.clone(), e.fields.clone());
             let g = groups.entry(key).or_insert_with(|| AccessSummary {
                 caller: e.caller,
                 action: e.action,
@@ -722,19 +479,15 @@ impl Vault {
     pub fn sweep_expired(&self) -> Result<usize, VaultError> {
         let now = self.clock.now().unix_timestamp();
         let mut due: Vec<(Vec<u8>, String, String, u64)> = Vec::new();
-        self.store
-            .scan(Space::Expiry, &[], &(now + 1).to_be_bytes(), |k, v| {
-                let rest = &k[9..];
-                if let (Some(zero), Ok(version)) = (
-                    rest.iter().position(|b| *b == 0),
-                    v.try_into().map(u64::from_be_bytes),
-                ) {
-                    let subject = String::from_utf8_lossy(&rest[..zero]).into_owned();
-                    let field = String::from_utf8_lossy(&rest[zero + 1..]).into_owned();
-                    due.push((k.to_vec(), subject, field, version));
-                }
-                due.len() < 10_000
-            })?;
+        self.store.scan(Space::Expiry, &[], &(now + 1).to_be_bytes(), |k, v| {
+            let rest = &k[9..];
+            if let (Some(zero), Ok(version)) = (rest.iter().position(|b| *b == 0), v.try_into().map(u64::from_be_bytes)) {
+                let subject = String::from_utf8_lossy(&rest[..zero]).into_owned();
+                let field = String::from_utf8_lossy(&rest[zero + 1..]).into_owned();
+                due.push((k.to_vec(), subject, field, version));
+            }
+            due.len() < 10_000
+        })?;
         let mut by_subject: BTreeMap<String, Vec<(Vec<u8>, String, u64)>> = BTreeMap::new();
         for (k, s, f, v) in due {
             by_subject.entry(s).or_default().push((k, f, v));
@@ -750,18 +503,11 @@ impl Vault {
                 batch.delete(Space::Expiry, k);
                 let key = subject_key(&s, &f);
                 // Only the write that set this deadline expires; a newer write has its own.
-                let current = self
-                    .store
-                    .get(Space::Records, &key)?
-                    .map(|r| Record::decode(&r))
-                    .transpose()?;
+                let current = self.store.get(Space::Records, &key)?.map(|r| Record::decode(&r)).transpose()?;
                 if let (Some(r), Some(m)) = (current, meta.as_mut()) {
                     if r.version == v {
                         batch.delete(Space::Records, key);
-                        if let Some(n) = m
-                            .categories
-                            .get_mut(f.split('.').next().unwrap_or_default())
-                        {
+                        if let Some(n) = m.categories.get_mut(f.split('.').next().unwrap_or_default()) {
                             *n = n.saturating_sub(1);
                         }
                         names.insert(f);
@@ -785,10 +531,7 @@ impl Vault {
                 Decision::Allow,
                 "retention period passed".into(),
             );
-            let draft = audit::Draft {
-                action: "retention.expire",
-                ..draft
-            };
+            let draft = audit::Draft { action: "retention.expire", ..draft };
             self.audit.commit(vec![draft], batch)?;
         }
         Ok(removed)

@@ -1,0 +1,219 @@
+//! Issue #3: the HTTP contract of design §6: status codes, problem documents, limits, ids.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn assert_problem(r: &Resp, status: StatusCode) {
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    for k in ["type", "title", "status", "detail"] {
+        assert!(!r.body[k].is_null(), "problem lacks {k}: {:?}", r.body);
+    }
+    assert_eq!(r.body["status"], status.as_u16());
+    assert!(r.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn put_creates_then_updates_and_get_reads() {
+    let app = spawn_app().await;
+    let r = app.put_fields("c-1", json!({"identity.full_name": "Aigerim"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["subject"], "c-1");
+    assert_eq!(r.body["version"], 1);
+    let r = app.put_fields("c-1", json!({"identity.phone": "+77011234567"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["version"], 2);
+    let r = app.read("c-1", "svc-all", "loan_issuance").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body,
+        json!({"subject": "c-1", "purpose": "loan_issuance", "fields": {"identity.full_name": "Aigerim", "identity.phone": "+77011234567"}})
+    );
+    // A narrowed read returns only what was asked.
+    let r = app.get("/v1/subjects/c-1?purpose=loan_issuance&fields=identity.phone", "svc-all").await;
+    assert_eq!(r.body["fields"], json!({"identity.phone": "+77011234567"}));
+}
+
+#[tokio::test]
+async fn authentication_failures_are_401() {
+    let app = spawn_app().await;
+    app.put_fields("a-1", json!({"identity.full_name": "A"})).await;
+    let r = app.call(Method::GET, "/v1/subjects/a-1?purpose=loan_issuance", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"qoima\"");
+    let r = app.call(Method::GET, "/v1/subjects/a-1?purpose=loan_issuance", Some("nobody"), None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED);
+    let raw = app.client.get(format!("{}/v1/keys", app.addr)).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
+    assert_eq!(raw.status(), StatusCode::UNAUTHORIZED);
+    // The failed attempts on the subject are audited.
+    let audit = app.get("/v1/audit?subject=a-1", "auditor").await;
+    let failed: Vec<_> = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "auth.failed").collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|e| e["decision"] == "deny" && e["caller"] == "anonymous"));
+}
+
+#[tokio::test]
+async fn status_codes_403_404_410() {
+    let app = spawn_app().await;
+    app.put_fields("s-1", json!({"identity.full_name": "A"})).await;
+    // Known caller lacking the role.
+    let r = app.call(Method::PUT, "/v1/subjects/s-1", Some("website"), Some(json!({"fields": {"identity.full_name": "B"}}))).await;
+    assert_problem(&r, StatusCode::FORBIDDEN);
+    assert_problem(&app.get("/v1/keys", "svc-all").await, StatusCode::FORBIDDEN);
+    assert_problem(&app.get("/v1/audit", "website").await, StatusCode::FORBIDDEN);
+    // Purpose not granted.
+    let r = app.read("s-1", "svc-marketing", "loan_issuance").await;
+    assert_problem(&r, StatusCode::FORBIDDEN);
+    assert!(r.problem_detail().contains("not granted"));
+    // Unknown subject.
+    assert_problem(&app.read("nobody", "svc-all", "loan_issuance").await, StatusCode::NOT_FOUND);
+    // Erased subject.
+    app.erase("s-1").await;
+    let r = app.read("s-1", "svc-all", "loan_issuance").await;
+    assert_problem(&r, StatusCode::GONE);
+    assert!(r.body["receipt"].as_str().unwrap().starts_with("rcpt_"));
+}
+
+#[tokio::test]
+async fn bad_input_is_400_and_stores_nothing() {
+    let app = spawn_app().await;
+    let cases = [
+        ("/v1/subjects/a%20b", json!({"fields": {"identity.full_name": "A"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": "A"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"passport.number": "N1"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.shoe_size": "42"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": "A", "identity.iin": "900101300011"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": "A", "identity.phone": "87011234567"}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": "A", "questionnaire.monthly_income": -5}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": {"nested": true}}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {}})),
+        ("/v1/subjects/%2E%2E", json!({"fields": {"identity.full_name": "A"}, "extra": 1})),
+        ("/v1/subjects/%2E%2E", json!({"data": {}})),
+    ];
+    for (path, body) in cases {
+        let r = app.call(Method::PUT, path, Some("svc-all"), Some(body.clone())).await;
+        assert_problem(&r, StatusCode::BAD_REQUEST);
+        assert!(
+            !r.problem_detail().contains("900101300011") && !r.problem_detail().contains("87011234567"),
+            "a value echoed: {}",
+            r.problem_detail()
+        );
+    }
+    assert_problem(&app.read("x1", "svc-all", "loan_issuance").await, StatusCode::NOT_FOUND);
+
+    // Malformed JSON, wrong content type, too large.
+    let raw = |body: Vec<u8>, ct: &'static str| {
+        app.client.put(format!("{}/v1/subjects/x1", app.addr)).bearer_auth(token("svc-all")).header("content-type", ct).body(body).send()
+    };
+    let r = raw(b"{\"fields\": {".to_vec(), "application/json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = raw(b"{\"fields\": {\"identity.full_name\": \"\xff\xfe\"}}".to_vec(), "application/json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "invalid UTF-8");
+    let r = raw(b"fields=1".to_vec(), "application/x-www-form-urlencoded").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = format!("{{\"fields\": {{\"identity.full_name\": \"{}\"}}}}", "x".repeat(300 * 1024));
+    let r = raw(big.into_bytes(), "application/json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let deep = format!("{{\"fields\": {}{}}}", "[".repeat(5000), "]".repeat(5000));
+    let r = raw(deep.into_bytes(), "application/json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "deep JSON");
+    assert_problem(&app.read("x1", "svc-all", "loan_issuance").await, StatusCode::NOT_FOUND);
+
+    // Reads: purpose missing, unknown purpose, unknown field, unknown parameter.
+    app.put_fields("y1", json!({"identity.full_name": "Y"})).await;
+    for path in [
+        "/v1/subjects/y1",
+        "/v1/subjects/y1?purpose=",
+        "/v1/subjects/y1?purpose=spying",
+        "/v1/subjects/y1?purpose=loan_issuance&fields=identity.nope",
+        "/v1/subjects/y1?purpose=loan_issuance&colour=red",
+    ] {
+        assert_problem(&app.get(path, "svc-all").await, StatusCode::BAD_REQUEST);
+    }
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    for (m, p) in [(Method::GET, "/healthz"), (Method::GET, "/nope"), (Method::DELETE, "/healthz"), (Method::GET, "/v1/keys")] {
+        let r = app.call(m, p, None, None).await;
+        assert!(r.headers.get("x-request-id").is_some_and(|v| !v.is_empty()), "{p}");
+        assert_eq!(r.headers["cache-control"], "no-store");
+    }
+    assert_problem(&app.call(Method::GET, "/nope", None, None).await, StatusCode::NOT_FOUND);
+    assert_problem(&app.call(Method::DELETE, "/healthz", None, None).await, StatusCode::METHOD_NOT_ALLOWED);
+    // A caller's own id is echoed and lands in the audit entry.
+    app.put_fields("rid", json!({"identity.full_name": "R"})).await;
+    let r = app
+        .client
+        .get(format!("{}/v1/subjects/rid?purpose=loan_issuance", app.addr))
+        .bearer_auth(token("svc-all"))
+        .header("x-request-id", "lender-req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lender-req-42");
+    let audit = app.get("/v1/audit?subject=rid", "auditor").await;
+    assert!(audit.body["entries"].as_array().unwrap().iter().any(|e| e["request_id"] == "lender-req-42"));
+    // A hostile id is replaced, not echoed.
+    let r = app.client.get(format!("{}/healthz", app.addr)).header("x-request-id", "<script>alert(1)</script>").send().await.unwrap();
+    assert_ne!(r.headers()["x-request-id"], "<script>alert(1)</script>");
+}
+
+#[tokio::test]
+async fn health_readiness_and_openapi() {
+    let app = spawn_app().await;
+    let r = app.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let r = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    for check in ["store", "root_key", "audit"] {
+        assert!(r.body["checks"][check].as_str().unwrap().starts_with("ok"), "{check}");
+    }
+    let doc = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc.body["paths"].as_object().unwrap();
+    for p in ["/v1/subjects/{id}", "/v1/subjects/{id}/erasure", "/v1/keys", "/v1/audit/verify", "/healthz"] {
+        assert!(paths.contains_key(p), "openapi lacks {p}");
+    }
+    assert!(doc.body["paths"]["/v1/subjects/{id}"]["put"]["requestBody"].is_object());
+}
+
+#[tokio::test]
+async fn consents_and_contracts_through_their_lifecycle() {
+    let app = spawn_app().await;
+    app.put_fields("k-1", json!({"identity.full_name": "K", "identity.phone": "+77011234567"})).await;
+    assert_eq!(app.read("k-1", "svc-marketing", "advertising").await.status, StatusCode::FORBIDDEN);
+    let r = app.give_consent("k-1", "advertising").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["policy_version"], "2019-01-29");
+    let r = app.read("k-1", "svc-marketing", "advertising").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["fields"], json!({"identity.full_name": "K", "identity.phone": "+77011234567"}));
+    let r = app.call(Method::DELETE, "/v1/subjects/k-1/consents/advertising", Some("website"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Withdrawal takes effect on the very next read.
+    let r = app.read("k-1", "svc-marketing", "advertising").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.problem_detail().contains("withdrawn"), "{}", r.problem_detail());
+    assert_problem(
+        &app.call(Method::DELETE, "/v1/subjects/k-1/consents/loan_monitoring", Some("website"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+
+    // Contracts: open, duplicate, breach, settle, settled is final.
+    assert_eq!(app.open_contract("k-1", "L-1").await.status, StatusCode::CREATED);
+    assert_problem(&app.open_contract("k-1", "L-1").await, StatusCode::CONFLICT);
+    assert_eq!(app.read("k-1", "svc-monitoring", "loan_monitoring").await.status, StatusCode::OK);
+    assert_eq!(app.set_contract("k-1", "L-1", "breached").await.body["status"], "breached");
+    assert_eq!(app.read("k-1", "svc-monitoring", "loan_monitoring").await.status, StatusCode::OK);
+    assert_eq!(app.set_contract("k-1", "L-1", "settled").await.body["status"], "settled");
+    assert_eq!(app.read("k-1", "svc-monitoring", "loan_monitoring").await.status, StatusCode::FORBIDDEN);
+    assert_problem(&app.set_contract("k-1", "L-1", "breached").await, StatusCode::CONFLICT);
+    assert_problem(&app.set_contract("k-1", "L-1", "open").await, StatusCode::BAD_REQUEST);
+    assert_problem(&app.set_contract("k-1", "L-9", "settled").await, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,260 @@
+//! `spawn_app()`: the real server on 127.0.0.1:0, a fresh data directory, a real root key
+//! file, and one bearer token per kind of caller.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use qoima::audit::FaultSwitch;
+use qoima::auth::token_digest;
+use qoima::config::Config;
+use qoima::domain::{Clock, ManualClock, SystemClock};
+use qoima::server::{Application, Options};
+use qoima::vault::Vault;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// The callers every test app has: (name, role, purposes).
+pub const CALLERS: &[(&str, &str, &[&str])] = &[
+    ("svc-all", "service", &["loan_issuance", "loan_monitoring", "third_party_transfer", "advertising"]),
+    ("svc-issuance", "service", &["loan_issuance"]),
+    ("svc-monitoring", "service", &["loan_monitoring"]),
+    ("svc-marketing", "service", &["advertising"]),
+    ("svc-transfer", "service", &["third_party_transfer"]),
+    ("website", "website", &[]),
+    ("security", "security", &[]),
+    ("auditor", "auditor", &[]),
+];
+
+/// The token of a test caller (deterministic, never used outside tests).
+pub fn token(caller: &str) -> String {
+    format!("test-token-{caller}")
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    pub config: Config,
+    pub vault: Arc<Vault>,
+    pub faults: Arc<FaultSwitch>,
+    pub clock: Option<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A response: status, headers and JSON body (Null if none).
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn problem_detail(&self) -> &str {
+        self.body["detail"].as_str().unwrap_or_default()
+    }
+}
+
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    let mut t = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n", dir.join("data").display());
+    t.push_str(extra);
+    t.push_str(&format!("\n[root_key]\nfile = \"{}\"\n", dir.join("root.key").display()));
+    for (name, role, purposes) in CALLERS {
+        let p: Vec<String> = purposes.iter().map(|p| format!("\"{p}\"")).collect();
+        t.push_str(&format!(
+            "\n[[callers]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\npurposes = [{}]\n",
+            hex::encode(token_digest(&token(name))),
+            p.join(", ")
+        ));
+    }
+    t
+}
+
+/// Starts a vault with the default configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_with("", None).await
+}
+
+/// Starts a vault with extra top-level configuration and, optionally, a hand-moved clock.
+pub async fn spawn_with(extra: &str, clock: Option<ManualClock>) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).expect("root key");
+    let path = dir.path().join("qoima.toml");
+    std::fs::write(&path, config_text(dir.path(), extra)).unwrap();
+    let config = Config::load(&path, &|_| None).expect("test config parses");
+    start(dir, config, clock).await
+}
+
+async fn start(dir: TempDir, config: Config, clock: Option<ManualClock>) -> TestApp {
+    let faults = Arc::new(FaultSwitch::default());
+    let c: Arc<dyn Clock> = match &clock {
+        Some(m) => Arc::new(m.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let app = Application::build(config.clone(), Options { clock: c, faults: faults.clone() }).await.expect("app builds");
+    let addr = format!("http://{}", app.local_addr());
+    let vault = app.vault();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    TestApp { addr, client: reqwest::Client::new(), dir, config, vault, faults, clock, stop: Some(stop), served: Some(served) }
+}
+
+impl TestApp {
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Stops the server and closes the store (the vault's last handle is dropped).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.served.take() {
+            h.await.unwrap();
+        }
+    }
+
+    /// Stops and starts again on the same data directory and configuration.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let TestApp { dir, config, clock, vault, .. } = self;
+        wait_for_last_handle(vault).await;
+        start(dir, config, clock).await
+    }
+
+    pub async fn call(&self, method: Method, path: &str, caller: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.addr));
+        if let Some(c) = caller {
+            req = req.bearer_auth(token(c));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, caller: &str) -> Resp {
+        self.call(Method::GET, path, Some(caller), None).await
+    }
+
+    pub async fn put_fields(&self, subject: &str, fields: Value) -> Resp {
+        self.call(Method::PUT, &format!("/v1/subjects/{subject}"), Some("svc-all"), Some(json!({ "fields": fields }))).await
+    }
+
+    pub async fn read(&self, subject: &str, caller: &str, purpose: &str) -> Resp {
+        self.get(&format!("/v1/subjects/{subject}?purpose={purpose}"), caller).await
+    }
+
+    pub async fn open_contract(&self, subject: &str, contract: &str) -> Resp {
+        self.call(Method::POST, &format!("/v1/subjects/{subject}/contracts"), Some("svc-all"), Some(json!({ "contract": contract }))).await
+    }
+
+    pub async fn set_contract(&self, subject: &str, contract: &str, status: &str) -> Resp {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/subjects/{subject}/contracts/{contract}"),
+            Some("svc-all"),
+            Some(json!({ "status": status })),
+        )
+        .await
+    }
+
+    pub async fn give_consent(&self, subject: &str, purpose: &str) -> Resp {
+        self.call(
+            Method::POST,
+            &format!("/v1/subjects/{subject}/consents"),
+            Some("website"),
+            Some(json!({ "purpose": purpose, "policy_version": "2019-01-29" })),
+        )
+        .await
+    }
+
+    pub async fn erase(&self, subject: &str) -> Resp {
+        self.call(Method::POST, &format!("/v1/subjects/{subject}/erasure"), Some("website"), None).await
+    }
+
+    pub fn advance(&self, by: time::Duration) {
+        self.clock.as_ref().expect("spawned with a manual clock").advance(by);
+    }
+}
+
+/// Waits until every other holder of the vault (server tasks) has let go, then closes it so
+/// the store can be reopened.
+pub async fn wait_for_last_handle(vault: Arc<Vault>) {
+    let mut v = vault;
+    for _ in 0..500 {
+        match Arc::try_unwrap(v) {
+            Ok(inner) => {
+                inner.close();
+                drop(inner);
+                return;
+            }
+            Err(back) => {
+                v = back;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+    panic!("the vault is still referenced after shutdown");
+}
+
+/// A full, valid application (P2 mandatory fields) with unique markers in the text fields.
+pub fn application(marker: &str) -> Value {
+    json!({
+        "identity.full_name": format!("Aigerim {marker}"),
+        "identity.iin": "900101300017",
+        "identity.birth_date": "1990-01-01",
+        "identity.phone": "+77011234567",
+        "identity.email": "aigerim@example.kz",
+        "identity.address": format!("Almaty, Abay 1, {marker}"),
+        "questionnaire.employer": format!("Employer {marker}"),
+        "questionnaire.monthly_income": 350000,
+        "questionnaire.dependants": 2,
+        "contract.offer_id": "OF-1",
+        "contract.amount": 150000,
+        "technical.ip": "203.0.113.7",
+    })
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The wrapped DEK bytes of a live subject, read from the store.
+pub fn wrapped_dek(vault: &Vault, subject: &str) -> Vec<u8> {
+    let raw = vault.store().get(qoima::store::Space::Subjects, subject.as_bytes()).unwrap().expect("subject exists");
+    qoima::vault::codec::SubjectMeta::decode(&raw).unwrap().wrapped_dek.0
+}
+
+pub fn now() -> time::OffsetDateTime {
+    SystemClock.now()
+}

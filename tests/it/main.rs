@@ -1,0 +1,9 @@
+//! One integration-test binary (faster to build than one per file). Every test starts the
+//! real server on a random port over a real RocksDB in a temp directory.
+
+mod helpers;
+
+mod api_contract;
+mod audit_trail;
+mod authz_matrix;
+mod storage;
