@@ -258,3 +258,14 @@ pub fn wrapped_dek(vault: &Vault, subject: &str) -> Vec<u8> {
 pub fn now() -> time::OffsetDateTime {
     SystemClock.now()
 }
+
+/// Sends raw bytes over TCP and returns the response status code.
+pub async fn raw_http(app: &TestApp, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
