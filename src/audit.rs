@@ -82,6 +82,29 @@ pub struct Draft {
     pub request_id: String,
 }
 
+impl Draft {
+    pub fn purpose(mut self, purpose: Option<&str>) -> Self {
+        self.purpose = purpose.map(str::to_owned);
+        self
+    }
+
+    pub fn fields(mut self, fields: Vec<String>) -> Self {
+        self.fields = fields;
+        self
+    }
+
+    pub fn deny(mut self) -> Self {
+        self.decision = Decision::Deny;
+        self
+    }
+
+    /// Records under a more specific action name than the policy's (e.g. `keys.rotate`).
+    pub fn named(mut self, action: &'static str) -> Self {
+        self.action = action;
+        self
+    }
+}
+
 /// The audit log could not take an entry; the request it records must fail (fail closed).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {

@@ -85,6 +85,9 @@ impl Space {
     }
 }
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// One change inside a [`Batch`].
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -306,7 +309,7 @@ impl Store {
     }
 
     /// The last entry of a space, in key order.
-    pub fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn last(&self, space: Space) -> Result<Option<KeyValue>, StoreError> {
         let mut it = self.db.raw_iterator_cf(self.cf(space));
         it.seek_to_last();
         let out = match (it.key(), it.value()) {

@@ -10,7 +10,7 @@ impl Vault {
     pub fn keys_status(&self, ctx: &Ctx) -> Result<Vec<(KekInfo, i64)>, VaultError> {
         self.gate(ctx, Action::KeysRead, None)?;
         let out = self.key_generations()?;
-        self.audit.record(self.draft(ctx, Action::KeysRead, None, None, vec![], Decision::Allow, "key status read".into()))?;
+        self.audit.record(self.draft(ctx, Action::KeysRead, None, "key status read"))?;
         Ok(out)
     }
 
@@ -21,8 +21,8 @@ impl Vault {
         let _admin = self.keyring.admin();
         let (batch, kek, info, old) = self.keyring.prepare_rotate(self.clock.now())?;
         let reason = format!("KEK generation {} created and activated", info.generation);
-        let draft = self.draft(ctx, Action::KeysManage, None, None, vec![], Decision::Allow, reason);
-        self.audit.commit(vec![crate::audit::Draft { action: "keys.rotate", ..draft }], batch)?;
+        let draft = self.draft(ctx, Action::KeysManage, None, reason);
+        self.audit.commit(vec![draft.named("keys.rotate")], batch)?;
         self.keyring.install(kek, info.clone(), old);
         Ok(info)
     }
@@ -35,7 +35,7 @@ impl Vault {
         q.limit = q.limit.clamp(1, 1000);
         let entries = crate::audit::query(&self.store, &q)?;
         let reason = format!("{} audit entries read", entries.len());
-        self.audit.record(self.draft(ctx, Action::AuditRead, q.subject.as_deref(), None, vec![], Decision::Allow, reason))?;
+        self.audit.record(self.draft(ctx, Action::AuditRead, q.subject.as_deref(), reason))?;
         Ok(entries)
     }
 
@@ -44,8 +44,8 @@ impl Vault {
         self.gate(ctx, Action::AuditRead, None)?;
         let v = crate::audit::verify(&self.store, anchor)?;
         let reason = if v.ok { format!("chain verified: {} entries", v.entries) } else { "chain verification FAILED".to_string() };
-        let draft = self.draft(ctx, Action::AuditRead, None, None, vec![], Decision::Allow, reason);
-        self.audit.record(crate::audit::Draft { action: "audit.verify", ..draft })?;
+        let draft = self.draft(ctx, Action::AuditRead, None, reason);
+        self.audit.record(draft.named("audit.verify"))?;
         Ok(v)
     }
 

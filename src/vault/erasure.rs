@@ -16,7 +16,6 @@ use time::OffsetDateTime;
 use super::codec::{ErasureRecord, ErasureStatus, SubjectMeta};
 use super::keyring::{dek_count_key, KekState};
 use super::{Ctx, Vault, VaultError};
-use crate::audit::Decision;
 use crate::domain::{random_hex, rfc3339, SubjectId};
 use crate::policy::Action;
 use crate::store::{prefix_end, subject_prefix, Batch, Space, StoreError};
@@ -103,7 +102,7 @@ impl Vault {
             if let Some(e) = self.erasure(s)? {
                 let reason =
                     format!("erasure already requested ({})", if e.status == ErasureStatus::Erased { "erased" } else { "pending" });
-                self.audit.record(self.draft(ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason))?;
+                self.audit.record(self.draft(ctx, Action::RequestErasure, Some(s), reason))?;
                 return Ok(e);
             }
             let meta = self.live(ctx, Action::RequestErasure, subject)?;
@@ -132,7 +131,7 @@ impl Vault {
                 batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
                 format!("erasure pending: held by {}", holds.join(", "))
             };
-            self.audit.commit(vec![self.draft(ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
+            self.audit.commit(vec![self.draft(ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             if record.status == ErasureStatus::Erased {
                 self.cache.purge(s);
             }
@@ -151,15 +150,7 @@ impl Vault {
         self.gate(ctx, Action::ErasureStatus, Some(s))?;
         match self.erasure(s)? {
             Some(e) => {
-                self.audit.record(self.draft(
-                    ctx,
-                    Action::ErasureStatus,
-                    Some(s),
-                    None,
-                    vec![],
-                    Decision::Allow,
-                    "erasure status read".into(),
-                ))?;
+                self.audit.record(self.draft(ctx, Action::ErasureStatus, Some(s), "erasure status read"))?;
                 Ok(e)
             }
             None => Err(self.refuse(
@@ -260,8 +251,7 @@ impl Vault {
             self.journal.append(s, "erased", now, &e.receipt)?;
             self.shred_into(s, &meta, &mut e, now, &mut batch)?;
             let ctx = Ctx::system();
-            self.audit
-                .commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason.into())], batch)?;
+            self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             self.cache.purge(s);
             true
         };
@@ -326,7 +316,7 @@ impl Vault {
                 batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
             }
             let reason = format!("erasure {} replayed from the journal after restore", entry.receipt);
-            self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
+            self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             self.cache.purge(s);
             changed += 1;
         }

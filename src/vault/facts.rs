@@ -5,7 +5,6 @@ use time::OffsetDateTime;
 
 use super::codec::{consent_key, contract_key, ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus};
 use super::{Ctx, Vault, VaultError};
-use crate::audit::Decision;
 use crate::domain::{ContractId, Purpose, SubjectId};
 use crate::policy::{Action, ContractStatus};
 use crate::store::{Batch, Space};
@@ -50,10 +49,7 @@ impl Vault {
         let record = ContractRecord { contract: c.to_string(), status: ContractStatus::Open, opened_at: now, updated_at: now };
         let mut batch = Batch::default();
         batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
-        self.audit.commit(
-            vec![self.draft(ctx, Action::OpenContract, Some(s), None, vec![], Decision::Allow, format!("contract {c} opened"))],
-            batch,
-        )?;
+        self.audit.commit(vec![self.draft(ctx, Action::OpenContract, Some(s), format!("contract {c} opened"))], batch)?;
         Ok(record)
     }
 
@@ -99,15 +95,7 @@ impl Vault {
             record.updated_at = now;
             let mut batch = Batch::default();
             batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
-            let mut drafts = vec![self.draft(
-                ctx,
-                Action::UpdateContract,
-                Some(s),
-                None,
-                vec![],
-                Decision::Allow,
-                format!("contract {c} {}", status.as_str()),
-            )];
+            let mut drafts = vec![self.draft(ctx, Action::UpdateContract, Some(s), format!("contract {c} {}", status.as_str()))];
             let (facts, _, _) = self.facts(s, &meta)?;
             let still_held = facts.holds().into_iter().any(|h| h != c) || status.holds();
             let erasure = match self.erasure(s)? {
@@ -119,9 +107,6 @@ impl Vault {
                         &Ctx::system(),
                         Action::RequestErasure,
                         Some(s),
-                        None,
-                        vec![],
-                        Decision::Allow,
                         format!("pending erasure executed: contract {c} settled"),
                     ));
                     Some(e)
@@ -173,8 +158,7 @@ impl Vault {
         let mut batch = Batch::default();
         batch.put(Space::Facts, consent_key(s, purpose.as_str()), serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("consent given under policy {}", record.policy_version);
-        self.audit
-            .commit(vec![self.draft(ctx, Action::GiveConsent, Some(s), Some(purpose.as_str()), vec![], Decision::Allow, reason)], batch)?;
+        self.audit.commit(vec![self.draft(ctx, Action::GiveConsent, Some(s), reason).purpose(Some(purpose.as_str()))], batch)?;
         Ok(record)
     }
 
@@ -198,18 +182,8 @@ impl Vault {
         record.withdrawn_at = Some(self.clock.now());
         let mut batch = Batch::default();
         batch.put(Space::Facts, key, serde_json::to_vec(&record).expect("serialises"));
-        self.audit.commit(
-            vec![self.draft(
-                ctx,
-                Action::WithdrawConsent,
-                Some(s),
-                Some(purpose.as_str()),
-                vec![],
-                Decision::Allow,
-                "consent withdrawn".into(),
-            )],
-            batch,
-        )?;
+        self.audit
+            .commit(vec![self.draft(ctx, Action::WithdrawConsent, Some(s), "consent withdrawn").purpose(Some(purpose.as_str()))], batch)?;
         Ok(record)
     }
 }

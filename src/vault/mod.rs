@@ -247,24 +247,16 @@ impl Vault {
         self.audit.healthy()
     }
 
-    fn draft(
-        &self,
-        ctx: &Ctx,
-        action: Action,
-        subject: Option<&str>,
-        purpose: Option<&str>,
-        fields: Vec<String>,
-        decision: Decision,
-        reason: String,
-    ) -> Draft {
+    /// An allowed-entry draft for `action` by `ctx`; add purpose, fields or `deny()` to it.
+    fn draft(&self, ctx: &Ctx, action: Action, subject: Option<&str>, reason: impl Into<String>) -> Draft {
         Draft {
             caller: ctx.caller.name.to_string(),
             action: action.as_str(),
             subject: subject.map(str::to_owned),
-            purpose: purpose.map(str::to_owned),
-            fields,
-            decision,
-            reason,
+            purpose: None,
+            fields: Vec::new(),
+            decision: Decision::Allow,
+            reason: reason.into(),
             request_id: ctx.request_id.as_str().to_owned(),
         }
     }
@@ -285,7 +277,7 @@ impl Vault {
             VaultError::NotFound(_) => "unknown subject".to_string(),
             e => e.to_string(),
         };
-        match self.audit.record(self.draft(ctx, action, subject, purpose, fields, Decision::Deny, reason)) {
+        match self.audit.record(self.draft(ctx, action, subject, reason).purpose(purpose).fields(fields).deny()) {
             Ok(_) => err,
             Err(e) => e.into(),
         }

@@ -159,7 +159,7 @@ impl Vault {
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let missing_mandatory = self.missing_mandatory(s, &names)?;
         let reason = if created { "subject created" } else { "fields written" };
-        self.audit.commit(vec![self.draft(ctx, action, Some(s), None, names, Decision::Allow, reason.into())], batch)?;
+        self.audit.commit(vec![self.draft(ctx, action, Some(s), reason).fields(names)], batch)?;
         if created {
             self.cache.insert(s, dek);
         }
@@ -239,7 +239,7 @@ impl Vault {
         meta.updated_at = self.clock.now().unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let reason = format!("DEK rotated to version {}", meta.dek_version);
-        self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), None, vec![], Decision::Allow, reason)], batch)?;
+        self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), reason)], batch)?;
         self.cache.purge(s);
         self.cache.insert(s, dek);
         Ok(meta.dek_version.0)
@@ -347,7 +347,7 @@ impl Vault {
         };
         let values = self.decrypt(s, &meta, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
-        self.audit.record(self.draft(ctx, Action::Read, Some(s), p, names, Decision::Allow, grant.basis))?;
+        self.audit.record(self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names))?;
         Ok(values)
     }
 
@@ -407,7 +407,7 @@ impl Vault {
         let mut batch = Batch::default();
         batch.put(Space::Disclosures, key, serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);
-        self.audit.commit(vec![self.draft(ctx, Action::Disclose, Some(s), p, record.fields.clone(), Decision::Allow, reason)], batch)?;
+        self.audit.commit(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
         Ok((record, values))
     }
 
@@ -434,7 +434,7 @@ impl Vault {
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(s, &[])?;
-        self.audit.record(self.draft(ctx, Action::Export, Some(s), None, names, Decision::Allow, "data subject access".into()))?;
+        self.audit.record(self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names))?;
         Ok(Export {
             subject: s.to_owned(),
             version: meta.version,
@@ -522,16 +522,8 @@ impl Vault {
                 batch.put(Space::Subjects, s.as_bytes().to_vec(), m.encode());
             }
             removed += names.len();
-            let draft = self.draft(
-                &ctx,
-                Action::Rectify,
-                Some(&s),
-                None,
-                names.into_iter().collect(),
-                Decision::Allow,
-                "retention period passed".into(),
-            );
-            let draft = audit::Draft { action: "retention.expire", ..draft };
+            let draft = self.draft(&ctx, Action::Rectify, Some(&s), "retention period passed").fields(names.into_iter().collect());
+            let draft = draft.named("retention.expire");
             self.audit.commit(vec![draft], batch)?;
         }
         Ok(removed)
