@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{process_env, Config, DevSetup};
@@ -43,6 +45,28 @@ pub enum Command {
     /// Callers (API clients).
     #[command(subcommand)]
     Callers(CallersCmd),
+    /// Backups that never contain the root key, and restores that replay erasures.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Consistent backup of the data directory into DIR (a new folder). Works while the vault
+    /// runs (through its local admin socket) and offline.
+    Create {
+        /// The new backup folder.
+        dir: PathBuf,
+    },
+    /// Restore DIR into DATA_DIR (offline), then replay every erasure recorded since the
+    /// backup was taken (from the erasure journal and the configured live data directory).
+    Restore {
+        /// The backup folder.
+        dir: PathBuf,
+        /// Where to restore (must not exist, or be empty).
+        #[arg(long = "to", value_name = "DATA_DIR")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,7 +195,70 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Callers(CallersCmd::Add { name, roles, purposes }) => add_caller(&cli.config, &name, &roles, &purposes),
+        Command::Backup(BackupCmd::Create { dir }) => backup_create(&cli.config, &dir),
+        Command::Backup(BackupCmd::Restore { dir, to }) => backup_restore(&cli.config, &dir, &to),
     }
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(p).map_err(|e| Failure(2, format!("{}: {e}", p.display())))
+}
+
+fn backup_create(config: &Option<PathBuf>, dir: &std::path::Path) -> Result<ExitCode, Failure> {
+    let (config, _) = load_config(config)?;
+    let dir = absolute(dir)?;
+    let manifest = match Store::open(&config.data_dir) {
+        Ok(store) => {
+            drop(store);
+            let vault = open_vault_offline(&config)?;
+            let m = vault.create_backup(&cli_ctx(), &dir).map_err(|e| Failure(4, e.to_string()))?;
+            vault.close();
+            serde_json::to_string(&m).unwrap_or_default()
+        }
+        Err(StoreError::Locked(_)) => {
+            // The vault is running: ask it, through its local admin socket.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;
+            let request = server::admin::Request::Backup { dir: dir.clone() };
+            let answer = runtime.block_on(server::admin::call(&config.data_dir, &request)).map_err(|e| {
+                Failure(
+                    4,
+                    format!(
+                        "the vault is running but its admin socket {} does not answer: {e}",
+                        server::admin::socket_path(&config.data_dir).display()
+                    ),
+                )
+            })?;
+            if !answer.ok {
+                return Err(Failure(4, answer.message));
+            }
+            answer.message
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("backup written to {} (no root key inside): {manifest}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup_restore(config: &Option<PathBuf>, dir: &std::path::Path, to: &std::path::Path) -> Result<ExitCode, Failure> {
+    use crate::vault::backup;
+    let (config, _) = load_config(config)?;
+    let to = absolute(to)?;
+    let root = config.root_key.load().map_err(|e| Failure(4, e.to_string()))?;
+    let live = (absolute(&config.data_dir)? != to).then_some(config.data_dir.as_path());
+    let entries = backup::erasures_to_replay(&config.erasure_journal, live).map_err(|e| Failure(4, e.to_string()))?;
+    let (manifest, files) = backup::copy_backup(dir, &to).map_err(|e| Failure(4, e.to_string()))?;
+    let mut settings = config.vault_settings();
+    settings.data_dir = to.clone();
+    let vault =
+        Vault::open(settings, root, Arc::new(crate::domain::SystemClock), Default::default()).map_err(|e| Failure(4, e.to_string()))?;
+    let replayed = vault.replay_erasures(&entries).map_err(|e| Failure(4, e.to_string()))?;
+    vault.close();
+    println!(
+        "restored {files} files from the backup of {} into {}; replayed {replayed} erasure(s) recorded since",
+        manifest.created_at,
+        to.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The caller the CLI acts as: the local operator, with the security role.

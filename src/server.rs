@@ -82,11 +82,120 @@ impl Application {
     /// audit log.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_every));
+        let admin = admin::listen(self.vault.clone())?;
         let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
+        admin.stop();
         let vault = self.vault;
         let _ = tokio::task::spawn_blocking(move || vault.close()).await;
         served
+    }
+}
+
+/// The local admin socket, `<data_dir>/admin.sock` (mode 0600): lets `qoima backup create` take
+/// an online backup of a running vault. Reaching it takes the vault user's own file access,
+/// which already reads the data directory, so it grants nothing new; callers are audited by uid.
+pub mod admin {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Serialize};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{UnixListener, UnixStream};
+
+    use crate::domain::{CallerName, RequestId, Role};
+    use crate::policy::Caller;
+    use crate::vault::{Ctx, Vault};
+
+    /// Where the socket of the vault on `data_dir` listens.
+    pub fn socket_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("admin.sock")
+    }
+
+    /// A request on the admin socket (one JSON line).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "op", rename_all = "snake_case")]
+    pub enum Request {
+        Backup { dir: PathBuf },
+    }
+
+    /// The answer (one JSON line).
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Response {
+        pub ok: bool,
+        pub message: String,
+    }
+
+    pub struct Handle {
+        task: tokio::task::JoinHandle<()>,
+        path: PathBuf,
+    }
+
+    impl Handle {
+        pub fn stop(self) {
+            self.task.abort();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    pub fn listen(vault: Arc<Vault>) -> std::io::Result<Handle> {
+        let path = socket_path(&vault.settings().data_dir);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, vault.clone()));
+            }
+        });
+        Ok(Handle { task, path })
+    }
+
+    async fn serve(stream: UnixStream, vault: Arc<Vault>) {
+        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(64 * 1024);
+        let response = match reader.read_line(&mut line).await {
+            Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Backup { dir }) => {
+                    let ctx = Ctx {
+                        caller: Caller {
+                            name: CallerName::parse(&format!("local.uid{uid}")).expect("valid name"),
+                            roles: [Role::Security].into(),
+                            purposes: Default::default(),
+                        },
+                        request_id: RequestId::generate(),
+                    };
+                    match tokio::task::spawn_blocking(move || vault.create_backup(&ctx, &dir)).await {
+                        Ok(Ok(m)) => Response { ok: true, message: serde_json::to_string(&m).unwrap_or_default() },
+                        Ok(Err(e)) => Response { ok: false, message: e.to_string() },
+                        Err(e) => Response { ok: false, message: format!("backup task failed: {e}") },
+                    }
+                }
+                Err(e) => Response { ok: false, message: format!("bad request: {e}") },
+            },
+            Err(e) => Response { ok: false, message: format!("cannot read request: {e}") },
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        out.push(b'\n');
+        let _ = write.write_all(&out).await;
+    }
+
+    /// Sends one request to the vault on `data_dir` and waits for its answer.
+    pub async fn call(data_dir: &Path, request: &Request) -> std::io::Result<Response> {
+        let stream = UnixStream::connect(socket_path(data_dir)).await?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        write.write_all(&line).await?;
+        let mut answer = String::new();
+        BufReader::new(read).read_line(&mut answer).await?;
+        serde_json::from_str(&answer).map_err(std::io::Error::other)
     }
 }
 

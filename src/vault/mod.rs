@@ -11,6 +11,7 @@
 //! - Nothing here logs a value, a token or key bytes.
 
 mod admin;
+pub mod backup;
 mod cache;
 pub mod codec;
 mod erasure;

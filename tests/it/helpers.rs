@@ -87,7 +87,7 @@ pub async fn spawn_with(extra: &str, clock: Option<ManualClock>) -> TestApp {
     start(dir, config, clock).await
 }
 
-async fn start(dir: TempDir, config: Config, clock: Option<ManualClock>) -> TestApp {
+pub async fn start(dir: TempDir, config: Config, clock: Option<ManualClock>) -> TestApp {
     let faults = Arc::new(FaultSwitch::default());
     let c: Arc<dyn Clock> = match &clock {
         Some(m) => Arc::new(m.clone()),
@@ -255,8 +255,29 @@ pub fn wrapped_dek(vault: &Vault, subject: &str) -> Vec<u8> {
     qoima::vault::codec::SubjectMeta::decode(&raw).unwrap().wrapped_dek.0
 }
 
-pub fn now() -> time::OffsetDateTime {
-    SystemClock.now()
+/// Runs the `qoima` binary with `args`; returns (success, stdout + stderr).
+pub fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qoima")).args(args).output().expect("qoima runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// [`cli`] off the async runtime's thread, for commands that talk to the running test vault.
+pub async fn cli_async(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
+}
+
+/// How many keys of a subject remain in a space.
+pub fn keys_of(vault: &Vault, space: qoima::store::Space, subject: &str) -> usize {
+    let mut n = 0;
+    vault
+        .store()
+        .scan_prefix(space, &qoima::store::subject_prefix(subject), |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
 }
 
 /// Sends raw bytes over TCP and returns the response status code.

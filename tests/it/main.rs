@@ -6,4 +6,6 @@ mod helpers;
 mod api_contract;
 mod audit_trail;
 mod authz_matrix;
+mod backups;
+mod rights;
 mod storage;
