@@ -290,3 +290,8 @@ pub async fn raw_http(app: &TestApp, request: &str) -> u16 {
     let text = String::from_utf8_lossy(&buf);
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
+
+/// The real time, once, to start a manual clock from.
+pub fn now() -> time::OffsetDateTime {
+    SystemClock.now()
+}

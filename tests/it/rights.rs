@@ -245,7 +245,7 @@ async fn disclosures_need_their_basis_and_are_recorded() {
 
 #[tokio::test]
 async fn technical_data_expires_after_its_retention() {
-    let clock = qoima::domain::ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock = qoima::domain::ManualClock::new(now());
     let app = spawn_with("", Some(clock)).await;
     app.put_fields("t-1", application("RETAIN")).await;
     app.advance(time::Duration::days(30));
