@@ -22,6 +22,18 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(id.clone());
     let mut res = next.run(req).await;
+    // Errors produced by middleware (timeouts, limits) come without a body: give them one.
+    if (res.status().is_client_error() || res.status().is_server_error()) && !res.headers().contains_key(header::CONTENT_TYPE) {
+        let slug = match res.status() {
+            StatusCode::REQUEST_TIMEOUT => "request-timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_server_error() => "internal",
+            _ => "invalid-request",
+        };
+        let detail = res.status().canonical_reason().unwrap_or("error").to_string();
+        res = axum::response::IntoResponse::into_response(ApiError::new(res.status(), slug, detail));
+    }
     let h = res.headers_mut();
     // A RequestId holds only [A-Za-z0-9._:-], always a valid header value.
     h.insert("x-request-id", HeaderValue::from_str(id.as_str()).expect("plain request id"));

@@ -235,7 +235,16 @@ fn db_options() -> Options {
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+        if !path.exists() {
+            std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+            // Only the vault's user reads its data directory.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
+            }
+        }
         let cache = Cache::new_lru_cache(64 << 20);
         let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {

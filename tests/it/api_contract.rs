@@ -230,3 +230,31 @@ async fn consents_and_contracts_through_their_lifecycle() {
     assert_problem(&app.set_contract("k-1", "L-1", "open").await, StatusCode::BAD_REQUEST);
     assert_problem(&app.set_contract("k-1", "L-9", "settled").await, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with("[limits]\nrequest_timeout_secs = 1\n", None).await;
+    let mut s = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PUT /v1/subjects/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"fie",
+        token("svc-all")
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await.expect("answered in time").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json") && text.contains("request-timeout"), "{text}");
+    assert_eq!(app.read("slow", "svc-all", "loan_issuance").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    let mode = std::fs::metadata(app.data_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let journal = std::fs::metadata(&app.config.erasure_journal).unwrap().permissions().mode() & 0o777;
+    assert_eq!(journal, 0o600);
+}

@@ -7,5 +7,6 @@ mod api_contract;
 mod audit_trail;
 mod authz_matrix;
 mod backups;
+mod docs;
 mod rights;
 mod storage;
