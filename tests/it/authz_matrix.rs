@@ -15,7 +15,7 @@ const STATES: [&str; 7] = ["application", "open", "breached", "settled", "ad-con
 fn purpose_fields(purpose: &str) -> BTreeSet<&'static str> {
     let identity = ["identity.full_name", "identity.iin", "identity.birth_date", "identity.phone", "identity.email", "identity.address"];
     let questionnaire = ["questionnaire.employer", "questionnaire.monthly_income", "questionnaire.dependants"];
-    let contract = ["contract.offer_id", "contract.amount"];
+    let contract = ["contract.offer_id", "contract.amount", "contract.offer_sent_at"];
     match purpose {
         "loan_issuance" => identity.iter().chain(&questionnaire).chain(&contract).copied().collect(),
         "loan_monitoring" => {

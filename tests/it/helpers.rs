@@ -225,7 +225,9 @@ pub fn application(marker: &str) -> Value {
         "questionnaire.dependants": 2,
         "contract.offer_id": "OF-1",
         "contract.amount": 150000,
+        "contract.offer_sent_at": "2026-11-01T09:30:00+05:00",
         "technical.ip": "203.0.113.7",
+        "technical.access_time": "2026-11-01T09:29:58Z",
     })
 }
 

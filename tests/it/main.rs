@@ -7,6 +7,7 @@ mod api_contract;
 mod audit_trail;
 mod authz_matrix;
 mod backups;
+mod binary;
 mod docs;
 mod rights;
 mod storage;

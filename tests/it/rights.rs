@@ -252,12 +252,13 @@ async fn technical_data_expires_after_its_retention() {
     app.put_fields("t-2", json!({"identity.full_name": "T2", "technical.ip": "198.51.100.1", "technical.user_agent": "curl"})).await;
     assert_eq!(app.vault.sweep_expired().unwrap(), 0, "nothing is due yet");
     app.advance(time::Duration::days(61));
-    // t-1's IP (written 91 days ago) is due; t-2's fields (61 days) are not.
-    assert_eq!(app.vault.sweep_expired().unwrap(), 1);
+    // t-1's technical fields (written 91 days ago) are due; t-2's (61 days) are not.
+    assert_eq!(app.vault.sweep_expired().unwrap(), 2);
     let r = app.read("t-1", "svc-all", "loan_issuance").await;
     assert_eq!(r.status, StatusCode::OK);
     let export = app.get("/v1/subjects/t-1/export", "website").await;
     assert!(export.body["fields"].get("technical.ip").is_none());
+    assert!(export.body["fields"].get("technical.access_time").is_none());
     assert_eq!(export.body["fields"]["identity.full_name"], "Aigerim RETAIN");
     // A rewrite resets the clock for that field.
     app.put_fields("t-2", json!({"technical.ip": "198.51.100.2"})).await;

@@ -1,0 +1,98 @@
+//! The `qoima` binary itself: the README's first command starts a vault that answers
+//! /healthz on the embedded default, and SIGTERM/SIGINT shut it down cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Starts `qoima serve` in `cwd`; returns the child, its address and everything it printed
+/// on stderr up to "listening".
+fn serve(cwd: &std::path::Path) -> (Child, String, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
+        .arg("serve")
+        .current_dir(cwd)
+        .env("QOIMA_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the vault starts");
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(addr) = line.strip_prefix("qoima: listening on ") {
+            return (child, addr.to_string(), printed, rx);
+        }
+    }
+}
+
+fn stop(mut child: Child, signal: i32) -> std::process::ExitStatus {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("the vault did not stop within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_starts_answers_and_stops_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, addr, printed, _rx) = serve(cwd.path());
+    assert!(printed.contains("WARNING: DEVELOPMENT MODE"), "{printed}");
+    let tokens: Vec<&str> = printed.split_whitespace().filter(|w| w.starts_with("qv1_")).collect();
+    assert_eq!(tokens.len(), 4, "{printed}");
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{addr}/healthz")).send().await.unwrap().status(), 200);
+    // The service token works; the data lands under ./data; the key is outside it, 0600.
+    let r = client
+        .put(format!("{addr}/v1/subjects/first"))
+        .bearer_auth(tokens[0])
+        .json(&serde_json::json!({"fields": {"identity.full_name": "First"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = cwd.path().join(".qoima-dev/root.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(cwd.path().join("data/CURRENT").exists());
+    assert!(tokens.iter().all(|t| crate::helpers::files_containing(cwd.path(), t.as_bytes()).is_empty()), "a token reached the disk");
+    assert!(stop(child, libc::SIGTERM).success());
+
+    // A second start prints no tokens, keeps the data, and stops on SIGINT.
+    let (child, addr, printed, _rx) = serve(cwd.path());
+    assert!(!printed.contains("qv1_"), "tokens are shown once: {printed}");
+    let r = client.get(format!("{addr}/v1/subjects/first?purpose=loan_issuance")).bearer_auth(tokens[0]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(stop(child, libc::SIGINT).success());
+}
+
+#[test]
+fn config_check_names_the_line_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "data_dir = \"/tmp/x\"\n[root_key]\nfile = \"/etc/k\"\n[[callers]]\nname = \"a\"\ntoken_sha256 = \"00\"\nroles = [\"service\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:6:") && err.contains("64 hex"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
