@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand};
 use crate::config::{process_env, Config, DevSetup};
 use crate::domain::{CallerName, RequestId, Role};
 use crate::policy::Caller;
-use crate::server::{self, Application, Options};
+use crate::server::{self, admin, Application, Options};
 use crate::store::{Store, StoreError};
+use crate::vault::KekInfo;
 use crate::vault::{Ctx, Vault};
 
 #[derive(Parser, Debug)]
@@ -84,9 +85,23 @@ pub enum AuditCmd {
 pub enum KeysCmd {
     /// Every KEK generation: state, times, DEKs wrapped.
     Status,
-    /// Create and activate a new KEK generation (offline; use POST /v1/keys/rotate on a
-    /// running vault).
+    /// Create and activate a new KEK generation.
     Rotate,
+    /// Move every subject DEK onto the active generation, with a progress bar; resumes an
+    /// interrupted rewrap.
+    Rewrap,
+    /// Destroy a KEK generation that is not active and wraps no DEK.
+    Destroy {
+        /// The generation number.
+        generation: u32,
+    },
+    /// Rewrap every KEK generation under a new root key (offline). Afterwards point
+    /// root_key.file at the new key; the old one is no longer needed.
+    RotateRoot {
+        /// The new root key file (64 hex characters, mode 0600 or 0400).
+        #[arg(long = "new-root-key", value_name = "FILE")]
+        new_root_key: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,10 +191,35 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Keys(KeysCmd::Rotate) => {
             let (config, _) = load_config(&cli.config)?;
-            let vault = open_vault_offline(&config)?;
-            let info = vault.rotate_kek(&cli_ctx()).map_err(|e| Failure(4, e.to_string()))?;
-            vault.close();
-            println!("KEK generation {} created and active; run a rewrap to move existing DEKs onto it", info.generation);
+            let info: KekInfo = match target(&config)? {
+                Target::Offline(v) => finish(&v, v.rotate_kek(&cli_ctx()))?,
+                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Rotate)?)?,
+            };
+            println!("KEK generation {} created and active; run `qoima keys rewrap` to move existing DEKs onto it", info.generation);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::Rewrap) => rewrap(&cli.config),
+        Command::Keys(KeysCmd::Destroy { generation }) => {
+            let (config, _) = load_config(&cli.config)?;
+            let _: KekInfo = match target(&config)? {
+                Target::Offline(v) => finish(&v, v.destroy_generation(&cli_ctx(), generation))?,
+                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Destroy { generation })?)?,
+            };
+            println!("KEK generation {generation} destroyed: its key bytes are gone from the store and the keyring escrow");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::RotateRoot { new_root_key }) => {
+            let (config, _) = load_config(&cli.config)?;
+            let new_root = qoima_keys::RootKeySource::File(new_root_key.clone()).load().map_err(|e| Failure(3, e.to_string()))?;
+            let Target::Offline(v) = target(&config)? else {
+                return Err(Failure(4, "the vault is running: root-key rotation is offline; stop it first".into()));
+            };
+            let n = finish(&v, v.rotate_root(&cli_ctx(), &new_root))?;
+            println!(
+                "{n} KEK generation(s) now wrapped by root key {:08x}; set root_key.file = \"{}\" and restart; the old root key is no longer needed",
+                new_root.id(),
+                new_root_key.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {
@@ -207,35 +247,101 @@ fn absolute(p: &std::path::Path) -> Result<PathBuf, Failure> {
 fn backup_create(config: &Option<PathBuf>, dir: &std::path::Path) -> Result<ExitCode, Failure> {
     let (config, _) = load_config(config)?;
     let dir = absolute(dir)?;
-    let manifest = match Store::open(&config.data_dir) {
+    let manifest: crate::vault::backup::Manifest = match target(&config)? {
+        Target::Offline(v) => finish(&v, v.create_backup(&cli_ctx(), &dir))?,
+        Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Backup { dir: dir.clone() })?)?,
+    };
+    println!(
+        "backup written to {} (audit position {}; no root key and no KEKs inside: a restore takes them from the live store or the keyring escrow)",
+        dir.display(),
+        manifest.audit_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a key or backup command runs: in this process on a stopped vault, or in the running
+/// vault through its admin socket.
+enum Target {
+    Offline(Vault),
+    Online(tokio::runtime::Runtime),
+}
+
+fn target(config: &Config) -> Result<Target, Failure> {
+    match Store::open(&config.data_dir) {
         Ok(store) => {
             drop(store);
-            let vault = open_vault_offline(&config)?;
-            let m = vault.create_backup(&cli_ctx(), &dir).map_err(|e| Failure(4, e.to_string()))?;
-            vault.close();
-            serde_json::to_string(&m).unwrap_or_default()
+            Ok(Target::Offline(open_vault_offline(config)?))
         }
         Err(StoreError::Locked(_)) => {
-            // The vault is running: ask it, through its local admin socket.
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;
-            let request = server::admin::Request::Backup { dir: dir.clone() };
-            let answer = runtime.block_on(server::admin::call(&config.data_dir, &request)).map_err(|e| {
-                Failure(
-                    4,
-                    format!(
-                        "the vault is running but its admin socket {} does not answer: {e}",
-                        server::admin::socket_path(&config.data_dir).display()
-                    ),
-                )
-            })?;
-            if !answer.ok {
-                return Err(Failure(4, answer.message));
-            }
-            answer.message
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;
+            Ok(Target::Online(rt))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Closes an offline vault after one operation.
+fn finish<T>(vault: &Vault, result: Result<T, crate::vault::VaultError>) -> Result<T, Failure> {
+    vault.close();
+    result.map_err(|e| Failure(4, e.to_string()))
+}
+
+fn ask(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) -> Result<String, Failure> {
+    let answer = rt.block_on(admin::call(&config.data_dir, request)).map_err(|e| {
+        Failure(
+            4,
+            format!("the vault is running but its admin socket {} does not answer: {e}", admin::socket_path(&config.data_dir).display()),
+        )
+    })?;
+    if answer.ok {
+        Ok(answer.message)
+    } else {
+        Err(Failure(4, answer.message))
+    }
+}
+
+fn parse_answer<T: serde::de::DeserializeOwned>(text: String) -> Result<T, Failure> {
+    serde_json::from_str(&text).map_err(|e| Failure(4, format!("unexpected answer from the vault: {e}")))
+}
+
+fn rewrap(config: &Option<PathBuf>) -> Result<ExitCode, Failure> {
+    use crate::vault::rewrap::{RewrapJob, RewrapState};
+    let (config, _) = load_config(config)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("rewrap to generation {msg} [{bar:40}] {pos}/{len} DEKs, {per_sec}, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let show = |job: &RewrapJob| {
+        bar.set_message(job.target.to_string());
+        bar.set_length(job.total);
+        bar.set_position(job.done);
     };
-    println!("backup written to {} (no root key inside): {manifest}", dir.display());
+    let job: RewrapJob = match target(&config)? {
+        Target::Offline(v) => {
+            let r = v.run_rewrap(&cli_ctx(), show);
+            finish(&v, r)?
+        }
+        Target::Online(rt) => {
+            let mut p: crate::vault::rewrap::RewrapJob = parse_answer(ask(&rt, &config, &admin::Request::RewrapStart)?)?;
+            while p.state == RewrapState::Running {
+                show(&p);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                p = parse_answer(ask(&rt, &config, &admin::Request::RewrapProgress)?)?;
+            }
+            show(&p);
+            p
+        }
+    };
+    bar.finish_and_clear();
+    println!(
+        "rewrap to generation {} {}: {} of {} DEKs moved",
+        job.target,
+        if job.state == RewrapState::Complete { "complete" } else { "stopped" },
+        job.done,
+        job.total
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,6 +353,7 @@ fn backup_restore(config: &Option<PathBuf>, dir: &std::path::Path, to: &std::pat
     let live = (absolute(&config.data_dir)? != to).then_some(config.data_dir.as_path());
     let entries = backup::erasures_to_replay(&config.erasure_journal, live).map_err(|e| Failure(4, e.to_string()))?;
     let (manifest, files) = backup::copy_backup(dir, &to).map_err(|e| Failure(4, e.to_string()))?;
+    let unreadable = backup::install_keyring(&to, live, &config.keyring_escrow).map_err(|e| Failure(4, e.to_string()))?;
     let mut settings = config.vault_settings();
     settings.data_dir = to.clone();
     let vault =
@@ -258,6 +365,9 @@ fn backup_restore(config: &Option<PathBuf>, dir: &std::path::Path, to: &std::pat
         manifest.created_at,
         to.display()
     );
+    if unreadable > 0 {
+        println!("{unreadable} subject(s) in the backup have DEKs under destroyed KEK generations: unreadable for good");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,7 +14,7 @@ use crate::auth::{token_digest, CallerEntry, Callers};
 use crate::domain::{random_hex, CallerName, Purpose, Role};
 use crate::policy::{Caller, PurposeDef, Purposes};
 use crate::schema::{Category, Schema};
-use crate::vault::{default_journal_path, Settings};
+use crate::vault::{default_journal_path, sibling, Settings};
 
 /// The listen address when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
@@ -30,6 +30,7 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     erasure_journal: Option<PathBuf>,
+    keyring_escrow: Option<PathBuf>,
     policy_version: Option<String>,
     root_key: Option<Spanned<RawRootKey>>,
     #[serde(default)]
@@ -93,11 +94,22 @@ pub struct KeySettings {
     pub rotation_days: u32,
     /// How long backups are kept; a retired generation is destroyed no earlier than this.
     pub backup_retention_days: u32,
+    /// Subjects per rewrap batch (locks are held for one batch).
+    pub rewrap_batch: usize,
+    /// Pause between rewrap batches, to bound the job's load on a busy vault.
+    pub rewrap_pause_ms: u64,
 }
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { dek_seal_limit: 1 << 32, dek_cache_capacity: 100_000, rotation_days: 90, backup_retention_days: 30 }
+        Self {
+            dek_seal_limit: 1 << 32,
+            dek_cache_capacity: 100_000,
+            rotation_days: 90,
+            backup_retention_days: 30,
+            rewrap_batch: 256,
+            rewrap_pause_ms: 0,
+        }
     }
 }
 
@@ -121,6 +133,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub erasure_journal: PathBuf,
+    pub keyring_escrow: PathBuf,
     pub root_key: RootKeySource,
     pub callers: Callers,
     pub policy_version: String,
@@ -173,6 +186,12 @@ impl Config {
             .map(resolve)
             .ok_or_else(|| ConfigError(format!("{name}: data_dir is required")))?;
         let erasure_journal = raw.erasure_journal.map(resolve).unwrap_or_else(|| default_journal_path(&data_dir));
+        let keyring_escrow = raw.keyring_escrow.map(resolve).unwrap_or_else(|| sibling(&data_dir, "-keyring.json"));
+        for (what, p) in [("erasure_journal", &erasure_journal), ("keyring_escrow", &keyring_escrow)] {
+            if p.starts_with(&data_dir) {
+                return Err(ConfigError(format!("{name}: {what} must not live inside data_dir (a restore replaces data_dir)")));
+            }
+        }
 
         let root_key = match (env("QOIMA_ROOT_KEY_FILE"), raw.root_key) {
             (Some(f), _) => RootKeySource::File(PathBuf::from(f)),
@@ -273,6 +292,9 @@ impl Config {
         if raw.limits.max_body_bytes < 1024 || raw.limits.max_concurrent_requests == 0 || raw.limits.request_timeout_secs == 0 {
             return Err(ConfigError(format!("{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)")));
         }
+        if raw.keys.rewrap_batch == 0 || raw.keys.rewrap_batch > 100_000 {
+            return Err(ConfigError(format!("{name}: keys.rewrap_batch must be between 1 and 100000")));
+        }
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
             return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
@@ -280,6 +302,7 @@ impl Config {
             listen,
             data_dir,
             erasure_journal,
+            keyring_escrow,
             root_key,
             callers: Callers::new(entries),
             policy_version,
@@ -297,6 +320,7 @@ impl Config {
         Settings {
             data_dir: self.data_dir.clone(),
             erasure_journal: self.erasure_journal.clone(),
+            keyring_escrow: self.keyring_escrow.clone(),
             schema: self.schema.clone(),
             purposes: self.purposes.clone(),
             policy_version: self.policy_version.clone(),
@@ -304,6 +328,8 @@ impl Config {
             dek_cache_capacity: self.keys.dek_cache_capacity,
             key_rotation_days: self.keys.rotation_days,
             backup_retention_days: self.keys.backup_retention_days,
+            rewrap_batch: self.keys.rewrap_batch,
+            rewrap_pause_ms: self.keys.rewrap_pause_ms,
         }
     }
 

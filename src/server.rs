@@ -60,6 +60,10 @@ impl Application {
             .await
             .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
         let vault = Arc::new(vault);
+        let v = vault.clone();
+        tokio::task::spawn_blocking(move || v.resume_jobs())
+            .await
+            .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let state = AppState { vault: vault.clone(), callers: Arc::new(config.callers.clone()) };
         let router = api::router(state, &config.limits);
@@ -92,8 +96,8 @@ impl Application {
     }
 }
 
-/// The local admin socket, `<data_dir>/admin.sock` (mode 0600): lets `qoima backup create` take
-/// an online backup of a running vault. Reaching it takes the vault user's own file access,
+/// The local admin socket, `<data_dir>/admin.sock` (mode 0600): lets the CLI take backups and
+/// run key operations (rotate, rewrap, destroy) on a running vault. Reaching it takes the vault user's own file access,
 /// which already reads the data directory, so it grants nothing new; callers are audited by uid.
 pub mod admin {
     use std::path::{Path, PathBuf};
@@ -117,6 +121,10 @@ pub mod admin {
     #[serde(tag = "op", rename_all = "snake_case")]
     pub enum Request {
         Backup { dir: PathBuf },
+        Rotate,
+        RewrapStart,
+        RewrapProgress,
+        Destroy { generation: u32 },
     }
 
     /// The answer (one JSON line).
@@ -162,7 +170,7 @@ pub mod admin {
         let mut reader = BufReader::new(read).take(64 * 1024);
         let response = match reader.read_line(&mut line).await {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Backup { dir }) => {
+                Ok(request) => {
                     let ctx = Ctx {
                         caller: Caller {
                             name: CallerName::parse(&format!("local.uid{uid}")).expect("valid name"),
@@ -171,10 +179,21 @@ pub mod admin {
                         },
                         request_id: RequestId::generate(),
                     };
-                    match tokio::task::spawn_blocking(move || vault.create_backup(&ctx, &dir)).await {
-                        Ok(Ok(m)) => Response { ok: true, message: serde_json::to_string(&m).unwrap_or_default() },
+                    let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {
+                        let text = match request {
+                            Request::Backup { dir } => serde_json::to_string(&vault.create_backup(&ctx, &dir)?),
+                            Request::Rotate => serde_json::to_string(&vault.rotate_kek(&ctx)?),
+                            Request::RewrapStart => serde_json::to_string(&vault.start_rewrap(&ctx)?),
+                            Request::RewrapProgress => serde_json::to_string(&vault.rewrap_progress(&ctx)?),
+                            Request::Destroy { generation } => serde_json::to_string(&vault.destroy_generation(&ctx, generation)?),
+                        };
+                        Ok(text.unwrap_or_default())
+                    })
+                    .await;
+                    match answer {
+                        Ok(Ok(message)) => Response { ok: true, message },
                         Ok(Err(e)) => Response { ok: false, message: e.to_string() },
-                        Err(e) => Response { ok: false, message: format!("backup task failed: {e}") },
+                        Err(e) => Response { ok: false, message: format!("task failed: {e}") },
                     }
                 }
                 Err(e) => Response { ok: false, message: format!("bad request: {e}") },

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::error::{ApiError, Problem};
-use super::extract::{run, ApiQuery, App, Authed};
+use super::extract::{run, ApiPath, ApiQuery, App, Authed};
 use super::wire::*;
 
 /// Every KEK generation with its state and how many DEKs it wraps (role security).
@@ -23,6 +23,39 @@ pub async fn keys(state: App, Authed(ctx): Authed) -> Result<Json<KeysResponse>,
 pub async fn rotate(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<GenerationWire>), ApiError> {
     let info = run(&state.vault, move |v| v.rotate_kek(&ctx)).await?;
     Ok((StatusCode::CREATED, Json(GenerationWire::new(info, 0))))
+}
+
+/// Start (or resume) the online rewrap of every DEK onto the active generation (role security).
+#[utoipa::path(post, path = "/v1/keys/rewrap", tag = "keys",
+    responses((status = 202, body = RewrapResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn start_rewrap(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<RewrapResponse>), ApiError> {
+    let vault = state.vault.clone();
+    let p = tokio::task::spawn_blocking(move || vault.start_rewrap(&ctx))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "rewrap task failed"))??;
+    Ok((StatusCode::ACCEPTED, Json(p.into())))
+}
+
+/// Progress of the rewrap: done/total, rate, ETA (role security).
+#[utoipa::path(get, path = "/v1/keys/rewrap", tag = "keys",
+    responses((status = 200, body = RewrapResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn rewrap_progress(state: App, Authed(ctx): Authed) -> Result<Json<RewrapResponse>, ApiError> {
+    let p = run(&state.vault, move |v| v.rewrap_progress(&ctx)).await?;
+    Ok(Json(p.into()))
+}
+
+/// Destroy a KEK generation: 409 while it is active or wraps any DEK (role security).
+#[utoipa::path(delete, path = "/v1/keys/{generation}", tag = "keys",
+    params(("generation" = u32, Path)),
+    responses((status = 204, description = "destroyed"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn destroy(state: App, Authed(ctx): Authed, ApiPath(generation): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    let g: u32 = generation.parse().map_err(|_| ApiError::bad_request("generation must be a number"))?;
+    run(&state.vault, move |v| v.destroy_generation(&ctx, g)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Audit entries (roles auditor, security).

@@ -44,7 +44,8 @@ pub struct AppState {
     paths(
         subjects::put_subject, subjects::read_subject, subjects::rectify, subjects::open_contract, subjects::update_contract,
         subjects::give_consent, subjects::withdraw_consent, subjects::disclose, subjects::export, subjects::request_erasure,
-        subjects::erasure_status, subjects::rekey, admin::keys, admin::rotate, admin::audit, admin::audit_verify,
+        subjects::erasure_status, subjects::rekey, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
+        admin::destroy, admin::audit, admin::audit_verify,
         admin::healthz, admin::readyz
     ),
     modifiers(&BearerAuth)
@@ -87,6 +88,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/v1/subjects/{id}/rekey", post(subjects::rekey))
         .route("/v1/keys", get(admin::keys))
         .route("/v1/keys/rotate", post(admin::rotate))
+        .route("/v1/keys/rewrap", post(admin::start_rewrap).get(admin::rewrap_progress))
+        .route("/v1/keys/{generation}", axum::routing::delete(admin::destroy))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/audit/verify", get(admin::audit_verify))
         .route("/healthz", get(admin::healthz))

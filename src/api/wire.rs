@@ -368,3 +368,40 @@ pub struct HealthResponse {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, String>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RewrapResponse {
+    /// `idle`, `running` or `complete`.
+    pub state: String,
+    /// The generation DEKs are moved onto.
+    pub target_generation: u32,
+    pub done: u64,
+    pub total: u64,
+    pub rate_per_s: f64,
+    pub eta_s: Option<f64>,
+    pub pass: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl From<crate::vault::rewrap::RewrapProgress> for RewrapResponse {
+    fn from(p: crate::vault::rewrap::RewrapProgress) -> Self {
+        use crate::vault::rewrap::RewrapState;
+        Self {
+            state: match p.job.state {
+                RewrapState::Idle => "idle",
+                RewrapState::Running => "running",
+                RewrapState::Complete => "complete",
+            }
+            .into(),
+            target_generation: p.job.target,
+            done: p.job.done,
+            total: p.job.total,
+            rate_per_s: p.rate_per_s,
+            eta_s: p.eta_s,
+            pass: p.job.pass,
+            started_at: p.job.started_at,
+            finished_at: p.job.finished_at,
+        }
+    }
+}

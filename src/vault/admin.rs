@@ -1,9 +1,13 @@
 //! The security team's and auditors' operations: keys and the audit trail.
 
-use super::keyring::KekInfo;
+use qoima_keys::Generation;
+
+use super::codec::SubjectMeta;
+use super::keyring::{dek_count_key, meta_key, wrapped_key, KekInfo, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::Decision;
 use crate::policy::Action;
+use crate::store::{Batch, Space};
 
 impl Vault {
     /// Every KEK generation with how many DEKs it wraps (role security).
@@ -24,6 +28,76 @@ impl Vault {
         let draft = self.draft(ctx, Action::KeysManage, None, reason);
         self.audit.commit(vec![draft.named("keys.rotate")], batch)?;
         self.keyring.install(kek, info.clone(), old);
+        self.write_escrow()?;
+        Ok(info)
+    }
+
+    /// Rewraps every live KEK generation under `new_root` (root-key rotation, offline). The
+    /// old root key is no longer needed afterwards; the next start must use the new one.
+    pub fn rotate_root(&self, ctx: &Ctx, new_root: &qoima_keys::RootKey) -> Result<usize, VaultError> {
+        self.gate(ctx, Action::KeysManage, None)?;
+        let _admin = self.keyring.admin();
+        if new_root.id() == self.keyring.root_id() {
+            return Err(VaultError::Invalid("the new root key is the current one".into()));
+        }
+        let mut batch = Batch::default();
+        let n = self.keyring.rewrap_all(new_root, &mut batch)?;
+        let reason = format!("{n} KEK generations rewrapped under root key {:08x} (was {:08x})", new_root.id(), self.keyring.root_id());
+        self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.rotate_root")], batch)?;
+        self.write_escrow()?;
+        // No live file keeps a KEK wrapped by the old root key.
+        self.store.purge_space(Space::Keyring)?;
+        Ok(n)
+    }
+
+    /// Destroys a KEK generation (role security): refused while it is active or still wraps
+    /// any DEK; otherwise its key bytes are deleted from the store and the escrow file, the
+    /// in-memory key is dropped (zeroized), and the deletion is forced down to disk.
+    pub fn destroy_generation(&self, ctx: &Ctx, generation: u32) -> Result<KekInfo, VaultError> {
+        self.gate(ctx, Action::KeysManage, None)?;
+        let _admin = self.keyring.admin();
+        let g = Generation(generation);
+        let refuse = |err: VaultError| self.refuse(ctx, Action::KeysManage, None, None, vec![], err);
+        let Some(mut info) = self.keyring.info(g) else {
+            return Err(refuse(VaultError::NotFound(format!("no KEK generation {generation}"))));
+        };
+        match info.state {
+            KekState::Destroyed => return Ok(info),
+            KekState::Active => return Err(refuse(VaultError::Conflict(format!("generation {generation} is active; rotate first")))),
+            KekState::DecryptOnly => {}
+        }
+        let counted = self.store.counter(Space::Keyring, &dek_count_key(g))?;
+        if counted > 0 {
+            let err = VaultError::Conflict(format!("generation {generation} still wraps {counted} DEKs; run a rewrap first"));
+            return Err(refuse(err));
+        }
+        // The counter says none; check every subject, since destroying is forever.
+        let mut found = 0u64;
+        let mut bad = false;
+        self.store.scan(Space::Subjects, &[], &[0xff], |_, v| {
+            match SubjectMeta::decode(v).and_then(|m| m.generation()) {
+                Ok(mg) if mg == g => found += 1,
+                Ok(_) => {}
+                Err(_) => bad = true,
+            }
+            !bad
+        })?;
+        if bad || found > 0 {
+            let err = VaultError::Conflict(format!(
+                "generation {generation} still wraps {found} DEKs (the counter said {counted}); run a rewrap first"
+            ));
+            return Err(refuse(err));
+        }
+        info.state = KekState::Destroyed;
+        info.destroyed_at = Some(self.clock.now());
+        let mut batch = Batch::default();
+        batch.delete(Space::Keyring, wrapped_key(g));
+        batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
+        let reason = format!("KEK generation {generation} destroyed");
+        self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.destroy")], batch)?;
+        self.keyring.forget(info.clone());
+        self.write_escrow()?;
+        self.store.purge_space(Space::Keyring)?;
         Ok(info)
     }
 }

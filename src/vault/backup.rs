@@ -32,6 +32,59 @@ pub struct Manifest {
     /// KEK generations it needs (destroying one makes what only it wrapped unreadable here).
     pub kek_generations: Vec<u32>,
     pub erased_subjects: usize,
+    /// Backups carry no KEKs: a restore takes them from the live store or the keyring escrow,
+    /// so destroying a generation also closes every backup that needs it.
+    pub keyring: String,
+}
+
+/// Removes every wrapped KEK from a backup copy and forces the removal into its files. The
+/// generations' records stay, so a restore knows which it needs.
+fn strip_keyring(copy: &Store) -> Result<(), StoreError> {
+    let mut b = crate::store::Batch::default();
+    copy.scan_prefix(Space::Keyring, b"kek/", |k, _| {
+        if k.ends_with(b"/wrapped") {
+            b.delete(Space::Keyring, k.to_vec());
+        }
+        true
+    })?;
+    copy.write(&b)?;
+    copy.purge_space(Space::Keyring)
+}
+
+/// Gives a restored store the KEKs it needs: from the live store at `live` when it can be
+/// opened, else from the keyring escrow file. Generations destroyed there stay destroyed here
+/// (their DEKs are unreadable for good). Returns how many subjects that leaves unreadable.
+pub fn install_keyring(restored: &Path, live: Option<&Path>, escrow: &Path) -> Result<u64, VaultError> {
+    let source = match live.filter(|d| d.join("CURRENT").exists()) {
+        Some(dir) => {
+            let store = match Store::open(dir) {
+                Ok(s) => s,
+                Err(StoreError::Locked(_)) => Store::open_read_only(dir)?,
+                Err(e) => return Err(e.into()),
+            };
+            super::keyring::Escrow::from_store(&store)?
+        }
+        None => super::keyring::Escrow::read(escrow)?,
+    };
+    let store = Store::open(restored)?;
+    let known: std::collections::BTreeSet<u32> = source.generations.iter().map(|e| e.info.generation).collect();
+    let mut unreadable = 0u64;
+    for (info, count) in super::keyring::read_infos(&store)? {
+        if !known.contains(&info.generation) {
+            return Err(VaultError::Invalid(format!(
+                "the backup needs KEK generation {}, which neither the live store nor the escrow knows",
+                info.generation
+            )));
+        }
+        let destroyed = source.generations.iter().any(|e| e.info.generation == info.generation && e.info.state == KekState::Destroyed);
+        if destroyed {
+            unreadable += count.max(0) as u64;
+        }
+    }
+    let mut b = crate::store::Batch::default();
+    source.install(&mut b)?;
+    store.write(&b)?;
+    Ok(unreadable)
 }
 
 impl Vault {
@@ -45,6 +98,7 @@ impl Vault {
         self.store().checkpoint(&dir.join(DB_DIR))?;
         // Read the position from the copy itself, so the manifest describes exactly it.
         let copy = Store::open(&dir.join(DB_DIR))?;
+        strip_keyring(&copy)?;
         let audit_seq = copy.last(Space::Audit)?.map(|(k, _)| k.try_into().map(u64::from_be_bytes).unwrap_or(0)).unwrap_or(0);
         let kek_generations = super::keyring::read_infos(&copy)?
             .into_iter()
@@ -53,7 +107,14 @@ impl Vault {
             .collect();
         let erased_subjects = erased_in(&copy)?.len();
         drop(copy);
-        let manifest = Manifest { format: 1, created_at: rfc3339(self.now()), audit_seq, kek_generations, erased_subjects };
+        let manifest = Manifest {
+            format: 1,
+            created_at: rfc3339(self.now()),
+            audit_seq,
+            kek_generations,
+            erased_subjects,
+            keyring: "not included: a restore takes KEKs from the live store or the keyring escrow".into(),
+        };
         std::fs::write(dir.join(MANIFEST), serde_json::to_vec_pretty(&manifest).expect("serialises"))
             .map_err(|e| VaultError::Unavailable(format!("cannot write the backup manifest: {e}")))?;
         self.audit.record(self.draft(

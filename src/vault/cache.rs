@@ -97,10 +97,23 @@ impl SubjectLocks {
         Self { stripes: (0..n.max(1)).map(|_| Mutex::new(())).collect() }
     }
 
-    pub fn lock(&self, subject: &str) -> MutexGuard<'_, ()> {
+    fn stripe(&self, subject: &str) -> usize {
         let mut h = DefaultHasher::new();
         subject.hash(&mut h);
-        self.stripes[(h.finish() as usize) % self.stripes.len()].lock().unwrap_or_else(|p| p.into_inner())
+        (h.finish() as usize) % self.stripes.len()
+    }
+
+    pub fn lock(&self, subject: &str) -> MutexGuard<'_, ()> {
+        self.stripes[self.stripe(subject)].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks every subject of a batch at once, in stripe order (so two batch lockers cannot
+    /// deadlock; everyone else holds one stripe at a time).
+    pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<MutexGuard<'a, ()>> {
+        let mut idx: Vec<usize> = subjects.into_iter().map(|s| self.stripe(s)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())).collect()
     }
 }
 

@@ -46,7 +46,7 @@ pub(crate) fn meta_key(g: Generation) -> Vec<u8> {
     k
 }
 
-pub(crate) fn wrapped_key(g: Generation) -> Vec<u8> {
+pub fn wrapped_key(g: Generation) -> Vec<u8> {
     let mut k = b"kek/".to_vec();
     k.extend_from_slice(&g.0.to_be_bytes());
     k.extend_from_slice(b"/wrapped");
@@ -90,6 +90,79 @@ pub fn read_infos(store: &Store) -> Result<Vec<(KekInfo, i64)>, StoreError> {
             Ok((i, n))
         })
         .collect()
+}
+
+/// The keyring escrow file: every generation's record and wrapped key (ciphertext under the
+/// root key), kept beside the data directory. Backups carry no KEKs, so a restore takes them
+/// from the live store or, if that is lost, from here; destroying a generation removes it from
+/// both, which is what makes old backups unreadable for the DEKs it wrapped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escrow {
+    pub format: u32,
+    pub generations: Vec<EscrowEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowEntry {
+    pub info: KekInfo,
+    /// Hex of the wrapped KEK; absent once destroyed.
+    pub wrapped: Option<String>,
+}
+
+impl Escrow {
+    /// The keyring as a store holds it.
+    pub fn from_store(store: &Store) -> Result<Self, StoreError> {
+        let mut generations = Vec::new();
+        for (info, _) in read_infos(store)? {
+            let wrapped = store.get(Space::Keyring, &wrapped_key(Generation(info.generation)))?.map(hex::encode);
+            generations.push(EscrowEntry { info, wrapped });
+        }
+        Ok(Self { format: 1, generations })
+    }
+
+    /// Writes it atomically (temporary file, fsync, rename), mode 0600.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        use std::io::Write;
+        let err = |e: std::io::Error| StoreError::Io(format!("cannot write keyring escrow {}: {e}", path.display()));
+        let tmp = path.with_extension("tmp");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(err)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("serialises")).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+
+    pub fn read(path: &std::path::Path) -> Result<Self, StoreError> {
+        let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("cannot read keyring escrow {}: {e}", path.display())))?;
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt { space: "keyring escrow", what: "file" })
+    }
+
+    /// Puts these generations into `batch`, replacing what a store holds for them.
+    pub fn install(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        for e in &self.generations {
+            let g = Generation(e.info.generation);
+            batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&e.info).expect("serialises"));
+            match &e.wrapped {
+                Some(h) => batch.put(
+                    Space::Keyring,
+                    wrapped_key(g),
+                    hex::decode(h).map_err(|_| StoreError::Corrupt { space: "keyring escrow", what: "wrapped key" })?,
+                ),
+                None => batch.delete(Space::Keyring, wrapped_key(g)),
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Ring {
@@ -246,6 +319,11 @@ impl Keyring {
         let g = Generation(info.generation);
         r.keks.remove(&g);
         r.infos.insert(g, info);
+    }
+
+    /// Whether `root` is the root key this keyring was opened with.
+    pub fn root_id(&self) -> u32 {
+        self.root.id()
     }
 
     /// Rewraps every live generation under `new_root` into `batch` (root-key rotation).

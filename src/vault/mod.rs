@@ -17,6 +17,7 @@ pub mod codec;
 mod erasure;
 mod facts;
 pub mod keyring;
+pub mod rewrap;
 mod subjects;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Append-only list of erasures kept outside the data directory, replayed on restore.
     pub erasure_journal: PathBuf,
+    /// Copy of the keyring (wrapped KEKs) kept outside the data directory; backups carry none.
+    pub keyring_escrow: PathBuf,
     pub schema: Schema,
     pub purposes: Purposes,
     /// The privacy policy version in force (P1); consents record the one they were given under.
@@ -57,15 +60,20 @@ pub struct Settings {
     /// erased subject's DEK becomes unreadable in old backups too.
     pub key_rotation_days: u32,
     pub backup_retention_days: u32,
+    /// Subjects per rewrap batch, and a pause between batches (to bound its load).
+    pub rewrap_batch: usize,
+    pub rewrap_pause_ms: u64,
 }
 
 impl Settings {
     /// Defaults for a data directory: the shipped schema and purposes.
     pub fn new(data_dir: PathBuf) -> Self {
         let erasure_journal = default_journal_path(&data_dir);
+        let keyring_escrow = sibling(&data_dir, "-keyring.json");
         Self {
             data_dir,
             erasure_journal,
+            keyring_escrow,
             schema: Schema::default(),
             purposes: Purposes::default(),
             policy_version: "2019-01-29".into(),
@@ -74,6 +82,8 @@ impl Settings {
             dek_cache_capacity: 100_000,
             key_rotation_days: 90,
             backup_retention_days: 30,
+            rewrap_batch: 256,
+            rewrap_pause_ms: 0,
         }
     }
 }
@@ -81,8 +91,13 @@ impl Settings {
 /// `<data_dir>-erasures.jsonl`: beside the data directory, not in it, so replacing the data
 /// directory with a backup never replaces the list of erasures made since.
 pub fn default_journal_path(data_dir: &std::path::Path) -> PathBuf {
+    sibling(data_dir, "-erasures.jsonl")
+}
+
+/// `<data_dir><suffix>`, beside the data directory.
+pub fn sibling(data_dir: &std::path::Path, suffix: &str) -> PathBuf {
     let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
-    name.push("-erasures.jsonl");
+    name.push(suffix);
     data_dir.with_file_name(name)
 }
 
@@ -178,6 +193,7 @@ pub struct Vault {
     settings: Settings,
     clock: Arc<dyn Clock>,
     journal: ErasureJournal,
+    rewrap: rewrap::RewrapRunner,
 }
 
 impl std::fmt::Debug for Vault {
@@ -213,14 +229,24 @@ impl Vault {
             settings,
             clock,
             journal,
+            rewrap: Default::default(),
         };
+        vault.write_escrow()?;
         vault.resume_erasures()?;
         Ok(vault)
     }
 
-    /// Stops the audit committer after it has written what it holds.
+    /// Stops background jobs after their current batch, then the audit committer after it has
+    /// written what it holds.
     pub fn close(&self) {
+        self.rewrap.stop();
         self.audit.shutdown();
+    }
+
+    /// Rewrites the keyring escrow file from the store.
+    fn write_escrow(&self) -> Result<(), VaultError> {
+        keyring::Escrow::from_store(&self.store)?.write(&self.settings.keyring_escrow)?;
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {

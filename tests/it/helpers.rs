@@ -297,3 +297,36 @@ pub async fn raw_http(app: &TestApp, request: &str) -> u16 {
 pub fn now() -> time::OffsetDateTime {
     SystemClock.now()
 }
+
+/// The real `qoima serve --config FILE` as a child process; returns it and its base URL.
+pub fn spawn_binary(config: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qoima"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qoima starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.strip_prefix("qoima: listening on ") {
+                    let _ = tx.send(addr.to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the vault prints its address");
+    (child, addr)
+}
+
+/// `kill -9`.
+pub fn kill_hard(child: &mut std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -9,5 +9,6 @@ mod authz_matrix;
 mod backups;
 mod binary;
 mod docs;
+mod keys;
 mod rights;
 mod storage;
