@@ -65,6 +65,7 @@ impl From<VaultError> for ApiError {
                 receipt: Some(receipt),
             },
             VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
+            e @ VaultError::KeyDestroyed { .. } => Self::new(StatusCode::GONE, "key-destroyed", e.to_string()),
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
                 Self::new(

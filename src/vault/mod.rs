@@ -139,6 +139,10 @@ pub enum VaultError {
     Erased { subject: String, receipt: String },
     #[error("{0}")]
     Conflict(String),
+    /// The KEK generation that wrapped the subject's DEK was destroyed (e.g. a subject restored
+    /// from an old backup): its data is unreadable for good.
+    #[error("the KEK generation {generation} that wrapped subject {subject}'s key was destroyed; its data is unreadable for good")]
+    KeyDestroyed { subject: String, generation: u32 },
     /// Storage or audit cannot take writes: nothing was done, nothing is returned.
     #[error("{0}")]
     Unavailable(String),
@@ -345,7 +349,11 @@ impl Vault {
         if let Some(d) = self.cache.get(subject, meta.dek_version) {
             return Ok(d);
         }
-        let kek = self.keyring.get(meta.generation()?)?;
+        let g = meta.generation()?;
+        if self.keyring.info(g).is_some_and(|i| i.state == KekState::Destroyed) {
+            return Err(VaultError::KeyDestroyed { subject: subject.to_owned(), generation: g.0 });
+        }
+        let kek = self.keyring.get(g)?;
         let dek = Arc::new(kek.unwrap_dek(subject, meta.dek_version, &meta.wrapped_dek)?);
         self.cache.insert(subject, dek.clone());
         Ok(dek)

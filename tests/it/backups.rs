@@ -87,3 +87,50 @@ async fn the_journal_alone_replays_when_the_live_store_is_lost() {
     let app = start(dir, config, None).await;
     assert_eq!(app.read("lost", "svc-all", "loan_issuance").await.status, StatusCode::GONE);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kek_destruction_closes_old_backups_even_without_the_journal() {
+    use reqwest::Method;
+    let mut app = spawn_app().await;
+    let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
+    app.put_fields("early", application("EARLYMARK")).await;
+    let old = app.dir.path().join("old-backup");
+    assert!(cli_async(&["backup", "create", old.to_str().unwrap(), "--config", &cfg]).await.0);
+    // The backup holds no KEK.
+    let wrapped_gen1 = app
+        .vault
+        .store()
+        .get(qoima::store::Space::Keyring, &qoima::vault::keyring::wrapped_key(qoima_keys::Generation(1)))
+        .unwrap()
+        .unwrap();
+    assert!(files_containing(&old, &wrapped_gen1).is_empty(), "a backup carries no wrapped KEK");
+    // The subject is erased, its generation retired, rewrapped away and destroyed.
+    app.erase("early").await;
+    app.call(Method::POST, "/v1/keys/rotate", Some("security"), None).await;
+    app.call(Method::POST, "/v1/keys/rewrap", Some("security"), None).await;
+    for _ in 0..200 {
+        if app.get("/v1/keys/rewrap", "security").await.body["state"] == "complete" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.call(Method::DELETE, "/v1/keys/1", Some("security"), None).await.status, StatusCode::NO_CONTENT);
+    app.stop().await;
+    let TestApp { dir, config, vault, .. } = app;
+    wait_for_last_handle(vault).await;
+    // Worst case: the journal and the live store are both lost; only the escrow survives.
+    std::fs::remove_file(&config.erasure_journal).unwrap();
+    std::fs::remove_dir_all(&config.data_dir).unwrap();
+    let to = config.data_dir.to_str().unwrap().to_string();
+    let (ok, out) = cli(&["backup", "restore", old.to_str().unwrap(), "--to", &to, "--config", &cfg]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("replayed 0 erasure") && out.contains("1 subject(s) in the backup have DEKs under destroyed KEK generations"),
+        "{out}"
+    );
+    let app = start(dir, config, None).await;
+    let r = app.read("early", "svc-all", "loan_issuance").await;
+    assert_eq!(r.status, StatusCode::GONE, "{:?}", r.body);
+    assert_eq!(r.body["type"], "urn:qoima:problem:key-destroyed");
+    assert!(!r.body.to_string().contains("EARLYMARK"));
+}
