@@ -10,6 +10,7 @@ mod backups;
 mod binary;
 mod crash;
 mod docs;
+mod faults;
 mod keys;
 mod rights;
 mod storage;
