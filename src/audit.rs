@@ -252,6 +252,7 @@ fn committer(
                     hash: String::new(),
                 };
                 e.hash = e.compute_hash();
+                tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {
                     batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
                 }
@@ -265,6 +266,7 @@ fn committer(
         let result = if faults.failing() { Err(StoreError::Io("injected audit write failure".into())) } else { store.write(&batch) };
         match result {
             Ok(()) => {
+                tracing::trace!(jobs = group.len(), last_seq = next.seq, ops = batch.len(), "audit group committed");
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {

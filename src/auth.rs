@@ -66,4 +66,48 @@ mod tests {
         assert!(c.authenticate("").is_none());
         assert!(c.authenticate("token-a ").is_none());
     }
+
+    /// The time to authenticate does not depend on how much of a stored digest the presented
+    /// token's digest matches. A table of 1,000 callers magnifies any early exit: 31 matching
+    /// bytes per entry against none.
+    #[test]
+    fn timing_does_not_depend_on_the_prefix_matched() {
+        let token = "qv1_timing-probe";
+        let d = token_digest(token);
+        let table = |flip: usize| {
+            Callers::new(
+                (0..1000)
+                    .map(|i| {
+                        let mut digest = d;
+                        digest[flip] ^= 0x5a;
+                        CallerEntry {
+                            caller: Caller {
+                                name: CallerName::parse(&format!("c{i}")).unwrap(),
+                                roles: [Role::Service].into(),
+                                purposes: Default::default(),
+                            },
+                            token_sha256: digest,
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let (late, early) = (table(31), table(0));
+        let time = |c: &Callers| {
+            let t = std::time::Instant::now();
+            for _ in 0..8 {
+                assert!(c.authenticate(std::hint::black_box(token)).is_none());
+            }
+            t.elapsed().as_nanos()
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..201 {
+            a.push(time(&late));
+            b.push(time(&early));
+        }
+        a.sort_unstable();
+        b.sort_unstable();
+        let ratio = a[100] as f64 / b[100] as f64;
+        assert!((0.8..1.25).contains(&ratio), "median 31-byte-prefix / 0-byte-prefix = {ratio:.3}");
+    }
 }

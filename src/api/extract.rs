@@ -21,7 +21,11 @@ use crate::vault::{Ctx, Vault, VaultError};
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(id.clone());
-    let mut res = next.run(req).await;
+    // The path holds opaque ids only; queries, headers and bodies are never logged.
+    let span = tracing::info_span!("request", request_id = %id.as_str(), method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| tracing::info!(status = res.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
     // Errors produced by middleware (timeouts, limits) come without a body: give them one.
     if (res.status().is_client_error() || res.status().is_server_error()) && !res.headers().contains_key(header::CONTENT_TYPE) {
         let slug = match res.status() {

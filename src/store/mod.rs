@@ -356,6 +356,7 @@ impl Store {
     /// the bottommost level so tombstones and the values they cover are dropped.
     pub fn purge(&self, ranges: &[(Space, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::debug!(ranges = ranges.len(), "flush and forced bottommost compaction");
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();

@@ -306,6 +306,7 @@ impl Vault {
             }
             job.done += moved;
             job.cursor = ids.last().cloned();
+            tracing::debug!(moved, done = job.done, total = job.total, target = job.target, "rewrap batch");
             batch.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
             if moved > 0 {
                 let reason = format!("{moved} DEKs rewrapped to generation {} ({} of {})", job.target, job.done, job.total);

@@ -336,6 +336,10 @@ impl Vault {
         let asked: Vec<String> = requested.iter().flatten().map(|f| f.to_string()).collect();
         let p = Some(purpose.name.as_str());
         self.gate(ctx, Action::Read, Some(s))?;
+        // A caller not granted the purpose learns nothing, not even whether the subject exists.
+        if !ctx.caller.purposes.contains(&purpose.name) {
+            return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, Denial::PurposeNotGranted(purpose.name.clone()).into()));
+        }
         let (meta, records, grant) = {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Read, subject)?;
@@ -372,6 +376,9 @@ impl Vault {
         let purpose = self.purpose("third_party_transfer")?;
         let p = Some(purpose.name.as_str());
         self.gate(ctx, Action::Disclose, Some(s))?;
+        if !ctx.caller.purposes.contains(&purpose.name) {
+            return Err(self.refuse(ctx, Action::Disclose, Some(s), p, names, Denial::PurposeNotGranted(purpose.name.clone()).into()));
+        }
         let not_allowed: Vec<String> = fields.iter().filter(|f| !purpose.allows(f)).map(|f| f.to_string()).collect();
         if !not_allowed.is_empty() {
             let d = Denial::BasisMissing {

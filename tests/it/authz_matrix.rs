@@ -150,3 +150,54 @@ async fn narrowing_never_widens() {
     let r = app.get("/v1/subjects/n-1?purpose=advertising&fields=identity.iin", "svc-marketing").await;
     assert_eq!(r.body["fields"], json!({}));
 }
+
+/// The subject-state axis: unknown, pending erasure (held by an open contract), erased.
+#[tokio::test]
+async fn subject_states_across_every_caller_and_purpose() {
+    let app = spawn_app().await;
+    prepare(&app, "st-pending", "open").await;
+    assert_eq!(app.erase("st-pending").await.body["status"], "pending");
+    prepare(&app, "st-erased", "application").await;
+    assert_eq!(app.erase("st-erased").await.body["status"], "erased");
+    for (caller, role, granted) in CALLERS {
+        for purpose in PURPOSES {
+            let may_ask = *role == "service" && granted.contains(&purpose);
+            for (subject, state_status) in [("st-unknown", StatusCode::NOT_FOUND), ("st-erased", StatusCode::GONE)] {
+                let r = app.read(subject, caller, purpose).await;
+                let want = if may_ask { state_status } else { StatusCode::FORBIDDEN };
+                assert_eq!(r.status, want, "{caller} {purpose} {subject}: {:?}", r.body);
+            }
+            // Pending erasure: the data is still held for the open loan, under the same rules.
+            let r = app.read("st-pending", caller, purpose).await;
+            let want = if may_ask && basis_holds(purpose, "open") { StatusCode::OK } else { StatusCode::FORBIDDEN };
+            assert_eq!(r.status, want, "{caller} {purpose} pending: {:?}", r.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_acts_only_as_its_own_caller() {
+    let app = spawn_app().await;
+    app.put_fields("tk", application("TOKENS")).await;
+    for (caller, _, _) in CALLERS {
+        let rid = format!("tk-{caller}");
+        app.client
+            .get(format!("{}/v1/subjects/tk?purpose=loan_issuance", app.addr))
+            .bearer_auth(token(caller))
+            .header("x-request-id", &rid)
+            .send()
+            .await
+            .unwrap();
+        // Near misses of the token are strangers.
+        let t = token(caller);
+        for variant in [t.to_uppercase(), format!("{t}x"), t[..t.len() - 1].to_string(), t.replace("test", "TEST")] {
+            let r = app.client.get(format!("{}/v1/keys", app.addr)).bearer_auth(variant).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    let audit = app.get("/v1/audit?subject=tk&limit=1000", "auditor").await;
+    for (caller, _, _) in CALLERS {
+        let e = audit.body["entries"].as_array().unwrap().iter().find(|e| e["request_id"] == format!("tk-{caller}")).expect("audited");
+        assert_eq!(e["caller"], *caller, "a token acted as another caller");
+    }
+}

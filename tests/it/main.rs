@@ -11,6 +11,7 @@ mod binary;
 mod crash;
 mod docs;
 mod faults;
+mod hygiene;
 mod keys;
 mod rights;
 mod storage;
