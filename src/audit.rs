@@ -6,7 +6,7 @@
 //! audit entry are applied together or not at all. Entries hold ids and field *names*, never
 //! values, tokens or key bytes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -138,11 +138,24 @@ impl FaultSwitch {
     }
 }
 
+/// What the committer measures, for /metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Time of each group's durable write.
+    pub commit_seconds: crate::metrics::Histogram,
+    /// Entries by action, purpose and decision.
+    pub decisions: crate::metrics::CounterFamily,
+    pub groups: AtomicU64,
+    pub entries: AtomicU64,
+    pub failures: AtomicU64,
+}
+
 /// The running audit log.
 pub struct AuditLog {
     tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<AuditStats>,
 }
 
 impl AuditLog {
@@ -151,12 +164,13 @@ impl AuditLog {
         let head = load_head(&store)?;
         let (tx, rx) = sync_channel::<Job>(4096);
         let healthy = Arc::new(AtomicBool::new(true));
-        let h = healthy.clone();
+        let stats = Arc::new(AuditStats::default());
+        let (h, st) = (healthy.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("qoima-audit".into())
-            .spawn(move || committer(rx, store, clock, faults, head, h))
+            .spawn(move || committer(rx, store, clock, faults, head, h, st))
             .map_err(|e| StoreError::Io(format!("cannot start the audit committer: {e}")))?;
-        Ok(Self { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), healthy })
+        Ok(Self { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), healthy, stats })
     }
 
     /// Appends `drafts` and applies `batch` in one durable write. Blocks until done; returns
@@ -176,6 +190,10 @@ impl AuditLog {
     /// Appends one entry with no other changes.
     pub fn record(&self, draft: Draft) -> Result<u64, AuditError> {
         Ok(self.commit(vec![draft], Batch::default())?[0])
+    }
+
+    pub fn stats(&self) -> &AuditStats {
+        &self.stats
     }
 
     /// Whether the last write succeeded (for readiness).
@@ -220,6 +238,7 @@ fn committer(
     faults: Arc<FaultSwitch>,
     mut head: Head,
     healthy: Arc<AtomicBool>,
+    stats: Arc<AuditStats>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -233,6 +252,7 @@ fn committer(
         let mut batch = Batch::default();
         let mut next = head.clone();
         let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(group.len());
+        let mut decided: Vec<(String, String, String)> = Vec::new();
         for job in &mut group {
             batch.extend(std::mem::take(&mut job.batch));
             let mut mine = Vec::with_capacity(job.drafts.len());
@@ -252,6 +272,8 @@ fn committer(
                     hash: String::new(),
                 };
                 e.hash = e.compute_hash();
+                let decision = if e.decision == Decision::Allow { "allow" } else { "deny" };
+                decided.push((e.action.clone(), e.purpose.clone().unwrap_or_default(), decision.to_string()));
                 tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {
                     batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
@@ -267,6 +289,11 @@ fn committer(
         match result {
             Ok(()) => {
                 tracing::trace!(jobs = group.len(), last_seq = next.seq, ops = batch.len(), "audit group committed");
+                stats.groups.fetch_add(1, Ordering::Relaxed);
+                stats.entries.fetch_add(next.seq - head.seq, Ordering::Relaxed);
+                for (action, purpose, decision) in decided.drain(..) {
+                    stats.decisions.inc(vec![("action", action), ("purpose", purpose), ("decision", decision)]);
+                }
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
@@ -275,6 +302,8 @@ fn committer(
             }
             Err(e) => {
                 // Nothing of the group is applied; the chain head stays where it was.
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                decided.clear();
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
                 for job in group {

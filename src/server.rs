@@ -65,7 +65,7 @@ impl Application {
             .await
             .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let state = AppState { vault: vault.clone(), callers: Arc::new(config.callers.clone()) };
+        let state = AppState::new(vault.clone(), config.callers.clone());
         let router = api::router(state, &config.limits);
         Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)) })
     }

@@ -7,6 +7,7 @@
 mod admin;
 pub mod error;
 mod extract;
+mod metrics;
 mod subjects;
 pub mod wire;
 
@@ -35,6 +36,13 @@ pub use admin::parse_anchor;
 pub struct AppState {
     pub vault: Arc<Vault>,
     pub callers: Arc<Callers>,
+    pub http: Arc<metrics::HttpMetrics>,
+}
+
+impl AppState {
+    pub fn new(vault: Arc<Vault>, callers: Callers) -> Self {
+        Self { vault, callers: Arc::new(callers), http: Arc::default() }
+    }
 }
 
 /// The OpenAPI document, generated from the handlers and wire types above.
@@ -95,14 +103,17 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::render))
+        .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state.clone());
     v1.layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
         }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(limits.request_timeout_secs)))
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(axum::middleware::from_fn_with_state(state.http.clone(), metrics::measure))
         .layer(axum::middleware::from_fn(extract::request_id))
 }

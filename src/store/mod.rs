@@ -404,6 +404,11 @@ impl Store {
         Ok(self.db.property_int_value(name)?)
     }
 
+    /// A RocksDB statistic of one space.
+    pub fn property_of(&self, space: Space, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.db.property_int_value_cf(self.cf(space), name)?)
+    }
+
     /// Whether the store answers reads.
     pub fn ready(&self) -> Result<(), StoreError> {
         self.get(Space::Keyring, b"")?;

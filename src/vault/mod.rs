@@ -273,6 +273,10 @@ impl Vault {
         self.clock.now()
     }
 
+    pub fn audit_stats(&self) -> &crate::audit::AuditStats {
+        self.audit.stats()
+    }
+
     /// Whether the audit log's last write succeeded.
     pub fn audit_healthy(&self) -> bool {
         self.audit.healthy()

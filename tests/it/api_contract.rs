@@ -258,3 +258,33 @@ async fn the_data_directory_is_private() {
     let journal = std::fs::metadata(&app.config.erasure_journal).unwrap().permissions().mode() & 0o777;
     assert_eq!(journal, 0o600);
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_without_ids_or_values() {
+    let app = spawn_app().await;
+    app.put_fields("metric-subject-42", application("METRICMARK")).await;
+    app.read("metric-subject-42", "svc-all", "loan_issuance").await;
+    app.read("metric-subject-42", "svc-marketing", "advertising").await;
+    app.call(Method::GET, "/nowhere", None, None).await;
+    let res = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = res.text().await.unwrap();
+    for needle in [
+        "qoima_http_requests_total{route=\"/v1/subjects/{id}\",method=\"PUT\",status=\"201\"} 1",
+        "qoima_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
+        "qoima_http_request_duration_seconds_bucket{route=\"/v1/subjects/{id}\",le=\"+Inf\"} 3",
+        "qoima_decisions_total{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"allow\"} 1",
+        "qoima_decisions_total{action=\"subject.read\",purpose=\"advertising\",decision=\"deny\"} 1",
+        "qoima_audit_commit_seconds_count",
+        "qoima_dek_cache_hits_total",
+        "qoima_kek_deks{generation=\"1\",state=\"active\"} 1",
+        "qoima_rewrap_running 0",
+        "qoima_rocksdb_estimate_keys{cf=\"records\"}",
+        "qoima_rocksdb_background_errors 0",
+        "qoima_process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(needle), "missing {needle}\n{text}");
+    }
+    assert!(!text.contains("metric-subject-42") && !text.contains("METRICMARK") && !text.contains("test-token"));
+}

@@ -1,0 +1,128 @@
+//! `GET /metrics`: Prometheus text. HTTP requests by route template and status, decisions by
+//! action/purpose/outcome, audit commit latency, DEK cache, KEK generations, rewrap progress,
+//! RocksDB and process figures. No subject ids, values or tokens.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::metrics::{header as help, CounterFamily, HistogramFamily};
+use crate::store::Space;
+
+/// HTTP request counters and latencies.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    requests: CounterFamily,
+    latency: HistogramFamily,
+}
+
+/// The matched route template, handed from routing to [`measure`].
+#[derive(Clone)]
+struct RouteLabel(String);
+
+pub async fn label_route(path: MatchedPath, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    res.extensions_mut().insert(RouteLabel(path.as_str().to_owned()));
+    res
+}
+
+pub async fn measure(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let route = res.extensions().get::<RouteLabel>().map(|r| r.0.clone()).unwrap_or_else(|| "unmatched".into());
+    m.latency.observe(vec![("route", route.clone())], started.elapsed());
+    m.requests.inc(vec![("route", route), ("method", method), ("status", res.status().as_u16().to_string())]);
+    res
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(0) as u64)
+}
+
+pub async fn render(State(state): State<AppState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        let mut o = String::with_capacity(8192);
+        let v = &state.vault;
+        help(&mut o, "qoima_http_requests_total", "counter", "HTTP requests by route template, method and status.");
+        state.http.requests.render(&mut o, "qoima_http_requests_total");
+        help(&mut o, "qoima_http_request_duration_seconds", "histogram", "HTTP request latency by route template.");
+        state.http.latency.render(&mut o, "qoima_http_request_duration_seconds");
+
+        let a = v.audit_stats();
+        help(&mut o, "qoima_decisions_total", "counter", "Audited decisions by action, purpose and outcome.");
+        a.decisions.render(&mut o, "qoima_decisions_total");
+        help(&mut o, "qoima_audit_commit_seconds", "histogram", "Durable write of one audit group (group commit).");
+        a.commit_seconds.render(&mut o, "qoima_audit_commit_seconds", "");
+        let load = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, kind, what, value) in [
+            ("qoima_audit_groups_total", "counter", "Audit groups committed.", load(&a.groups)),
+            ("qoima_audit_entries_total", "counter", "Audit entries committed.", load(&a.entries)),
+            ("qoima_audit_failures_total", "counter", "Audit group writes that failed (requests refused).", load(&a.failures)),
+            ("qoima_dek_cache_hits_total", "counter", "DEK cache hits.", load(&v.cache().hits)),
+            ("qoima_dek_cache_misses_total", "counter", "DEK cache misses (unwraps).", load(&v.cache().misses)),
+            ("qoima_dek_cache_entries", "gauge", "Unwrapped DEKs held in memory.", v.cache().len() as u64),
+        ] {
+            help(&mut o, name, kind, what);
+            let _ = writeln!(o, "{name} {value}");
+        }
+
+        help(&mut o, "qoima_kek_deks", "gauge", "Subject DEKs wrapped by each KEK generation.");
+        if let Ok(gens) = v.key_generations() {
+            for (i, n) in gens {
+                let state = serde_json::to_value(i.state).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default();
+                let _ = writeln!(o, "qoima_kek_deks{{generation=\"{}\",state=\"{state}\"}} {n}", i.generation);
+            }
+        }
+        if let Ok(job) = v.rewrap_job() {
+            for (name, what, value) in [
+                ("qoima_rewrap_done", "DEKs moved by the current or last rewrap pass.", job.done as f64),
+                ("qoima_rewrap_total", "DEKs the current or last rewrap pass had to move.", job.total as f64),
+                (
+                    "qoima_rewrap_running",
+                    "1 while a rewrap runs.",
+                    f64::from(u8::from(job.state == crate::vault::rewrap::RewrapState::Running)),
+                ),
+            ] {
+                help(&mut o, name, "gauge", what);
+                let _ = writeln!(o, "{name} {value}");
+            }
+        }
+
+        let store = v.store();
+        for (name, prop, what) in [
+            ("qoima_rocksdb_estimate_keys", "rocksdb.estimate-num-keys", "Estimated keys per column family."),
+            ("qoima_rocksdb_live_sst_bytes", "rocksdb.live-sst-files-size", "Live SST bytes per column family."),
+            ("qoima_rocksdb_memtable_bytes", "rocksdb.cur-size-all-mem-tables", "Memtable bytes per column family."),
+        ] {
+            help(&mut o, name, "gauge", what);
+            for space in Space::ALL {
+                if let Ok(Some(n)) = store.property_of(space, prop) {
+                    let _ = writeln!(o, "{name}{{cf=\"{}\"}} {n}", space.name());
+                }
+            }
+        }
+        help(&mut o, "qoima_rocksdb_background_errors", "gauge", "RocksDB background errors (non-zero: writes refused).");
+        let _ = writeln!(o, "qoima_rocksdb_background_errors {}", store.property("rocksdb.background-errors").ok().flatten().unwrap_or(0));
+        help(&mut o, "qoima_rocksdb_block_cache_bytes", "gauge", "Block cache usage.");
+        let _ = writeln!(o, "qoima_rocksdb_block_cache_bytes {}", store.property("rocksdb.block-cache-usage").ok().flatten().unwrap_or(0));
+        if let Some(rss) = resident_bytes() {
+            help(&mut o, "qoima_process_resident_memory_bytes", "gauge", "Resident memory of the vault process.");
+            let _ = writeln!(o, "qoima_process_resident_memory_bytes {rss}");
+        }
+        o
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}

@@ -1,0 +1,117 @@
+//! A small Prometheus registry: labelled counters and fixed-bucket histograms, rendered in the
+//! text exposition format. Labels are route templates, purposes and outcomes — never subject
+//! ids or values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `name_bucket`, `name_sum` and `name_count` lines with the given labels.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}", self.counts[i].load(Ordering::Relaxed));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+/// Counters keyed by a label set.
+#[derive(Debug, Default)]
+pub struct CounterFamily(Mutex<BTreeMap<Vec<(&'static str, String)>, u64>>);
+
+impl CounterFamily {
+    pub fn inc(&self, labels: Vec<(&'static str, String)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default() += 1;
+    }
+
+    pub fn render(&self, out: &mut String, name: &str) {
+        for (labels, v) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "{name}{{{}}} {v}", label_text(labels));
+        }
+    }
+}
+
+/// Histograms keyed by a label set.
+#[derive(Debug, Default)]
+pub struct HistogramFamily(Mutex<BTreeMap<Vec<(&'static str, String)>, std::sync::Arc<Histogram>>>);
+
+impl HistogramFamily {
+    pub fn observe(&self, labels: Vec<(&'static str, String)>, d: Duration) {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default().clone();
+        h.observe(d);
+    }
+
+    pub fn render(&self, out: &mut String, name: &str) {
+        for (labels, h) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.render(out, name, &label_text(labels));
+        }
+    }
+}
+
+pub fn label_text(labels: &[(&'static str, String)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `# HELP` and `# TYPE` lines.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "route=\"/a\"");
+        assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"));
+        assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2"));
+        assert!(out.contains("x_seconds_count{route=\"/a\"} 2"));
+        let c = CounterFamily::default();
+        c.inc(vec![("status", "200".into())]);
+        c.inc(vec![("status", "200".into())]);
+        let mut out = String::new();
+        c.render(&mut out, "y_total");
+        assert_eq!(out, "y_total{status=\"200\"} 2\n");
+        assert_eq!(label_text(&[("a", "q\"x".into())]), "a=\"q\\\"x\"");
+    }
+}
