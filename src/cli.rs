@@ -72,6 +72,16 @@ pub enum BackupCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
+    /// Write audit entries as JSON lines (oldest first) to stdout; offline or beside a running
+    /// vault (read-only). Entries hold ids and field names, never values.
+    Export {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only entries about this subject.
+        #[arg(long)]
+        subject: Option<String>,
+    },
     /// Recompute the hash chain; exit 0 when intact, 1 naming the first broken entry.
     /// Works offline or beside a running vault (read-only).
     Verify {
@@ -177,6 +187,28 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Audit(AuditCmd::Export { after, subject }) => {
+            let (config, _) = load_config(&cli.config)?;
+            if let Some(s) = &subject {
+                crate::domain::SubjectId::parse(s).map_err(|e| Failure(2, e.to_string()))?;
+            }
+            let store = open_store_for_reading(&config)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut after = after;
+            loop {
+                let page = crate::audit::query(&store, &crate::audit::Query { subject: subject.clone(), caller: None, after, limit: 10_000 })?;
+                for e in &page {
+                    use std::io::Write;
+                    serde_json::to_writer(&mut out, e).map_err(|e| Failure(4, e.to_string()))?;
+                    out.write_all(b"\n").map_err(|e| Failure(4, e.to_string()))?;
+                }
+                match page.last() {
+                    Some(e) if page.len() == 10_000 => after = e.seq,
+                    _ => break,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::Status) => {
             let (config, _) = load_config(&cli.config)?;

@@ -162,3 +162,22 @@ async fn a_failing_audit_log_yields_503_and_no_plaintext() {
     assert_eq!(app.read("f-1", "svc-all", "loan_issuance").await.status, StatusCode::OK);
     assert_eq!(app.get("/v1/audit/verify", "auditor").await.body["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_exports_the_trail_as_json_lines() {
+    let app = spawn_app().await;
+    app.put_fields("ex-1", application("EXPORTMARK")).await;
+    app.put_fields("ex-2", json!({"identity.full_name": "Two"})).await;
+    app.read("ex-1", "svc-all", "loan_issuance").await;
+    let cfg = app.dir.path().join("qoima.toml");
+    let (ok, out) = cli_async(&["audit", "export", "--config", cfg.to_str().unwrap()]).await;
+    assert!(ok, "{out}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["action"], "subject.read");
+    assert!(!out.contains("EXPORTMARK"));
+    let (ok, out) = cli_async(&["audit", "export", "--subject", "ex-2", "--config", cfg.to_str().unwrap()]).await;
+    assert!(ok && out.lines().count() == 1, "{out}");
+    let (ok, out) = cli_async(&["audit", "export", "--after", "2", "--config", cfg.to_str().unwrap()]).await;
+    assert!(ok && out.lines().count() == 1, "{out}");
+}
