@@ -6,11 +6,12 @@ use subtle::ConstantTimeEq;
 
 use crate::policy::Caller;
 
-/// A configured caller and the digest of its token.
+/// A configured caller: the digest of its token and/or of its client certificate.
 #[derive(Clone, Debug)]
 pub struct CallerEntry {
     pub caller: Caller,
-    pub token_sha256: [u8; 32],
+    pub token_sha256: Option<[u8; 32]>,
+    pub client_cert_sha256: Option<[u8; 32]>,
 }
 
 /// Every configured caller.
@@ -33,10 +34,22 @@ impl Callers {
     /// or how much of a digest did.
     pub fn authenticate(&self, token: &str) -> Option<&Caller> {
         let presented = token_digest(token);
+        self.find(|e| e.token_sha256.as_ref(), &presented)
+    }
+
+    /// The caller whose client certificate has this SHA-256 fingerprint (the TLS layer has
+    /// already verified the certificate against the configured CA).
+    pub fn authenticate_certificate(&self, fingerprint: &[u8; 32]) -> Option<&Caller> {
+        self.find(|e| e.client_cert_sha256.as_ref(), fingerprint)
+    }
+
+    fn find(&self, digest: impl Fn(&CallerEntry) -> Option<&[u8; 32]>, presented: &[u8; 32]) -> Option<&Caller> {
         let mut found: Option<&Caller> = None;
         for e in &self.0 {
-            let hit = presented.ct_eq(&e.token_sha256);
-            if bool::from(hit) {
+            // Compare against every entry (a fixed, unmatchable digest where there is none).
+            let stored = digest(e).copied().unwrap_or([0xffu8; 32]);
+            let hit = bool::from(presented.ct_eq(&stored)) && digest(e).is_some();
+            if hit {
                 found = Some(&e.caller);
             }
         }
@@ -57,7 +70,8 @@ mod tests {
     fn tokens_match_only_their_caller() {
         let mk = |name: &str, token: &str| CallerEntry {
             caller: Caller { name: CallerName::parse(name).unwrap(), roles: [Role::Service].into(), purposes: Default::default() },
-            token_sha256: token_digest(token),
+            token_sha256: Some(token_digest(token)),
+            client_cert_sha256: None,
         };
         let c = Callers::new(vec![mk("a", "token-a"), mk("b", "token-b")]);
         assert_eq!(c.authenticate("token-a").unwrap().name.as_str(), "a");
@@ -86,7 +100,8 @@ mod tests {
                                 roles: [Role::Service].into(),
                                 purposes: Default::default(),
                             },
-                            token_sha256: digest,
+                            token_sha256: Some(digest),
+                            client_cert_sha256: None,
                         }
                     })
                     .collect(),

@@ -197,7 +197,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut after = after;
             loop {
-                let page = crate::audit::query(&store, &crate::audit::Query { subject: subject.clone(), caller: None, after, limit: 10_000 })?;
+                let page =
+                    crate::audit::query(&store, &crate::audit::Query { subject: subject.clone(), caller: None, after, limit: 10_000 })?;
                 for e in &page {
                     use std::io::Write;
                     serde_json::to_writer(&mut out, e).map_err(|e| Failure(4, e.to_string()))?;
@@ -487,8 +488,8 @@ fn serve(config_path: &Option<PathBuf>) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure(4, format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let app = Application::build(config, Options::default()).await.map_err(|e| Failure(4, e.to_string()))?;
-        tracing::info!(addr = %app.local_addr(), "qoima listening");
-        eprintln!("qoima: listening on http://{}", app.local_addr());
+        tracing::info!(addr = %app.local_addr(), scheme = app.scheme(), "qoima listening");
+        eprintln!("qoima: listening on {}://{}", app.scheme(), app.local_addr());
         app.run_until_stopped(server::shutdown_signal()).await.map_err(|e| Failure(4, format!("server failed: {e}")))?;
         Ok(ExitCode::SUCCESS)
     })

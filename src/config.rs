@@ -45,6 +45,7 @@ struct RawConfig {
     purposes: Vec<Spanned<PurposeDef>>,
     #[serde(default)]
     schema: BTreeMap<String, Category>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +59,8 @@ struct RawRootKey {
 #[serde(deny_unknown_fields)]
 struct RawCaller {
     name: CallerName,
-    token_sha256: Spanned<String>,
+    token_sha256: Option<Spanned<String>>,
+    client_cert_sha256: Option<Spanned<String>>,
     roles: Vec<Role>,
     #[serde(default)]
     purposes: Vec<Spanned<Purpose>>,
@@ -142,6 +144,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     pub schema: Schema,
     pub purposes: Purposes,
+    /// HTTPS for the listener, if configured.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -252,20 +256,27 @@ impl Config {
         for c in raw.callers {
             let span = c.span();
             let c = c.into_inner();
-            let mut digest = [0u8; 32];
-            let tspan = c.token_sha256.span();
-            let hex_text = c.token_sha256.get_ref();
-            if hex_text.len() != 64 || hex::decode_to_slice(hex_text, &mut digest).is_err() {
-                return Err(at(
-                    tspan.start,
-                    format!("caller {}: token_sha256 must be 64 hex characters (the SHA-256 of the token)", c.name),
-                ));
+            let parse_digest = |field: &Option<Spanned<String>>, what: &str| -> Result<Option<[u8; 32]>, ConfigError> {
+                let Some(f) = field else { return Ok(None) };
+                let mut digest = [0u8; 32];
+                let text = f.get_ref();
+                if text.len() != 64 || hex::decode_to_slice(text, &mut digest).is_err() {
+                    return Err(at(f.span().start, format!("caller {}: {what} must be 64 hex characters (a SHA-256)", c.name)));
+                }
+                Ok(Some(digest))
+            };
+            let token = parse_digest(&c.token_sha256, "token_sha256")?;
+            let cert = parse_digest(&c.client_cert_sha256, "client_cert_sha256")?;
+            if token.is_none() && cert.is_none() {
+                return Err(at(span.start, format!("caller {} needs token_sha256 or client_cert_sha256", c.name)));
             }
             if !names.insert(c.name.clone()) {
                 return Err(at(span.start, format!("caller {} is defined twice", c.name)));
             }
-            if !digests.insert(digest) {
-                return Err(at(span.start, format!("caller {} shares its token with another caller", c.name)));
+            for d in token.iter().chain(cert.iter()) {
+                if !digests.insert(*d) {
+                    return Err(at(span.start, format!("caller {} shares its token or certificate with another caller", c.name)));
+                }
             }
             if c.roles.is_empty() {
                 return Err(at(span.start, format!("caller {} has no roles", c.name)));
@@ -281,7 +292,8 @@ impl Config {
             }
             entries.push(CallerEntry {
                 caller: Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted },
-                token_sha256: digest,
+                token_sha256: token,
+                client_cert_sha256: cert,
             });
         }
 
@@ -311,6 +323,11 @@ impl Config {
             retention: raw.retention,
             schema,
             purposes,
+            tls: raw.tls.map(|t| crate::tls::TlsSettings {
+                cert_file: resolve(t.cert_file),
+                key_file: resolve(t.key_file),
+                client_ca_file: t.client_ca_file.map(resolve),
+            }),
             source: None,
         })
     }

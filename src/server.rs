@@ -23,6 +23,8 @@ pub enum StartError {
     Vault(#[from] VaultError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Things tests pass in: the clock and fault switches. Production uses the defaults.
@@ -44,6 +46,7 @@ pub struct Application {
     vault: Arc<Vault>,
     router: axum::Router,
     sweep_every: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Opens the vault described by `config` (blocking: RocksDB open and start-up work).
@@ -54,6 +57,7 @@ pub fn open_vault(config: &Config, options: &Options) -> Result<Vault, StartErro
 
 impl Application {
     pub async fn build(config: Config, options: Options) -> Result<Self, StartError> {
+        let tls = config.tls.as_ref().map(crate::tls::server_config).transpose().map_err(StartError::Tls)?;
         let cfg = config.clone();
         let opts = options.clone();
         let vault = tokio::task::spawn_blocking(move || open_vault(&cfg, &opts))
@@ -67,11 +71,20 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let state = AppState::new(vault.clone(), config.callers.clone());
         let router = api::router(state, &config.limits);
-        Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)) })
+        Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)), tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// `https` when the listener serves TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -87,7 +100,10 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_every));
         let admin = admin::listen(self.vault.clone())?;
-        let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await;
+        let served = match self.tls {
+            Some(tls) => serve_tls(self.listener, self.router, tls, shutdown).await,
+            None => axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await,
+        };
         sweeper.abort();
         admin.stop();
         let vault = self.vault;
@@ -216,6 +232,59 @@ pub mod admin {
         BufReader::new(read).read_line(&mut answer).await?;
         serde_json::from_str(&answer).map_err(std::io::Error::other)
     }
+}
+
+/// Serves HTTPS: each connection is a TLS handshake (bounded in time), then HTTP/1.1 or HTTP/2;
+/// a verified client certificate's fingerprint rides into every request of the connection.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::ClientCert::of(c.as_ref()));
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(c) = cert {
+                    req.extensions_mut().insert(c);
+                }
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {},
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("connections still open after 30 s; closing"),
+    }
+    Ok(())
 }
 
 /// Removes expired technical data on a timer (P3).

@@ -47,6 +47,24 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     res
 }
 
+/// The most header bytes (names, values and separators) a request may carry.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses requests whose headers exceed [`MAX_HEADER_BYTES`] with 431. hyper itself buffers
+/// up to ~400 KB of headers; no caller of this API needs more than a few hundred bytes.
+pub async fn header_limit(req: Request, next: Next) -> Response {
+    let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if bytes > MAX_HEADER_BYTES {
+        let detail = format!("request headers exceed {} KiB", MAX_HEADER_BYTES / 1024);
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            detail,
+        ));
+    }
+    next.run(req).await
+}
+
 fn request_id_of(parts: &Parts) -> RequestId {
     parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
 }
@@ -56,7 +74,13 @@ fn request_id_of(parts: &Parts) -> RequestId {
 pub struct Authed(pub Ctx);
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    // Authorization is a singleton: with two, proxies and this server could each pick a
+    // different one, so a request carrying more than one is unauthenticated.
+    let mut all = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let v = all.next()?.to_str().ok()?;
+    if all.next().is_some() {
+        return None;
+    }
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
@@ -66,6 +90,12 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let request_id = request_id_of(parts);
+        // A verified client certificate (HTTPS with a client CA) that a caller lists.
+        if let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>() {
+            if let Some(caller) = state.callers.authenticate_certificate(&cert.0) {
+                return Ok(Authed(Ctx { caller: caller.clone(), request_id }));
+            }
+        }
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
             return Ok(Authed(Ctx { caller: caller.clone(), request_id }));
@@ -137,8 +167,13 @@ fn json_error(e: serde_json::Error) -> ApiError {
         Category::Data => {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or_default();
-            if msg.starts_with("unknown field") || msg.starts_with("missing field") || msg.starts_with("unknown variant") {
+            if msg.starts_with("unknown field") || msg.starts_with("missing field") {
                 format!("{msg} (at {at})")
+            } else if msg.starts_with("unknown variant") {
+                // serde names the value sent ("unknown variant `…`, expected …"): keep only
+                // what was expected, never the value.
+                let expected = msg.rfind(", expected").map(|i| &msg[i..]).unwrap_or_default();
+                format!("unknown variant{expected} (at {at})")
             } else {
                 format!("a value has the wrong type or shape at {at}")
             }

@@ -114,6 +114,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(limits.request_timeout_secs)))
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(axum::middleware::from_fn(extract::header_limit))
         .layer(axum::middleware::from_fn_with_state(state.http.clone(), metrics::measure))
         .layer(axum::middleware::from_fn(extract::request_id))
 }

@@ -94,7 +94,7 @@ pub async fn start(dir: TempDir, config: Config, clock: Option<ManualClock>) -> 
         None => Arc::new(SystemClock),
     };
     let app = Application::build(config.clone(), Options { clock: c, faults: faults.clone() }).await.expect("app builds");
-    let addr = format!("http://{}", app.local_addr());
+    let addr = format!("{}://{}", app.scheme(), app.local_addr());
     let vault = app.vault();
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(async move {
