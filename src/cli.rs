@@ -295,7 +295,7 @@ fn backup_create(config: &Option<PathBuf>, dir: &std::path::Path) -> Result<Exit
 /// Where a key or backup command runs: in this process on a stopped vault, or in the running
 /// vault through its admin socket.
 enum Target {
-    Offline(Vault),
+    Offline(Box<Vault>),
     Online(tokio::runtime::Runtime),
 }
 
@@ -303,7 +303,7 @@ fn target(config: &Config) -> Result<Target, Failure> {
     match Store::open(&config.data_dir) {
         Ok(store) => {
             drop(store);
-            Ok(Target::Offline(open_vault_offline(config)?))
+            Ok(Target::Offline(Box::new(open_vault_offline(config)?)))
         }
         Err(StoreError::Locked(_)) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;

@@ -45,12 +45,15 @@ impl Histogram {
     }
 }
 
+/// A label set: `(name, value)` pairs in emission order.
+pub type Labels = Vec<(&'static str, String)>;
+
 /// Counters keyed by a label set.
 #[derive(Debug, Default)]
-pub struct CounterFamily(Mutex<BTreeMap<Vec<(&'static str, String)>, u64>>);
+pub struct CounterFamily(Mutex<BTreeMap<Labels, u64>>);
 
 impl CounterFamily {
-    pub fn inc(&self, labels: Vec<(&'static str, String)>) {
+    pub fn inc(&self, labels: Labels) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default() += 1;
     }
 
@@ -63,10 +66,10 @@ impl CounterFamily {
 
 /// Histograms keyed by a label set.
 #[derive(Debug, Default)]
-pub struct HistogramFamily(Mutex<BTreeMap<Vec<(&'static str, String)>, std::sync::Arc<Histogram>>>);
+pub struct HistogramFamily(Mutex<BTreeMap<Labels, std::sync::Arc<Histogram>>>);
 
 impl HistogramFamily {
-    pub fn observe(&self, labels: Vec<(&'static str, String)>, d: Duration) {
+    pub fn observe(&self, labels: Labels, d: Duration) {
         let h = self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default().clone();
         h.observe(d);
     }

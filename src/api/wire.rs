@@ -11,7 +11,7 @@ use crate::domain::rfc3339;
 use crate::vault::{self, KekInfo};
 
 /// `PUT /v1/subjects/{id}` and `PATCH …/rectify`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldsBody {
     /// Field name (`category.name`) → value (JSON string or number).
@@ -19,7 +19,7 @@ pub struct FieldsBody {
     pub fields: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WriteResponse {
     pub subject: String,
     /// The subject's record version after this write.
@@ -40,7 +40,7 @@ pub struct ReadQuery {
 }
 
 /// Field values disclosed for a purpose.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FieldsResponse {
     pub subject: String,
     pub purpose: String,
@@ -48,20 +48,20 @@ pub struct FieldsResponse {
     pub fields: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractBody {
     pub contract: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractUpdateBody {
     /// `settled` or `breached`.
     pub status: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ContractResponse {
     pub subject: String,
     pub contract: String,
@@ -87,7 +87,7 @@ impl ContractResponse {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentBody {
     pub purpose: String,
@@ -102,7 +102,7 @@ pub struct ConsentBody {
     pub abroad: bool,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConsentResponse {
     pub purpose: String,
     pub policy_version: String,
@@ -129,7 +129,7 @@ impl From<vault::ConsentRecord> for ConsentResponse {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureBody {
     pub recipient: String,
@@ -143,7 +143,7 @@ pub struct DisclosureBody {
     pub abroad: bool,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DisclosureRecordWire {
     pub id: String,
     pub recipient: String,
@@ -170,7 +170,7 @@ impl From<vault::DisclosureRecord> for DisclosureRecordWire {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DisclosureResponse {
     pub subject: String,
     pub purpose: String,
@@ -179,7 +179,7 @@ pub struct DisclosureResponse {
     pub disclosure: DisclosureRecordWire,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErasureResponse {
     pub subject: String,
     /// `pending` or `erased`.
@@ -216,7 +216,7 @@ impl ErasureResponse {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccessWire {
     pub caller: String,
     pub action: String,
@@ -227,7 +227,7 @@ pub struct AccessWire {
     pub last: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExportResponse {
     pub subject: String,
     pub version: u64,
@@ -244,13 +244,13 @@ pub struct ExportResponse {
     pub erasure: Option<ErasureResponse>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RekeyResponse {
     pub subject: String,
     pub dek_version: u32,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GenerationWire {
     pub generation: u32,
     /// `active`, `decrypt-only` or `destroyed`.
@@ -278,7 +278,7 @@ impl GenerationWire {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeysResponse {
     pub generations: Vec<GenerationWire>,
 }
@@ -295,7 +295,7 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntryWire {
     pub seq: u64,
     pub time: String,
@@ -334,7 +334,7 @@ impl From<crate::audit::AuditEntry> for AuditEntryWire {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
     pub entries: Vec<AuditEntryWire>,
 }
@@ -347,13 +347,13 @@ pub struct VerifyQuery {
     pub anchor: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BrokenWire {
     pub seq: u64,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VerifyResponse {
     pub ok: bool,
     pub entries: u64,
@@ -362,14 +362,14 @@ pub struct VerifyResponse {
     pub first_broken: Option<BrokenWire>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     pub status: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RewrapResponse {
     /// `idle`, `running` or `complete`.
     pub state: String,

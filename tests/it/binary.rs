@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Starts `qoima serve` in `cwd`; returns the child, its address and everything it printed
-/// on stderr up to "listening".
+/// on stderr up to "listening". The caller reaps the child (`stop`).
+#[allow(clippy::zombie_processes)]
 fn serve(cwd: &std::path::Path) -> (Child, String, String, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
         .arg("serve")

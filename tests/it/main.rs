@@ -8,6 +8,7 @@ mod audit_trail;
 mod authz_matrix;
 mod backups;
 mod binary;
+mod client;
 mod crash;
 mod docs;
 mod faults;
