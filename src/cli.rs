@@ -418,12 +418,7 @@ fn cli_ctx() -> Ctx {
 }
 
 fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
-    match Store::open(&config.data_dir) {
-        Ok(s) => Ok(s),
-        // The vault is running: read beside it.
-        Err(StoreError::Locked(_)) => Ok(Store::open_read_only(&config.data_dir)?),
-        Err(e) => Err(e.into()),
-    }
+    Ok(Store::open_for_reading(&config.data_dir)?)
 }
 
 fn open_vault_offline(config: &Config) -> Result<Vault, Failure> {

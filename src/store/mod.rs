@@ -270,6 +270,15 @@ impl Store {
         Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()) })
     }
 
+    /// Opens for reading: exclusively when no vault runs on it, else read-only beside the
+    /// running vault.
+    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
+        match Self::open(path) {
+            Err(StoreError::Locked(_)) => Self::open_read_only(path),
+            other => other,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -355,8 +364,20 @@ impl Store {
     /// holding the old values is released and deleted), then compacts each range down through
     /// the bottommost level so tombstones and the values they cover are dropped.
     pub fn purge(&self, ranges: &[(Space, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
-        let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
         tracing::debug!(ranges = ranges.len(), "flush and forced bottommost compaction");
+        self.flush_and_compact(ranges.iter().map(|(s, from, to)| (*s, Some(from.as_slice()), Some(to.as_slice()))))
+    }
+
+    /// Compacts a whole space with forced bottommost compaction (after destroying a KEK).
+    pub fn purge_space(&self, space: Space) -> Result<(), StoreError> {
+        self.flush_and_compact([(space, None, None)])
+    }
+
+    fn flush_and_compact<'a>(
+        &self,
+        ranges: impl IntoIterator<Item = (Space, Option<&'a [u8]>, Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
+        let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();
@@ -364,21 +385,8 @@ impl Store {
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for (space, from, to) in ranges {
-            self.db.compact_range_cf_opt(self.cf(*space), Some(from), Some(to), &co);
+            self.db.compact_range_cf_opt(self.cf(space), from, to, &co);
         }
-        self.check_background_errors()
-    }
-
-    /// Compacts a whole space with forced bottommost compaction (after destroying a KEK).
-    pub fn purge_space(&self, space: Space) -> Result<(), StoreError> {
-        let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();
-        self.db.flush_cfs_opt(&all, &fo)?;
-        let mut co = CompactOptions::default();
-        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        self.db.compact_range_cf_opt(self.cf(space), None::<&[u8]>, None::<&[u8]>, &co);
         self.check_background_errors()
     }
 

@@ -57,11 +57,7 @@ fn strip_keyring(copy: &Store) -> Result<(), StoreError> {
 pub fn install_keyring(restored: &Path, live: Option<&Path>, escrow: &Path) -> Result<u64, VaultError> {
     let source = match live.filter(|d| d.join("CURRENT").exists()) {
         Some(dir) => {
-            let store = match Store::open(dir) {
-                Ok(s) => s,
-                Err(StoreError::Locked(_)) => Store::open_read_only(dir)?,
-                Err(e) => return Err(e.into()),
-            };
+            let store = Store::open_for_reading(dir)?;
             super::keyring::Escrow::from_store(&store)?
         }
         None => super::keyring::Escrow::read(escrow)?,
@@ -171,11 +167,7 @@ pub fn copy_backup(backup: &Path, to: &Path) -> Result<(Manifest, usize), VaultE
 pub fn erasures_to_replay(journal: &Path, live: Option<&Path>) -> Result<Vec<JournalEntry>, VaultError> {
     let mut entries = ErasureJournal::read(journal)?;
     if let Some(dir) = live.filter(|d| d.join("CURRENT").exists()) {
-        let store = match Store::open(dir) {
-            Ok(s) => s,
-            Err(StoreError::Locked(_)) => Store::open_read_only(dir)?,
-            Err(e) => return Err(e.into()),
-        };
+        let store = Store::open_for_reading(dir)?;
         for e in erased_in(&store)? {
             let event = if e.status == ErasureStatus::Erased { "erased" } else { "requested" };
             entries.push(JournalEntry {

@@ -165,6 +165,22 @@ impl Escrow {
     }
 }
 
+/// A fresh active generation `g`, its record and wrapped key added to `batch`.
+fn new_generation(root: &RootKey, g: Generation, now: OffsetDateTime, batch: &mut Batch) -> Result<(Kek, KekInfo), VaultError> {
+    let kek = Kek::generate(g)?;
+    let info = KekInfo {
+        generation: g.0,
+        state: KekState::Active,
+        created_at: now,
+        activated_at: Some(now),
+        retired_at: None,
+        destroyed_at: None,
+    };
+    batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
+    batch.put(Space::Keyring, wrapped_key(g), root.wrap_kek(&kek)?.0);
+    Ok((kek, info))
+}
+
 struct Ring {
     active: Generation,
     keks: BTreeMap<Generation, Arc<Kek>>,
@@ -189,38 +205,12 @@ impl Keyring {
     /// Loads every generation, unwrapping the live ones with `root`; creates generation 1 in
     /// a new store. Fails if the root key does not open them.
     pub fn load_or_init(store: &Store, root: RootKey, now: OffsetDateTime) -> Result<Self, VaultError> {
-        let mut infos = BTreeMap::new();
-        let mut err = None;
-        store.scan_prefix(Space::Keyring, b"kek/", |k, v| {
-            if k.ends_with(b"/meta") {
-                match serde_json::from_slice::<KekInfo>(v) {
-                    Ok(i) => {
-                        infos.insert(Generation(i.generation), i);
-                    }
-                    Err(_) => err = Some(StoreError::Corrupt { space: "keyring", what: "generation record" }),
-                }
-            }
-            true
-        })?;
-        if let Some(e) = err {
-            return Err(e.into());
-        }
+        let mut infos: BTreeMap<Generation, KekInfo> = read_infos(store)?.into_iter().map(|(i, _)| (Generation(i.generation), i)).collect();
         if infos.is_empty() {
-            let g = Generation(1);
-            let kek = Kek::generate(g)?;
-            let info = KekInfo {
-                generation: 1,
-                state: KekState::Active,
-                created_at: now,
-                activated_at: Some(now),
-                retired_at: None,
-                destroyed_at: None,
-            };
             let mut b = Batch::default();
-            b.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
-            b.put(Space::Keyring, wrapped_key(g), root.wrap_kek(&kek)?.0);
+            let (_, info) = new_generation(&root, Generation(1), now, &mut b)?;
             store.write(&b)?;
-            infos.insert(g, info);
+            infos.insert(Generation(1), info);
         }
         let mut keks = BTreeMap::new();
         let mut active = None;
@@ -280,18 +270,9 @@ impl Keyring {
     pub fn prepare_rotate(&self, now: OffsetDateTime) -> Result<(Batch, Arc<Kek>, KekInfo, Option<KekInfo>), VaultError> {
         let r = self.read();
         let next = Generation(r.infos.keys().next_back().map(|g| g.0 + 1).unwrap_or(1));
-        let kek = Arc::new(Kek::generate(next)?);
-        let info = KekInfo {
-            generation: next.0,
-            state: KekState::Active,
-            created_at: now,
-            activated_at: Some(now),
-            retired_at: None,
-            destroyed_at: None,
-        };
         let mut b = Batch::default();
-        b.put(Space::Keyring, meta_key(next), serde_json::to_vec(&info).expect("serialises"));
-        b.put(Space::Keyring, wrapped_key(next), self.root.wrap_kek(&kek)?.0);
+        let (kek, info) = new_generation(&self.root, next, now, &mut b)?;
+        let kek = Arc::new(kek);
         let old = r.infos.get(&r.active).cloned().map(|mut o| {
             o.state = KekState::DecryptOnly;
             o.retired_at = Some(now);
