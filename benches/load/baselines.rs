@@ -74,6 +74,7 @@ fn point_from(system: &'static str, scenario: &'static str, threads: usize, mut 
         max_ms: lat.last().map(|v| *v as f64 / 1e6).unwrap_or(0.0),
         errors: 0,
         rss_mib: None,
+        settled_s: 0.0,
         note: None,
     }
 }

@@ -47,7 +47,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 10_000)]
     pub subjects: usize,
     /// Subjects preloaded for each erasure point (erasure consumes one per request).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 500)]
     pub erase_pool: usize,
     /// Scenarios to run: raw, axum, create, fetch, mixed, erase (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "raw,axum,fetch,mixed,create,erase")]
@@ -58,8 +58,9 @@ pub struct Opts {
     /// Transit keys created before the OpenBao decrypt/encrypt points (one per subject).
     #[arg(long, default_value_t = 2_000)]
     pub bao_keys: usize,
-    /// wrk threads (never more than the connections).
-    #[arg(long, default_value_t = 2)]
+    /// wrk threads (never more than the connections). One leaves the server the other core
+    /// of a 2-core machine; the bare-axum ceiling is then bounded by one wrk thread too.
+    #[arg(long, default_value_t = 1)]
     pub wrk_threads: usize,
     /// wrk's per-request timeout, seconds (a request slower than this counts as an error).
     #[arg(long, default_value_t = 30)]
@@ -80,6 +81,9 @@ pub struct Opts {
     /// Set by `cargo bench`; without it (e.g. `cargo test --benches`) the harness does nothing.
     #[arg(long, hide = true)]
     pub bench: bool,
+    /// Name filters of `cargo bench -- FILTER`: the harness runs only if one matches "load".
+    #[arg(hide = true)]
+    pub filters: Vec<String>,
 }
 
 impl Opts {
@@ -108,12 +112,16 @@ pub struct Point {
     pub errors: u64,
     /// Peak resident memory of the server process during the point (VmRSS).
     pub rss_mib: Option<f64>,
+    /// Seconds waited before the point for the server to go quiet (see `report::settle`).
+    pub settled_s: f64,
     pub note: Option<String>,
 }
 
 /// Facts about the run that are not points.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunInfo {
+    /// The harness's own arguments (after `cargo bench --bench load --`).
+    pub args: Vec<String>,
     pub date: String,
     pub machine: report::Machine,
     pub wrk: String,
@@ -138,6 +146,9 @@ fn main() -> ExitCode {
         eprintln!("load harness: run it with `cargo bench --bench load` (it starts servers and takes minutes)");
         return ExitCode::SUCCESS;
     }
+    if !opts.filters.is_empty() && !opts.filters.iter().any(|f| "load".contains(f.as_str())) {
+        return ExitCode::SUCCESS; // `cargo bench -- other_filter`: not us
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -161,6 +172,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         return Err("--connections needs positive numbers".into());
     }
     let mut info = RunInfo {
+        args: std::env::args().skip(1).filter(|a| a != "--bench" && !opts.filters.contains(a)).collect(),
         date: report::now_utc(),
         machine: report::Machine::probe(opts.dir.as_deref().unwrap_or(&std::env::temp_dir())),
         subjects_preloaded: opts.subjects,
@@ -301,6 +313,10 @@ fn qoima_phase(
             l.env.push(("QLOAD_BODY", body.clone()));
             l.env.push(("QLOAD_RUN", format!("c{c}")));
             l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
+            let settled = report::settle(server.pid, Duration::from_secs(60));
+            if settled > Duration::from_secs(1) {
+                say(format!("  waited {:.1} s for the server to go quiet", settled.as_secs_f64()));
+            }
             let sampler = report::RssSampler::start(server.pid);
             let o = wrk::run(script, &server.addr, &l)?;
             let rss = sampler.finish();
@@ -313,7 +329,7 @@ fn qoima_phase(
                 ));
             }
             let p = o.point("qoima", scenario, c, rss);
-            points.push(Point { note, ..p });
+            points.push(Point { note, settled_s: settled.as_secs_f64(), ..p });
             if !server.alive() {
                 return Err(format!("the vault exited during {scenario} at {c} connections; log tail:\n{}", server.log_tail()));
             }

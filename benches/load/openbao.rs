@@ -281,11 +281,15 @@ pub fn phase(
                     ("QLOAD_DATA", data.display().to_string()),
                 ],
             };
+            let settled = report::settle(bao.pid, Duration::from_secs(30));
+            if settled > Duration::from_secs(1) {
+                say(format!("  waited {:.1} s for the server to go quiet", settled.as_secs_f64()));
+            }
             let sampler = report::RssSampler::start(bao.pid);
             let o = wrk::run(script, &bao.addr, &l)?;
             let rss = sampler.finish();
             peak = peak.max(rss.unwrap_or(0));
-            points.push(o.point("openbao", scenario, c, rss));
+            points.push(Point { settled_s: settled.as_secs_f64(), ..o.point("openbao", scenario, c, rss) });
         }
     }
     info.openbao =

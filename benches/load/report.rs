@@ -33,6 +33,46 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// CPU time (user + system, clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Bytes a process has caused to be written to storage, and its write syscalls.
+fn io_writes(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+    Some((field("write_bytes:")?, field("syscw:")?))
+}
+
+/// Waits until a server process is quiet for 250 ms — at most 2 clock ticks of CPU (about
+/// 8 % of one core), 64 KiB written to storage and 8 write calls — so work queued by the
+/// previous point (erasures still waiting for the purge lock, which mostly wait on fsync,
+/// RocksDB compactions, Go's GC) does not bleed into the next. Gives up after `max`;
+/// returns how long it waited.
+pub fn settle(pid: u32, max: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let sample = || Some((cpu_ticks(pid)?, io_writes(pid).unwrap_or((0, 0))));
+    let mut last = sample();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = sample();
+        match (last, now) {
+            (Some((t0, (b0, w0))), Some((t1, (b1, w1)))) if t1 - t0 <= 2 && b1 - b0 <= 64 << 10 && w1 - w0 <= 8 => return start.elapsed(),
+            (_, None) => return start.elapsed(),
+            _ => {}
+        }
+        if start.elapsed() >= max {
+            return start.elapsed();
+        }
+        last = now;
+    }
+}
+
 /// Samples a process's VmRSS every 100 ms and keeps the peak.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -236,6 +276,15 @@ pub struct Report {
 }
 
 impl Report {
+    fn command(&self) -> String {
+        let mut c = "cargo bench --bench load".to_string();
+        if !self.info.args.is_empty() {
+            c.push_str(" -- ");
+            c.push_str(&self.info.args.join(" "));
+        }
+        c
+    }
+
     fn find(&self, system: &str, scenario: &str, c: usize) -> Option<&Point> {
         self.points.iter().find(|p| p.system == system && p.scenario == scenario && p.connections == c)
     }
@@ -332,10 +381,10 @@ impl Report {
         let _ = writeln!(s, "### Load harness: last run\n");
         let _ = writeln!(
             s,
-            "`cargo bench --bench load{}` on {}: {} × {} (nproc {}), {:.0} GiB RAM, Linux {}, data on {}; load average at start {}; commit {}. \
+            "`{}` on {}: {} × {} (nproc {}), {:.0} GiB RAM, Linux {}, data on {}; load average at start {}; commit {}. \
              {} s per point, wrk {} ({} thread(s) at most), {} subjects preloaded (1 KiB of fields each: {} bytes of values; \
              a fetch answers {} bytes).\n",
-            if self.opts.openbao { " -- --openbao" } else { "" },
+            self.command(),
             i.date,
             m.nproc,
             m.cpu_model,
@@ -375,6 +424,27 @@ impl Report {
             .points
             .iter()
             .filter_map(|p| p.note.as_ref().map(|n| format!("{} at {}: {n}", label(p.system, p.scenario), p.connections)))
+            .chain(self.points.iter().filter(|p| p.connections > 1 && truncated(p)).map(|p| {
+                format!(
+                    "{} at {}: latencies are of the requests that completed within the {:.0} s point; by Little's law \
+                     ({} connections ÷ {} req/s) a request took {:.0} ms on average, against a measured mean of {:.0} ms",
+                    label(p.system, p.scenario),
+                    p.connections,
+                    p.seconds,
+                    p.connections,
+                    count(p.throughput),
+                    little_ms(p),
+                    p.mean_ms
+                )
+            }))
+            .chain(self.points.iter().filter(|p| p.settled_s > 5.0).map(|p| {
+                format!(
+                    "{} at {}: the server needed {:.0} s to go quiet after the previous point",
+                    label(p.system, p.scenario),
+                    p.connections,
+                    p.settled_s
+                )
+            }))
             .collect();
         for n in &notes {
             let _ = writeln!(s, "\nNote: {n}");
@@ -427,7 +497,7 @@ impl Report {
     fn json(&self) -> serde_json::Value {
         let o = &self.opts;
         json!({
-            "command": if o.openbao { "cargo bench --bench load -- --openbao" } else { "cargo bench --bench load" },
+            "command": self.command(),
             "settings": {
                 "connections": o.connections,
                 "duration_s": o.duration,
@@ -571,6 +641,17 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// The mean latency a closed loop of `connections` implies at the measured throughput.
+fn little_ms(p: &Point) -> f64 {
+    p.connections as f64 / p.throughput.max(1e-9) * 1e3
+}
+
+/// Whether the point's latencies miss requests still queued when it ended: the closed-loop
+/// mean by Little's law is well above the mean of the completed requests.
+fn truncated(p: &Point) -> bool {
+    p.system != "ring" && p.system != "rocksdb" && little_ms(p) > 1.5 * p.mean_ms && little_ms(p) > 100.0
 }
 
 fn tick(v: f64) -> String {

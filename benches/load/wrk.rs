@@ -91,6 +91,7 @@ impl Outcome {
             max_ms: self.max / 1e3,
             errors: self.errors(),
             rss_mib: rss_kib.map(crate::report::mib),
+            settled_s: 0.0,
             note: None,
         }
     }
