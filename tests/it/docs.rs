@@ -315,6 +315,14 @@ impl Session {
         self.replace.iter().fold(cmd.to_string(), |c, (from, to)| c.replace(from, to))
     }
 
+    /// `output` with the substitutions undone (longest first), so it reads as the guide's
+    /// reader would see it: `/var/lib/qoima/…` rather than a temp directory.
+    fn unsubstitute(&self, output: &str) -> String {
+        let mut pairs: Vec<&(String, String)> = self.replace.iter().filter(|(_, to)| !to.is_empty()).collect();
+        pairs.sort_by_key(|(_, to)| std::cmp::Reverse(to.len()));
+        pairs.iter().fold(output.to_string(), |o, (from, to)| o.replace(to.as_str(), from))
+    }
+
     fn learn_tokens(&mut self, output: &str) {
         for line in output.lines() {
             let line = line.trim();
@@ -425,12 +433,13 @@ impl Session {
             let (output, rc) =
                 part.rsplit_once(&format!("\n{RC_MARK}")).unwrap_or_else(|| panic!("{}: no exit status in {part}", block.name));
             let rc: i32 = rc.trim_end().trim_end_matches("@@").parse().expect("exit status");
+            let output = self.unsubstitute(output);
             let ctx = format!("block {}, command\n{}\nprinted\n{output}", block.name, step.cmd);
             assert_eq!(rc, step.exit, "exit status; {ctx}");
             for e in &step.expect {
-                assert!(shows(output, e), "missing `{e}`; {ctx}");
+                assert!(shows(&output, e), "missing `{e}`; {ctx}");
             }
-            self.learn_tokens(output);
+            self.learn_tokens(&output);
         }
         self.printed.insert(block.name.clone(), text);
     }
@@ -681,4 +690,56 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     assert_eq!(erasure.body["status"], "erased");
     // The demo printed no personal data it read.
     assert!(!stdout.contains("900101300017") && !stdout.contains("Demo Borrower"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_guide_works_as_printed() {
+    let doc = read_doc("docs/operator-guide.md");
+    assert_eq!(untested_curl_blocks(&doc), Vec::<String>::new(), "every curl example is tested");
+    let blocks = tested_blocks(&doc);
+    let names: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["operator-health", "operator-audit", "operator-backup", "operator-keys"]);
+    let app = spawn_app().await;
+    for i in 1..=3 {
+        assert_eq!(app.put_fields(&format!("ops-{i}"), serde_json::json!({"identity.full_name": "Ops"})).await.status, 201);
+    }
+    let mut s = Session::new().with_app(&app);
+    // The guide's paths are those of the test vault; the CLI runs as the test's own user.
+    let dir = app.dir.path().display().to_string();
+    s.replace.push(("/etc/qoima/qoima.toml".to_string(), format!("{dir}/qoima.toml")));
+    s.replace.push(("/var/lib/qoima/".to_string(), format!("{dir}/")));
+    s.replace.push(("sudo -u qoima ".to_string(), String::new()));
+    for b in &blocks {
+        s.run_block(b).await;
+    }
+    assert!(!app.dir.path().join("restore-drill").exists(), "the drill cleans up after itself");
+}
+
+#[test]
+fn the_deploy_examples_hold_together() {
+    // The example configuration passes `qoima config check` as shipped, with no callers (so no
+    // token anyone could know) and every file outside the data directory.
+    let (ok, out) = cli(&["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy/qoima.toml")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok (0 callers, 4 purposes, data_dir /var/lib/qoima/data, listen 127.0.0.1:8750)"), "{out}");
+    // The unit runs that configuration, hardened as the operator guide says.
+    let unit = read_doc("docs/deploy/qoima.service");
+    for line in [
+        "User=qoima",
+        "ExecStart=/usr/local/bin/qoima serve --config /etc/qoima/qoima.toml",
+        "StateDirectory=qoima",
+        "StateDirectoryMode=0700",
+        "UMask=0077",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "LimitCORE=0",
+        "MemoryDenyWriteExecute=yes",
+        "CapabilityBoundingSet=",
+        "RestartPreventExitStatus=2 3",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "docs/deploy/qoima.service lacks `{line}`");
+    }
+    let toml = read_doc("docs/deploy/qoima.toml");
+    assert!(toml.contains("file = \"/etc/qoima/root.key\"") && toml.contains("data_dir        = \"/var/lib/qoima/data\""));
 }
