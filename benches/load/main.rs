@@ -126,6 +126,8 @@ pub struct RunInfo {
     pub machine: report::Machine,
     pub wrk: String,
     pub subjects_preloaded: usize,
+    /// Preloaded subjects including the erasure pools.
+    pub preloaded_total: usize,
     pub erase_pool_per_point: usize,
     pub field_bytes: usize,
     pub fetch_response_bytes: usize,
@@ -260,11 +262,12 @@ fn qoima_phase(
             ids.extend((0..opts.erase_pool).map(|i| format!("{}-{i:06}", qoima_proc::pool_prefix(c))));
         }
     }
+    info.preloaded_total = ids.len();
     say(format!("preloading {} subjects (1 KiB of fields each) through the library", ids.len()));
     let t0 = Instant::now();
     home.preload(ids, fields)?;
     info.preload_seconds = t0.elapsed().as_secs_f64();
-    info.preload_rate = (opts.subjects as f64) / info.preload_seconds.max(1e-9);
+    info.preload_rate = (info.preloaded_total as f64) / info.preload_seconds.max(1e-9);
     say(format!("preloaded in {:.1} s", info.preload_seconds));
 
     let mut server = home.spawn(opts.qoima_log.as_deref())?;

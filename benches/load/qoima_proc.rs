@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qoima::config::Config;
-use qoima::domain::{RequestId, SubjectId};
+use qoima::domain::SubjectId;
 use qoima::server::{open_vault, Options};
 use qoima::vault::Ctx;
 use serde_json::{json, Map, Value};
@@ -102,7 +102,9 @@ impl Home {
                         if failed.lock().unwrap().is_some() {
                             return;
                         }
-                        let ctx = Ctx { caller: caller.clone(), request_id: RequestId::generate() };
+                        // Built from `system()` so fields added to Ctx later keep their defaults.
+                        let mut ctx = Ctx::system();
+                        ctx.caller = caller.clone();
                         let r = SubjectId::parse(id)
                             .map_err(|e| e.to_string())
                             .and_then(|sid| vault.put_fields(&ctx, &sid, fields).map_err(|e| e.to_string()));

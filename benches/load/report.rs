@@ -478,9 +478,9 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "Preload (through the library, 16 threads): {} subjects in {:.1} s ({} subjects/s). Audit chain after the run: {}. \
+            "Preload (through the library, 16 threads): {} subjects, erasure pools included, in {:.1} s ({} subjects/s). Audit chain after the run: {}. \
              Vault log lines during the run: {}. OpenBao: {}.",
-            count(i.subjects_preloaded as f64),
+            count(i.preloaded_total as f64),
             i.preload_seconds,
             count(i.preload_rate),
             i.audit.as_deref().unwrap_or("not checked"),
@@ -523,7 +523,8 @@ impl Report {
         let mut conns = self.opts.connections.clone();
         conns.sort_unstable();
         conns.dedup();
-        let (w, h) = (1000.0, 560.0);
+        let legend_rows = series.iter().filter(|s| s.system == "qoima").count().max(series.iter().filter(|s| s.system != "qoima").count());
+        let (w, h) = (1000.0, 450.0 + 20.0 * legend_rows as f64);
         let (pw, ph, top) = (390.0, 300.0, 70.0);
         let lefts = [80.0, 580.0];
         let mut s = String::new();
@@ -605,10 +606,15 @@ impl Report {
                 }
             }
         }
-        // Legend, two columns under the panels.
+        // Legend under the panels: Qoima on the left, the baselines on the right.
         let ly = top + ph + 60.0;
-        for (i, se) in series.iter().enumerate() {
-            let (col, row) = (i % 2, i / 2);
+        let (mut rows, mut placed) = ([0usize; 2], Vec::new());
+        for se in &series {
+            let col = usize::from(se.system != "qoima");
+            placed.push((se, col, rows[col]));
+            rows[col] += 1;
+        }
+        for (se, col, row) in placed {
             let lx = lefts[col];
             let y = ly + row as f64 * 20.0;
             let dash = if se.dashed { r#" stroke-dasharray="6,4""# } else { "" };
