@@ -743,3 +743,57 @@ fn the_deploy_examples_hold_together() {
     let toml = read_doc("docs/deploy/qoima.toml");
     assert!(toml.contains("file = \"/etc/qoima/root.key\"") && toml.contains("data_dir        = \"/var/lib/qoima/data\""));
 }
+
+/// GitHub's anchor for a heading.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_links_of_the_guides_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["README.md", "docs/getting-started.md", "docs/integrator-guide.md", "docs/operator-guide.md", "docs/threat-model.md"] {
+        let text = read_doc(doc);
+        let base = root.join(doc).parent().expect("a directory").to_path_buf();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+            }
+            if in_code {
+                continue;
+            }
+            for link in line.split("](").skip(1) {
+                let target = link.split(')').next().unwrap_or_default();
+                if target.starts_with("http") || target.is_empty() {
+                    continue;
+                }
+                let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let path = if file.is_empty() { root.join(doc) } else { base.join(file) };
+                assert!(path.exists(), "{doc}: link to {target}: no such file");
+                if !anchor.is_empty() {
+                    let linked = std::fs::read_to_string(&path).unwrap();
+                    let mut fenced = false;
+                    let anchors: Vec<String> = linked
+                        .lines()
+                        .filter(|l| {
+                            fenced ^= l.starts_with("```");
+                            !fenced && l.starts_with('#')
+                        })
+                        .map(|h| slug(h.trim_start_matches('#')))
+                        .collect();
+                    assert!(anchors.iter().any(|a| a == anchor), "{doc}: link to {target}: no heading with that anchor in {anchors:?}");
+                }
+            }
+        }
+    }
+}
