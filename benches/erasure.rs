@@ -18,6 +18,7 @@ fn ctx(role: Role) -> Ctx {
     Ctx {
         caller: Caller { name: CallerName::parse("bench").unwrap(), roles: [role].into(), purposes: Default::default() },
         request_id: RequestId::generate(),
+        via: None,
     }
 }
 
@@ -37,11 +38,19 @@ fn bench(c: &mut Criterion) {
     );
     let vault = Vault::open(settings, root, Arc::new(SystemClock), Default::default()).unwrap();
     let (svc, web) = (ctx(Role::Service), ctx(Role::Website));
-    // Other subjects around it, as in a real store.
-    for i in 0..2_000 {
-        let fields: BTreeMap<String, Value> = [("identity.full_name".to_string(), json!(format!("Neighbour {i}")))].into();
-        vault.put_fields(&svc, &SubjectId::parse(&format!("n-{i}")).unwrap(), &fields).unwrap();
-    }
+    // Other subjects around it, as in a real store: 20,000 with 1 KiB of fields each.
+    let filler = "x".repeat(1000);
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let (vault, svc, filler) = (&vault, &svc, &filler);
+            s.spawn(move || {
+                for i in (t..20_000).step_by(16) {
+                    let fields: BTreeMap<String, Value> = [("identity.full_name".to_string(), json!(format!("Neighbour {i} {filler}")))].into();
+                    vault.put_fields(svc, &SubjectId::parse(&format!("n-{i}")).unwrap(), &fields).unwrap();
+                }
+            });
+        }
+    });
     let mut group = c.benchmark_group("erasure");
     group.sample_size(10);
     let mut next = 0u64;

@@ -51,20 +51,22 @@ pub struct AuditEntry {
 impl AuditEntry {
     /// SHA-256 over every field but `hash`, serialised as a JSON array (fixed order).
     pub fn compute_hash(&self) -> String {
-        let body = serde_json::json!([
+        // A tuple serialises as a JSON array: the same bytes as listing the fields in order,
+        // without building a `Value`.
+        let body = (
             self.seq,
-            self.time,
-            self.caller,
-            self.action,
-            self.subject,
-            self.purpose,
-            self.fields,
+            &self.time,
+            &self.caller,
+            &self.action,
+            &self.subject,
+            &self.purpose,
+            &self.fields,
             self.decision,
-            self.reason,
-            self.request_id,
-            self.prev_hash
-        ]);
-        let bytes = serde_json::to_vec(&body).expect("JSON value serialises");
+            &self.reason,
+            &self.request_id,
+            &self.prev_hash,
+        );
+        let bytes = serde_json::to_vec(&body).expect("JSON serialises");
         hex::encode(digest::digest(&digest::SHA256, &bytes))
     }
 }

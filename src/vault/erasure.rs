@@ -18,7 +18,7 @@ use super::keyring::{dek_count_key, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{random_hex, rfc3339, SubjectId};
 use crate::policy::Action;
-use crate::store::{prefix_end, subject_prefix, Batch, Space, StoreError};
+use crate::store::{subject_prefix, Batch, Space, StoreError};
 
 /// One line of the erasure journal. No personal data: an opaque subject id and a receipt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,12 +321,7 @@ impl Vault {
             changed += 1;
         }
         if changed > 0 {
-            self.store.purge(&[
-                (Space::Subjects, vec![], vec![0xff]),
-                (Space::Records, vec![], vec![0xff]),
-                (Space::Facts, vec![], vec![0xff]),
-                (Space::Disclosures, vec![], vec![0xff]),
-            ])?;
+            self.store.purge_space(Space::Subjects)?;
         }
         Ok(changed)
     }
@@ -367,14 +362,13 @@ impl Vault {
     }
 }
 
+/// What a shred must force out of the live files: the subject's entry, which holds the wrapped
+/// DEK. Its ciphertexts, contracts and disclosures are range-deleted in the same batch; the
+/// ciphertexts are unreadable without the DEK, so they may leave the files at the next natural
+/// compaction — compacting them now would rewrite every SST file they share with other
+/// subjects, a cost that grows with the store, not with the subject.
 fn purge_ranges(s: &str) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
     let mut exact_end = s.as_bytes().to_vec();
     exact_end.push(0);
-    let p = subject_prefix(s);
-    vec![
-        (Space::Subjects, s.as_bytes().to_vec(), exact_end),
-        (Space::Records, p.clone(), prefix_end(&p)),
-        (Space::Facts, p.clone(), prefix_end(&p)),
-        (Space::Disclosures, p.clone(), prefix_end(&p)),
-    ]
+    vec![(Space::Subjects, s.as_bytes().to_vec(), exact_end)]
 }
