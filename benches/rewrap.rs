@@ -26,6 +26,7 @@ fn ctx(role: Role) -> Ctx {
             purposes: [Purpose::parse("loan_issuance").unwrap()].into(),
         },
         request_id: RequestId::generate(),
+        via: None,
     }
 }
 

@@ -414,6 +414,7 @@ fn cli_ctx() -> Ctx {
             purposes: Default::default(),
         },
         request_id: RequestId::generate(),
+        via: None,
     }
 }
 

@@ -13,6 +13,7 @@ use toml::Spanned;
 use crate::auth::{token_digest, CallerEntry, Callers};
 use crate::domain::{random_hex, CallerName, Purpose, Role};
 use crate::policy::{Caller, PurposeDef, Purposes};
+use crate::privacy::{parse_origin, Lang, PrivacySettings, PublicUrl};
 use crate::schema::{Category, Schema};
 use crate::vault::{default_journal_path, sibling, Settings};
 
@@ -46,6 +47,18 @@ struct RawConfig {
     #[serde(default)]
     schema: BTreeMap<String, Category>,
     tls: Option<crate::tls::TlsSettings>,
+    privacy: Option<Spanned<RawPrivacy>>,
+}
+
+/// `[privacy]`: the borrower's privacy centre (docs/privacy-centre.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    public_url: Option<String>,
+    session_minutes: Option<u32>,
+    #[serde(default)]
+    frame_ancestors: Vec<String>,
+    default_language: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +159,8 @@ pub struct Config {
     pub purposes: Purposes,
     /// HTTPS for the listener, if configured.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// The borrower's privacy centre.
+    pub privacy: PrivacySettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -310,6 +325,13 @@ impl Config {
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
             return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
+        let privacy = match raw.privacy {
+            None => PrivacySettings::default(),
+            Some(p) => {
+                let line = p.span().start;
+                parse_privacy(p.into_inner()).map_err(|msg| at(line, msg))?
+            }
+        };
         Ok(Self {
             listen,
             data_dir,
@@ -328,6 +350,7 @@ impl Config {
                 key_file: resolve(t.key_file),
                 client_ca_file: t.client_ca_file.map(resolve),
             }),
+            privacy,
             source: None,
         })
     }
@@ -389,6 +412,28 @@ impl Config {
         let c = Self::parse(&text, &format!("embedded default (callers from {})", callers.display()), base, env)?;
         Ok((c, setup))
     }
+}
+
+/// Checks `[privacy]`: a public URL browsers can reach, a short session, origins only.
+fn parse_privacy(raw: RawPrivacy) -> Result<PrivacySettings, String> {
+    let public_url =
+        raw.public_url.map(|u| PublicUrl::parse(&u)).transpose().map_err(|rule| format!("privacy.public_url {rule}"))?;
+    let session_minutes = raw.session_minutes.unwrap_or(15);
+    if !(1..=120).contains(&session_minutes) {
+        return Err("privacy.session_minutes must be between 1 and 120 (a link is a credential: keep it short)".into());
+    }
+    let mut frame_ancestors = Vec::new();
+    for o in &raw.frame_ancestors {
+        let origin = parse_origin(o).map_err(|rule| format!("privacy.frame_ancestors: each entry {rule}"))?;
+        if !frame_ancestors.contains(&origin) {
+            frame_ancestors.push(origin);
+        }
+    }
+    let default_language = match raw.default_language {
+        None => Lang::Kk,
+        Some(l) => Lang::parse(&l).ok_or("privacy.default_language must be one of kk, ru, en")?,
+    };
+    Ok(PrivacySettings { public_url, session_minutes, frame_ancestors, default_language })
 }
 
 /// What the embedded default created on this start.
@@ -490,6 +535,35 @@ purposes     = ["loan_issuance"]
         assert!(parse(&inside).unwrap_err().to_string().contains("must not live inside data_dir"));
         let both = GOOD.replace("file = \"/etc/qoima/root.key\"", "file = \"/k\"\nenv = \"K\"");
         assert!(parse(&both).unwrap_err().to_string().contains("exactly one"));
+    }
+
+    #[test]
+    fn the_privacy_section() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.privacy, PrivacySettings::default());
+        assert_eq!((c.privacy.session_minutes, c.privacy.default_language), (15, Lang::Kk));
+        let text = format!(
+            "{GOOD}\n[privacy]\npublic_url = \"https://vault.example.kz/q/\"\nsession_minutes = 10\n\
+             frame_ancestors = [\"https://www.100tenge.kz\", \"https://100tenge.kz/\"]\ndefault_language = \"ru\"\n"
+        );
+        let p = parse(&text).unwrap().privacy;
+        assert_eq!(p.public_url.unwrap().as_str(), "https://vault.example.kz/q");
+        assert_eq!(p.session_minutes, 10);
+        assert_eq!(p.frame_ancestors, ["https://www.100tenge.kz", "https://100tenge.kz"]);
+        assert_eq!(p.default_language, Lang::Ru);
+        for (bad, needle) in [
+            ("public_url = \"vault.example.kz\"", "privacy.public_url"),
+            ("public_url = \"https://x/?q=1\"", "privacy.public_url"),
+            ("session_minutes = 0", "session_minutes"),
+            ("session_minutes = 1440", "session_minutes"),
+            ("frame_ancestors = [\"*\"]", "frame_ancestors"),
+            ("frame_ancestors = [\"https://x.kz/page\"]", "frame_ancestors"),
+            ("default_language = \"de\"", "default_language"),
+            ("colour = \"red\"", "colour"),
+        ] {
+            let e = parse(&format!("{GOOD}\n[privacy]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.starts_with("qoima.toml:1") && e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

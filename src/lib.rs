@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod policy;
+pub mod privacy;
 pub mod schema;
 pub mod server;
 pub mod store;

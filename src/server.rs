@@ -69,7 +69,12 @@ impl Application {
             .await
             .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let state = AppState::new(vault.clone(), config.callers.clone());
+        // Session links default to the listener's own address (set privacy.public_url in production).
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let own = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let fallback = crate::privacy::PublicUrl::parse(&format!("{scheme}://{own}")).expect("a socket address is a valid URL authority");
+        let privacy = crate::privacy::Sessions::new(&config.privacy, fallback);
+        let state = AppState::new(vault.clone(), config.callers.clone(), privacy);
         let router = api::router(state, &config.limits);
         Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)), tls })
     }
@@ -194,6 +199,7 @@ pub mod admin {
                             purposes: Default::default(),
                         },
                         request_id: RequestId::generate(),
+                        via: None,
                     };
                     let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {
                         let text = match request {

@@ -22,7 +22,9 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(id.clone());
     // The path holds opaque ids only; queries, headers and bodies are never logged.
-    let span = tracing::info_span!("request", request_id = %id.as_str(), method = %req.method(), path = %req.uri().path());
+    // A privacy-centre link carries its session token in the path: that part is left out.
+    let path = crate::privacy::loggable_path(req.uri().path()).into_owned();
+    let span = tracing::info_span!("request", request_id = %id.as_str(), method = %req.method(), path = %path);
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     span.in_scope(|| tracing::info!(status = res.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
@@ -93,12 +95,12 @@ impl FromRequestParts<AppState> for Authed {
         // A verified client certificate (HTTPS with a client CA) that a caller lists.
         if let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>() {
             if let Some(caller) = state.callers.authenticate_certificate(&cert.0) {
-                return Ok(Authed(Ctx { caller: caller.clone(), request_id }));
+                return Ok(Authed(Ctx { caller: caller.clone(), request_id, via: None }));
             }
         }
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
-            return Ok(Authed(Ctx { caller: caller.clone(), request_id }));
+            return Ok(Authed(Ctx { caller: caller.clone(), request_id, via: None }));
         }
         let reason = if token.is_some() { "unknown bearer token" } else { "missing bearer token" };
         let path = parts.uri.path().to_owned();

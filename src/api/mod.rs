@@ -8,6 +8,7 @@ mod admin;
 pub mod error;
 mod extract;
 mod metrics;
+mod privacy;
 mod subjects;
 pub mod wire;
 
@@ -26,6 +27,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::auth::Callers;
 use crate::config::Limits;
+use crate::privacy::Sessions;
 use crate::vault::Vault;
 use error::ApiError;
 
@@ -37,11 +39,13 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub callers: Arc<Callers>,
     pub http: Arc<metrics::HttpMetrics>,
+    /// The privacy centre's session links.
+    pub privacy: Arc<Sessions>,
 }
 
 impl AppState {
-    pub fn new(vault: Arc<Vault>, callers: Callers) -> Self {
-        Self { vault, callers: Arc::new(callers), http: Arc::default() }
+    pub fn new(vault: Arc<Vault>, callers: Callers, privacy: Sessions) -> Self {
+        Self { vault, callers: Arc::new(callers), http: Arc::default(), privacy: Arc::new(privacy) }
     }
 }
 
@@ -52,7 +56,7 @@ impl AppState {
     paths(
         subjects::put_subject, subjects::read_subject, subjects::rectify, subjects::open_contract, subjects::update_contract,
         subjects::give_consent, subjects::withdraw_consent, subjects::disclose, subjects::export, subjects::request_erasure,
-        subjects::erasure_status, subjects::rekey, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
+        subjects::erasure_status, subjects::rekey, privacy::create_session, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
         admin::destroy, admin::audit, admin::audit_verify,
         admin::healthz, admin::readyz
     ),
@@ -83,6 +87,17 @@ async fn method_not_allowed() -> ApiError {
 
 /// The router with its middleware.
 pub fn router(state: AppState, limits: &Limits) -> Router {
+    // The borrower's page: HTML, with its own security headers.
+    let privacy_centre = Router::new()
+        .route("/privacy/s/{token}", get(privacy::show))
+        .route("/privacy/s/{token}/rectify", post(privacy::rectify))
+        .route("/privacy/s/{token}/consents/{purpose}/withdraw", post(privacy::withdraw))
+        .route("/privacy/s/{token}/erasure", post(privacy::erase))
+        .route("/privacy/s/{token}/export", get(privacy::export))
+        .route("/privacy/assets/privacy.css", get(privacy::css))
+        .route("/privacy/assets/privacy.js", get(privacy::js))
+        .route("/privacy/assets/icon.svg", get(privacy::icon))
+        .layer(axum::middleware::from_fn_with_state(state.privacy.clone(), privacy::headers));
     let v1 = Router::new()
         .route("/v1/subjects/{id}", put(subjects::put_subject).get(subjects::read_subject))
         .route("/v1/subjects/{id}/rectify", patch(subjects::rectify))
@@ -94,6 +109,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/v1/subjects/{id}/export", get(subjects::export))
         .route("/v1/subjects/{id}/erasure", post(subjects::request_erasure).get(subjects::erasure_status))
         .route("/v1/subjects/{id}/rekey", post(subjects::rekey))
+        .route("/v1/subjects/{id}/privacy-session", post(privacy::create_session))
         .route("/v1/keys", get(admin::keys))
         .route("/v1/keys/rotate", post(admin::rotate))
         .route("/v1/keys/rewrap", post(admin::start_rewrap).get(admin::rewrap_progress))
@@ -104,6 +120,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics::render))
+        .merge(privacy_centre)
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -17,6 +17,7 @@ pub mod codec;
 mod erasure;
 mod facts;
 pub mod keyring;
+mod privacy;
 pub mod rewrap;
 mod subjects;
 
@@ -106,6 +107,9 @@ pub fn sibling(data_dir: &std::path::Path, suffix: &str) -> PathBuf {
 pub struct Ctx {
     pub caller: Caller,
     pub request_id: RequestId,
+    /// How the caller came, when that is not its own request: e.g. the privacy centre acting
+    /// for the subject ([`crate::privacy::VIA`]). Appended to every audit reason.
+    pub via: Option<&'static str>,
 }
 
 impl Ctx {
@@ -118,6 +122,7 @@ impl Ctx {
                 purposes: Default::default(),
             },
             request_id: RequestId::generate(),
+            via: None,
         }
     }
 }
@@ -284,6 +289,10 @@ impl Vault {
 
     /// An allowed-entry draft for `action` by `ctx`; add purpose, fields or `deny()` to it.
     fn draft(&self, ctx: &Ctx, action: Action, subject: Option<&str>, reason: impl Into<String>) -> Draft {
+        let mut reason = reason.into();
+        if let Some(via) = ctx.via {
+            reason = format!("{reason} ({via})");
+        }
         Draft {
             caller: ctx.caller.name.to_string(),
             action: action.as_str(),
@@ -291,7 +300,7 @@ impl Vault {
             purpose: None,
             fields: Vec::new(),
             decision: Decision::Allow,
-            reason: reason.into(),
+            reason,
             request_id: ctx.request_id.as_str().to_owned(),
         }
     }

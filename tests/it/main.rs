@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod hygiene;
 mod keys;
+mod privacy;
 mod rights;
 mod storage;
 mod tls;

@@ -1,0 +1,395 @@
+//! The privacy centre over HTTP: `POST /v1/subjects/{id}/privacy-session` (role website)
+//! issues a link; `/privacy/s/{token}…` serves the borrower's page and its actions; assets
+//! under `/privacy/assets/`. Handlers check the link, the form's CSRF field and `Origin`,
+//! then call the vault as the website caller named in the link (`Ctx::via` set), and answer
+//! with a page or a 303 back to it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, App, Authed};
+use super::wire::{AccessWire, ContractResponse, ErasureResponse, ExportResponse};
+use super::AppState;
+use crate::domain::{rfc3339, FieldName, Purpose, RequestId, Role, SubjectId};
+use crate::privacy::page::{self, Notice, PageCtx, Refusal, Shown};
+use crate::privacy::{editable, form_value, Lang, LinkError, Session, Sessions, VIA};
+use crate::vault::{Ctx, ErasureStatus, Export, Vault, VaultError};
+
+/// `POST /v1/subjects/{id}/privacy-session`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PrivacySessionResponse {
+    /// The link to give the borrower (redirect or iframe `src`). A credential until it expires.
+    pub url: String,
+    pub expires_at: String,
+}
+
+/// Open a privacy-centre session for a subject (role website): a short-lived link to the
+/// borrower's page, bound to this subject.
+#[utoipa::path(post, path = "/v1/subjects/{id}/privacy-session", tag = "privacy",
+    params(("id" = String, Path)),
+    responses((status = 201, body = PrivacySessionResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_session(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<PrivacySessionResponse>), ApiError> {
+    let subject = SubjectId::parse(&id)?;
+    let caller = ctx.caller.name.clone();
+    let expires_at = state.privacy.expiry(state.vault.now());
+    let s = subject.clone();
+    super::extract::run(&state.vault, move |v| v.open_privacy_session(&ctx, &s, expires_at)).await?;
+    let issued = state.privacy.issue(&subject, &caller, expires_at);
+    Ok((StatusCode::CREATED, Json(PrivacySessionResponse { url: issued.url, expires_at: rfc3339(issued.expires_at) })))
+}
+
+/// Headers of every privacy-centre response: a strict CSP, no framing unless origins are
+/// configured, and a referrer only to the vault itself (the link is a credential; no other
+/// origin ever sees it). Not `no-referrer`: under it browsers send `Origin: null` with form
+/// posts, which would leave the Origin check nothing to compare. `Cache-Control: no-store`
+/// comes from the API's own middleware.
+pub async fn headers(State(sessions): State<Arc<Sessions>>, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let csp = HeaderValue::from_str(&sessions.csp()).unwrap_or(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !sessions.embeddable() {
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    res
+}
+
+macro_rules! asset {
+    ($name:ident, $file:literal, $type:literal) => {
+        pub async fn $name() -> Response {
+            ([(header::CONTENT_TYPE, HeaderValue::from_static($type))], include_str!(concat!("../privacy/assets/", $file))).into_response()
+        }
+    };
+}
+
+asset!(css, "privacy.css", "text/css; charset=utf-8");
+asset!(js, "privacy.js", "text/javascript; charset=utf-8");
+asset!(icon, "icon.svg", "image/svg+xml");
+
+/// The query of a page: its language and the notice to show after a redirect.
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    lang: Option<String>,
+    notice: Option<String>,
+    field: Option<String>,
+    purpose: Option<String>,
+}
+
+fn page_query(uri: &Uri) -> PageQuery {
+    Query::<PageQuery>::try_from_uri(uri).map(|q| q.0).unwrap_or_default()
+}
+
+fn token_in(path: &str) -> &str {
+    path.split_once("/privacy/s/").map(|(_, rest)| rest.split('/').next().unwrap_or_default()).unwrap_or_default()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))], body).into_response()
+}
+
+fn refusal(state: &AppState, lang: Lang, status: StatusCode, why: Refusal) -> Response {
+    html(status, page::refusal_page(lang, state.privacy.public_url().path(), why))
+}
+
+/// Records a refused use of a link (best effort: the borrower is refused either way).
+async fn record_refusal(state: &AppState, subject: Option<SubjectId>, reason: &'static str, request_id: RequestId) {
+    let vault = state.vault.clone();
+    let _ = tokio::task::spawn_blocking(move || vault.record_unauthenticated(subject.as_ref().map(SubjectId::as_str), reason, &request_id))
+        .await;
+}
+
+/// A borrower on their page: a verified link, the website caller it names (still configured
+/// with the website role), and the page's language.
+pub struct Borrower {
+    session: Session,
+    ctx: Ctx,
+    lang: Lang,
+}
+
+impl FromRequestParts<AppState> for Borrower {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let q = page_query(&parts.uri);
+        let accept = parts.headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+        let lang = Lang::negotiate(q.lang.as_deref(), accept, state.privacy.default_language());
+        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
+        let token = token_in(parts.uri.path());
+        let (subject, reason, why) = match state.privacy.verify(token, state.vault.now()) {
+            Ok(session) => {
+                let caller = state.callers.entries().iter().map(|e| &e.caller).find(|c| c.name == session.caller);
+                match caller.filter(|c| c.has_role(Role::Website)) {
+                    Some(c) => {
+                        let ctx = Ctx { caller: c.clone(), request_id, via: Some(VIA) };
+                        return Ok(Borrower { session, ctx, lang });
+                    }
+                    None => (Some(session.subject), "privacy-centre link of a caller no longer configured with the website role", Refusal::LinkInvalid),
+                }
+            }
+            Err(LinkError::Expired { subject }) => (Some(subject), "privacy-centre link expired", Refusal::LinkExpired),
+            Err(LinkError::Invalid) => (None, "privacy-centre link not valid", Refusal::LinkInvalid),
+        };
+        record_refusal(state, subject, reason, request_id).await;
+        Err(refusal(state, lang, StatusCode::FORBIDDEN, why))
+    }
+}
+
+impl Borrower {
+    /// A POST must come from the vault's own page: `Origin` (when sent) is the vault's, and
+    /// the form carries the session's CSRF field.
+    async fn check_post(&self, state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
+        let origin_ok = match headers.get(header::ORIGIN) {
+            None => true,
+            Some(o) => o.to_str().is_ok_and(|o| o == state.privacy.public_url().origin()),
+        };
+        if origin_ok && state.privacy.csrf_ok(&self.session.token, csrf) {
+            return Ok(());
+        }
+        let reason = if origin_ok { "privacy-centre form without a valid CSRF field" } else { "privacy-centre form from another origin" };
+        record_refusal(state, Some(self.session.subject.clone()), reason, self.ctx.request_id.clone()).await;
+        Err(refusal(state, self.lang, StatusCode::FORBIDDEN, Refusal::RequestRefused))
+    }
+
+    /// 303 back to the page, with a notice.
+    fn back(&self, state: &AppState, notice: Option<Notice>, extra: &[(&str, &str)]) -> Response {
+        let mut url = format!(
+            "{}/privacy/s/{}?lang={}",
+            state.privacy.public_url().path(),
+            self.session.token.as_str(),
+            self.lang.code()
+        );
+        if let Some(n) = notice {
+            url.push_str("&notice=");
+            url.push_str(n.code());
+            for (k, v) in extra {
+                // Field and purpose names are [a-z0-9_.]: nothing to encode.
+                url.push_str(&format!("&{k}={v}"));
+            }
+        }
+        match HeaderValue::from_str(&url) {
+            Ok(location) => (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response(),
+            Err(_) => refusal(state, self.lang, StatusCode::INTERNAL_SERVER_ERROR, Refusal::Failed),
+        }
+    }
+
+    /// The page for a failed vault call (the error is logged by `ApiError` when it is a 5xx).
+    fn failed(&self, state: &AppState, e: VaultError) -> Response {
+        let e = ApiError::from(e);
+        let why = match e.status {
+            StatusCode::SERVICE_UNAVAILABLE => Refusal::Unavailable,
+            StatusCode::NOT_FOUND => Refusal::LinkInvalid,
+            _ => Refusal::Failed,
+        };
+        refusal(state, self.lang, e.status, why)
+    }
+}
+
+/// Runs a vault call off the async threads; its errors stay typed.
+async fn core<T, F>(vault: &Arc<Vault>, f: F) -> Result<T, VaultError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Vault) -> Result<T, VaultError> + Send + 'static,
+{
+    let vault = vault.clone();
+    tokio::task::spawn_blocking(move || f(&vault)).await.unwrap_or_else(|e| Err(VaultError::Internal(format!("vault task failed: {e}"))))
+}
+
+/// What the page shows: the export of a live subject, or the erasure of an erased one.
+enum Shows {
+    Live(Box<Export>),
+    Erased(crate::vault::ErasureRecord, String),
+}
+
+/// `GET /privacy/s/{token}`: the borrower's page. Showing it is a data-subject access, audited
+/// as an export via the privacy centre.
+pub async fn show(state: App, b: Borrower, uri: Uri) -> Response {
+    let q = page_query(&uri);
+    let notice = q.notice.as_deref().and_then(Notice::parse).map(|notice| Shown {
+        notice,
+        field: q.field.as_deref().and_then(|f| FieldName::parse(f).ok()),
+        purpose: q.purpose.as_deref().and_then(|p| Purpose::parse(p).ok()).map(|p| p.to_string()),
+    });
+    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
+    let shown = core(&state.vault, move |v| match v.export(&ctx, &s) {
+        Ok(e) => Ok(Shows::Live(Box::new(e))),
+        Err(VaultError::Erased { .. }) => {
+            let r = v.erasure_status(&ctx, &s)?;
+            let st = v.erasure_statement(&r);
+            Ok(Shows::Erased(r, st))
+        }
+        Err(e) => Err(e),
+    })
+    .await;
+    let csrf = state.privacy.csrf(&b.session.token);
+    let settings = state.vault.settings();
+    let c = PageCtx {
+        lang: b.lang,
+        prefix: state.privacy.public_url().path(),
+        token: b.session.token.as_str(),
+        csrf: &csrf,
+        subject: b.session.subject.as_str(),
+        expires_at: b.session.expires_at,
+        schema: &settings.schema,
+        policy_version: &settings.policy_version,
+        notice,
+    };
+    match shown {
+        Ok(Shows::Live(e)) => html(StatusCode::OK, page::subject_page(&c, &e, state.vault.now())),
+        Ok(Shows::Erased(r, st)) => html(StatusCode::OK, page::erased_page(&c, &r, &st)),
+        Err(e) => b.failed(&state, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RectifyForm {
+    #[serde(default)]
+    csrf: String,
+    field: String,
+    value: String,
+}
+
+/// `POST /privacy/s/{token}/rectify`: one field of an application category (P6).
+pub async fn rectify(state: App, b: Borrower, headers: HeaderMap, form: Result<Form<RectifyForm>, FormRejection>) -> Response {
+    let Ok(Form(f)) = form else {
+        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
+    };
+    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
+        return r;
+    }
+    let schema = &state.vault.settings().schema;
+    let Some(field) = FieldName::parse(&f.field).ok().filter(|fl| editable(schema, fl)) else {
+        return b.back(&state, Some(Notice::NotEditable), &[]);
+    };
+    let fields = BTreeMap::from([(field.to_string(), form_value(schema, &field, &f.value))]);
+    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
+    match core(&state.vault, move |v| v.rectify(&ctx, &s, &fields)).await {
+        Ok(_) => b.back(&state, Some(Notice::Rectified), &[("field", field.as_str())]),
+        Err(VaultError::Invalid(_)) => b.back(&state, Some(Notice::RectifyInvalid), &[("field", field.as_str())]),
+        Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
+        Err(e) => b.failed(&state, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+    confirm: Option<String>,
+}
+
+/// `POST /privacy/s/{token}/consents/{purpose}/withdraw`: effective on the next read.
+pub async fn withdraw(
+    state: App,
+    b: Borrower,
+    ApiPath((_, purpose)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
+    };
+    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
+        return r;
+    }
+    let Ok(purpose) = Purpose::parse(&purpose) else {
+        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::Failed);
+    };
+    let (ctx, s, p) = (b.ctx.clone(), b.session.subject.clone(), purpose.clone());
+    match core(&state.vault, move |v| v.withdraw_consent(&ctx, &s, p.as_str())).await {
+        Ok(_) => b.back(&state, Some(Notice::Withdrawn), &[("purpose", purpose.as_str())]),
+        Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
+        Err(e) => b.failed(&state, e),
+    }
+}
+
+/// `POST /privacy/s/{token}/erasure`: pending while a contract holds it, else at once.
+pub async fn erase(state: App, b: Borrower, headers: HeaderMap, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
+    let Ok(Form(f)) = form else {
+        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
+    };
+    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
+        return r;
+    }
+    if f.confirm.as_deref() != Some("yes") {
+        return b.back(&state, Some(Notice::Confirm), &[]);
+    }
+    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
+    match core(&state.vault, move |v| v.request_erasure(&ctx, &s)).await {
+        Ok(r) if r.status == ErasureStatus::Pending => b.back(&state, Some(Notice::Pending), &[]),
+        Ok(_) => b.back(&state, Some(Notice::Erased), &[]),
+        Err(e) => b.failed(&state, e),
+    }
+}
+
+/// `GET /privacy/s/{token}/export`: everything, as the API's export document, for download.
+pub async fn export(state: App, b: Borrower) -> Response {
+    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
+    let out = core(&state.vault, move |v| {
+        let e = v.export(&ctx, &s)?;
+        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
+        Ok((e, statement))
+    })
+    .await;
+    match out {
+        Ok((e, statement)) => {
+            let name = format!("attachment; filename=\"privacy-export-{}.json\"", e.subject);
+            let body = serde_json::to_vec_pretty(&export_document(e, statement)).expect("export serialises");
+            let disposition = HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("attachment"));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::CONTENT_DISPOSITION, disposition)],
+                body,
+            )
+                .into_response()
+        }
+        Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
+        Err(e) => b.failed(&state, e),
+    }
+}
+
+/// The export in the API's shape (`GET /v1/subjects/{id}/export`).
+fn export_document(e: Export, statement: Option<String>) -> ExportResponse {
+    let subject = e.subject.clone();
+    ExportResponse {
+        erasure: e.erasure.map(|r| ErasureResponse::new(r, statement.unwrap_or_default())),
+        subject: e.subject,
+        version: e.version,
+        fields: e.fields,
+        missing_mandatory: e.missing_mandatory,
+        consents: e.consents.into_iter().map(Into::into).collect(),
+        contracts: e.contracts.into_iter().map(|c| ContractResponse::new(&subject, c, None)).collect(),
+        disclosures: e.disclosures.into_iter().map(Into::into).collect(),
+        access: e
+            .access
+            .into_iter()
+            .map(|a| AccessWire {
+                caller: a.caller,
+                action: a.action,
+                purpose: a.purpose,
+                fields: a.fields,
+                count: a.count,
+                first: a.first,
+                last: a.last,
+            })
+            .collect(),
+        policy_version: e.policy_version,
+    }
+}
