@@ -60,7 +60,7 @@ impl AppState {
         admin::destroy, admin::audit, admin::audit_verify,
         admin::healthz, admin::readyz
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
 
@@ -70,6 +70,58 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Errors are `application/problem+json`, and every operation can meet the middleware's
+/// refusals (431 headers too large, 408 timeout; 413 and 415 where a body is taken): the
+/// document says so, as schemathesis checks (tests/schemathesis/run.sh).
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, Response};
+        const PROBLEM: &str = "application/problem+json";
+        let problem = |description: &str| {
+            let mut r = Response::new(description);
+            r.content.insert(PROBLEM.into(), Content::new(Some(Ref::from_schema_name("Problem"))));
+            r
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+                for (code, response) in op.responses.responses.iter_mut() {
+                    let utoipa::openapi::RefOr::T(response) = response else { continue };
+                    if code.as_str() >= "400" {
+                        if let Some(c) = response.content.shift_remove("application/json") {
+                            response.content.insert(PROBLEM.into(), c);
+                        }
+                    }
+                }
+                // The id rules of domain.rs, so generated "valid" ids are valid.
+                for param in op.parameters.iter_mut().flatten() {
+                    let rule = match param.name.as_str() {
+                        "id" => Some(("^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$", 128)),
+                        "contract" => Some(("^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$", 64)),
+                        "purpose" if param.parameter_in == utoipa::openapi::path::ParameterIn::Path => Some(("^[a-z][a-z0-9_]*$", 64)),
+                        _ => None,
+                    };
+                    if let (Some((pattern, max)), Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o)))) =
+                        (rule, param.schema.as_mut())
+                    {
+                        o.pattern = Some(pattern.into());
+                        o.min_length = Some(1);
+                        o.max_length = Some(max);
+                    }
+                }
+                let mut extra = vec![("408", "the request took too long"), ("431", "request headers too large")];
+                if op.request_body.is_some() {
+                    extra.extend([("413", "request body too large"), ("415", "not application/json")]);
+                }
+                for (code, description) in extra {
+                    op.responses.responses.entry(code.into()).or_insert_with(|| problem(description).into());
+                }
+            }
+        }
     }
 }
 
