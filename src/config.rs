@@ -416,8 +416,7 @@ impl Config {
 
 /// Checks `[privacy]`: a public URL browsers can reach, a short session, origins only.
 fn parse_privacy(raw: RawPrivacy) -> Result<PrivacySettings, String> {
-    let public_url =
-        raw.public_url.map(|u| PublicUrl::parse(&u)).transpose().map_err(|rule| format!("privacy.public_url {rule}"))?;
+    let public_url = raw.public_url.map(|u| PublicUrl::parse(&u)).transpose().map_err(|rule| format!("privacy.public_url {rule}"))?;
     let session_minutes = raw.session_minutes.unwrap_or(15);
     if !(1..=120).contains(&session_minutes) {
         return Err("privacy.session_minutes must be between 1 and 120 (a link is a credential: keep it short)".into());

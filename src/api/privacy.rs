@@ -141,7 +141,11 @@ impl FromRequestParts<AppState> for Borrower {
                         let ctx = Ctx { caller: c.clone(), request_id, via: Some(VIA) };
                         return Ok(Borrower { session, ctx, lang });
                     }
-                    None => (Some(session.subject), "privacy-centre link of a caller no longer configured with the website role", Refusal::LinkInvalid),
+                    None => (
+                        Some(session.subject),
+                        "privacy-centre link of a caller no longer configured with the website role",
+                        Refusal::LinkInvalid,
+                    ),
                 }
             }
             Err(LinkError::Expired { subject }) => (Some(subject), "privacy-centre link expired", Refusal::LinkExpired),
@@ -170,12 +174,7 @@ impl Borrower {
 
     /// 303 back to the page, with a notice.
     fn back(&self, state: &AppState, notice: Option<Notice>, extra: &[(&str, &str)]) -> Response {
-        let mut url = format!(
-            "{}/privacy/s/{}?lang={}",
-            state.privacy.public_url().path(),
-            self.session.token.as_str(),
-            self.lang.code()
-        );
+        let mut url = format!("{}/privacy/s/{}?lang={}", state.privacy.public_url().path(), self.session.token.as_str(), self.lang.code());
         if let Some(n) = notice {
             url.push_str("&notice=");
             url.push_str(n.code());

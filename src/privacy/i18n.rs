@@ -52,11 +52,7 @@ impl Lang {
             let mut parts = item.split(';');
             let tag = parts.next().unwrap_or_default().trim();
             let primary = tag.split('-').next().unwrap_or_default();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .next()
-                .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
-                .unwrap_or(1.0);
+            let q = parts.filter_map(|p| p.trim().strip_prefix("q=")).next().map(|q| q.trim().parse::<f32>().unwrap_or(0.0)).unwrap_or(1.0);
             if let Some(l) = Lang::parse(primary).filter(|_| q > 0.0) {
                 if best.is_none_or(|(bq, _)| q > bq) {
                     best = Some((q, l));

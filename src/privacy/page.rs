@@ -61,8 +61,15 @@ pub enum Notice {
 }
 
 impl Notice {
-    const ALL: [Notice; 7] =
-        [Notice::Rectified, Notice::RectifyInvalid, Notice::NotEditable, Notice::Withdrawn, Notice::Pending, Notice::Erased, Notice::Confirm];
+    const ALL: [Notice; 7] = [
+        Notice::Rectified,
+        Notice::RectifyInvalid,
+        Notice::NotEditable,
+        Notice::Withdrawn,
+        Notice::Pending,
+        Notice::Erased,
+        Notice::Confirm,
+    ];
 
     pub fn code(self) -> &'static str {
         match self {
@@ -162,22 +169,22 @@ fn value_text(v: &Value) -> String {
 
 fn head(o: &mut String, lang: Lang, prefix: &str, title: &str) {
     let p = esc(prefix);
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<!doctype html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <meta name=\"robots\" content=\"noindex, nofollow\">\n<title>{title}</title>\n\
          <link rel=\"stylesheet\" href=\"{p}/privacy/assets/privacy.css\">\n\
          <link rel=\"icon\" href=\"{p}/privacy/assets/icon.svg\" type=\"image/svg+xml\">\n\
-         <script src=\"{p}/privacy/assets/privacy.js\" defer></script>\n</head>\n<body>\n",
+         <script src=\"{p}/privacy/assets/privacy.js\" defer></script>\n</head>\n<body>",
         lang = lang.code(),
         title = esc(title),
     );
 }
 
 fn top(o: &mut String, c: &PageCtx<'_>) {
-    let _ = write!(o, "<header class=\"top\"><div class=\"wrap\"><span class=\"brand\">{}</span>", esc(c.t(T::Title)));
-    let _ = write!(o, "<nav class=\"langs\" aria-label=\"{}\"><ul>", esc(c.t(T::Language)));
+    // No title here: the page's h1 says it, and inside the lender's iframe it would repeat.
+    let _ = write!(o, "<header class=\"top\"><div class=\"wrap\"><nav class=\"langs\" aria-label=\"{}\"><ul>", esc(c.t(T::Language)));
     for l in Lang::ALL {
         let href = esc(&format!("{}/privacy/s/{}?lang={}", c.prefix, c.token, l.code()));
         let current = if l == c.lang { " aria-current=\"page\"" } else { "" };
@@ -188,21 +195,26 @@ fn top(o: &mut String, c: &PageCtx<'_>) {
 
 fn foot(o: &mut String, lang: Lang, policy_version: &str) {
     let v = format!("<span class=\"nowrap\">{}</span>", esc(policy_version));
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<footer class=\"wrap foot\"><p>{}</p><p>{}</p></footer>\n</body>\n</html>\n",
+        "<footer class=\"wrap foot\"><p>{}</p><p>{}</p></footer>\n</body>\n</html>",
         esc(T::Footer.get(lang)),
         fill(T::PolicyInForce.get(lang), &[("version", &v)])
     );
 }
 
-fn notice(o: &mut String, c: &PageCtx<'_>) {
+/// The notice of the last action, unless the subject's state has moved on since (a reload
+/// keeps the query string): on the erased page only "erased", elsewhere anything else.
+fn notice(o: &mut String, c: &PageCtx<'_>, erased: bool) {
     let Some(n) = &c.notice else { return };
+    if erased != (n.notice == Notice::Erased) {
+        return;
+    }
     let field = n.field.as_ref().map(|f| esc(&c.field_label(f.as_str()))).unwrap_or_default();
     let purpose = n.purpose.as_deref().map(|p| esc(&c.purpose_label(p))).unwrap_or_default();
     let text = fill(c.t(n.notice.text()), &[("field", &field), ("purpose", &purpose)]);
     let (class, role) = if n.notice.is_error() { ("notice error", "alert") } else { ("notice ok", "status") };
-    let _ = write!(o, "<div id=\"notice\" class=\"{class}\" role=\"{role}\" tabindex=\"-1\"><p>{text}</p></div>\n");
+    let _ = writeln!(o, "<div id=\"notice\" class=\"{class}\" role=\"{role}\" tabindex=\"-1\"><p>{text}</p></div>");
 }
 
 /// A `<dl>` of label/value pairs whose values are already markup.
@@ -238,7 +250,7 @@ fn data_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
     let _ = write!(o, "<section id=\"data\" aria-labelledby=\"data-h\"><h2 id=\"data-h\">{}</h2>", esc(c.t(T::DataHeading)));
     let _ = write!(o, "<p>{}</p>", esc(c.t(T::DataIntro)));
     if e.fields.is_empty() {
-        let _ = write!(o, "<p class=\"empty\">{}</p></section>\n", esc(c.t(T::NoData)));
+        let _ = writeln!(o, "<p class=\"empty\">{}</p></section>", esc(c.t(T::NoData)));
         return;
     }
     let mut by_cat: Vec<(String, Vec<(FieldName, &Value)>)> = Vec::new();
@@ -263,7 +275,11 @@ fn data_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
         for (f, v) in list {
             let name = c.field_label(f.as_str());
             let value = value_text(v);
-            let _ = write!(o, "<div class=\"field\"><dt>{}</dt><dd><span class=\"value\">{}</span>", esc(&name), esc(&value));
+            let shown = match (c.schema.spec(&f).map(|s| s.ty), v.as_str()) {
+                (Ok(FieldType::Timestamp), Some(t)) => time_text(t),
+                _ => esc(&value),
+            };
+            let _ = write!(o, "<div class=\"field\"><dt>{}</dt><dd><span class=\"value\">{shown}</span>", esc(&name));
             if super::editable(c.schema, &f) {
                 let input_id = format!("v-{}", f.as_str().replace('.', "-"));
                 let _ = write!(
@@ -317,7 +333,7 @@ fn consents_section(o: &mut String, c: &PageCtx<'_>, e: &Export, now: OffsetDate
         esc(c.t(T::ConsentsIntro))
     );
     if e.consents.is_empty() {
-        let _ = write!(o, "<p class=\"empty\">{}</p></section>\n", esc(c.t(T::NoConsents)));
+        let _ = writeln!(o, "<p class=\"empty\">{}</p></section>", esc(c.t(T::NoConsents)));
         return;
     }
     o.push_str("<ul class=\"cards\">");
@@ -330,10 +346,7 @@ fn consents_section(o: &mut String, c: &PageCtx<'_>, e: &Export, now: OffsetDate
             esc(&c.purpose_label(&k.purpose)),
             esc(c.t(state))
         );
-        let mut rows = vec![
-            (c.t(T::PolicyVersion), esc(&k.policy_version)),
-            (c.t(T::Given), time(k.given_at)),
-        ];
+        let mut rows = vec![(c.t(T::PolicyVersion), esc(&k.policy_version)), (c.t(T::Given), time(k.given_at))];
         if let Some(u) = k.valid_until {
             rows.push((c.t(T::ValidUntil), time(u)));
         }
@@ -365,9 +378,13 @@ fn consents_section(o: &mut String, c: &PageCtx<'_>, e: &Export, now: OffsetDate
 }
 
 fn contracts_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
-    let _ = write!(o, "<section id=\"contracts\" aria-labelledby=\"contracts-h\"><h2 id=\"contracts-h\">{}</h2>", esc(c.t(T::ContractsHeading)));
+    let _ = write!(
+        o,
+        "<section id=\"contracts\" aria-labelledby=\"contracts-h\"><h2 id=\"contracts-h\">{}</h2>",
+        esc(c.t(T::ContractsHeading))
+    );
     if e.contracts.is_empty() {
-        let _ = write!(o, "<p class=\"empty\">{}</p></section>\n", esc(c.t(T::NoContracts)));
+        let _ = writeln!(o, "<p class=\"empty\">{}</p></section>", esc(c.t(T::NoContracts)));
         return;
     }
     o.push_str("<ul class=\"cards\">");
@@ -392,7 +409,9 @@ fn contracts_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
 }
 
 fn field_list(c: &PageCtx<'_>, fields: &[String]) -> String {
-    let labels: Vec<String> = fields.iter().map(|f| c.field_label(f)).collect();
+    let mut fields: Vec<&String> = fields.iter().collect();
+    fields.sort_by_key(|f| (rank(i18n::CATEGORIES, f.split('.').next().unwrap_or_default()), rank(i18n::FIELDS, f)));
+    let labels: Vec<String> = fields.into_iter().map(|f| c.field_label(f)).collect();
     esc(&labels.join(", "))
 }
 
@@ -404,7 +423,7 @@ fn disclosures_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
         esc(c.t(T::DisclosuresIntro))
     );
     if e.disclosures.is_empty() {
-        let _ = write!(o, "<p class=\"empty\">{}</p></section>\n", esc(c.t(T::NoDisclosures)));
+        let _ = writeln!(o, "<p class=\"empty\">{}</p></section>", esc(c.t(T::NoDisclosures)));
         return;
     }
     o.push_str("<ul class=\"cards\">");
@@ -433,7 +452,7 @@ fn access_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
         esc(c.t(T::AccessIntro))
     );
     if e.access.is_empty() {
-        let _ = write!(o, "<p class=\"empty\">{}</p></section>\n", esc(c.t(T::NoAccess)));
+        let _ = writeln!(o, "<p class=\"empty\">{}</p></section>", esc(c.t(T::NoAccess)));
         return;
     }
     o.push_str("<ul class=\"cards\">");
@@ -454,10 +473,10 @@ fn access_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
 }
 
 fn download_section(o: &mut String, c: &PageCtx<'_>) {
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<section id=\"download\" aria-labelledby=\"download-h\"><h2 id=\"download-h\">{}</h2><p>{}</p>\
-         <p><a class=\"button secondary\" href=\"{}\" download>{}</a></p></section>\n",
+         <p><a class=\"button secondary\" href=\"{}\" download>{}</a></p></section>",
         esc(c.t(T::DownloadHeading)),
         esc(c.t(T::DownloadIntro)),
         c.url("/export"),
@@ -489,12 +508,12 @@ fn erasure_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
     if !holds.is_empty() {
         let _ = write!(o, "<p class=\"panel hold\">{}</p>", fill(c.t(T::ErasureHeld), &[("contracts", &contract_names(&holds))]));
     }
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<form method=\"post\" action=\"{}\" class=\"stack danger-zone\">{}\
          <div class=\"check\"><input type=\"checkbox\" id=\"confirm-erasure\" name=\"confirm\" value=\"yes\" required>\
          <label for=\"confirm-erasure\">{}</label></div>\
-         <button type=\"submit\" class=\"danger\">{}</button></form></section>\n",
+         <button type=\"submit\" class=\"danger\">{}</button></form></section>",
         c.url("/erasure"),
         hidden_csrf(c),
         esc(c.t(T::ErasureConfirm)),
@@ -502,11 +521,14 @@ fn erasure_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
     );
 }
 
-fn intro(o: &mut String, c: &PageCtx<'_>) {
-    let _ = write!(o, "<main id=\"main\" class=\"wrap\"><h1>{}</h1><p class=\"lead\">{}</p>", esc(c.t(T::Title)), esc(c.t(T::Intro)));
-    let _ = write!(
+fn intro(o: &mut String, c: &PageCtx<'_>, erased: bool) {
+    let _ = write!(o, "<main id=\"main\" class=\"wrap\"><h1>{}</h1>", esc(c.t(T::Title)));
+    if !erased {
+        let _ = write!(o, "<p class=\"lead\">{}</p>", esc(c.t(T::Intro)));
+    }
+    let _ = writeln!(
         o,
-        "<p class=\"meta\">{}: <strong class=\"nowrap\" id=\"subject\">{}</strong><br>{}</p>\n",
+        "<p class=\"meta\">{}: <strong class=\"nowrap\" id=\"subject\">{}</strong><br>{}</p>",
         esc(c.t(T::Reference)),
         esc(c.subject),
         fill(c.t(T::LinkValidUntil), &[("time", &time(c.expires_at))])
@@ -518,8 +540,8 @@ pub fn subject_page(c: &PageCtx<'_>, e: &Export, now: OffsetDateTime) -> String 
     let mut o = String::with_capacity(16 * 1024);
     head(&mut o, c.lang, c.prefix, c.t(T::Title));
     top(&mut o, c);
-    intro(&mut o, c);
-    notice(&mut o, c);
+    intro(&mut o, c, false);
+    notice(&mut o, c, false);
     let _ = write!(o, "<nav class=\"toc\" aria-label=\"{}\"><ul>", esc(c.t(T::Contents)));
     for (id, t) in [
         ("data", T::DataHeading),
@@ -550,8 +572,8 @@ pub fn erased_page(c: &PageCtx<'_>, r: &ErasureRecord, statement: &str) -> Strin
     let mut o = String::with_capacity(4096);
     head(&mut o, c.lang, c.prefix, c.t(T::Title));
     top(&mut o, c);
-    intro(&mut o, c);
-    notice(&mut o, c);
+    intro(&mut o, c, true);
+    notice(&mut o, c, true);
     let erased_at = r.erased_at.unwrap_or(r.requested_at);
     let _ = write!(
         o,
@@ -571,9 +593,9 @@ pub fn erased_page(c: &PageCtx<'_>, r: &ErasureRecord, statement: &str) -> Strin
         rows.push((c.t(T::KeyFingerprint), format!("<code class=\"wrap-any\">{}</code>", esc(fp))));
     }
     pairs(&mut o, &rows);
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p><strong>{}</strong></p><details><summary>{}</summary><p lang=\"en\">{}</p></details></section>\n</main>\n",
+        "<p><strong>{}</strong></p><details><summary>{}</summary><p lang=\"en\">{}</p></details></section>\n</main>",
         esc(c.t(T::KeepReceipt)),
         esc(c.t(T::Statement)),
         esc(statement)
@@ -603,11 +625,11 @@ pub fn refusal_page(lang: Lang, prefix: &str, why: Refusal) -> String {
     };
     let mut o = String::with_capacity(2048);
     head(&mut o, lang, prefix, title.get(lang));
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<header class=\"top\"><div class=\"wrap\"><span class=\"brand\">{}</span></div></header>\n\
          <main id=\"main\" class=\"wrap\"><h1>{}</h1><div class=\"notice error\" role=\"alert\"><p>{}</p></div></main>\n\
-         </body>\n</html>\n",
+         </body>\n</html>",
         esc(T::Title.get(lang)),
         esc(title.get(lang)),
         esc(text.get(lang))
@@ -760,6 +782,9 @@ mod tests {
             kek_generation: Some(1),
             ..record
         };
+        let pending_notice = Shown { notice: Notice::Pending, field: None, purpose: None };
+        let stale = PageCtx { notice: Some(pending_notice), ..ctx(&schema, Lang::En) };
+        assert!(!erased_page(&stale, &erased, "").contains("id=\"notice\""), "a stale notice after a reload");
         let html = erased_page(&ctx(&schema, Lang::Kk), &erased, "unreadable <now>");
         assert!(html.contains("<code id=\"receipt\">rcpt_1</code>") && html.contains("unreadable &lt;now&gt;"));
         assert!(!html.contains("<form"));

@@ -77,7 +77,8 @@ async fn sessions_are_opened_by_the_website_only_and_audited() {
     assert_eq!(r.status, StatusCode::CREATED);
     let url = r.body["url"].as_str().unwrap();
     assert!(url.starts_with(&format!("{}/privacy/s/", app.addr)), "{url}");
-    let expires = time::OffsetDateTime::parse(r.body["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let expires =
+        time::OffsetDateTime::parse(r.body["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
     let minutes = (expires - now()).whole_minutes();
     assert!((14..=15).contains(&minutes), "15 minutes by default: {minutes}");
 
@@ -164,10 +165,17 @@ async fn the_page_shows_the_data_escaped_under_a_strict_policy() {
 
 #[tokio::test]
 async fn configured_origins_may_embed_the_page() {
-    let app = spawn_with("[privacy]\nframe_ancestors = [\"https://www.100tenge.kz\", \"https://100tenge.kz/\"]\ndefault_language = \"ru\"\n", None).await;
+    let app = spawn_with(
+        "[privacy]\nframe_ancestors = [\"https://www.100tenge.kz\", \"https://100tenge.kz/\"]\ndefault_language = \"ru\"\n",
+        None,
+    )
+    .await;
     app.put_fields("pc-3", application("PC3")).await;
     let p = get_page(&open_session(&app, "pc-3").await, None).await;
-    assert!(p.headers["content-security-policy"].to_str().unwrap().ends_with("frame-ancestors https://www.100tenge.kz https://100tenge.kz"));
+    assert!(p.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .ends_with("frame-ancestors https://www.100tenge.kz https://100tenge.kz"));
     assert!(p.headers.get("x-frame-options").is_none(), "X-Frame-Options cannot name several origins");
     assert!(p.html.contains("<html lang=\"ru\">"));
 }
@@ -382,8 +390,14 @@ fn browser_prerequisites() -> Result<(PathBuf, PathBuf), String> {
         missing.push(format!("{} not found: install Debian's chromium (`apt-get install -y chromium`; .ci/run does)", chromium.display()));
     }
     match std::process::Command::new("node").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => missing.push("node not found: install Node.js 20 or later (`apt-get install -y nodejs npm`)".into()),
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            let major: u32 = v.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if major < 20 {
+                missing.push(format!("node {} is too old: playwright-core needs Node.js 20 or later", v.trim()));
+            }
+        }
+        _ => missing.push("node not found: install Node.js 20 or later (and npm)".into()),
     }
     if !e2e.join("node_modules/playwright-core/package.json").exists() {
         missing.push(format!("playwright-core not installed: run `npm ci --prefix {}` (.ci/run does)", e2e.display()));
@@ -452,7 +466,17 @@ async fn a_borrower_uses_the_privacy_centre_in_chromium() {
     println!("{log}");
     assert!(out.status.success(), "the browser walk failed (screenshots in {}):\n{log}", shots.display());
 
-    for name in ["01-page-kk", "02-page-en", "03-phone-ru", "04-rectified", "06-consent-withdrawn", "07-erasure-pending", "09-erased", "10-expired", "11-tampered"] {
+    for name in [
+        "01-page-kk",
+        "02-page-en",
+        "03-phone-ru",
+        "04-rectified",
+        "06-consent-withdrawn",
+        "07-erasure-pending",
+        "09-erased",
+        "10-expired",
+        "11-tampered",
+    ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap_or_default();
         assert!(png.starts_with(b"\x89PNG"), "screenshot {name}");
     }

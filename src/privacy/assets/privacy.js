@@ -4,13 +4,22 @@
 (function () {
   var lang = document.documentElement.lang || "en";
 
-  // Times in the reader's own time zone and language.
+  // Times in the reader's own time zone and language. Browsers' built-in data often lacks
+  // Kazakh month names, so Kazakh is spelled out here.
+  var KK = ["қаңтар", "ақпан", "наурыз", "сәуір", "мамыр", "маусым", "шілде", "тамыз", "қыркүйек", "қазан", "қараша", "желтоқсан"];
+  function two(n) { return (n < 10 ? "0" : "") + n; }
+  function show(d) {
+    if (lang === "kk") {
+      return d.getFullYear() + " ж. " + d.getDate() + " " + KK[d.getMonth()] + ", " + two(d.getHours()) + ":" + two(d.getMinutes());
+    }
+    return d.toLocaleString(lang, { dateStyle: "medium", timeStyle: "short" });
+  }
   var times = document.querySelectorAll("time[datetime]");
   for (var i = 0; i < times.length; i++) {
     var d = new Date(times[i].getAttribute("datetime"));
     if (!isNaN(d.getTime())) {
       try {
-        times[i].textContent = d.toLocaleString(lang, { dateStyle: "medium", timeStyle: "short" });
+        times[i].textContent = show(d);
       } catch (e) { /* keep the UTC text */ }
     }
   }
@@ -30,7 +39,12 @@
     });
   }
 
-  // After an action, move focus to its notice so screen readers announce it.
+  // After an action, move focus to its notice so screen readers announce it, and drop the
+  // notice from the address so a reload does not announce it again.
   var notice = document.getElementById("notice");
   if (notice) notice.focus();
+  if (window.history && history.replaceState && /[?&]notice=/.test(location.search)) {
+    var lang_only = location.search.match(/[?&](lang=[a-z]{2})/);
+    history.replaceState(null, "", location.pathname + (lang_only ? "?" + lang_only[1] : ""));
+  }
 })();
