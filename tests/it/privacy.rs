@@ -491,3 +491,134 @@ async fn a_borrower_uses_the_privacy_centre_in_chromium() {
     assert_eq!(app.read(subject, "svc-all", "loan_issuance").await.status, StatusCode::GONE);
     assert_eq!(app.read("borrower-other", "svc-all", "loan_issuance").await.status, StatusCode::OK);
 }
+
+/// One GET through the real router, in process, with these callers and these links (so a
+/// test can change the configured callers under a link that stays valid).
+async fn get_with(
+    vault: &std::sync::Arc<qoima::vault::Vault>,
+    callers: qoima::auth::Callers,
+    sessions: &std::sync::Arc<qoima::privacy::Sessions>,
+    limits: &qoima::config::Limits,
+    path: &str,
+) -> (StatusCode, String) {
+    use tower::ServiceExt;
+    let state = qoima::api::AppState {
+        vault: vault.clone(),
+        callers: std::sync::Arc::new(callers),
+        http: Default::default(),
+        privacy: sessions.clone(),
+    };
+    let req = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+    let res = qoima::api::router(state, limits).oneshot(req).await.unwrap();
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
+    use qoima::auth::Callers;
+    use qoima::domain::{CallerName, RequestId, Role, SubjectId};
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    std::fs::write(dir.path().join("qoima.toml"), config_text(dir.path(), "")).unwrap();
+    let config = qoima::config::Config::load(&dir.path().join("qoima.toml"), &|_| None).unwrap();
+    let c = config.clone();
+    let vault = tokio::task::spawn_blocking(move || qoima::server::open_vault(&c, &Default::default())).await.unwrap().unwrap();
+    let vault = std::sync::Arc::new(vault);
+    let entries = config.callers.entries().to_vec();
+    let svc = entries.iter().find(|e| e.caller.name.as_str() == "svc-all").unwrap().caller.clone();
+    let ctx = qoima::vault::Ctx { caller: svc, request_id: RequestId::generate(), via: None };
+    let subject = SubjectId::parse("pc-role").unwrap();
+    let fields = application("PCR").as_object().unwrap().clone().into_iter().collect();
+    vault.put_fields(&ctx, &subject, &fields).unwrap();
+
+    let sessions =
+        std::sync::Arc::new(qoima::privacy::Sessions::new(&config.privacy, qoima::privacy::PublicUrl::parse("http://vault.test").unwrap()));
+    let link = sessions.issue(&subject, &CallerName::parse("website").unwrap(), sessions.expiry(vault.now()));
+    let path = format!("/privacy/s/{}", link.token.as_str());
+
+    let (status, html) = get_with(&vault, config.callers.clone(), &sessions, &config.limits, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Aigerim PCR"));
+    // The same caller name, now only a service: refused.
+    let demoted: Vec<_> = entries
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            if e.caller.name.as_str() == "website" {
+                e.caller.roles = [Role::Service].into();
+            }
+            e
+        })
+        .collect();
+    let (status, html) = get_with(&vault, Callers::new(demoted), &sessions, &config.limits, &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!html.contains("Aigerim"));
+    // Removed from the configuration: refused.
+    let removed: Vec<_> = entries.iter().filter(|e| e.caller.name.as_str() != "website").cloned().collect();
+    let (status, _) = get_with(&vault, Callers::new(removed), &sessions, &config.limits, &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    vault.close();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_link_and_form_values_never_reach_the_log() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let cfg = dir.path().join("qoima.toml");
+    std::fs::write(&cfg, config_text(dir.path(), "")).unwrap();
+    let log_path = dir.path().join("log.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("QOIMA_LOG", "trace")
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut addr = String::new();
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("qoima: listening on ")) {
+            addr = line.to_string();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!addr.is_empty(), "the vault did not start");
+    let c = reqwest::Client::new();
+    let marker = format!("PCLOG{}", qoima::domain::random_hex::<6>());
+    let mut fields = application(&marker);
+    fields["identity.full_name"] = json!(format!("Aigerim {marker}"));
+    let r =
+        c.put(format!("{addr}/v1/subjects/pc-log")).bearer_auth(token("svc-all")).json(&json!({ "fields": fields })).send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = c.post(format!("{addr}/v1/subjects/pc-log/privacy-session")).bearer_auth(token("website")).send().await.unwrap();
+    let url = r.json::<Value>().await.unwrap()["url"].as_str().unwrap().to_owned();
+    let page = get_page(&format!("{url}?lang=en"), None).await;
+    assert!(page.html.contains(&marker));
+    let csrf = csrf_of(&page.html);
+    let new_address = format!("Astana {marker}-NEW");
+    let r = post_form(&format!("{url}/rectify"), &[("csrf", &csrf), ("field", "identity.address"), ("value", &new_address)], None).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = post_form(&format!("{url}/rectify"), &[("csrf", "00"), ("field", "identity.address"), ("value", &new_address)], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(browser().get(format!("{url}/export")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get_page(&format!("{url}x"), None).await.status, StatusCode::FORBIDDEN);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("/privacy/s/…"), "requests to the privacy centre are logged, without their token");
+    let token = url.rsplit('/').next().unwrap();
+    let (payload, tag) = token.split_once('.').unwrap();
+    for (what, secret) in
+        [("token", token), ("claims", payload), ("signature", tag), ("CSRF field", csrf.as_str()), ("value", marker.as_str())]
+    {
+        assert!(!logs.contains(secret), "the log holds the {what}");
+    }
+}
