@@ -130,6 +130,19 @@ pub fn ring_seal_open(threads: usize, d: Duration) -> Point {
     point_from("ring", "seal_open", threads, lat, wall)
 }
 
+/// Writes `n` keys of "thread 0" in batches of 1,000, so get points have data to read.
+pub fn prefill(store: &Store, n: u64) -> Result<(), String> {
+    let value = vec![0xa5u8; 1024];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut b = Batch::default();
+        for &i in chunk {
+            b.put(Space::Records, raw_key(0, i), value.clone());
+        }
+        store.write(&b).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn raw_key(t: usize, i: u64) -> Vec<u8> {
     subject_key(&format!("raw-{t:02}-{i:09}"), "identity.full_name")
 }
@@ -146,10 +159,9 @@ pub fn rocks_put(store: &Store, threads: usize, d: Duration) -> Point {
     point_from("rocksdb", "put_sync", threads, lat, wall)
 }
 
-/// RocksDB point get of a random key written by the put points (thread 0 of the
-/// single-thread put point wrote at least a few thousand).
+/// RocksDB point get of a random key among those of "thread 0" (the prefill and the puts).
 pub fn rocks_get(store: &Store, threads: usize, d: Duration) -> Point {
-    // Thread 0 of each put point wrote keys 0, 1, 2, … in order: find how far they go.
+    // Thread 0's keys run 0, 1, 2, … without gaps: find how far they go.
     let exists = |i: u64| store.get(Space::Records, &raw_key(0, i)).ok().flatten().is_some();
     let mut last = 0u64;
     while last < 1 << 20 && exists(last + 1024) {

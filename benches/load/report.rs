@@ -476,17 +476,19 @@ impl Report {
             let _ = writeln!(s, "- {t}");
         }
         let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "Preload (through the library, 16 threads): {} subjects, erasure pools included, in {:.1} s ({} subjects/s). Audit chain after the run: {}. \
-             Vault log lines during the run: {}. OpenBao: {}.",
-            count(i.preloaded_total as f64),
-            i.preload_seconds,
-            count(i.preload_rate),
-            i.audit.as_deref().unwrap_or("not checked"),
-            i.server_log_lines,
-            i.openbao
-        );
+        if i.preloaded_total > 0 {
+            let _ = writeln!(
+                s,
+                "Preload (through the library, 16 threads): {} subjects, erasure pools included, in {:.1} s ({} subjects/s). \
+                 Audit chain after the run: {}. Vault log lines during the run: {}.",
+                count(i.preloaded_total as f64),
+                i.preload_seconds,
+                count(i.preload_rate),
+                i.audit.as_deref().unwrap_or("not checked"),
+                i.server_log_lines,
+            );
+        }
+        let _ = writeln!(s, "\nOpenBao: {}.", i.openbao);
         for n in &i.notes {
             let _ = writeln!(s, "\n{n}.");
         }
