@@ -142,7 +142,7 @@ try {
   await page.locator("#erasure .panel.hold").getByText(CONTRACT).waitFor();
   await shot(page, "02-page-en");
 
-  step = "03 the same page on a phone (390×844)";
+  step = "03 the same page on a phone (390×844, and 360 px)";
   const phone = watch(await context.newPage());
   await phone.setViewportSize({ width: 390, height: 844 });
   await phone.goto(with_lang(LINK, "ru"));
@@ -151,6 +151,11 @@ try {
   assert.ok(overflow <= 0, `the page is ${overflow}px wider than the phone`);
   await shot(phone, "03-phone-ru", { fullPage: false });
   await shot(phone, "03-phone-ru-full");
+  // The narrowest phones in use: 360 px, in Kazakh (the longest words).
+  await phone.setViewportSize({ width: 360, height: 740 });
+  await phone.goto(with_lang(LINK, "kk"));
+  const narrow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(narrow <= 0, `at 360 px the page is ${narrow}px too wide`);
   await phone.close();
 
   step = "04 correct a field";
