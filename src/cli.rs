@@ -257,13 +257,24 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Config(ConfigCmd::Check { file }) => {
             let c = Config::load(&file, &process_env).map_err(|e| Failure(3, e.to_string()))?;
+            // The root key is checked too (mode, format), so a bad key shows here, not at start;
+            // a key that is simply not on this machine (a config checked elsewhere) is noted.
+            let root = match c.root_key.load() {
+                Ok(k) => format!("root key {:08x}", k.id()),
+                Err(qoima_keys::Error::RootKeyUnreadable { reason, .. }) if reason.contains("No such file") || reason.contains("environment variable not found") => {
+                    format!("root key not present on this machine ({})", c.root_key)
+                }
+                Err(e) => return Err(Failure(3, format!("{}: {e}", file.display()))),
+            };
             println!(
-                "{}: ok ({} callers, {} purposes, data_dir {}, listen {})",
+                "{}: ok ({} callers, {} purposes, data_dir {}, listen {}{}, {})",
                 file.display(),
                 c.callers.entries().len(),
                 c.purposes.0.len(),
                 c.data_dir.display(),
-                c.listen
+                if c.tls.is_some() { "https://" } else { "http://" },
+                c.listen,
+                root
             );
             Ok(ExitCode::SUCCESS)
         }

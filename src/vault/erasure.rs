@@ -122,16 +122,15 @@ impl Vault {
                 purged: false,
             };
             let mut batch = Batch::default();
-            let reason = if holds.is_empty() {
-                self.journal.append(s, "erased", now, &record.receipt)?;
+            let (event, reason) = if holds.is_empty() {
                 self.shred_into(s, &meta, &mut record, now, &mut batch)?;
-                "crypto-shredded".to_string()
+                ("erased", "crypto-shredded".to_string())
             } else {
-                self.journal.append(s, "requested", now, &record.receipt)?;
                 batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
-                format!("erasure pending: held by {}", holds.join(", "))
+                ("requested", format!("erasure pending: held by {}", holds.join(", ")))
             };
-            self.audit.commit(vec![self.draft(ctx, Action::RequestErasure, Some(s), reason)], batch)?;
+            let receipt = record.receipt.clone();
+            self.commit_journaled(s, event, now, &receipt, vec![self.draft(ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             if record.status == ErasureStatus::Erased {
                 self.cache.purge(s);
             }
@@ -162,6 +161,27 @@ impl Vault {
                 VaultError::NotFound(format!("no erasure requested for {s}")),
             )),
         }
+    }
+
+    /// Journals an erasure event (fsynced) before committing its batch; if the batch then fails,
+    /// journals that it was aborted, so a restore does not replay what never happened.
+    pub(super) fn commit_journaled(
+        &self,
+        s: &str,
+        event: &str,
+        now: OffsetDateTime,
+        receipt: &str,
+        drafts: Vec<crate::audit::Draft>,
+        batch: Batch,
+    ) -> Result<(), VaultError> {
+        self.journal.append(s, event, now, receipt)?;
+        if let Err(e) = self.audit.commit(drafts, batch) {
+            // Best effort: if even this fails, the journal over-states (an erasure the borrower
+            // asked for), never under-states.
+            let _ = self.journal.append(s, &format!("aborted-{event}"), now, receipt);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Adds the shred of `s` to `batch` and marks `record` erased. The caller holds the
@@ -248,10 +268,10 @@ impl Vault {
             }
             let now = self.clock.now();
             let mut batch = Batch::default();
-            self.journal.append(s, "erased", now, &e.receipt)?;
             self.shred_into(s, &meta, &mut e, now, &mut batch)?;
             let ctx = Ctx::system();
-            self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
+            let receipt = e.receipt.clone();
+            self.commit_journaled(s, "erased", now, &receipt, vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             self.cache.purge(s);
             true
         };
@@ -265,8 +285,18 @@ impl Vault {
     /// journal says was erased is shredded here too, and every pending request is recorded
     /// (and run, if nothing in the restored data holds it). Returns how many subjects changed.
     pub fn replay_erasures(&self, entries: &[JournalEntry]) -> Result<usize, VaultError> {
+        // An "aborted-E" line cancels the last earlier E line of the same erasure.
+        let mut kept: Vec<Option<&JournalEntry>> = entries.iter().map(Some).collect();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(event) = e.event.strip_prefix("aborted-") {
+                kept[i] = None;
+                if let Some(j) = (0..i).rev().find(|&j| kept[j].is_some_and(|k| k.subject == e.subject && k.receipt == e.receipt && k.event == event)) {
+                    kept[j] = None;
+                }
+            }
+        }
         let mut last: BTreeMap<&str, &JournalEntry> = BTreeMap::new();
-        for e in entries {
+        for e in kept.into_iter().flatten() {
             let slot = last.entry(e.subject.as_str()).or_insert(e);
             // "erased" is final; otherwise the latest entry wins.
             if slot.event != "erased" {

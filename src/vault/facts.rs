@@ -100,20 +100,21 @@ impl Vault {
             let still_held = facts.holds().into_iter().any(|h| h != c) || status.holds();
             let erasure = match self.erasure(s)? {
                 Some(mut e) if e.status == ErasureStatus::Pending && !still_held => {
-                    // The last obligation is fulfilled: the pending erasure runs now (P7).
-                    self.journal.append(&e.subject, "erased", now, &e.receipt)?;
+                    // The last obligation is fulfilled: the pending erasure runs now (P7), by
+                    // the vault, under the settling request's id.
                     self.shred_into(s, &meta, &mut e, now, &mut batch)?;
-                    drafts.push(self.draft(
-                        &Ctx::system(),
-                        Action::RequestErasure,
-                        Some(s),
-                        format!("pending erasure executed: contract {c} settled"),
-                    ));
+                    let by_vault = Ctx { request_id: ctx.request_id.clone(), ..Ctx::system() };
+                    drafts.push(self.draft(&by_vault, Action::RequestErasure, Some(s), format!("pending erasure executed: contract {c} settled")));
                     Some(e)
                 }
                 other => other,
             };
-            self.audit.commit(drafts, batch)?;
+            match &erasure {
+                Some(e) if e.status == ErasureStatus::Erased => self.commit_journaled(s, "erased", now, &e.receipt.clone(), drafts, batch)?,
+                _ => {
+                    self.audit.commit(drafts, batch)?;
+                }
+            }
             if erasure.as_ref().is_some_and(|e| e.status == ErasureStatus::Erased) {
                 self.cache.purge(s);
             }

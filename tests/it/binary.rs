@@ -97,3 +97,19 @@ fn config_check_names_the_line_and_exits_3() {
     assert!(err.contains("bad.toml:6:") && err.contains("64 hex"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn config_check_checks_the_root_key_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let f = dir.path().join("q.toml");
+    std::fs::write(&f, crate::helpers::config_text(dir.path(), "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root key "), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::set_permissions(dir.path().join("root.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be 0600 or 0400"));
+}

@@ -274,3 +274,26 @@ async fn technical_data_expires_after_its_retention() {
         .iter()
         .any(|e| e["action"] == "retention.expire" && e["fields"] == json!(["technical.user_agent"])));
 }
+
+#[tokio::test]
+async fn the_erasure_a_settlement_runs_carries_the_settling_request_id() {
+    let app = spawn_app().await;
+    app.put_fields("rid-1", application("RID")).await;
+    app.open_contract("rid-1", "L-1").await;
+    app.erase("rid-1").await;
+    let r = app
+        .client
+        .patch(format!("{}/v1/subjects/rid-1/contracts/L-1", app.addr))
+        .bearer_auth(token("svc-all"))
+        .header("x-request-id", "settle-42")
+        .json(&json!({"status": "settled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let audit = app.get("/v1/audit?subject=rid-1", "auditor").await;
+    let same: Vec<&Value> = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["request_id"] == "settle-42").collect();
+    assert_eq!(same.len(), 2, "{same:?}");
+    assert!(same.iter().any(|e| e["action"] == "contract.update" && e["caller"] == "svc-all"));
+    assert!(same.iter().any(|e| e["action"] == "erasure.request" && e["caller"] == "qoima"));
+}
