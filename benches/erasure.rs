@@ -45,7 +45,8 @@ fn bench(c: &mut Criterion) {
             let (vault, svc, filler) = (&vault, &svc, &filler);
             s.spawn(move || {
                 for i in (t..20_000).step_by(16) {
-                    let fields: BTreeMap<String, Value> = [("identity.full_name".to_string(), json!(format!("Neighbour {i} {filler}")))].into();
+                    let fields: BTreeMap<String, Value> =
+                        [("identity.full_name".to_string(), json!(format!("Neighbour {i} {filler}")))].into();
                     vault.put_fields(svc, &SubjectId::parse(&format!("n-{i}")).unwrap(), &fields).unwrap();
                 }
             });

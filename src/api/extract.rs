@@ -24,10 +24,12 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     // The path holds opaque ids only; queries, headers and bodies are never logged.
     // A privacy-centre link carries its session token in the path: that part is left out.
     let path = crate::privacy::loggable_path(req.uri().path()).into_owned();
-    let span = tracing::info_span!("request", request_id = %id.as_str(), method = %req.method(), path = %path);
+    let span = tracing::debug_span!("request", request_id = %id.as_str(), method = %req.method(), path = %path);
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.in_scope(|| tracing::info!(status = res.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
+    // One line per request at debug (QOIMA_LOG=qoima=debug): at info it would cost every request
+    // a formatted write; counts and latencies are in /metrics.
+    span.in_scope(|| tracing::debug!(status = res.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
     // Errors produced by middleware (timeouts, limits) come without a body: give them one.
     if (res.status().is_client_error() || res.status().is_server_error()) && !res.headers().contains_key(header::CONTENT_TYPE) {
         let slug = match res.status() {

@@ -290,7 +290,9 @@ impl Vault {
         for (i, e) in entries.iter().enumerate() {
             if let Some(event) = e.event.strip_prefix("aborted-") {
                 kept[i] = None;
-                if let Some(j) = (0..i).rev().find(|&j| kept[j].is_some_and(|k| k.subject == e.subject && k.receipt == e.receipt && k.event == event)) {
+                if let Some(j) =
+                    (0..i).rev().find(|&j| kept[j].is_some_and(|k| k.subject == e.subject && k.receipt == e.receipt && k.event == event))
+                {
                     kept[j] = None;
                 }
             }

@@ -104,13 +104,20 @@ impl Vault {
                     // the vault, under the settling request's id.
                     self.shred_into(s, &meta, &mut e, now, &mut batch)?;
                     let by_vault = Ctx { request_id: ctx.request_id.clone(), ..Ctx::system() };
-                    drafts.push(self.draft(&by_vault, Action::RequestErasure, Some(s), format!("pending erasure executed: contract {c} settled")));
+                    drafts.push(self.draft(
+                        &by_vault,
+                        Action::RequestErasure,
+                        Some(s),
+                        format!("pending erasure executed: contract {c} settled"),
+                    ));
                     Some(e)
                 }
                 other => other,
             };
             match &erasure {
-                Some(e) if e.status == ErasureStatus::Erased => self.commit_journaled(s, "erased", now, &e.receipt.clone(), drafts, batch)?,
+                Some(e) if e.status == ErasureStatus::Erased => {
+                    self.commit_journaled(s, "erased", now, &e.receipt.clone(), drafts, batch)?
+                }
                 _ => {
                     self.audit.commit(drafts, batch)?;
                 }

@@ -721,7 +721,12 @@ fn the_deploy_examples_hold_together() {
     // token anyone could know) and every file outside the data directory.
     let (ok, out) = cli(&["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy/qoima.toml")]);
     assert!(ok, "{out}");
-    assert!(out.contains("ok (0 callers, 4 purposes, data_dir /var/lib/qoima/data, listen http://127.0.0.1:8750, root key not present on this machine"), "{out}");
+    assert!(
+        out.contains(
+            "ok (0 callers, 4 purposes, data_dir /var/lib/qoima/data, listen http://127.0.0.1:8750, root key not present on this machine"
+        ),
+        "{out}"
+    );
     // The unit runs that configuration, hardened as the operator guide says.
     let unit = read_doc("docs/deploy/qoima.service");
     for line in [
