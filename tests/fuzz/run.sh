@@ -42,7 +42,7 @@ else
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
+  env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked
 fi
 
 corpus_root="${QOIMA_FUZZ_CORPUS:-$HOME/.cache/qoima/fuzz-corpus}"
