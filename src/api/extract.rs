@@ -172,7 +172,7 @@ fn json_error(e: serde_json::Error) -> ApiError {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or_default();
             if msg.starts_with("unknown field") || msg.starts_with("missing field") {
-                format!("{msg} (at {at})")
+                format!("{} (at {at})", names_only(msg))
             } else if msg.starts_with("unknown variant") {
                 // serde names the value sent ("unknown variant `…`, expected …"): keep only
                 // what was expected, never the value.
@@ -186,6 +186,21 @@ fn json_error(e: serde_json::Error) -> ApiError {
     ApiError::bad_request(detail)
 }
 
+/// serde's "unknown field `X`, expected …" names the key the client sent. Keys are names, but
+/// a client that put personal data in one must not get it back: a key is repeated only when it
+/// looks like an identifier.
+fn names_only(msg: &str) -> String {
+    let Some(start) = msg.find('`') else { return msg.to_owned() };
+    let Some(len) = msg[start + 1..].find('`') else { return msg.to_owned() };
+    let name = &msg[start + 1..start + 1 + len];
+    let plain = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        msg.to_owned()
+    } else {
+        format!("{}(not shown){}", &msg[..start], &msg[start + 2 + len..])
+    }
+}
+
 /// Query parameters, rejected as a problem document.
 pub struct ApiQuery<T>(pub T);
 
@@ -196,7 +211,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::try_from_uri(&parts.uri).map(|q| ApiQuery(q.0)).map_err(|e| {
             let text = e.body_text();
             let text = text.trim_start_matches("Failed to deserialize query string: ");
-            ApiError::bad_request(format!("bad query string: {text}"))
+            ApiError::bad_request(format!("bad query string: {}", names_only(text)))
         })
     }
 }
@@ -217,3 +232,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 
 /// Lets handlers name the state without importing axum's extractor.
 pub type App = State<AppState>;
+
+#[cfg(test)]
+mod tests {
+    use super::names_only;
+
+    #[test]
+    fn only_identifier_like_keys_are_repeated() {
+        assert_eq!(names_only("unknown field `colour`, expected `purpose`"), "unknown field `colour`, expected `purpose`");
+        assert_eq!(names_only("unknown field `Aigerim +7701`, expected `fields`"), "unknown field (not shown), expected `fields`");
+        assert_eq!(names_only("missing field `fields`"), "missing field `fields`");
+    }
+}

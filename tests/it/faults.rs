@@ -79,6 +79,7 @@ async fn a_full_disk_yields_503s_no_plaintext_no_corruption_and_recovery() {
 
     // Space returns: the vault recovers by itself.
     disk.grow(256);
+    let grown = std::time::Instant::now();
     let mut recovered = false;
     for _ in 0..120 {
         if app.put_fields("after", json!({"identity.full_name": "After"})).await.status == StatusCode::CREATED {
@@ -88,6 +89,11 @@ async fn a_full_disk_yields_503s_no_plaintext_no_corruption_and_recovery() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(recovered, "no recovery within 30 s of space returning");
+    eprintln!(
+        "faults: {} writes acknowledged before the disk filled, {refused} refused; writes again {:.1} s after space returned",
+        acked.len(),
+        grown.elapsed().as_secs_f64()
+    );
     assert_eq!(app.call(reqwest::Method::GET, "/readyz", None, None).await.status, StatusCode::OK);
     // Nothing acknowledged was lost, nothing is corrupt, the chain holds, across a restart too.
     let app = app.restart().await;
