@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ring::digest;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -40,8 +41,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = read_pem(path)?;
-    let certs: Vec<_> =
-        rustls_pemfile::certs(&mut bytes.as_slice()).collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
@@ -60,9 +60,10 @@ pub fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
         }
     }
     let key_bytes = zeroize::Zeroizing::new(read_pem(&t.key_file)?);
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_bytes.as_slice())
-        .map_err(|e| format!("{}: {e}", t.key_file.display()))?
-        .ok_or_else(|| format!("{} holds no PEM private key", t.key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!("{} holds no PEM private key", t.key_file.display()),
+        e => format!("{}: {e}", t.key_file.display()),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
     let builder = match &t.client_ca_file {
