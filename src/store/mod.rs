@@ -236,8 +236,15 @@ fn db_options() -> Options {
     o.set_max_total_wal_size(64 << 20);
     o.set_keep_log_file_num(4);
     o.set_max_background_jobs(2);
+    // All memtables together stay under 128 MiB (ten column families could otherwise hold
+    // 2 × 64 MiB each): with the 64 MiB block cache this bounds RocksDB's memory.
+    o.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET, false));
     o
 }
+
+/// The memtable budget shared by every column family, and the block cache's size.
+pub const MEMTABLE_BUDGET: usize = 128 << 20;
+pub const BLOCK_CACHE: usize = 64 << 20;
 
 impl Store {
     /// Opens (creating if needed) the store at `path`.
@@ -252,7 +259,7 @@ impl Store {
                     .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
             }
         }
-        let cache = Cache::new_lru_cache(64 << 20);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE);
         let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {
             let text = e.into_string();
