@@ -120,10 +120,36 @@ struct Head {
     hash: String,
 }
 
+type Outcome = Result<Vec<u64>, AuditError>;
+
+/// Where the committer sends a job's outcome: a blocked thread, or an awaiting task.
+enum Reply {
+    Blocking(SyncSender<Outcome>),
+    Async(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(outcome).map_err(|_| ()),
+            Reply::Async(tx) => tx.send(outcome).map_err(|_| ()),
+        };
+    }
+}
+
 struct Job {
     drafts: Vec<Draft>,
     batch: Batch,
-    reply: SyncSender<Result<Vec<u64>, AuditError>>,
+    reply: Reply,
+}
+
+/// A commit handed to the committer; resolves once the group holding it is durable.
+pub struct PendingCommit(tokio::sync::oneshot::Receiver<Outcome>);
+
+impl PendingCommit {
+    pub async fn durable(self) -> Outcome {
+        self.0.await.map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+    }
 }
 
 /// A switch tests flip to make audit writes fail (fault injection; never set in production).
@@ -179,14 +205,27 @@ impl AuditLog {
     /// the entries' sequence numbers.
     pub fn commit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Vec<u64>, AuditError> {
         let (reply, wait) = sync_channel(1);
+        self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply) })?;
+        wait.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+    }
+
+    /// Hands `drafts` and `batch` to the committer and returns at once; await the result
+    /// before acting on the commit (the thread is free for other work meanwhile).
+    pub fn submit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<PendingCommit, AuditError> {
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        self.enqueue(Job { drafts, batch, reply: Reply::Async(reply) })?;
+        Ok(PendingCommit(wait))
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), AuditError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tx = tx.ok_or_else(|| AuditError::Unavailable("the vault is shutting down".into()))?;
-        match tx.try_send(Job { drafts, batch, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => tx.send(job).map_err(|_| AuditError::Unavailable("committer stopped".into()))?,
-            Err(TrySendError::Disconnected(_)) => return Err(AuditError::Unavailable("committer stopped".into())),
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            // Backpressure: a full queue blocks the submitter (a blocking thread) until room.
+            Err(TrySendError::Full(job)) => tx.send(job).map_err(|_| AuditError::Unavailable("committer stopped".into())),
+            Err(TrySendError::Disconnected(_)) => Err(AuditError::Unavailable("committer stopped".into())),
         }
-        wait.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
     }
 
     /// Appends one entry with no other changes.
@@ -299,7 +338,7 @@ fn committer(
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
-                    let _ = job.reply.send(Ok(s));
+                    job.reply.send(Ok(s));
                 }
             }
             Err(e) => {
@@ -309,7 +348,7 @@ fn committer(
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
                 for job in group {
-                    let _ = job.reply.send(Err(AuditError::Unavailable(e.to_string())));
+                    job.reply.send(Err(AuditError::Unavailable(e.to_string())));
                 }
             }
         }

@@ -32,7 +32,7 @@ pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, 
 pub use erasure::{ErasureJournal, JournalEntry};
 pub use facts::ConsentRequest;
 pub use keyring::{KekInfo, KekState, Keyring};
-pub use subjects::{AccessSummary, DisclosureRequest, Export, FieldValues, WriteOutcome};
+pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldValues, WriteOutcome};
 
 use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
 use crate::domain::{CallerName, Clock, InvalidId, RequestId, SubjectId};

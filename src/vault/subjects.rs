@@ -20,6 +20,20 @@ use crate::store::{subject_key, subject_prefix, Batch, Space};
 /// Decrypted field values by name. Built only after the read's audit entry is durable.
 pub type FieldValues = BTreeMap<String, Value>;
 
+/// A result held back until its audit entry is durable (fail closed: the value is private,
+/// and the only way to it is [`Audited::durable`]).
+pub struct Audited<T> {
+    value: T,
+    pending: audit::PendingCommit,
+}
+
+impl<T> Audited<T> {
+    pub async fn durable(self) -> Result<T, VaultError> {
+        self.pending.durable().await?;
+        Ok(self.value)
+    }
+}
+
 /// The result of a write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WriteOutcome {
@@ -330,6 +344,31 @@ impl Vault {
     /// its legal basis holds now, and only the fields the purpose allows (and the caller
     /// asked for, if it asked). The audit entry is durable before the values are returned.
     pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldValues, VaultError> {
+        let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
+        self.audit.record(draft)?;
+        Ok(values)
+    }
+
+    /// [`Vault::read`] for async callers: the blocking part (decision, store reads, decryption)
+    /// runs now; the values come out of [`Audited::durable`] only once the audit entry is.
+    pub fn read_deferred(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        purpose: &str,
+        requested: Option<&[String]>,
+    ) -> Result<Audited<FieldValues>, VaultError> {
+        let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
+        Ok(Audited { value: values, pending: self.audit.submit(vec![draft], Batch::default())? })
+    }
+
+    fn read_prepared(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        purpose: &str,
+        requested: Option<&[String]>,
+    ) -> Result<(FieldValues, audit::Draft), VaultError> {
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
         let requested = self.parse_requested(requested)?;
@@ -351,8 +390,8 @@ impl Vault {
         };
         let values = self.decrypt(s, &meta, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
-        self.audit.record(self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names))?;
-        Ok(values)
+        let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
+        Ok((values, draft))
     }
 
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns
