@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, App, Authed};
-use super::wire::{AccessWire, ContractResponse, ErasureResponse, ExportResponse};
+use super::wire::ExportResponse;
 use super::AppState;
 use crate::domain::{rfc3339, FieldName, Purpose, RequestId, Role, SubjectId};
 use crate::privacy::page::{self, Notice, PageCtx, Refusal, Shown};
@@ -350,7 +350,7 @@ pub async fn export(state: App, b: Borrower) -> Response {
     match out {
         Ok((e, statement)) => {
             let name = format!("attachment; filename=\"privacy-export-{}.json\"", e.subject);
-            let body = serde_json::to_vec_pretty(&export_document(e, statement)).expect("export serialises");
+            let body = serde_json::to_vec_pretty(&ExportResponse::new(e, statement)).expect("export serialises");
             let disposition = HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("attachment"));
             (
                 StatusCode::OK,
@@ -361,34 +361,5 @@ pub async fn export(state: App, b: Borrower) -> Response {
         }
         Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
         Err(e) => b.failed(&state, e),
-    }
-}
-
-/// The export in the API's shape (`GET /v1/subjects/{id}/export`).
-fn export_document(e: Export, statement: Option<String>) -> ExportResponse {
-    let subject = e.subject.clone();
-    ExportResponse {
-        erasure: e.erasure.map(|r| ErasureResponse::new(r, statement.unwrap_or_default())),
-        subject: e.subject,
-        version: e.version,
-        fields: e.fields,
-        missing_mandatory: e.missing_mandatory,
-        consents: e.consents.into_iter().map(Into::into).collect(),
-        contracts: e.contracts.into_iter().map(|c| ContractResponse::new(&subject, c, None)).collect(),
-        disclosures: e.disclosures.into_iter().map(Into::into).collect(),
-        access: e
-            .access
-            .into_iter()
-            .map(|a| AccessWire {
-                caller: a.caller,
-                action: a.action,
-                purpose: a.purpose,
-                fields: a.fields,
-                count: a.count,
-                first: a.first,
-                last: a.last,
-            })
-            .collect(),
-        policy_version: e.policy_version,
     }
 }

@@ -202,41 +202,13 @@ pub async fn disclose(
     security(("bearer" = [])))]
 pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ExportResponse>, ApiError> {
     let s = subject(&id)?;
-    let out = run(&state.vault, move |v| {
+    let doc = run(&state.vault, move |v| {
         let e = v.export(&ctx, &s)?;
-        let erasure = e.erasure.clone().map(|r| {
-            let st = v.erasure_statement(&r);
-            ErasureResponse::new(r, st)
-        });
-        Ok((e, erasure))
+        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
+        Ok(ExportResponse::new(e, statement))
     })
     .await?;
-    let (e, erasure) = out;
-    let subj = e.subject.clone();
-    Ok(Json(ExportResponse {
-        subject: e.subject,
-        version: e.version,
-        fields: e.fields,
-        missing_mandatory: e.missing_mandatory,
-        consents: e.consents.into_iter().map(Into::into).collect(),
-        contracts: e.contracts.into_iter().map(|c| ContractResponse::new(&subj, c, None)).collect(),
-        disclosures: e.disclosures.into_iter().map(Into::into).collect(),
-        access: e
-            .access
-            .into_iter()
-            .map(|a| AccessWire {
-                caller: a.caller,
-                action: a.action,
-                purpose: a.purpose,
-                fields: a.fields,
-                count: a.count,
-                first: a.first,
-                last: a.last,
-            })
-            .collect(),
-        policy_version: e.policy_version,
-        erasure,
-    }))
+    Ok(Json(doc))
 }
 
 /// Request erasure (roles website, service). Idempotent; pending while a contract holds it.

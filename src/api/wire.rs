@@ -244,6 +244,37 @@ pub struct ExportResponse {
     pub erasure: Option<ErasureResponse>,
 }
 
+impl ExportResponse {
+    /// The core's export in the contract's shape; `statement` is the erasure receipt's text.
+    pub fn new(e: vault::Export, statement: Option<String>) -> Self {
+        let subject = e.subject.clone();
+        Self {
+            erasure: e.erasure.map(|r| ErasureResponse::new(r, statement.unwrap_or_default())),
+            subject: e.subject,
+            version: e.version,
+            fields: e.fields,
+            missing_mandatory: e.missing_mandatory,
+            consents: e.consents.into_iter().map(Into::into).collect(),
+            contracts: e.contracts.into_iter().map(|c| ContractResponse::new(&subject, c, None)).collect(),
+            disclosures: e.disclosures.into_iter().map(Into::into).collect(),
+            access: e
+                .access
+                .into_iter()
+                .map(|a| AccessWire {
+                    caller: a.caller,
+                    action: a.action,
+                    purpose: a.purpose,
+                    fields: a.fields,
+                    count: a.count,
+                    first: a.first,
+                    last: a.last,
+                })
+                .collect(),
+            policy_version: e.policy_version,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RekeyResponse {
     pub subject: String,
