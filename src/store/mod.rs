@@ -162,7 +162,7 @@ impl From<rocksdb::Error> for StoreError {
 pub struct Store {
     db: DB,
     path: PathBuf,
-    /// Purges run one at a time: a flush+compaction pass serves all erasures queued behind it.
+    /// Purges run one at a time (the vault groups concurrent erasures into one pass).
     purge_lock: Mutex<()>,
 }
 

@@ -20,6 +20,13 @@ use crate::domain::{random_hex, rfc3339, SubjectId};
 use crate::policy::Action;
 use crate::store::{subject_prefix, Batch, Space, StoreError};
 
+/// Erasures waiting for their purge, and whose turn it is to run one.
+#[derive(Default)]
+pub(super) struct PurgeQueue {
+    pub(super) queue: Mutex<std::collections::BTreeSet<String>>,
+    turn: Mutex<()>,
+}
+
 /// One line of the erasure journal. No personal data: an opaque subject id and a receipt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
@@ -210,17 +217,36 @@ impl Vault {
         Ok(())
     }
 
-    /// Flushes and force-compacts the subject's key ranges so no live SST or WAL file holds
-    /// its wrapped DEK or ciphertexts, then marks the erasure record purged.
+    /// Flushes and force-compacts the key range holding the subject's wrapped DEK, so no live
+    /// SST or WAL file holds it, then marks the erasure record purged. Returns once that is
+    /// done. Concurrent erasures share one pass: whoever gets the turn purges every subject
+    /// queued so far (one flush for all of them); the others find theirs done when their turn
+    /// comes, because a turn is only handed on after its pass has finished.
     pub(super) fn finish_purge(&self, s: &str) -> Result<(), VaultError> {
-        self.store.purge(&purge_ranges(s))?;
-        let _lock = self.locks.lock(s);
-        if let Some(mut e) = self.erasure(s)? {
-            if !e.purged {
-                e.purged = true;
-                let mut b = Batch::default();
-                b.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&e).expect("serialises"));
-                self.store.write(&b)?;
+        self.purges.queue.lock().unwrap_or_else(|p| p.into_inner()).insert(s.to_owned());
+        let _turn = self.purges.turn.lock().unwrap_or_else(|p| p.into_inner());
+        let subjects: Vec<String> = {
+            let mut q = self.purges.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !q.contains(s) {
+                return Ok(());
+            }
+            std::mem::take(&mut *q).into_iter().collect()
+        };
+        let ranges: Vec<_> = subjects.iter().flat_map(|s| purge_ranges(s)).collect();
+        if let Err(e) = self.store.purge(&ranges) {
+            // Not purged: leave them queued for the next turn (or the next start).
+            self.purges.queue.lock().unwrap_or_else(|p| p.into_inner()).extend(subjects);
+            return Err(e.into());
+        }
+        for s in &subjects {
+            let _lock = self.locks.lock(s);
+            if let Some(mut e) = self.erasure(s)? {
+                if !e.purged {
+                    e.purged = true;
+                    let mut b = Batch::default();
+                    b.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&e).expect("serialises"));
+                    self.store.write(&b)?;
+                }
             }
         }
         Ok(())

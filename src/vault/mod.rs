@@ -203,6 +203,7 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     journal: ErasureJournal,
     rewrap: rewrap::RewrapRunner,
+    purges: erasure::PurgeQueue,
 }
 
 impl std::fmt::Debug for Vault {
@@ -239,6 +240,7 @@ impl Vault {
             clock,
             journal,
             rewrap: Default::default(),
+            purges: Default::default(),
         };
         vault.write_escrow()?;
         vault.resume_erasures()?;

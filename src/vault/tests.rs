@@ -57,3 +57,30 @@ fn a_failed_erasure_is_journaled_as_aborted_and_not_replayed() {
     v.close();
     w.close();
 }
+
+#[test]
+fn concurrent_erasures_are_all_purged_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    let subjects: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+    for s in &subjects {
+        put(&v, s);
+    }
+    let start = std::sync::Barrier::new(subjects.len());
+    std::thread::scope(|scope| {
+        for s in &subjects {
+            let (v, start) = (&v, &start);
+            scope.spawn(move || {
+                start.wait();
+                v.request_erasure(&ctx(Role::Website), &SubjectId::parse(s).unwrap()).unwrap();
+            });
+        }
+    });
+    for s in &subjects {
+        let e = v.erasure(s).unwrap().unwrap();
+        assert_eq!(e.status, ErasureStatus::Erased, "{s}");
+        assert!(e.purged, "{s} was erased but its purge did not run");
+    }
+    assert!(v.purges.queue.lock().unwrap().is_empty());
+    v.close();
+}
