@@ -89,11 +89,15 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// Requests served at once; more wait (backpressure) rather than grow memory.
     pub max_concurrent_requests: usize,
+    /// Failed authentications that get an audit entry each, per second (bursts of ten
+    /// seconds' worth); beyond it they are counted into summary entries, so a client that can
+    /// reach the port cannot grow the audit trail without bound.
+    pub audited_auth_failures_per_second: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, request_timeout_secs: 30, max_concurrent_requests: 512 }
+        Self { max_body_bytes: 256 * 1024, request_timeout_secs: 30, max_concurrent_requests: 512, audited_auth_failures_per_second: 20 }
     }
 }
 
@@ -316,7 +320,11 @@ impl Config {
         if policy_version.is_empty() || policy_version.len() > 64 {
             return Err(ConfigError(format!("{name}: policy_version must be 1 to 64 characters")));
         }
-        if raw.limits.max_body_bytes < 1024 || raw.limits.max_concurrent_requests == 0 || raw.limits.request_timeout_secs == 0 {
+        if raw.limits.max_body_bytes < 1024
+            || raw.limits.max_concurrent_requests == 0
+            || raw.limits.request_timeout_secs == 0
+            || raw.limits.audited_auth_failures_per_second == 0
+        {
             return Err(ConfigError(format!("{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)")));
         }
         if raw.keys.rewrap_batch == 0 || raw.keys.rewrap_batch > 100_000 {
@@ -370,6 +378,7 @@ impl Config {
             backup_retention_days: self.keys.backup_retention_days,
             rewrap_batch: self.keys.rewrap_batch,
             rewrap_pause_ms: self.keys.rewrap_pause_ms,
+            audited_auth_failures_per_second: self.limits.audited_auth_failures_per_second,
         }
     }
 
@@ -497,6 +506,15 @@ purposes     = ["loan_issuance"]
         let caller = c.callers.authenticate("test").unwrap();
         assert_eq!(caller.name.as_str(), "origination");
         assert_eq!(c.purposes.0.len(), 4);
+    }
+
+    #[test]
+    fn the_audit_budget_of_failed_authentications() {
+        assert_eq!(parse(GOOD).unwrap().vault_settings().audited_auth_failures_per_second, 20);
+        let five = GOOD.to_string() + "\n[limits]\naudited_auth_failures_per_second = 5\n";
+        assert_eq!(parse(&five).unwrap().vault_settings().audited_auth_failures_per_second, 5);
+        let none = GOOD.to_string() + "\n[limits]\naudited_auth_failures_per_second = 0\n";
+        assert!(parse(&none).unwrap_err().to_string().contains("too small"));
     }
 
     #[test]

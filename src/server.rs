@@ -104,12 +104,14 @@ impl Application {
     /// audit log.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_every));
+        let summariser = tokio::spawn(auth_failure_summary_loop(self.vault.clone()));
         let admin = admin::listen(self.vault.clone())?;
         let served = match self.tls {
             Some(tls) => serve_tls(self.listener, self.router, tls, shutdown).await,
             None => axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await,
         };
         sweeper.abort();
+        summariser.abort();
         admin.stop();
         let vault = self.vault;
         let _ = tokio::task::spawn_blocking(move || vault.close()).await;
@@ -304,6 +306,24 @@ async fn sweep_loop(vault: Arc<Vault>, every: Duration) {
             Ok(Ok(n)) => tracing::info!(fields = n, "expired fields removed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "retention sweep task failed"),
+        }
+    }
+}
+
+/// Once a second, records the count of failed authentications that were over the audit
+/// budget, so a count never waits for the next attempt to be written.
+async fn auth_failure_summary_loop(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !vault.has_unrecorded_auth_failures() {
+            continue;
+        }
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.flush_unrecorded_auth_failures()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the count of unrecorded failed authentications; will retry"),
+            Err(e) => tracing::warn!(error = %e, "auth failure summary task failed"),
         }
     }
 }

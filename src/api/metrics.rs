@@ -69,6 +69,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
             ("qoima_audit_groups_total", "counter", "Audit groups committed.", load(&a.groups)),
             ("qoima_audit_entries_total", "counter", "Audit entries committed.", load(&a.entries)),
             ("qoima_audit_failures_total", "counter", "Audit group writes that failed (requests refused).", load(&a.failures)),
+            (
+                "qoima_auth_failures_unrecorded_total",
+                "counter",
+                "Failed authentications over limits.audited_auth_failures_per_second: counted into summary audit entries, not recorded one by one.",
+                v.unrecorded_auth_failures_total(),
+            ),
             ("qoima_dek_cache_hits_total", "counter", "DEK cache hits.", load(&v.cache().hits)),
             ("qoima_dek_cache_misses_total", "counter", "DEK cache misses (unwraps).", load(&v.cache().misses)),
             ("qoima_dek_cache_entries", "gauge", "Unwrapped DEKs held in memory.", v.cache().len() as u64),

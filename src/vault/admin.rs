@@ -2,10 +2,12 @@
 
 use qoima_keys::Generation;
 
+use super::auth_budget::{Admit, Unrecorded};
 use super::codec::SubjectMeta;
 use super::keyring::{dek_count_key, meta_key, wrapped_key, KekInfo, KekState};
 use super::{Ctx, Vault, VaultError};
-use crate::audit::Decision;
+use crate::audit::{Decision, Draft};
+use crate::domain::rfc3339;
 use crate::policy::Action;
 use crate::store::{Batch, Space};
 
@@ -123,15 +125,22 @@ impl Vault {
         Ok(v)
     }
 
-    /// Records a request refused for want of a valid bearer token.
+    /// Records a request refused for want of a valid bearer token, within the budget of
+    /// `audited_auth_failures_per_second`; over it the attempt is only counted, and the count
+    /// is recorded as one summary entry (before the next recorded attempt, or by
+    /// [`Vault::flush_unrecorded_auth_failures`]). Either way the caller gets its 401.
     pub fn record_unauthenticated(
         &self,
         subject: Option<&str>,
         reason: &str,
         request_id: &crate::domain::RequestId,
     ) -> Result<(), VaultError> {
+        let Admit::Record(earlier) = self.auth_failures.admit(self.clock.now()) else {
+            return Ok(());
+        };
         let subject = subject.filter(|s| crate::domain::SubjectId::parse(s).is_ok());
-        self.audit.record(crate::audit::Draft {
+        let mut drafts: Vec<Draft> = earlier.iter().map(|u| self.unrecorded_summary(u)).collect();
+        drafts.push(Draft {
             caller: "anonymous".into(),
             action: "auth.failed",
             subject: subject.map(str::to_owned),
@@ -140,7 +149,56 @@ impl Vault {
             decision: Decision::Deny,
             reason: reason.into(),
             request_id: request_id.as_str().to_owned(),
-        })?;
+        });
+        if let Err(e) = self.audit.commit(drafts, Batch::default()) {
+            if let Some(u) = earlier {
+                self.auth_failures.restore(u);
+            }
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Writes the summary entry of failed authentications left unrecorded, if any (the server
+    /// calls this every second, so a count never waits for the next attempt). Returns whether
+    /// there was one.
+    pub fn flush_unrecorded_auth_failures(&self) -> Result<bool, VaultError> {
+        let Some(u) = self.auth_failures.take_unrecorded() else {
+            return Ok(false);
+        };
+        if let Err(e) = self.audit.record(self.unrecorded_summary(&u)) {
+            self.auth_failures.restore(u);
+            return Err(e.into());
+        }
+        Ok(true)
+    }
+
+    /// Whether a summary of unrecorded failed authentications is waiting (cheap; no I/O).
+    pub fn has_unrecorded_auth_failures(&self) -> bool {
+        self.auth_failures.has_unrecorded()
+    }
+
+    /// Failed authentications not recorded one by one since start (for /metrics).
+    pub fn unrecorded_auth_failures_total(&self) -> u64 {
+        self.auth_failures.unrecorded_total()
+    }
+
+    fn unrecorded_summary(&self, u: &Unrecorded) -> Draft {
+        Draft {
+            caller: "anonymous".into(),
+            action: "auth.failed",
+            subject: None,
+            purpose: None,
+            fields: vec![],
+            decision: Decision::Deny,
+            reason: format!(
+                "{} failed authentication(s) from {} to {} not recorded one by one (over limits.audited_auth_failures_per_second = {})",
+                u.count,
+                rfc3339(u.first),
+                rfc3339(u.last),
+                self.auth_failures.per_second()
+            ),
+            request_id: "summary".into(),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - Nothing here logs a value, a token or key bytes.
 
 mod admin;
+mod auth_budget;
 pub mod backup;
 mod cache;
 pub mod codec;
@@ -64,6 +65,9 @@ pub struct Settings {
     /// Subjects per rewrap batch, and a pause between batches (to bound its load).
     pub rewrap_batch: usize,
     pub rewrap_pause_ms: u64,
+    /// Failed authentications recorded one by one per second (bursts of ten seconds' worth);
+    /// the rest are counted into summary entries.
+    pub audited_auth_failures_per_second: u32,
 }
 
 impl Settings {
@@ -85,6 +89,7 @@ impl Settings {
             backup_retention_days: 30,
             rewrap_batch: 256,
             rewrap_pause_ms: 0,
+            audited_auth_failures_per_second: 20,
         }
     }
 }
@@ -204,6 +209,7 @@ pub struct Vault {
     journal: ErasureJournal,
     rewrap: rewrap::RewrapRunner,
     purges: erasure::PurgeQueue,
+    auth_failures: auth_budget::AuthFailureBudget,
 }
 
 impl std::fmt::Debug for Vault {
@@ -232,6 +238,7 @@ impl Vault {
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),
+            auth_failures: auth_budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
             locks: SubjectLocks::new(4096),
             store,
             audit,
@@ -251,6 +258,9 @@ impl Vault {
     /// written what it holds.
     pub fn close(&self) {
         self.rewrap.stop();
+        if let Err(e) = self.flush_unrecorded_auth_failures() {
+            tracing::warn!(error = %e, "could not record the count of unrecorded failed authentications");
+        }
         self.audit.shutdown();
     }
 

@@ -288,3 +288,42 @@ async fn metrics_are_exposed_without_ids_or_values() {
     }
     assert!(!text.contains("metric-subject-42") && !text.contains("METRICMARK") && !text.contains("test-token"));
 }
+
+/// Unauthenticated clients cannot grow the audit trail without bound: over
+/// `limits.audited_auth_failures_per_second` (here 1, a burst of 10) failed authentications
+/// are counted into summary entries, every one still answered 401, none lost from the count.
+#[tokio::test]
+async fn failed_authentications_over_the_budget_are_summarised_not_lost() {
+    let app = spawn_with("[limits]\naudited_auth_failures_per_second = 1\n", Some(qoima::domain::ManualClock::new(now()))).await;
+    for i in 0..25 {
+        let r = app.call(Method::GET, &format!("/v1/subjects/probe-{i}?purpose=loan_issuance"), Some("nobody"), None).await;
+        assert_problem(&r, StatusCode::UNAUTHORIZED);
+    }
+    // The clock stands still: no token comes back, so 10 were recorded and 15 counted. The
+    // server writes the count within about a second.
+    let (mut individual, mut summarised) = (0, 0);
+    for _ in 0..100 {
+        let audit = app.get("/v1/audit?caller=anonymous&limit=1000", "auditor").await;
+        let entries = audit.body["entries"].as_array().unwrap().clone();
+        assert!(entries.iter().all(|e| e["action"] == "auth.failed" && e["decision"] == "deny"));
+        individual = entries.iter().filter(|e| e["request_id"] != "summary").count();
+        summarised = entries
+            .iter()
+            .filter(|e| e["request_id"] == "summary")
+            .map(|e| e["reason"].as_str().unwrap().split(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>();
+        if summarised == 15 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((individual, summarised), (10, 15));
+    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("qoima_auth_failures_unrecorded_total 15"), "{metrics}");
+    // A second later one attempt is recorded one by one again.
+    app.advance(time::Duration::seconds(1));
+    app.call(Method::GET, "/v1/subjects/probe-x?purpose=loan_issuance", Some("nobody"), None).await;
+    let audit = app.get("/v1/audit?subject=probe-x", "auditor").await;
+    assert_eq!(audit.body["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(app.get("/v1/audit/verify", "auditor").await.body["ok"], true);
+}
