@@ -262,7 +262,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let root = match c.root_key.load() {
                 Ok(k) => format!("root key {:08x}", k.id()),
                 Err(qoima_keys::Error::RootKeyUnreadable { reason, .. })
-                    if reason.contains("No such file") || reason.contains("environment variable not found") =>
+                    if reason.contains("No such file")
+                        || reason.contains("environment variable not found")
+                        || reason.contains("CREDENTIALS_DIRECTORY is not set") =>
                 {
                     format!("root key not present on this machine ({})", c.root_key)
                 }

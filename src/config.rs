@@ -66,6 +66,7 @@ struct RawPrivacy {
 struct RawRootKey {
     file: Option<PathBuf>,
     env: Option<String>,
+    credential: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -221,12 +222,19 @@ impl Config {
             (None, Some(rk)) => {
                 let span = rk.span();
                 match rk.into_inner() {
-                    RawRootKey { file: Some(f), env: None } => RootKeySource::File(resolve(f)),
-                    RawRootKey { file: None, env: Some(v) } => RootKeySource::Env(v),
-                    _ => return Err(at(span.start, "[root_key] needs exactly one of file or env".into())),
+                    RawRootKey { file: Some(f), env: None, credential: None } => RootKeySource::File(resolve(f)),
+                    RawRootKey { file: None, env: Some(v), credential: None } => RootKeySource::Env(v),
+                    RawRootKey { file: None, env: None, credential: Some(c) } => {
+                        RootKeySource::Credential(qoima_keys::CredentialName::parse(&c).map_err(|_| {
+                            at(span.start, "[root_key] credential is a plain file name: letters, digits and . _ - @ : only".into())
+                        })?)
+                    }
+                    _ => return Err(at(span.start, "[root_key] needs exactly one of file, env or credential".into())),
                 }
             }
-            (None, None) => return Err(ConfigError(format!("{name}: [root_key] is required (file = \"…\" or env = \"…\")"))),
+            (None, None) => {
+                return Err(ConfigError(format!("{name}: [root_key] is required (file = \"…\", env = \"…\" or credential = \"…\")")))
+            }
         };
         if let RootKeySource::File(f) = &root_key {
             if f.starts_with(&data_dir) {
@@ -552,6 +560,11 @@ purposes     = ["loan_issuance"]
         assert!(parse(&inside).unwrap_err().to_string().contains("must not live inside data_dir"));
         let both = GOOD.replace("file = \"/etc/qoima/root.key\"", "file = \"/k\"\nenv = \"K\"");
         assert!(parse(&both).unwrap_err().to_string().contains("exactly one"));
+        let cred = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"qoima-root-key\"");
+        assert_eq!(parse(&cred).unwrap().root_key, RootKeySource::Credential(qoima_keys::CredentialName::parse("qoima-root-key").unwrap()));
+        let escape = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"../root.key\"");
+        let e = parse(&escape).unwrap_err().to_string();
+        assert!(e.starts_with("qoima.toml:5:") && e.contains("plain file name"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use dek::{Dek, DekVersion, FieldCipher, WrappedDek};
 pub use envelope::{Envelope, Header, Kind, FORMAT_V1, OVERHEAD};
 pub use error::Error;
 pub use kek::{Generation, Kek, WrappedKek};
-pub use root::{RootKey, RootKeySource};
+pub use root::{CredentialName, RootKey, RootKeySource};
 pub use secret::Secret;
 
 /// Where a sealed field belongs. The AEAD binds a ciphertext to all three, so a ciphertext

@@ -21,6 +21,36 @@ pub enum RootKeySource {
     File(PathBuf),
     /// An environment variable holding 64 hex characters.
     Env(String),
+    /// A systemd credential (`LoadCredential=` or, encrypted at rest by the host key or TPM,
+    /// `LoadCredentialEncrypted=`): the file of this name in `$CREDENTIALS_DIRECTORY`, which
+    /// systemd fills when the unit starts and mounts read-only, readable by the unit's user.
+    Credential(CredentialName),
+}
+
+/// The name of a systemd credential: what `LoadCredential=NAME:…` gives, a plain file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialName(String);
+
+impl CredentialName {
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let ok = !name.is_empty()
+            && name.len() <= 255
+            && name != "."
+            && name != ".."
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':'));
+        if ok {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(Error::RootKeyUnreadable {
+                source_name: "a systemd credential".into(),
+                reason: "a credential name is a plain file name: letters, digits and . _ - @ : only".into(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for RootKeySource {
@@ -28,6 +58,7 @@ impl fmt::Display for RootKeySource {
         match self {
             RootKeySource::File(p) => write!(f, "file {}", p.display()),
             RootKeySource::Env(v) => write!(f, "environment variable {v}"),
+            RootKeySource::Credential(c) => write!(f, "systemd credential {}", c.as_str()),
         }
     }
 }
@@ -37,7 +68,8 @@ impl RootKeySource {
     pub fn load(&self) -> Result<RootKey, Error> {
         let name = self.to_string();
         let text = match self {
-            RootKeySource::File(path) => read_key_file(path)?,
+            RootKeySource::File(path) => read_key_file(path, FILE_MODES)?,
+            RootKeySource::Credential(c) => read_credential(std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(), c)?,
             RootKeySource::Env(var) => Zeroizing::new(
                 std::env::var(var).map_err(|e| Error::RootKeyUnreadable { source_name: name.clone(), reason: e.to_string() })?,
             ),
@@ -46,7 +78,24 @@ impl RootKeySource {
     }
 }
 
-fn read_key_file(path: &Path) -> Result<Zeroizing<String>, Error> {
+/// Modes a root-key file may have: its owner's alone.
+const FILE_MODES: &[u32] = &[0o600, 0o400];
+/// Modes of a systemd credential file: systemd writes it 0400 and grants the unit's user read
+/// access with an ACL, whose mask then shows as the group bits (0440). Never writable, never
+/// readable by others.
+const CREDENTIAL_MODES: &[u32] = &[0o400, 0o440];
+
+fn read_credential(dir: Option<&std::ffi::OsStr>, name: &CredentialName) -> Result<Zeroizing<String>, Error> {
+    let dir = dir.filter(|d| !d.is_empty()).ok_or_else(|| Error::RootKeyUnreadable {
+        source_name: format!("systemd credential {}", name.as_str()),
+        reason: "CREDENTIALS_DIRECTORY is not set: start the vault from a systemd unit with LoadCredential= or \
+                 LoadCredentialEncrypted= (docs/operator-guide.md)"
+            .into(),
+    })?;
+    read_key_file(&Path::new(dir).join(name.as_str()), CREDENTIAL_MODES)
+}
+
+fn read_key_file(path: &Path, modes: &[u32]) -> Result<Zeroizing<String>, Error> {
     let unreadable =
         |e: std::io::Error| Error::RootKeyUnreadable { source_name: format!("file {}", path.display()), reason: e.to_string() };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
@@ -54,10 +103,12 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>, Error> {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
-        if mode != 0o600 && mode != 0o400 {
+        if !modes.contains(&mode) {
             return Err(Error::RootKeyPermissions { path: path.to_path_buf(), mode });
         }
     }
+    #[cfg(not(unix))]
+    let _ = modes;
     #[cfg(not(unix))]
     let _ = meta;
     Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(unreadable)?))
@@ -171,6 +222,31 @@ mod tests {
         let err = RootKeySource::File(path.clone()).load().unwrap_err();
         assert!(matches!(err, Error::RootKeyPermissions { mode: 0o644, .. }));
         assert!(err.to_string().contains("must be 0600 or 0400"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn systemd_credential_source() {
+        let dir = std::env::temp_dir().join(format!("qoima-cred-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = RootKey::generate_file(&dir.join("qoima-root-key")).unwrap();
+        let name = CredentialName::parse("qoima-root-key").unwrap();
+        let load = |mode: u32| {
+            std::fs::set_permissions(dir.join("qoima-root-key"), std::fs::Permissions::from_mode(mode)).unwrap();
+            read_credential(Some(dir.as_os_str()), &name).and_then(|t| RootKey::from_hex(t.trim(), "test"))
+        };
+        // What systemd writes: 0400, or 0440 where an ACL grants the unit's user read access.
+        assert_eq!(load(0o400).unwrap().id(), made.id());
+        assert_eq!(load(0o440).unwrap().id(), made.id());
+        for bad in [0o444, 0o640, 0o600, 0o660] {
+            assert!(matches!(load(bad), Err(Error::RootKeyPermissions { .. })), "mode {bad:o} must be refused");
+        }
+        let err = read_credential(None, &name).unwrap_err().to_string();
+        assert!(err.contains("CREDENTIALS_DIRECTORY is not set") && err.contains("systemd credential qoima-root-key"), "{err}");
+        for bad in ["", ".", "..", "../root.key", "a/b", "key name"] {
+            assert!(CredentialName::parse(bad).is_err(), "{bad:?} is no credential name");
+        }
+        assert_eq!(RootKeySource::Credential(name).to_string(), "systemd credential qoima-root-key");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -113,3 +113,54 @@ fn config_check_checks_the_root_key_too() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be 0600 or 0400"));
 }
+
+/// The root key as a systemd credential (`[root_key] credential = NAME`): read from
+/// `$CREDENTIALS_DIRECTORY/NAME` with the mode systemd gives it (0440 where an ACL grants the
+/// unit's user read access). Without the directory, `config check` says where the key will come
+/// from and `serve` refuses to start with one line saying what is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_key_can_be_a_systemd_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    qoima_keys::RootKey::generate_file(&creds.join("qoima-root-key")).unwrap();
+    std::fs::set_permissions(creds.join("qoima-root-key"), std::fs::Permissions::from_mode(0o440)).unwrap();
+    let mut text = crate::helpers::config_text(dir.path(), "");
+    let file_line = format!("file = \"{}\"", dir.path().join("root.key").display());
+    assert!(text.contains(&file_line));
+    text = text.replace(&file_line, "credential = \"qoima-root-key\"");
+    let config = dir.path().join("qoima.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let check = Command::new(env!("CARGO_BIN_EXE_qoima"))
+        .args(["config", "check"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && said.contains("root key not present on this machine (systemd credential qoima-root-key)"), "{said}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_qoima"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && why.contains("CREDENTIALS_DIRECTORY is not set"), "{why}");
+
+    let (mut child, addr) = crate::helpers::spawn_binary_with_env(&config, &[("CREDENTIALS_DIRECTORY", &creds)]);
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let put = client
+        .put(format!("{addr}/v1/subjects/cred-1"))
+        .bearer_auth(crate::helpers::token("svc-all"))
+        .json(&serde_json::json!({"fields": {"identity.full_name": "Aliya"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    crate::helpers::kill_hard(&mut child);
+}

@@ -300,10 +300,16 @@ pub fn now() -> time::OffsetDateTime {
 
 /// The real `qoima serve --config FILE` as a child process; returns it and its base URL.
 pub fn spawn_binary(config: &Path) -> (std::process::Child, String) {
+    spawn_binary_with_env(config, &[])
+}
+
+/// [`spawn_binary`] with extra environment variables.
+pub fn spawn_binary_with_env(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qoima"))
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
