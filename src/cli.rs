@@ -493,6 +493,17 @@ fn serve(config_path: &Option<PathBuf>) -> Result<ExitCode, Failure> {
     if config_path.is_none() {
         warn_development(&config, &setup);
     }
+    if config.lock_memory {
+        server::lock_memory().map_err(|e| {
+            Failure(
+                4,
+                format!(
+                    "cannot lock the vault's memory ({e}); raise the limit (systemd: LimitMEMLOCK=infinity; shell: ulimit -l unlimited) or set lock_memory = false"
+                ),
+            )
+        })?;
+        tracing::info!("memory locked: keys and decrypted data are never swapped out");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -33,6 +33,7 @@ struct RawConfig {
     erasure_journal: Option<PathBuf>,
     keyring_escrow: Option<PathBuf>,
     policy_version: Option<String>,
+    lock_memory: Option<bool>,
     root_key: Option<Spanned<RawRootKey>>,
     #[serde(default)]
     callers: Vec<Spanned<RawCaller>>,
@@ -166,6 +167,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// The borrower's privacy centre.
     pub privacy: PrivacySettings,
+    /// Lock the process's memory (mlockall) so keys and decrypted data are never swapped out.
+    pub lock_memory: bool,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -341,6 +344,12 @@ impl Config {
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
             return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
+        let lock_memory = match env("QOIMA_LOCK_MEMORY").as_deref() {
+            None => raw.lock_memory.unwrap_or(false),
+            Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(ConfigError("QOIMA_LOCK_MEMORY must be true or false".into())),
+        };
         let privacy = match raw.privacy {
             None => PrivacySettings::default(),
             Some(p) => {
@@ -367,6 +376,7 @@ impl Config {
                 client_ca_file: t.client_ca_file.map(resolve),
             }),
             privacy,
+            lock_memory,
             source: None,
         })
     }
@@ -560,6 +570,16 @@ purposes     = ["loan_issuance"]
         assert!(parse(&inside).unwrap_err().to_string().contains("must not live inside data_dir"));
         let both = GOOD.replace("file = \"/etc/qoima/root.key\"", "file = \"/k\"\nenv = \"K\"");
         assert!(parse(&both).unwrap_err().to_string().contains("exactly one"));
+        assert!(!parse(GOOD).unwrap().lock_memory);
+        let locked = format!("lock_memory = true\n{GOOD}");
+        assert!(parse(&locked).unwrap().lock_memory);
+        let off = |k: &str| (k == "QOIMA_LOCK_MEMORY").then(|| "false".to_string());
+        assert!(!Config::parse(&locked, "x", Path::new("/"), &off).unwrap().lock_memory);
+        let bad = |k: &str| (k == "QOIMA_LOCK_MEMORY").then(|| "yes".to_string());
+        assert!(Config::parse(GOOD, "x", Path::new("/"), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("QOIMA_LOCK_MEMORY must be true or false"));
         let cred = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"qoima-root-key\"");
         assert_eq!(parse(&cred).unwrap().root_key, RootKeySource::Credential(qoima_keys::CredentialName::parse("qoima-root-key").unwrap()));
         let escape = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"../root.key\"");

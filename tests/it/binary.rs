@@ -164,3 +164,46 @@ async fn the_root_key_can_be_a_systemd_credential() {
     assert_eq!(put.status(), 201);
     crate::helpers::kill_hard(&mut child);
 }
+
+fn locked_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).expect("VmLck in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `lock_memory = true`: the vault's pages are locked in RAM (never swapped), and where the
+/// memory-lock limit forbids it the vault refuses to start, saying which limit to raise. Needs
+/// root, as CI runs (like the faults suite): to lock without a raised limit, and to drop
+/// CAP_IPC_LOCK for the refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn locked_memory_is_locked_or_the_vault_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let config = dir.path().join("qoima.toml");
+    std::fs::write(&config, crate::helpers::config_text(dir.path(), "lock_memory = true\n")).unwrap();
+    let (mut child, addr) = crate::helpers::spawn_binary(&config);
+    assert_eq!(reqwest::get(format!("{addr}/readyz")).await.unwrap().status(), 200);
+    let locked = locked_kib(child.id());
+    crate::helpers::kill_hard(&mut child);
+    assert!(locked > 1024, "expected the touched pages locked, VmLck {locked} kB");
+
+    // Unlocked by default.
+    std::fs::write(&config, crate::helpers::config_text(dir.path(), "")).unwrap();
+    let (mut child, _) = crate::helpers::spawn_binary(&config);
+    let locked = locked_kib(child.id());
+    crate::helpers::kill_hard(&mut child);
+    assert_eq!(locked, 0);
+
+    // A 64 KiB limit and no CAP_IPC_LOCK (dropped even for root): start refused, in one line.
+    std::fs::write(&config, crate::helpers::config_text(dir.path(), "lock_memory = true\n")).unwrap();
+    let out = Command::new("prlimit")
+        .args(["--memlock=65536", "setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock"])
+        .arg(env!("CARGO_BIN_EXE_qoima"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("prlimit and setpriv (util-linux) run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("cannot lock the vault's memory") && said.contains("LimitMEMLOCK=infinity"), "{said}");
+}
