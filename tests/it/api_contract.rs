@@ -249,6 +249,29 @@ async fn a_slow_client_is_cut_off_with_408() {
     assert_eq!(app.read("slow", "svc-all", "loan_issuance").await.status, StatusCode::NOT_FOUND);
 }
 
+/// `limits.max_concurrent_requests` bounds the whole server, not each route: while a slow
+/// upload holds the only slot, a request to another route waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_concurrency_limit_is_one_for_the_whole_server() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_with("[limits]\nmax_concurrent_requests = 1\n", None).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PUT /v1/subjects/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"fie",
+        token("svc-all")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the PUT takes the slot
+    let client = app.client.clone();
+    let url = format!("{}/healthz", app.addr);
+    let waiting = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a request to another route was served while the only slot was taken");
+    drop(slow); // the upload is abandoned: its slot comes free
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.expect("served once the slot is free");
+    assert_eq!(status.unwrap().unwrap(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn the_data_directory_is_private() {
     use std::os::unix::fs::PermissionsExt;
