@@ -12,6 +12,8 @@ pub struct CallerEntry {
     pub caller: Caller,
     pub token_sha256: Option<[u8; 32]>,
     pub client_cert_sha256: Option<[u8; 32]>,
+    /// Reads of personal data allowed per minute (`max_reads_per_minute`); none: unlimited.
+    pub max_reads_per_minute: Option<u32>,
 }
 
 /// Every configured caller.
@@ -72,6 +74,7 @@ mod tests {
             caller: Caller { name: CallerName::parse(name).unwrap(), roles: [Role::Service].into(), purposes: Default::default() },
             token_sha256: Some(token_digest(token)),
             client_cert_sha256: None,
+            max_reads_per_minute: None,
         };
         let c = Callers::new(vec![mk("a", "token-a"), mk("b", "token-b")]);
         assert_eq!(c.authenticate("token-a").unwrap().name.as_str(), "a");
@@ -102,6 +105,7 @@ mod tests {
                             },
                             token_sha256: Some(digest),
                             client_cert_sha256: None,
+                            max_reads_per_minute: None,
                         }
                     })
                     .collect(),

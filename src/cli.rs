@@ -136,6 +136,9 @@ pub enum CallersCmd {
         /// Purposes it may read for (service role).
         #[arg(long = "purpose")]
         purposes: Vec<String>,
+        /// Reads of personal data (read, disclose, export) allowed per minute; beyond, 429.
+        #[arg(long)]
+        max_reads_per_minute: Option<u32>,
     },
 }
 
@@ -282,7 +285,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Callers(CallersCmd::Add { name, roles, purposes }) => add_caller(&cli.config, &name, &roles, &purposes),
+        Command::Callers(CallersCmd::Add { name, roles, purposes, max_reads_per_minute }) => {
+            add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute)
+        }
         Command::Backup(BackupCmd::Create { dir }) => backup_create(&cli.config, &dir),
         Command::Backup(BackupCmd::Restore { dir, to }) => backup_restore(&cli.config, &dir, &to),
     }
@@ -446,16 +451,25 @@ fn open_vault_offline(config: &Config) -> Result<Vault, Failure> {
     })
 }
 
-fn add_caller(config: &Option<PathBuf>, name: &str, roles: &[String], purposes: &[String]) -> Result<ExitCode, Failure> {
+fn add_caller(
+    config: &Option<PathBuf>,
+    name: &str,
+    roles: &[String],
+    purposes: &[String],
+    max_reads_per_minute: Option<u32>,
+) -> Result<ExitCode, Failure> {
     let name = CallerName::parse(name).map_err(|e| Failure(2, e.to_string()))?;
     let token = crate::config::new_token();
     let quote = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-    let block = format!(
+    let mut block = format!(
         "\n[[callers]]\nname         = \"{name}\"\ntoken_sha256 = \"{}\"\nroles        = [{}]\npurposes     = [{}]\n",
         hex::encode(crate::auth::token_digest(&token)),
         quote(roles),
         quote(purposes)
     );
+    if let Some(n) = max_reads_per_minute {
+        block.push_str(&format!("max_reads_per_minute = {n}\n"));
+    }
     match config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;

@@ -79,6 +79,7 @@ struct RawCaller {
     roles: Vec<Role>,
     #[serde(default)]
     purposes: Vec<Spanned<Purpose>>,
+    max_reads_per_minute: Option<Spanned<u32>>,
 }
 
 /// Request limits of the HTTP listener.
@@ -320,10 +321,20 @@ impl Config {
                 }
                 granted.insert(p);
             }
+            let max_reads_per_minute = match c.max_reads_per_minute {
+                Some(m) if *m.get_ref() == 0 => {
+                    return Err(at(
+                        m.span().start,
+                        format!("caller {}: max_reads_per_minute must be at least 1 (leave it out for no limit)", c.name),
+                    ))
+                }
+                m => m.map(|m| m.into_inner()),
+            };
             entries.push(CallerEntry {
                 caller: Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted },
                 token_sha256: token,
                 client_cert_sha256: cert,
+                max_reads_per_minute,
             });
         }
 
@@ -397,6 +408,12 @@ impl Config {
             rewrap_batch: self.keys.rewrap_batch,
             rewrap_pause_ms: self.keys.rewrap_pause_ms,
             audited_auth_failures_per_second: self.limits.audited_auth_failures_per_second,
+            max_reads_per_minute: self
+                .callers
+                .entries()
+                .iter()
+                .filter_map(|e| e.max_reads_per_minute.map(|m| (e.caller.name.to_string(), m)))
+                .collect(),
         }
     }
 
@@ -533,6 +550,16 @@ purposes     = ["loan_issuance"]
         assert_eq!(parse(&five).unwrap().vault_settings().audited_auth_failures_per_second, 5);
         let none = GOOD.to_string() + "\n[limits]\naudited_auth_failures_per_second = 0\n";
         assert!(parse(&none).unwrap_err().to_string().contains("too small"));
+    }
+
+    #[test]
+    fn a_caller_read_limit() {
+        assert!(parse(GOOD).unwrap().vault_settings().max_reads_per_minute.is_empty());
+        let limited = GOOD.to_string() + "max_reads_per_minute = 600\n";
+        assert_eq!(parse(&limited).unwrap().vault_settings().max_reads_per_minute, [("origination".to_string(), 600)].into());
+        let zero = GOOD.to_string() + "max_reads_per_minute = 0\n";
+        let e = parse(&zero).unwrap_err().to_string();
+        assert!(e.starts_with("qoima.toml:13:") && e.contains("at least 1"), "{e}");
     }
 
     #[test]

@@ -31,11 +31,13 @@ pub struct ApiError {
     pub slug: &'static str,
     pub detail: String,
     pub receipt: Option<String>,
+    /// Seconds for `Retry-After`, on 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, slug, detail: detail.into(), receipt: None }
+        Self { status, slug, detail: detail.into(), receipt: None, retry_after: None }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -63,8 +65,12 @@ impl From<VaultError> for ApiError {
                 slug: "erased",
                 detail: format!("subject {subject} was erased (crypto-shredded); receipt {receipt}"),
                 receipt: Some(receipt),
+                retry_after: None,
             },
             VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
+            e @ VaultError::RateLimited { retry_after_secs, .. } => {
+                Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string()) }
+            }
             e @ VaultError::KeyDestroyed { .. } => Self::new(StatusCode::GONE, "key-destroyed", e.to_string()),
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
@@ -103,6 +109,9 @@ impl IntoResponse for ApiError {
         };
         let mut res = (self.status, serde_json::to_vec(&body).expect("problem serialises")).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"qoima\""));
         }

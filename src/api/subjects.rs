@@ -42,7 +42,8 @@ pub async fn put_subject(
 #[utoipa::path(get, path = "/v1/subjects/{id}", tag = "subjects",
     params(("id" = String, Path), ReadQuery),
     responses((status = 200, body = FieldsResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem, description = "over the caller's max_reads_per_minute; see Retry-After"),
+        (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn read_subject(
     state: App,
@@ -173,7 +174,8 @@ pub async fn withdraw_consent(
 #[utoipa::path(post, path = "/v1/subjects/{id}/disclosures", tag = "disclosures",
     params(("id" = String, Path)), request_body = DisclosureBody,
     responses((status = 200, body = DisclosureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem, description = "over the caller's max_reads_per_minute; see Retry-After"),
+        (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn disclose(
     state: App,
@@ -198,7 +200,8 @@ pub async fn disclose(
 #[utoipa::path(get, path = "/v1/subjects/{id}/export", tag = "subjects",
     params(("id" = String, Path)),
     responses((status = 200, body = ExportResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
+        (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem, description = "over the caller's max_reads_per_minute; see Retry-After"),
+        (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ExportResponse>, ApiError> {
     let s = subject(&id)?;

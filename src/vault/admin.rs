@@ -2,7 +2,7 @@
 
 use qoima_keys::Generation;
 
-use super::auth_budget::{Admit, Unrecorded};
+use super::budget::{Admit, Unrecorded};
 use super::codec::SubjectMeta;
 use super::keyring::{dek_count_key, meta_key, wrapped_key, KekInfo, KekState};
 use super::{Ctx, Vault, VaultError};

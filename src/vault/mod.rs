@@ -11,8 +11,8 @@
 //! - Nothing here logs a value, a token or key bytes.
 
 mod admin;
-mod auth_budget;
 pub mod backup;
+mod budget;
 mod cache;
 pub mod codec;
 mod erasure;
@@ -22,6 +22,7 @@ mod privacy;
 pub mod rewrap;
 mod subjects;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -68,6 +69,9 @@ pub struct Settings {
     /// Failed authentications recorded one by one per second (bursts of ten seconds' worth);
     /// the rest are counted into summary entries.
     pub audited_auth_failures_per_second: u32,
+    /// Reads of personal data (read, disclose, export) per minute, by caller name; callers not
+    /// named are not limited.
+    pub max_reads_per_minute: BTreeMap<String, u32>,
 }
 
 impl Settings {
@@ -90,6 +94,7 @@ impl Settings {
             rewrap_batch: 256,
             rewrap_pause_ms: 0,
             audited_auth_failures_per_second: 20,
+            max_reads_per_minute: BTreeMap::new(),
         }
     }
 }
@@ -149,6 +154,9 @@ pub enum VaultError {
     Erased { subject: String, receipt: String },
     #[error("{0}")]
     Conflict(String),
+    /// The caller is over its `max_reads_per_minute`: nothing was read.
+    #[error("caller {caller} is over its limit of {per_minute} reads of personal data per minute; retry in {retry_after_secs} s")]
+    RateLimited { caller: String, per_minute: u32, retry_after_secs: u64 },
     /// The KEK generation that wrapped the subject's DEK was destroyed (e.g. a subject restored
     /// from an old backup): its data is unreadable for good.
     #[error("the KEK generation {generation} that wrapped subject {subject}'s key was destroyed; its data is unreadable for good")]
@@ -209,7 +217,8 @@ pub struct Vault {
     journal: ErasureJournal,
     rewrap: rewrap::RewrapRunner,
     purges: erasure::PurgeQueue,
-    auth_failures: auth_budget::AuthFailureBudget,
+    auth_failures: budget::AuthFailureBudget,
+    read_limits: budget::ReadLimits,
 }
 
 impl std::fmt::Debug for Vault {
@@ -238,7 +247,8 @@ impl Vault {
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),
-            auth_failures: auth_budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
+            auth_failures: budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
+            read_limits: budget::ReadLimits::new(settings.max_reads_per_minute.clone()),
             locks: SubjectLocks::new(4096),
             store,
             audit,
@@ -337,6 +347,15 @@ impl Vault {
             Ok(_) => err,
             Err(e) => e.into(),
         }
+    }
+
+    /// The caller's read budget (`max_reads_per_minute`), recording a refusal.
+    fn read_budget(&self, ctx: &Ctx, action: Action, subject: Option<&str>, purpose: Option<&str>) -> Result<(), VaultError> {
+        let caller = ctx.caller.name.as_str();
+        self.read_limits.admit(caller, self.clock.now()).map_err(|(per_minute, retry_after_secs)| {
+            let e = VaultError::RateLimited { caller: caller.to_owned(), per_minute, retry_after_secs };
+            self.refuse(ctx, action, subject, purpose, vec![], e)
+        })
     }
 
     /// Role gate for `action`, recording a refusal.

@@ -379,6 +379,7 @@ impl Vault {
         if !ctx.caller.purposes.contains(&purpose.name) {
             return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, Denial::PurposeNotGranted(purpose.name.clone()).into()));
         }
+        self.read_budget(ctx, Action::Read, Some(s), p)?;
         let (meta, records, grant) = {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Read, subject)?;
@@ -426,6 +427,7 @@ impl Vault {
             };
             return Err(self.refuse(ctx, Action::Disclose, Some(s), p, names, d.into()));
         }
+        self.read_budget(ctx, Action::Disclose, Some(s), p)?;
         let now = self.clock.now();
         let (meta, records, grant) = {
             let _lock = self.locks.lock(s);
@@ -462,6 +464,7 @@ impl Vault {
     pub fn export(&self, ctx: &Ctx, subject: &SubjectId) -> Result<Export, VaultError> {
         let s = subject.as_str();
         self.gate(ctx, Action::Export, Some(s))?;
+        self.read_budget(ctx, Action::Export, Some(s), None)?;
         let (meta, records, contracts, consents, disclosures, erasure) = {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Export, subject)?;

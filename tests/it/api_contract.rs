@@ -350,3 +350,31 @@ async fn failed_authentications_over_the_budget_are_summarised_not_lost() {
     assert_eq!(audit.body["entries"].as_array().unwrap().len(), 1);
     assert_eq!(app.get("/v1/audit/verify", "auditor").await.body["ok"], true);
 }
+
+/// `[[callers]] max_reads_per_minute`: a caller over its limit gets 429 with `Retry-After`,
+/// the refusal is audited, nothing is read; other callers are not affected; a read comes back
+/// every 60/limit seconds.
+#[tokio::test]
+async fn a_caller_over_its_read_limit_gets_429_and_nothing() {
+    let limited = format!(
+        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 3\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
+    );
+    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    app.put_fields("rl-1", application("RATEMARK")).await;
+    for _ in 0..3 {
+        assert_eq!(app.read("rl-1", "svc-limited", "loan_issuance").await.status, StatusCode::OK);
+    }
+    let r = app.read("rl-1", "svc-limited", "loan_issuance").await;
+    assert_problem(&r, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["type"], "urn:qoima:problem:rate-limited");
+    assert_eq!(r.headers["retry-after"], "20");
+    assert!(r.body["fields"].is_null() && !r.body.to_string().contains("RATEMARK"));
+    assert_eq!(app.read("rl-1", "svc-all", "loan_issuance").await.status, StatusCode::OK, "another caller is not limited");
+    let audit = app.get("/v1/audit?caller=svc-limited", "auditor").await;
+    let denied: Vec<_> = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["decision"] == "deny").collect();
+    assert_eq!(denied.len(), 1);
+    assert!(denied[0]["reason"].as_str().unwrap().contains("limit of 3 reads of personal data per minute"), "{:?}", denied[0]);
+    app.advance(time::Duration::seconds(20));
+    assert_eq!(app.read("rl-1", "svc-limited", "loan_issuance").await.status, StatusCode::OK);
+}

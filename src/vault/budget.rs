@@ -1,12 +1,64 @@
-//! How many failed authentications get an audit entry of their own: a token bucket, so a
-//! client that can merely reach the port cannot grow the audit trail (and the disk) without
-//! bound. Attempts over the budget are not lost: they are counted, and the count goes into
-//! the trail as one summary entry.
+//! Token buckets on the vault's clock: how many failed authentications get an audit entry of
+//! their own ([`AuthFailureBudget`]), and how fast each caller may read personal data
+//! ([`ReadLimits`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use time::OffsetDateTime;
+
+/// A bucket of at most `burst` tokens, refilled at `per_second`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    refilled: Option<OffsetDateTime>,
+}
+
+impl TokenBucket {
+    fn full(burst: f64) -> Self {
+        Self { tokens: burst, refilled: None }
+    }
+
+    /// Takes a token if there is one; else says how many seconds until there will be. A clock
+    /// stepping back refills nothing.
+    fn take(&mut self, now: OffsetDateTime, per_second: f64, burst: f64) -> Result<(), f64> {
+        let elapsed = self.refilled.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0));
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.refilled = Some(self.refilled.map_or(now, |t| t.max(now)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - self.tokens) / per_second)
+        }
+    }
+}
+
+/// Reads of personal data per caller per minute (`[[callers]] max_reads_per_minute`): a stolen
+/// service token cannot empty the vault at full speed. A full minute's worth may come at once.
+#[derive(Debug, Default)]
+pub struct ReadLimits {
+    per_minute: BTreeMap<String, u32>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl ReadLimits {
+    pub fn new(per_minute: BTreeMap<String, u32>) -> Self {
+        Self { per_minute, buckets: Mutex::default() }
+    }
+
+    /// `Err((limit per minute, whole seconds to wait))` when `caller` is over its limit.
+    pub fn admit(&self, caller: &str, now: OffsetDateTime) -> Result<(), (u32, u64)> {
+        let Some(&limit) = self.per_minute.get(caller) else {
+            return Ok(());
+        };
+        let burst = f64::from(limit.max(1));
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(caller.to_owned()).or_insert_with(|| TokenBucket::full(burst));
+        bucket.take(now, burst / 60.0, burst).map_err(|wait| (limit, wait.ceil().max(1.0) as u64))
+    }
+}
 
 /// Failed authentications over the budget since the last summary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +79,7 @@ pub enum Admit {
 
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    refilled: Option<OffsetDateTime>,
+    tokens: TokenBucket,
     unrecorded: Option<Unrecorded>,
 }
 
@@ -52,7 +103,7 @@ impl AuthFailureBudget {
         Self {
             per_second: f64::from(per_second),
             burst,
-            bucket: Mutex::new(Bucket { tokens: burst, refilled: None, unrecorded: None }),
+            bucket: Mutex::new(Bucket { tokens: TokenBucket::full(burst), unrecorded: None }),
             unrecorded_total: AtomicU64::new(0),
         }
     }
@@ -63,11 +114,7 @@ impl AuthFailureBudget {
 
     pub fn admit(&self, now: OffsetDateTime) -> Admit {
         let mut b = self.bucket();
-        let elapsed = b.refilled.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0));
-        b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
-        b.refilled = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens.take(now, self.per_second, self.burst).is_ok() {
             return Admit::Record(b.unrecorded.take());
         }
         self.unrecorded_total.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +189,21 @@ mod tests {
         let recorded = (0..20).filter(|_| matches!(b.admit(after_an_hour), Admit::Record(_))).count();
         assert_eq!(recorded, 10);
         assert_eq!(b.admit(t(0)), Admit::Count, "a clock stepping back must not mint tokens");
+    }
+
+    #[test]
+    fn each_limited_caller_has_its_own_minute_of_reads() {
+        let l = ReadLimits::new([("svc".to_string(), 3)].into());
+        for _ in 0..3 {
+            assert_eq!(l.admit("svc", t(0)), Ok(()));
+        }
+        // One read comes back every 20 s.
+        assert_eq!(l.admit("svc", t(0)), Err((3, 20)));
+        assert_eq!(l.admit("svc", t(15_000)), Err((3, 5)));
+        assert_eq!(l.admit("svc", t(20_000)), Ok(()));
+        for _ in 0..1000 {
+            assert_eq!(l.admit("other", t(20_000)), Ok(()), "callers without a limit are not limited");
+        }
     }
 
     #[test]
