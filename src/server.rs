@@ -351,25 +351,24 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
-/// Keeps key material out of core dumps: the process is made non-dumpable and its core size
-/// limit set to zero.
 /// Locks every page the process has and will have into RAM (`lock_memory = true`), so keys,
 /// unwrapped DEKs and decrypted values never reach swap, which is a file on disk. Pages are
 /// locked as they are touched (MCL_ONFAULT), so reserved but unused memory costs nothing.
 pub fn lock_memory() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    // SAFETY: a plain syscall with constant flags.
-    unsafe {
-        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) != 0 {
+    {
+        // SAFETY: a plain syscall with constant flags.
+        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        Ok(())
     }
     #[cfg(not(target_os = "linux"))]
-    return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "memory locking is implemented for Linux only"));
-    #[cfg(target_os = "linux")]
-    Ok(())
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "memory locking is implemented for Linux only"))
 }
 
+/// Keeps key material out of core dumps: the process is made non-dumpable and its core size
+/// limit set to zero.
 pub fn refuse_core_dumps() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls with constant arguments and a valid pointer to a local struct.
