@@ -47,6 +47,9 @@ pub struct ProblemOwned {
     pub detail: String,
     #[serde(default)]
     pub receipt: Option<String>,
+    /// Seconds to wait before retrying, from `Retry-After` (on 429).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl ClientError {
@@ -66,10 +69,19 @@ impl ClientError {
         }
     }
 
-    /// Whether retrying the same call later is safe and may succeed (503: nothing was done).
+    /// Whether retrying the same call later is safe and may succeed: 503 and 429 mean nothing
+    /// was done (after a 429, wait [`ClientError::retry_after`]).
     pub fn retryable(&self) -> bool {
-        matches!(self, ClientError::Problem(p) if p.status == 503)
+        matches!(self, ClientError::Problem(p) if p.status == 503 || p.status == 429)
             || matches!(self, ClientError::Transport(e) if e.is_timeout() || e.is_connect())
+    }
+
+    /// How long the vault asked to wait before the next call (429 `rate-limited`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Problem(p) => p.retry_after.map(std::time::Duration::from_secs),
+            _ => None,
+        }
     }
 }
 
@@ -103,13 +115,14 @@ impl Client {
         }
         let res = req.send().await?;
         let status = res.status();
+        let retry_after = res.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
         let bytes = res.bytes().await?;
         if status.is_success() {
             let bytes = if status == StatusCode::NO_CONTENT { &b"null"[..] } else { &bytes[..] };
             return serde_json::from_slice(bytes).map_err(|e| ClientError::Unexpected { status: status.as_u16(), message: e.to_string() });
         }
         match serde_json::from_slice::<ProblemOwned>(&bytes) {
-            Ok(p) => Err(ClientError::Problem(Box::new(p))),
+            Ok(p) => Err(ClientError::Problem(Box::new(ProblemOwned { retry_after, ..p }))),
             Err(_) => Err(ClientError::Unexpected {
                 status: status.as_u16(),
                 message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),

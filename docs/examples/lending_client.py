@@ -4,7 +4,8 @@
 Standard library only (urllib.request + json), Python 3.9 or later: copy this file into your
 service. Every call names the borrower by an opaque subject id; reads name a purpose. Problem
 documents (application/problem+json) are raised as QoimaError subclasses carrying `type`,
-`status`, `title` and `detail`; a 503 ("nothing was done") is retried with backoff, and
+`status`, `title` and `detail`; a 429 (over the caller's reads per minute) is raised as
+RateLimited with the `retry_after` the vault names; a 503 ("nothing was done") is retried with backoff, and
 timeouts or lost connections are retried only for calls that are safe to repeat (see
 docs/integrator-guide.md, "Retries and idempotency"). A retried call keeps its X-Request-Id,
 so the vault's audit trail shows the retries as one intent.
@@ -61,7 +62,16 @@ PROBLEM_PREFIX = "urn:qoima:problem:"
 class QoimaError(Exception):
     """A problem document from the vault, or a call that got no answer (status 0)."""
 
-    def __init__(self, type: str, status: int, title: str, detail: str, request_id: str, receipt: str | None = None):
+    def __init__(
+        self,
+        type: str,
+        status: int,
+        title: str,
+        detail: str,
+        request_id: str,
+        receipt: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{status} {type}: {detail}")
         self.type = type
         self.status = status
@@ -69,6 +79,7 @@ class QoimaError(Exception):
         self.detail = detail
         self.request_id = request_id
         self.receipt = receipt
+        self.retry_after = retry_after  # seconds, from Retry-After (429)
 
     @property
     def slug(self) -> str:
@@ -108,6 +119,11 @@ class KeyDestroyed(QoimaError):
     """410 key-destroyed: the key generation that wrapped the borrower's key is gone. Final."""
 
 
+class RateLimited(QoimaError):
+    """429: this caller is over its reads per minute; nothing was read. Wait `retry_after`
+    seconds. Not retried here: the wait can be long, and whether to wait is the caller's call."""
+
+
 class Unavailable(QoimaError):
     """503: the vault could not record the call durably, so it did nothing; retry later."""
 
@@ -126,6 +142,7 @@ _BY_SLUG = {
     "erased": Erased,
     "key-destroyed": KeyDestroyed,
     "unavailable": Unavailable,
+    "rate-limited": RateLimited,
     "request-timeout": NoAnswer,
 }
 
@@ -337,7 +354,7 @@ class QoimaClient:
                 text = response.read()
                 return json.loads(text) if text else None
         except urllib.error.HTTPError as e:
-            raise _problem(e.code, e.read(), e.headers.get("x-request-id", request_id)) from None
+            raise _problem(e.code, e.read(), e.headers.get("x-request-id", request_id), e.headers.get("retry-after")) from None
         except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise NoAnswer(
@@ -350,7 +367,7 @@ def _id(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
-def _problem(status: int, raw: bytes, request_id: str) -> QoimaError:
+def _problem(status: int, raw: bytes, request_id: str, retry_after: str | None = None) -> QoimaError:
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -361,7 +378,8 @@ def _problem(status: int, raw: bytes, request_id: str) -> QoimaError:
     cls = _BY_SLUG.get(kind[len(PROBLEM_PREFIX) :], QoimaError)
     title = str(doc.get("title", ""))
     detail = str(doc.get("detail", "the vault answered without a problem document"))
-    return cls(kind, int(doc.get("status", status)), title, detail, request_id, doc.get("receipt"))
+    wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+    return cls(kind, int(doc.get("status", status)), title, detail, request_id, doc.get("receipt"), wait)
 
 
 # --- the demonstration -------------------------------------------------------------------

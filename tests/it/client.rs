@@ -77,3 +77,22 @@ async fn a_lending_service_flow_through_the_typed_client() {
     app.faults.set(false);
     assert!(svc.put_fields("cl-2", [("identity.full_name", json!("X"))]).await.unwrap().created);
 }
+
+/// A 429 reaches the client typed: retryable, with the wait the vault asked for.
+#[tokio::test]
+async fn a_rate_limited_read_is_retryable_after_the_wait_the_vault_names() {
+    let limited = format!(
+        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 1\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
+    );
+    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    app.put_fields("cl-1", application("CLIENTMARK")).await;
+    let svc = Client::new(&app.addr, &token("svc-limited"));
+    svc.read("cl-1", "loan_issuance", None).await.unwrap();
+    let e = svc.read("cl-1", "loan_issuance", None).await.unwrap_err();
+    assert_eq!((e.status(), e.slug()), (Some(429), Some("rate-limited")));
+    assert!(e.retryable());
+    assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(60)));
+    app.advance(time::Duration::seconds(60));
+    svc.read("cl-1", "loan_issuance", None).await.unwrap();
+}

@@ -802,3 +802,33 @@ fn the_links_of_the_guides_resolve() {
         }
     }
 }
+
+/// The Python example turns a 429 into `RateLimited` with the wait the vault names.
+#[tokio::test]
+async fn the_python_example_reports_a_rate_limit_with_its_wait() {
+    let limited = format!(
+        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 1\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
+    );
+    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    app.put_fields("py-rl-1", application("PYMARK")).await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");
+    let snippet = "import os, sys\n\
+        sys.path.insert(0, os.environ['EXAMPLES'])\n\
+        import lending_client as q\n\
+        c = q.QoimaClient(os.environ['QOIMA_URL'], os.environ['TOKEN'])\n\
+        c.read('py-rl-1', 'loan_issuance')\n\
+        try:\n    c.read('py-rl-1', 'loan_issuance')\n\
+        except q.RateLimited as e:\n    print('rate limited', e.status, e.slug, e.retry_after)\n";
+    let out = tokio::process::Command::new("python3")
+        .args(["-I", "-S", "-c", snippet])
+        .env("EXAMPLES", &dir)
+        .env("QOIMA_URL", &app.addr)
+        .env("TOKEN", token("svc-limited"))
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "rate limited 429 rate-limited 60.0");
+}
