@@ -356,11 +356,7 @@ async fn failed_authentications_over_the_budget_are_summarised_not_lost() {
 /// every 60/limit seconds.
 #[tokio::test]
 async fn a_caller_over_its_read_limit_gets_429_and_nothing() {
-    let limited = format!(
-        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 3\n",
-        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
-    );
-    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    let app = spawn_with(&limited_caller(3), Some(qoima::domain::ManualClock::new(now()))).await;
     app.put_fields("rl-1", application("RATEMARK")).await;
     for _ in 0..3 {
         assert_eq!(app.read("rl-1", "svc-limited", "loan_issuance").await.status, StatusCode::OK);

@@ -81,11 +81,7 @@ async fn a_lending_service_flow_through_the_typed_client() {
 /// A 429 reaches the client typed: retryable, with the wait the vault asked for.
 #[tokio::test]
 async fn a_rate_limited_read_is_retryable_after_the_wait_the_vault_names() {
-    let limited = format!(
-        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 1\n",
-        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
-    );
-    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    let app = spawn_with(&limited_caller(1), Some(qoima::domain::ManualClock::new(now()))).await;
     app.put_fields("cl-1", application("CLIENTMARK")).await;
     let svc = Client::new(&app.addr, &token("svc-limited"));
     svc.read("cl-1", "loan_issuance", None).await.unwrap();

@@ -806,11 +806,7 @@ fn the_links_of_the_guides_resolve() {
 /// The Python example turns a 429 into `RateLimited` with the wait the vault names.
 #[tokio::test]
 async fn the_python_example_reports_a_rate_limit_with_its_wait() {
-    let limited = format!(
-        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = 1\n",
-        hex::encode(qoima::auth::token_digest(&token("svc-limited")))
-    );
-    let app = spawn_with(&limited, Some(qoima::domain::ManualClock::new(now()))).await;
+    let app = spawn_with(&limited_caller(1), Some(qoima::domain::ManualClock::new(now()))).await;
     app.put_fields("py-rl-1", application("PYMARK")).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");
     let snippet = "import os, sys\n\

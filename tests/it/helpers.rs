@@ -72,6 +72,15 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
     t
 }
 
+/// Extra configuration adding the caller `svc-limited` (service, loan_issuance) held to
+/// `per_minute` reads of personal data a minute; its token is `token("svc-limited")`.
+pub fn limited_caller(per_minute: u32) -> String {
+    format!(
+        "[[callers]]\nname = \"svc-limited\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"loan_issuance\"]\nmax_reads_per_minute = {per_minute}\n",
+        hex::encode(token_digest(&token("svc-limited")))
+    )
+}
+
 /// Starts a vault with the default configuration.
 pub async fn spawn_app() -> TestApp {
     spawn_with("", None).await
