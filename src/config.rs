@@ -22,8 +22,23 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 
 /// A configuration problem, as one line: `file:line: what is wrong`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
 pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    /// Messages quote the file's own text (names, paths), which may hold a newline or a
+    /// terminal escape; printing those as escapes keeps the error one line and inert.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -573,6 +588,12 @@ purposes     = ["loan_issuance"]
                 GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n",
                 14,
                 "not in the schema",
+            ),
+            // Found by the config fuzz target: a name quoted into the message held a newline.
+            (
+                GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"\\nidentity\\u001b[2J\"]\n",
+                14,
+                "names `\\nidentity\\u{1b}[2J`, which is not in the schema",
             ),
         ];
         for (text, line, needle) in cases {
