@@ -217,6 +217,15 @@ impl AuditLog {
         Ok(PendingCommit(wait))
     }
 
+    /// [`AuditLog::submit`] that never waits: `None` if the queue is full or the committer has
+    /// stopped, and nothing was queued (the caller takes the blocking path, which waits or reports).
+    pub fn try_submit(&self, drafts: Vec<Draft>, batch: Batch) -> Option<PendingCommit> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        tx.try_send(Job { drafts, batch, reply: Reply::Async(reply) }).ok()?;
+        Some(PendingCommit(wait))
+    }
+
     fn enqueue(&self, job: Job) -> Result<(), AuditError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tx = tx.ok_or_else(|| AuditError::Unavailable("the vault is shutting down".into()))?;

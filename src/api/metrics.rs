@@ -75,6 +75,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 "Failed authentications over limits.audited_auth_failures_per_second: counted into summary audit entries, not recorded one by one.",
                 v.unrecorded_auth_failures_total(),
             ),
+            (
+                "qoima_reads_in_memory_total",
+                "counter",
+                "Reads answered on the async thread, everything they needed being in memory.",
+                load(&v.read_paths().in_memory),
+            ),
+            (
+                "qoima_reads_blocking_total",
+                "counter",
+                "Reads run on a blocking thread (refusals, data not in memory, a subject being written, a caller with a read limit).",
+                load(&v.read_paths().blocking),
+            ),
             ("qoima_dek_cache_hits_total", "counter", "DEK cache hits.", load(&v.cache().hits)),
             ("qoima_dek_cache_misses_total", "counter", "DEK cache misses (unwraps).", load(&v.cache().misses)),
             ("qoima_dek_cache_entries", "gauge", "Unwrapped DEKs held in memory.", v.cache().len() as u64),

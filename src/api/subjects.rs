@@ -55,9 +55,13 @@ pub async fn read_subject(
     let purpose = q.purpose.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
     let fields: Option<Vec<String>> = q.fields.map(|f| f.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
     let (subj, p) = (s.to_string(), purpose.clone());
-    // The blocking part runs off the async threads; the wait for the durable audit entry does
-    // not hold a thread.
-    let values = run(&state.vault, move |v| v.read_deferred(&ctx, &s, &purpose, fields.as_deref())).await?.durable().await?;
+    // A read whose data is in memory is answered here; any other goes to a blocking thread.
+    // Either way the wait for the durable audit entry does not hold a thread.
+    let pending = match state.vault.try_read_now(&ctx, &s, &purpose, fields.as_deref()) {
+        Some(pending) => pending,
+        None => run(&state.vault, move |v| v.read_deferred(&ctx, &s, &purpose, fields.as_deref())).await?,
+    };
+    let values = pending.durable().await?;
     Ok(Json(FieldsResponse { subject: subj, purpose: p, fields: values }))
 }
 

@@ -150,6 +150,37 @@ pub enum StoreError {
     Io(String),
     #[error("corrupt {space} entry: {what}")]
     Corrupt { space: &'static str, what: &'static str },
+    /// A [`Tier::Memory`] read would have had to go to the disk.
+    #[error("not in memory")]
+    NotInMemory,
+}
+
+/// Where a read may look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Anywhere: memtables, the block cache, the files (may wait for the disk).
+    Any,
+    /// Memtables and the block cache only: the read never waits for the disk and fails with
+    /// [`StoreError::NotInMemory`] instead. For callers on async threads.
+    Memory,
+}
+
+impl Tier {
+    fn read_options(self) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if self == Tier::Memory {
+            ro.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
+        ro
+    }
+}
+
+/// RocksDB reports a read that the memory tier cannot answer as `Incomplete`.
+fn read_error(e: rocksdb::Error) -> StoreError {
+    match e.kind() {
+        rocksdb::ErrorKind::Incomplete => StoreError::NotInMemory,
+        _ => e.into(),
+    }
 }
 
 impl From<rocksdb::Error> for StoreError {
@@ -306,19 +337,49 @@ impl Store {
         Ok(self.db.get_cf(self.cf(space), key)?)
     }
 
+    /// [`Store::get`], looking only where `tier` allows.
+    pub fn get_in(&self, tier: Tier, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match tier {
+            Tier::Any => self.get(space, key),
+            Tier::Memory => self.db.get_cf_opt(self.cf(space), key, &tier.read_options()).map_err(read_error),
+        }
+    }
+
     /// Point lookups of many keys in one call.
     pub fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let cf = self.cf(space);
-        self.db
-            .batched_multi_get_cf(cf, keys.iter(), false)
-            .into_iter()
-            .map(|r| r.map(|v| v.map(|p| p.to_vec())).map_err(StoreError::from))
-            .collect()
+        self.get_many_in(Tier::Any, space, keys)
+    }
+
+    /// [`Store::get_many`], looking only where `tier` allows.
+    pub fn get_many_in(&self, tier: Tier, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        match tier {
+            Tier::Any => self
+                .db
+                .batched_multi_get_cf(self.cf(space), keys.iter(), false)
+                .into_iter()
+                .map(|r| r.map(|v| v.map(|p| p.to_vec())).map_err(StoreError::from))
+                .collect(),
+            // RocksDB's MultiGet reads a block that is not cached even under the memory tier
+            // (the test below caught it), so the memory tier looks up one key at a time.
+            Tier::Memory => keys.iter().map(|k| self.get_in(tier, space, k)).collect(),
+        }
     }
 
     /// Visits keys in `[from, to)` in order until `f` returns false.
-    pub fn scan(&self, space: Space, from: &[u8], to: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
-        let mut ro = ReadOptions::default();
+    pub fn scan(&self, space: Space, from: &[u8], to: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        self.scan_in(Tier::Any, space, from, to, f)
+    }
+
+    /// [`Store::scan`], looking only where `tier` allows.
+    pub fn scan_in(
+        &self,
+        tier: Tier,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut ro = tier.read_options();
         ro.set_total_order_seek(true);
         ro.set_iterate_upper_bound(to.to_vec());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(space), ro);
@@ -332,12 +393,17 @@ impl Store {
             }
             it.next();
         }
-        Ok(it.status()?)
+        it.status().map_err(read_error)
     }
 
     /// Visits every key starting with `prefix`.
     pub fn scan_prefix(&self, space: Space, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
-        self.scan(space, prefix, &prefix_end(prefix), f)
+        self.scan_in(Tier::Any, space, prefix, &prefix_end(prefix), f)
+    }
+
+    /// [`Store::scan_prefix`], looking only where `tier` allows.
+    pub fn scan_prefix_in(&self, tier: Tier, space: Space, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        self.scan_in(tier, space, prefix, &prefix_end(prefix), f)
     }
 
     /// The last entry of a space, in key order.
@@ -476,6 +542,38 @@ mod tests {
         .unwrap();
         assert_eq!(left, 1);
         assert_eq!(s.get(Space::Records, &subject_key("s10", "a.x")).unwrap().as_deref(), Some(&b"other"[..]));
+    }
+
+    #[test]
+    fn the_memory_tier_answers_from_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = subject_key("s1", "a.x");
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.put(Space::Records, key.clone(), b"v".to_vec());
+            s.write(&b).unwrap();
+            // In the memtable: the memory tier sees it.
+            assert_eq!(s.get_in(Tier::Memory, Space::Records, &key).unwrap().as_deref(), Some(&b"v"[..]));
+            s.purge(&[]).unwrap(); // flushed into an SST file
+        }
+        // Reopened: the value is only in a file, and the block cache is empty.
+        let s = Store::open(dir.path()).unwrap();
+        assert!(matches!(s.get_in(Tier::Memory, Space::Records, &key), Err(StoreError::NotInMemory)));
+        let many = s.get_many_in(Tier::Memory, Space::Records, std::slice::from_ref(&key));
+        assert!(matches!(many, Err(StoreError::NotInMemory)), "{many:?}");
+        let scanned = s.scan_prefix_in(Tier::Memory, Space::Records, &subject_prefix("s1"), |_, _| true);
+        assert!(matches!(scanned, Err(StoreError::NotInMemory)), "{scanned:?}");
+        // A read from the disk brings its blocks into the cache; then memory answers.
+        assert_eq!(s.get(Space::Records, &key).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(s.get_in(Tier::Memory, Space::Records, &key).unwrap().as_deref(), Some(&b"v"[..]));
+        let mut seen = 0;
+        s.scan_prefix_in(Tier::Memory, Space::Records, &subject_prefix("s1"), |_, _| {
+            seen += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, 1);
     }
 
     #[test]

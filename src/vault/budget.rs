@@ -48,6 +48,11 @@ impl ReadLimits {
         Self { per_minute, buckets: Mutex::default() }
     }
 
+    /// Whether `caller` has a read limit at all.
+    pub fn limits(&self, caller: &str) -> bool {
+        self.per_minute.contains_key(caller)
+    }
+
     /// `Err((limit per minute, whole seconds to wait))` when `caller` is over its limit.
     pub fn admit(&self, caller: &str, now: OffsetDateTime) -> Result<(), (u32, u64)> {
         let Some(&limit) = self.per_minute.get(caller) else {

@@ -107,6 +107,15 @@ impl SubjectLocks {
         self.stripes[self.stripe(subject)].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The subject's lock if no one holds it (async callers must not wait for a writer's fsync).
+    pub fn try_lock(&self, subject: &str) -> Option<MutexGuard<'_, ()>> {
+        match self.stripes[self.stripe(subject)].try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Locks every subject of a batch at once, in stripe order (so two batch lockers cannot
     /// deadlock; everyone else holds one stripe at a time).
     pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<MutexGuard<'a, ()>> {

@@ -40,7 +40,7 @@ use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
 use crate::domain::{CallerName, Clock, InvalidId, RequestId, SubjectId};
 use crate::policy::{Action, Caller, Denial, Purposes, SubjectFacts};
 use crate::schema::{Schema, SchemaError};
-use crate::store::{Space, Store, StoreError};
+use crate::store::{Space, Store, StoreError, Tier};
 
 use codec::SubjectMeta;
 
@@ -219,6 +219,15 @@ pub struct Vault {
     purges: erasure::PurgeQueue,
     auth_failures: budget::AuthFailureBudget,
     read_limits: budget::ReadLimits,
+    read_paths: ReadPaths,
+}
+
+/// How reads were answered: on the async thread from memory ([`Vault::try_read_now`]), or
+/// on a blocking thread (refusals, data not in memory, a locked subject, a limited caller).
+#[derive(Debug, Default)]
+pub struct ReadPaths {
+    pub in_memory: std::sync::atomic::AtomicU64,
+    pub blocking: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Vault {
@@ -258,6 +267,7 @@ impl Vault {
             journal,
             rewrap: Default::default(),
             purges: Default::default(),
+            read_paths: Default::default(),
         };
         vault.write_escrow()?;
         vault.resume_erasures()?;
@@ -302,6 +312,10 @@ impl Vault {
 
     pub fn audit_stats(&self) -> &crate::audit::AuditStats {
         self.audit.stats()
+    }
+
+    pub fn read_paths(&self) -> &ReadPaths {
+        &self.read_paths
     }
 
     /// Whether the audit log's last write succeeded.
@@ -364,11 +378,19 @@ impl Vault {
     }
 
     fn meta(&self, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
-        Ok(self.store.get(Space::Subjects, subject.as_bytes())?.map(|v| SubjectMeta::decode(&v)).transpose()?)
+        self.meta_in(Tier::Any, subject)
+    }
+
+    fn meta_in(&self, tier: Tier, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
+        Ok(self.store.get_in(tier, Space::Subjects, subject.as_bytes())?.map(|v| SubjectMeta::decode(&v)).transpose()?)
     }
 
     fn erasure(&self, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
-        Ok(match self.store.get(Space::Erasures, subject.as_bytes())? {
+        self.erasure_in(Tier::Any, subject)
+    }
+
+    fn erasure_in(&self, tier: Tier, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
+        Ok(match self.store.get_in(tier, Space::Erasures, subject.as_bytes())? {
             Some(v) => Some(serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt { space: "erasures", what: "record" })?),
             None => None,
         })
@@ -405,11 +427,20 @@ impl Vault {
 
     /// Contracts and consents of a subject, and the facts the policy decides on.
     fn facts(&self, subject: &str, meta: &SubjectMeta) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
+        self.facts_in(Tier::Any, subject, meta)
+    }
+
+    fn facts_in(
+        &self,
+        tier: Tier,
+        subject: &str,
+        meta: &SubjectMeta,
+    ) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
         let mut contracts = Vec::new();
         let mut consents = Vec::new();
         let mut bad = false;
         let plen = subject.len() + 1;
-        self.store.scan_prefix(Space::Facts, &crate::store::subject_prefix(subject), |k, v| {
+        self.store.scan_prefix_in(tier, Space::Facts, &crate::store::subject_prefix(subject), |k, v| {
             match k.get(plen) {
                 Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
                     Ok(c) => contracts.push(c),

@@ -15,7 +15,7 @@ use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, Decision};
 use crate::domain::{random_hex, FieldName, Purpose, SubjectId};
 use crate::policy::{self, Action, Denial, DisclosureBasis};
-use crate::store::{subject_key, subject_prefix, Batch, Space};
+use crate::store::{subject_key, subject_prefix, Batch, Space, Tier};
 
 /// Decrypted field values by name. Built only after the read's audit entry is durable.
 pub type FieldValues = BTreeMap<String, Value>;
@@ -32,6 +32,14 @@ impl<T> Audited<T> {
         self.pending.durable().await?;
         Ok(self.value)
     }
+}
+
+/// What [`Vault::look_up_read`] found.
+enum ReadLookup {
+    Allowed { meta: SubjectMeta, records: Vec<(FieldName, Record)>, grant: policy::Grant },
+    Erased(super::codec::ErasureRecord),
+    Unknown,
+    Denied(Denial),
 }
 
 /// The result of a write.
@@ -274,12 +282,22 @@ impl Vault {
         names: Option<&[FieldName]>,
         keep: impl Fn(&FieldName) -> bool,
     ) -> Result<Vec<(FieldName, Record)>, VaultError> {
+        self.load_records_in(Tier::Any, s, names, keep)
+    }
+
+    fn load_records_in(
+        &self,
+        tier: Tier,
+        s: &str,
+        names: Option<&[FieldName]>,
+        keep: impl Fn(&FieldName) -> bool,
+    ) -> Result<Vec<(FieldName, Record)>, VaultError> {
         let mut out = Vec::new();
         match names {
             Some(names) => {
                 let names: Vec<&FieldName> = names.iter().filter(|f| keep(f)).collect();
                 let keys: Vec<Vec<u8>> = names.iter().map(|f| subject_key(s, f.as_str())).collect();
-                for (f, v) in names.into_iter().zip(self.store.get_many(Space::Records, &keys)?) {
+                for (f, v) in names.into_iter().zip(self.store.get_many_in(tier, Space::Records, &keys)?) {
                     if let Some(v) = v {
                         out.push((f.clone(), Record::decode(&v)?));
                     }
@@ -287,7 +305,7 @@ impl Vault {
             }
             None => {
                 let mut err = None;
-                self.store.scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
+                self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
                     let name = std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldName::parse(n).ok());
                     match (name, Record::decode(v)) {
                         (Some(f), Ok(r)) if keep(&f) => out.push((f, r)),
@@ -362,6 +380,39 @@ impl Vault {
         Ok(Audited { value: values, pending: self.audit.submit(vec![draft], Batch::default())? })
     }
 
+    /// [`Vault::read_deferred`] without blocking, for async callers to try first: it saves the
+    /// hand-off to a blocking thread. It answers only an allowed read, by a caller without a
+    /// read limit, of a subject whose lock is free and whose entries are in memory (memtables
+    /// and block cache; `Tier::Memory`), with room in the audit queue. Otherwise it returns
+    /// `None` having changed nothing (no audit entry, no budget spent), and the caller runs
+    /// `read_deferred` on a blocking thread, which also records every refusal.
+    pub fn try_read_now(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        purpose: &str,
+        requested: Option<&[String]>,
+    ) -> Option<Audited<FieldValues>> {
+        let s = subject.as_str();
+        let purpose = self.purpose(purpose).ok()?;
+        let requested = self.parse_requested(requested).ok()?;
+        let allowed_caller = policy::may(&ctx.caller, Action::Read).is_ok() && ctx.caller.purposes.contains(&purpose.name);
+        if !allowed_caller || self.read_limits.limits(ctx.caller.name.as_str()) {
+            return None;
+        }
+        let looked = {
+            let _lock = self.locks.try_lock(s)?;
+            self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?
+        };
+        let ReadLookup::Allowed { meta, records, grant } = looked else { return None };
+        let values = self.decrypt(s, &meta, records).ok()?;
+        let names: Vec<String> = values.keys().cloned().collect();
+        let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
+        let pending = self.audit.try_submit(vec![draft], Batch::default())?;
+        self.read_paths.in_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Audited { value: values, pending })
+    }
+
     fn read_prepared(
         &self,
         ctx: &Ctx,
@@ -369,6 +420,7 @@ impl Vault {
         purpose: &str,
         requested: Option<&[String]>,
     ) -> Result<(FieldValues, audit::Draft), VaultError> {
+        self.read_paths.blocking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
         let requested = self.parse_requested(requested)?;
@@ -380,19 +432,51 @@ impl Vault {
             return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, Denial::PurposeNotGranted(purpose.name.clone()).into()));
         }
         self.read_budget(ctx, Action::Read, Some(s), p)?;
-        let (meta, records, grant) = {
+        let looked = {
             let _lock = self.locks.lock(s);
-            let meta = self.live(ctx, Action::Read, subject)?;
-            let (facts, _, _) = self.facts(s, &meta)?;
-            let grant = policy::decide_read(&ctx.caller, purpose, &facts, self.clock.now())
-                .map_err(|d| self.refuse(ctx, Action::Read, Some(s), p, asked.clone(), d.into()))?;
-            let records = self.load_records(s, requested.as_deref(), |f| purpose.allows(f))?;
-            (meta, records, grant)
+            self.look_up_read(Tier::Any, ctx, s, purpose, requested.as_deref())?
+        };
+        let (meta, records, grant) = match looked {
+            ReadLookup::Allowed { meta, records, grant } => (meta, records, grant),
+            ReadLookup::Erased(e) => {
+                let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
+                return Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err));
+            }
+            ReadLookup::Unknown => {
+                return Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
+            }
+            ReadLookup::Denied(d) => return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         };
         let values = self.decrypt(s, &meta, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
         Ok((values, draft))
+    }
+
+    /// What a read finds, under the subject's lock (the caller's), with no side effect: the
+    /// subject's state, the policy's decision and, if it allows, the records the purpose lets
+    /// out. Both read paths decide through here.
+    fn look_up_read(
+        &self,
+        tier: Tier,
+        ctx: &Ctx,
+        s: &str,
+        purpose: &policy::PurposeDef,
+        requested: Option<&[FieldName]>,
+    ) -> Result<ReadLookup, VaultError> {
+        if let Some(e) = self.erasure_in(tier, s)? {
+            if e.status == super::ErasureStatus::Erased {
+                return Ok(ReadLookup::Erased(e));
+            }
+        }
+        let Some(meta) = self.meta_in(tier, s)? else { return Ok(ReadLookup::Unknown) };
+        let (facts, _, _) = self.facts_in(tier, s, &meta)?;
+        let grant = match policy::decide_read(&ctx.caller, purpose, &facts, self.clock.now()) {
+            Ok(g) => g,
+            Err(d) => return Ok(ReadLookup::Denied(d)),
+        };
+        let records = self.load_records_in(tier, s, requested, |f| purpose.allows(f))?;
+        Ok(ReadLookup::Allowed { meta, records, grant })
     }
 
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns

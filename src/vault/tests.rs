@@ -84,3 +84,69 @@ fn concurrent_erasures_are_all_purged_and_none_is_lost() {
     assert!(v.purges.queue.lock().unwrap().is_empty());
     v.close();
 }
+
+fn read_now(v: &Vault, c: &Ctx, s: &str, purpose: &str) -> Option<FieldValues> {
+    let pending = v.try_read_now(c, &SubjectId::parse(s).unwrap(), purpose, None)?;
+    Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
+}
+
+fn entries(v: &Vault) -> u64 {
+    v.audit_stats().entries.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_read_in_memory_is_answered_now_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "a");
+    let c = ctx(Role::Service);
+    let before = entries(&v);
+    let now = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
+    assert_eq!(entries(&v), before + 1, "one audit entry, durable before the values came out");
+    assert_eq!(now, v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap());
+    assert_eq!(v.read_paths().in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
+    v.close();
+}
+
+#[test]
+fn a_read_that_cannot_finish_now_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("data"));
+    settings.max_reads_per_minute.insert("limited".into(), 1);
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let root = || qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+    let v = Vault::open(settings.clone(), root(), Arc::new(SystemClock), Arc::default()).unwrap();
+    put(&v, "a");
+    put(&v, "gone");
+    v.request_erasure(&ctx(Role::Website), &SubjectId::parse("gone").unwrap()).unwrap();
+    let c = ctx(Role::Service);
+    let before = entries(&v);
+    // Refusals are the blocking path's to record: unknown, erased, not granted, wrong role.
+    assert!(read_now(&v, &c, "nobody", "loan_issuance").is_none());
+    assert!(read_now(&v, &c, "gone", "loan_issuance").is_none());
+    assert!(read_now(&v, &c, "a", "advertising").is_none());
+    assert!(read_now(&v, &ctx(Role::Auditor), "a", "loan_issuance").is_none());
+    // A caller with a read limit spends its budget on the blocking path only.
+    let mut limited = ctx(Role::Service);
+    limited.caller.name = CallerName::parse("limited").unwrap();
+    assert!(read_now(&v, &limited, "a", "loan_issuance").is_none());
+    // A subject being written (its lock held) is not waited for.
+    {
+        let _writer = v.locks.lock("a");
+        assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
+    }
+    assert_eq!(entries(&v), before, "no entry, nothing recorded");
+    assert_eq!(v.read_paths().in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The limited caller's one read a minute is still there.
+    v.read(&limited, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
+    v.store().purge(&[]).unwrap();
+    v.close();
+    drop(v);
+
+    // Reopened, the subject is only in the files: not in memory until a blocking read.
+    let v = Vault::open(settings, root(), Arc::new(SystemClock), Arc::default()).unwrap();
+    assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
+    v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
+    assert!(read_now(&v, &c, "a", "loan_issuance").is_some());
+    v.close();
+}

@@ -301,6 +301,9 @@ async fn metrics_are_exposed_without_ids_or_values() {
         "qoima_decisions_total{action=\"subject.read\",purpose=\"advertising\",decision=\"deny\"} 1",
         "qoima_audit_commit_seconds_count",
         "qoima_dek_cache_hits_total",
+        // The allowed read found everything in memory; the refusal was recorded on a blocking thread.
+        "qoima_reads_in_memory_total 1",
+        "qoima_reads_blocking_total 1",
         "qoima_kek_deks{generation=\"1\",state=\"active\"} 1",
         "qoima_rewrap_running 0",
         "qoima_rocksdb_estimate_keys{cf=\"records\"}",
