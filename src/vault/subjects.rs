@@ -162,7 +162,9 @@ impl Vault {
         }
         let version = meta.version + 1;
         let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
-        let existing = self.store.get_many(Space::Records, &keys)?;
+        // A subject without an entry has no records (they go with it, in the same batch), so a
+        // new one needs no lookups.
+        let existing = if created { vec![None; keys.len()] } else { self.store.get_many(Space::Records, &keys)? };
         let cipher = dek.cipher();
         for (((f, bytes), key), old) in fields.iter().zip(keys).zip(existing) {
             let ct = cipher.seal(&FieldContext { subject: s, field: f.as_str(), record_version: version }, bytes)?;
@@ -179,7 +181,7 @@ impl Vault {
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
-        let missing_mandatory = self.missing_mandatory(s, &names)?;
+        let missing_mandatory = self.missing_mandatory((!created).then_some(s), &names)?;
         let reason = if created { "subject created" } else { "fields written" };
         self.audit.commit(vec![self.draft(ctx, action, Some(s), reason).fields(names)], batch)?;
         if created {
@@ -267,9 +269,14 @@ impl Vault {
         Ok(meta.dek_version.0)
     }
 
-    fn missing_mandatory(&self, s: &str, writing: &[String]) -> Result<Vec<String>, VaultError> {
+    /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
+    /// with no records yet).
+    fn missing_mandatory(&self, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
         let mandatory: Vec<FieldName> =
             self.settings.schema.mandatory().into_iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
+        let Some(s) = stored else {
+            return Ok(mandatory.into_iter().map(|f| f.to_string()).collect());
+        };
         let keys: Vec<Vec<u8>> = mandatory.iter().map(|f| subject_key(s, f.as_str())).collect();
         let found = self.store.get_many(Space::Records, &keys)?;
         Ok(mandatory.into_iter().zip(found).filter(|(_, v)| v.is_none()).map(|(f, _)| f.to_string()).collect())
@@ -566,7 +573,7 @@ impl Vault {
         let fields = self.decrypt(s, &meta, records)?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
-        let missing_mandatory = self.missing_mandatory(s, &[])?;
+        let missing_mandatory = self.missing_mandatory(Some(s), &[])?;
         self.audit.record(self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names))?;
         Ok(Export {
             subject: s.to_owned(),
