@@ -76,6 +76,7 @@ fn point_from(system: &'static str, scenario: &'static str, threads: usize, mut 
         rss_mib: None,
         settled_s: 0.0,
         note: None,
+        rounds: Vec::new(),
     }
 }
 

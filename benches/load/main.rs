@@ -42,6 +42,11 @@ pub struct Opts {
     /// Seconds per in-process baseline point (ring, RocksDB).
     #[arg(long, default_value_t = 2)]
     pub raw_duration: u64,
+    /// Rounds of the points the ratios compare (fetch, create, their baselines and OpenBao),
+    /// run interleaved; each reports its median round. On a shared, noisy machine one round
+    /// can be off by ±20 %.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub repeat: u32,
     /// Subjects preloaded before the run (fetch and mixed pick among them); 1000000 for the
     /// long variant.
     #[arg(long, default_value_t = 10_000)]
@@ -116,6 +121,9 @@ pub struct Point {
     /// Seconds waited before the point for the server to go quiet (see `report::settle`).
     pub settled_s: f64,
     pub note: Option<String>,
+    /// Throughput of every round of this point, in round order (see `--repeat`); the figures
+    /// above are the median round's.
+    pub rounds: Vec<f64>,
 }
 
 /// Facts about the run that are not points.
@@ -225,12 +233,14 @@ fn run(opts: &Opts) -> Result<(), String> {
     if http.iter().any(|s| opts.wants(s)) {
         qoima_phase(&cx, &mut bao, &mut points, &mut info)?;
     } else {
-        for &c in &opts.connections {
-            cx.raw_point("seal_open", c, &mut points);
-            cx.raw_point("get", c, &mut points);
-            cx.raw_point("put_sync", c, &mut points);
-            for scenario in ["decrypt", "encrypt", "key_create"] {
-                bao_point(&mut bao, scenario, c, opts, &script, &mut points, &mut info);
+        for round in 0..opts.repeat {
+            for &c in &opts.connections {
+                cx.raw_point("seal_open", c, &mut points);
+                cx.raw_point("get", c, &mut points);
+                cx.raw_point("put_sync", c, &mut points);
+                for scenario in ["decrypt", "encrypt", "key_create"] {
+                    bao_point(&mut bao, scenario, c, round, opts, &script, &mut points, &mut info);
+                }
             }
         }
     }
@@ -240,6 +250,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     drop(raw_store);
 
     info.notes.push(format!("whole run took {:.0} s", started.elapsed().as_secs_f64()));
+    let points = report::median_rounds(points);
     let out = report::Report { opts: opts.clone(), info, points };
     let md = out.markdown();
     println!("{md}");
@@ -325,14 +336,14 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
 
     let axum = if opts.wants("axum") { Some(runtime.block_on(baselines::bare_axum(sample.clone()))?) } else { None };
     let mut rss_peak = 0u64;
-    let mut qoima_point = |scenario: &'static str, c: usize, points: &mut Vec<Point>| -> Result<(), String> {
+    let mut qoima_point = |scenario: &'static str, c: usize, round: u32, points: &mut Vec<Point>| -> Result<(), String> {
         say(format!("qoima {scenario}, {c} connection(s)"));
         let mut l = wrk_base(scenario, c);
         l.env.push(("QLOAD_AUTH_NAME", "Authorization".into()));
         l.env.push(("QLOAD_AUTH_VALUE", auth.clone()));
         l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
         l.env.push(("QLOAD_BODY", body.clone()));
-        l.env.push(("QLOAD_RUN", format!("c{c}")));
+        l.env.push(("QLOAD_RUN", format!("c{c}r{round}")));
         l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
         let settled = report::settle(server.pid, Duration::from_secs(60));
         if settled > Duration::from_secs(1) {
@@ -360,40 +371,46 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
     // Points compared in the ratios run next to each other: bare axum, ring, RocksDB get,
     // fetch and OpenBao decrypt/encrypt at each concurrency; then mixed; then RocksDB synced
     // put, create and OpenBao key create; erasure last (it flushes and compacts the store).
-    for &c in &opts.connections {
-        cx.raw_point("seal_open", c, points);
-        cx.raw_point("get", c, points);
-        if let Some((addr, _)) = &axum {
-            say(format!("bare axum (same {} bytes), {c} connection(s)", sample.len()));
-            let mut l = wrk_base("plain", c);
-            l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
-            let o = wrk::run(script, &format!("http://{addr}"), &l)?;
-            points.push(o.point("axum", "plain", c, None));
+    // The compared points run `--repeat` rounds, interleaved, so that a burst of noise on the
+    // shared machine lands on one round of each, not on one system.
+    for round in 0..opts.repeat {
+        for &c in &opts.connections {
+            cx.raw_point("seal_open", c, points);
+            cx.raw_point("get", c, points);
+            if let Some((addr, _)) = &axum {
+                say(format!("bare axum (same {} bytes), {c} connection(s)", sample.len()));
+                let mut l = wrk_base("plain", c);
+                l.env.push(("QLOAD_SUBJECTS", opts.subjects.max(1).to_string()));
+                let o = wrk::run(script, &format!("http://{addr}"), &l)?;
+                points.push(o.point("axum", "plain", c, None));
+            }
+            if opts.wants("fetch") {
+                qoima_point("fetch", c, round, points)?;
+            }
+            bao_point(bao, "decrypt", c, round, opts, script, points, info);
+            bao_point(bao, "encrypt", c, round, opts, script, points, info);
         }
-        if opts.wants("fetch") {
-            qoima_point("fetch", c, points)?;
-        }
-        bao_point(bao, "decrypt", c, opts, script, points, info);
-        bao_point(bao, "encrypt", c, opts, script, points, info);
     }
     if let Some((_, stop)) = axum {
         let _ = stop.send(());
     }
     if opts.wants("mixed") {
         for &c in &opts.connections {
-            qoima_point("mixed", c, points)?;
+            qoima_point("mixed", c, 0, points)?;
         }
     }
-    for &c in &opts.connections {
-        cx.raw_point("put_sync", c, points);
-        if opts.wants("create") {
-            qoima_point("create", c, points)?;
+    for round in 0..opts.repeat {
+        for &c in &opts.connections {
+            cx.raw_point("put_sync", c, points);
+            if opts.wants("create") {
+                qoima_point("create", c, round, points)?;
+            }
+            bao_point(bao, "key_create", c, round, opts, script, points, info);
         }
-        bao_point(bao, "key_create", c, opts, script, points, info);
     }
     if opts.wants("erase") {
         for &c in &opts.connections {
-            qoima_point("erase", c, points)?;
+            qoima_point("erase", c, 0, points)?;
         }
     }
     info.rss_peak_mib = (rss_peak > 0).then(|| report::mib(rss_peak));
@@ -407,17 +424,19 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
 
 /// One OpenBao point, if OpenBao is running; a failure stops OpenBao and is reported, and the
 /// rest of the run goes on.
+#[allow(clippy::too_many_arguments)]
 fn bao_point(
     bao: &mut Option<openbao::Running>,
     scenario: &'static str,
     c: usize,
+    round: u32,
     opts: &Opts,
     script: &Path,
     points: &mut Vec<Point>,
     info: &mut RunInfo,
 ) {
     let Some(b) = bao.as_mut() else { return };
-    match b.measure(scenario, c, opts, script) {
+    match b.measure(scenario, c, round, opts, script) {
         Ok(p) => points.push(p),
         Err(e) => {
             say(format!("OpenBao stopped: {e}"));

@@ -267,8 +267,9 @@ pub fn start_phase(opts: &Opts, runtime: &tokio::runtime::Runtime, tmp: &Path, f
 }
 
 impl Running {
-    /// One point: `decrypt`, `encrypt` or `key_create` at `c` connections.
-    pub fn measure(&mut self, scenario: &'static str, c: usize, opts: &Opts, script: &Path) -> Result<Point, String> {
+    /// One point: `decrypt`, `encrypt` or `key_create` at `c` connections, in round `round`
+    /// (key names created are unique per round).
+    pub fn measure(&mut self, scenario: &'static str, c: usize, round: u32, opts: &Opts, script: &Path) -> Result<Point, String> {
         let mode = match scenario {
             "decrypt" => "bao_decrypt",
             "encrypt" => "bao_encrypt",
@@ -286,7 +287,7 @@ impl Running {
                 ("QLOAD_AUTH_VALUE", self.bao.token.clone()),
                 ("QLOAD_SUBJECTS", self.keys.to_string()),
                 ("QLOAD_BODY", self.encrypt_body.clone()),
-                ("QLOAD_RUN", format!("c{c}")),
+                ("QLOAD_RUN", format!("c{c}r{round}")),
                 ("QLOAD_DATA", self.data.display().to_string()),
             ],
         };

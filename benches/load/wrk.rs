@@ -93,6 +93,7 @@ impl Outcome {
             rss_mib: rss_kib.map(crate::report::mib),
             settled_s: 0.0,
             note: None,
+            rounds: Vec::new(),
         }
     }
 }
