@@ -302,7 +302,9 @@ fn committer(
         let mut batch = Batch::default();
         let mut next = head.clone();
         let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(group.len());
-        let mut decided: Vec<(String, String, String)> = Vec::new();
+        // Decisions of the group by (action, purpose, outcome), counted once per group so an
+        // entry costs the counters no allocation.
+        let mut decided: Vec<(String, String, &'static str, u64)> = Vec::new();
         for job in &mut group {
             batch.extend(std::mem::take(&mut job.batch));
             let mut mine = Vec::with_capacity(job.drafts.len());
@@ -323,7 +325,11 @@ fn committer(
                 };
                 e.hash = e.compute_hash();
                 let decision = if e.decision == Decision::Allow { "allow" } else { "deny" };
-                decided.push((e.action.clone(), e.purpose.clone().unwrap_or_default(), decision.to_string()));
+                let purpose = e.purpose.as_deref().unwrap_or_default();
+                match decided.iter_mut().find(|(a, p, d, _)| *a == e.action && p == purpose && *d == decision) {
+                    Some(seen) => seen.3 += 1,
+                    None => decided.push((e.action.clone(), purpose.to_owned(), decision, 1)),
+                }
                 tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {
                     batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
@@ -341,8 +347,8 @@ fn committer(
                 tracing::trace!(jobs = group.len(), last_seq = next.seq, ops = batch.len(), "audit group committed");
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats.entries.fetch_add(next.seq - head.seq, Ordering::Relaxed);
-                for (action, purpose, decision) in decided.drain(..) {
-                    stats.decisions.inc(vec![("action", action), ("purpose", purpose), ("decision", decision)]);
+                for (action, purpose, decision, n) in decided.drain(..) {
+                    stats.decisions.add(vec![("action", action), ("purpose", purpose), ("decision", decision.to_owned())], n);
                 }
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
@@ -567,6 +573,32 @@ mod tests {
         assert!(s1.len() >= 16 && s1.iter().all(|e| e.subject.as_deref() == Some("s1")));
         let page = query(&store, &Query { after: 10, limit: 5, ..Default::default() }).unwrap();
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn decisions_are_counted_per_entry_within_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = AuditLog::start(store, Arc::new(SystemClock), Arc::default()).unwrap();
+        let advertising = |d: Draft| Draft { purpose: Some("advertising".into()), ..d };
+        // One job, so one group of five entries.
+        let drafts = vec![
+            draft("s1", "a"),
+            draft("s2", "b"),
+            draft("s1", "c").deny(),
+            advertising(draft("s3", "d")),
+            draft("s3", "e"),
+        ];
+        log.commit(drafts, Batch::default()).unwrap();
+        let mut text = String::new();
+        log.stats().decisions.render(&mut text, "d");
+        assert_eq!(
+            text,
+            "d{action=\"subject.read\",purpose=\"advertising\",decision=\"allow\"} 1\n\
+             d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"allow\"} 3\n\
+             d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"deny\"} 1\n"
+        );
+        log.shutdown();
     }
 
     #[test]

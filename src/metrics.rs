@@ -54,7 +54,11 @@ pub struct CounterFamily(Mutex<BTreeMap<Labels, u64>>);
 
 impl CounterFamily {
     pub fn inc(&self, labels: Labels) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default() += 1;
+        self.add(labels, 1);
+    }
+
+    pub fn add(&self, labels: Labels, n: u64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default() += n;
     }
 
     pub fn render(&self, out: &mut String, name: &str) {
