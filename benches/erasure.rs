@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 fn ctx(role: Role) -> Ctx {
     Ctx {
-        caller: Caller { name: CallerName::parse("bench").unwrap(), roles: [role].into(), purposes: Default::default() },
+        caller: Caller { name: CallerName::parse("bench").unwrap(), roles: [role].into(), purposes: Default::default() }.into(),
         request_id: RequestId::generate(),
         via: None,
     }

@@ -24,7 +24,8 @@ fn ctx(role: Role) -> Ctx {
             name: CallerName::parse("bench").unwrap(),
             roles: [role].into(),
             purposes: [Purpose::parse("loan_issuance").unwrap()].into(),
-        },
+        }
+        .into(),
         request_id: RequestId::generate(),
         via: None,
     }

@@ -582,13 +582,7 @@ mod tests {
         let log = AuditLog::start(store, Arc::new(SystemClock), Arc::default()).unwrap();
         let advertising = |d: Draft| Draft { purpose: Some("advertising".into()), ..d };
         // One job, so one group of five entries.
-        let drafts = vec![
-            draft("s1", "a"),
-            draft("s2", "b"),
-            draft("s1", "c").deny(),
-            advertising(draft("s3", "d")),
-            draft("s3", "e"),
-        ];
+        let drafts = vec![draft("s1", "a"), draft("s2", "b"), draft("s1", "c").deny(), advertising(draft("s3", "d")), draft("s3", "e")];
         log.commit(drafts, Batch::default()).unwrap();
         let mut text = String::new();
         log.stats().decisions.render(&mut text, "d");

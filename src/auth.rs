@@ -1,6 +1,8 @@
 //! Caller authentication: bearer tokens are known only by their SHA-256 digests, and a
 //! presented token is compared against every digest in constant time.
 
+use std::sync::Arc;
+
 use ring::digest;
 use subtle::ConstantTimeEq;
 
@@ -9,7 +11,8 @@ use crate::policy::Caller;
 /// A configured caller: the digest of its token and/or of its client certificate.
 #[derive(Clone, Debug)]
 pub struct CallerEntry {
-    pub caller: Caller,
+    /// Shared with every request it makes (a request clones the `Arc`, not the caller).
+    pub caller: Arc<Caller>,
     pub token_sha256: Option<[u8; 32]>,
     pub client_cert_sha256: Option<[u8; 32]>,
     /// Reads of personal data allowed per minute (`max_reads_per_minute`); none: unlimited.
@@ -34,19 +37,19 @@ impl Callers {
     /// The caller whose token this is. Every digest is compared, in constant time, whether or
     /// not an earlier one matched, so timing says nothing about which caller (if any) matched
     /// or how much of a digest did.
-    pub fn authenticate(&self, token: &str) -> Option<&Caller> {
+    pub fn authenticate(&self, token: &str) -> Option<&Arc<Caller>> {
         let presented = token_digest(token);
         self.find(|e| e.token_sha256.as_ref(), &presented)
     }
 
     /// The caller whose client certificate has this SHA-256 fingerprint (the TLS layer has
     /// already verified the certificate against the configured CA).
-    pub fn authenticate_certificate(&self, fingerprint: &[u8; 32]) -> Option<&Caller> {
+    pub fn authenticate_certificate(&self, fingerprint: &[u8; 32]) -> Option<&Arc<Caller>> {
         self.find(|e| e.client_cert_sha256.as_ref(), fingerprint)
     }
 
-    fn find(&self, digest: impl Fn(&CallerEntry) -> Option<&[u8; 32]>, presented: &[u8; 32]) -> Option<&Caller> {
-        let mut found: Option<&Caller> = None;
+    fn find(&self, digest: impl Fn(&CallerEntry) -> Option<&[u8; 32]>, presented: &[u8; 32]) -> Option<&Arc<Caller>> {
+        let mut found: Option<&Arc<Caller>> = None;
         for e in &self.0 {
             // Compare against every entry (a fixed, unmatchable digest where there is none).
             let stored = digest(e).copied().unwrap_or([0xffu8; 32]);
@@ -71,7 +74,11 @@ mod tests {
     #[test]
     fn tokens_match_only_their_caller() {
         let mk = |name: &str, token: &str| CallerEntry {
-            caller: Caller { name: CallerName::parse(name).unwrap(), roles: [Role::Service].into(), purposes: Default::default() },
+            caller: Arc::new(Caller {
+                name: CallerName::parse(name).unwrap(),
+                roles: [Role::Service].into(),
+                purposes: Default::default(),
+            }),
             token_sha256: Some(token_digest(token)),
             client_cert_sha256: None,
             max_reads_per_minute: None,
@@ -98,11 +105,11 @@ mod tests {
                         let mut digest = d;
                         digest[flip] ^= 0x5a;
                         CallerEntry {
-                            caller: Caller {
+                            caller: Arc::new(Caller {
                                 name: CallerName::parse(&format!("c{i}")).unwrap(),
                                 roles: [Role::Service].into(),
                                 purposes: Default::default(),
-                            },
+                            }),
                             token_sha256: Some(digest),
                             client_cert_sha256: None,
                             max_reads_per_minute: None,

@@ -428,11 +428,11 @@ fn backup_restore(config: &Option<PathBuf>, dir: &std::path::Path, to: &std::pat
 fn cli_ctx() -> Ctx {
     let user = std::env::var("USER").ok().filter(|u| CallerName::parse(&format!("cli.{u}")).is_ok()).unwrap_or_else(|| "operator".into());
     Ctx {
-        caller: Caller {
+        caller: std::sync::Arc::new(Caller {
             name: CallerName::parse(&format!("cli.{user}")).expect("checked above"),
             roles: [Role::Security].into(),
             purposes: Default::default(),
-        },
+        }),
         request_id: RequestId::generate(),
         via: None,
     }

@@ -346,7 +346,7 @@ impl Config {
                 m => m.map(|m| m.into_inner()),
             };
             entries.push(CallerEntry {
-                caller: Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted },
+                caller: std::sync::Arc::new(Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted }),
                 token_sha256: token,
                 client_cert_sha256: cert,
                 max_reads_per_minute,

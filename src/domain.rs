@@ -124,6 +124,10 @@ impl FieldName {
     pub fn name(&self) -> &str {
         self.0.split_once('.').map(|(_, n)| n).unwrap_or("")
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Display for FieldName {

@@ -195,11 +195,11 @@ pub mod admin {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
                 Ok(request) => {
                     let ctx = Ctx {
-                        caller: Caller {
+                        caller: std::sync::Arc::new(Caller {
                             name: CallerName::parse(&format!("local.uid{uid}")).expect("valid name"),
                             roles: [Role::Security].into(),
                             purposes: Default::default(),
-                        },
+                        }),
                         request_id: RequestId::generate(),
                         via: None,
                     };

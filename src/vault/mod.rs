@@ -115,7 +115,7 @@ pub fn sibling(data_dir: &std::path::Path, suffix: &str) -> PathBuf {
 /// Who is asking, and which request this is.
 #[derive(Clone, Debug)]
 pub struct Ctx {
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     pub request_id: RequestId,
     /// How the caller came, when that is not its own request: e.g. the privacy centre acting
     /// for the subject ([`crate::privacy::VIA`]). Appended to every audit reason.
@@ -126,11 +126,11 @@ impl Ctx {
     /// The vault itself (retention sweeps, pending erasures, start-up work).
     pub fn system() -> Self {
         Self {
-            caller: Caller {
+            caller: Arc::new(Caller {
                 name: CallerName::parse("qoima").expect("valid name"),
                 roles: Default::default(),
                 purposes: Default::default(),
-            },
+            }),
             request_id: RequestId::generate(),
             via: None,
         }

@@ -337,7 +337,7 @@ impl Vault {
         for (f, r) in records {
             let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
             let value: Value = serde_json::from_slice(&plain).map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))?;
-            out.insert(f.to_string(), value);
+            out.insert(f.into_string(), value);
         }
         Ok(out)
     }

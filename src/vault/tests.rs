@@ -16,11 +16,11 @@ fn vault(dir: &std::path::Path, faults: Arc<FaultSwitch>) -> Vault {
 
 fn ctx(role: Role) -> Ctx {
     Ctx {
-        caller: Caller {
+        caller: std::sync::Arc::new(Caller {
             name: CallerName::parse("t").unwrap(),
             roles: [role].into(),
             purposes: [Purpose::parse("loan_issuance").unwrap()].into(),
-        },
+        }),
         request_id: RequestId::generate(),
         via: None,
     }
@@ -128,7 +128,7 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
     assert!(read_now(&v, &ctx(Role::Auditor), "a", "loan_issuance").is_none());
     // A caller with a read limit spends its budget on the blocking path only.
     let mut limited = ctx(Role::Service);
-    limited.caller.name = CallerName::parse("limited").unwrap();
+    std::sync::Arc::make_mut(&mut limited.caller).name = CallerName::parse("limited").unwrap();
     assert!(read_now(&v, &limited, "a", "loan_issuance").is_none());
     // A subject being written (its lock held) is not waited for.
     {

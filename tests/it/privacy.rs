@@ -547,7 +547,7 @@ async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
         .cloned()
         .map(|mut e| {
             if e.caller.name.as_str() == "website" {
-                e.caller.roles = [Role::Service].into();
+                std::sync::Arc::make_mut(&mut e.caller).roles = [Role::Service].into();
             }
             e
         })
