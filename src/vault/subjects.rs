@@ -403,6 +403,7 @@ impl Vault {
         let s = subject.as_str();
         let purpose = self.purpose(purpose).ok()?;
         let requested = self.parse_requested(requested).ok()?;
+        // decide_read checks these again; here they spare a refused caller the store reads.
         let allowed_caller = policy::may(&ctx.caller, Action::Read).is_ok() && ctx.caller.purposes.contains(&purpose.name);
         if !allowed_caller || self.read_limits.limits(ctx.caller.name.as_str()) {
             return None;

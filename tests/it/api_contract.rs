@@ -231,16 +231,23 @@ async fn consents_and_contracts_through_their_lifecycle() {
     assert_problem(&app.set_contract("k-1", "L-9", "settled").await, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn a_slow_client_is_cut_off_with_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_with("[limits]\nrequest_timeout_secs = 1\n", None).await;
+/// A connection that sends a PUT's headers and 5 of its 100 body bytes, then stalls.
+async fn stalled_upload(app: &TestApp) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
     let head = format!(
         "PUT /v1/subjects/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"fie",
         token("svc-all")
     );
     s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_with_408() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_with("[limits]\nrequest_timeout_secs = 1\n", None).await;
+    let mut s = stalled_upload(&app).await;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await.expect("answered in time").unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
@@ -253,14 +260,8 @@ async fn a_slow_client_is_cut_off_with_408() {
 /// upload holds the only slot, a request to another route waits for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_concurrency_limit_is_one_for_the_whole_server() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_with("[limits]\nmax_concurrent_requests = 1\n", None).await;
-    let mut slow = tokio::net::TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
-    let head = format!(
-        "PUT /v1/subjects/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"fie",
-        token("svc-all")
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let slow = stalled_upload(&app).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the PUT takes the slot
     let client = app.client.clone();
     let url = format!("{}/healthz", app.addr);
