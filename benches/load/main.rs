@@ -151,6 +151,10 @@ pub struct RunInfo {
     pub notes: Vec<String>,
 }
 
+// The same allocator as the `qoima` binary, so the bare-axum ceiling is not handicapped by one.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let opts = Opts::parse();
     if !opts.bench {
