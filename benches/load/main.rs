@@ -321,6 +321,11 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
 
     let mut server = home.spawn(opts.qoima_log.as_deref())?;
     say(format!("qoima serving on {} (pid {})", server.addr, server.pid));
+    // Each point waits for both servers to go quiet (report::settle).
+    let bao_pid = bao.as_ref().map(openbao::Running::pid);
+    if let Some(b) = bao.as_mut() {
+        b.neighbour = Some(server.pid);
+    }
     let sample = runtime.block_on(qoima_proc::sample_fetch(&server.addr, &home.token))?;
     info.fetch_response_bytes = sample.len();
     std::thread::sleep(Duration::from_millis(500));
@@ -349,9 +354,10 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
         l.env.push(("QLOAD_BODY", body.clone()));
         l.env.push(("QLOAD_RUN", format!("c{c}r{round}")));
         l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
-        let settled = report::settle(server.pid, Duration::from_secs(60));
+        let pids: Vec<u32> = std::iter::once(server.pid).chain(bao_pid).collect();
+        let settled = report::settle(&pids, Duration::from_secs(60));
         if settled > Duration::from_secs(1) {
-            say(format!("  waited {:.1} s for the vault to go quiet", settled.as_secs_f64()));
+            say(format!("  waited {:.1} s for the vault (and OpenBao) to go quiet", settled.as_secs_f64()));
         }
         let sampler = report::RssSampler::start(server.pid);
         let o = wrk::run(script, &server.addr, &l)?;
@@ -421,6 +427,9 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
     info.server_log_lines = server.log_lines();
     say("stopping the vault");
     server.stop()?;
+    if let Some(b) = bao.as_mut() {
+        b.neighbour = None;
+    }
     info.audit = Some(home.verify_audit());
     say(format!("audit: {}", info.audit.as_deref().unwrap_or_default()));
     Ok(())

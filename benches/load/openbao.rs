@@ -242,6 +242,8 @@ pub struct Running {
     data: PathBuf,
     encrypt_body: String,
     peak_kib: u64,
+    /// The vault's pid while it runs beside OpenBao: a point waits for both to go quiet.
+    pub neighbour: Option<u32>,
 }
 
 /// Installs (if needed), starts and preloads OpenBao: `keys` transit keys, one per subject,
@@ -263,12 +265,16 @@ pub fn start_phase(opts: &Opts, runtime: &tokio::runtime::Runtime, tmp: &Path, f
     runtime.block_on(preload(&bao, keys, &plaintext, &data))?;
     say(format!("  done in {:.1} s", t0.elapsed().as_secs_f64()));
     let encrypt_body = json!({ "plaintext": plaintext }).to_string();
-    Ok(Running { bao, keys, data, encrypt_body, peak_kib: 0 })
+    Ok(Running { bao, keys, data, encrypt_body, peak_kib: 0, neighbour: None })
 }
 
 impl Running {
     /// One point: `decrypt`, `encrypt` or `key_create` at `c` connections, in round `round`
     /// (key names created are unique per round).
+    pub fn pid(&self) -> u32 {
+        self.bao.pid
+    }
+
     pub fn measure(&mut self, scenario: &'static str, c: usize, round: u32, opts: &Opts, script: &Path) -> Result<Point, String> {
         let mode = match scenario {
             "decrypt" => "bao_decrypt",
@@ -291,9 +297,10 @@ impl Running {
                 ("QLOAD_DATA", self.data.display().to_string()),
             ],
         };
-        let settled = report::settle(self.bao.pid, Duration::from_secs(30));
+        let pids: Vec<u32> = std::iter::once(self.bao.pid).chain(self.neighbour).collect();
+        let settled = report::settle(&pids, Duration::from_secs(30));
         if settled > Duration::from_secs(1) {
-            say(format!("  waited {:.1} s for OpenBao to go quiet", settled.as_secs_f64()));
+            say(format!("  waited {:.1} s for OpenBao and the vault to go quiet", settled.as_secs_f64()));
         }
         let sampler = report::RssSampler::start(self.bao.pid);
         let o = wrk::run(script, &self.bao.addr, &l)?;

@@ -74,22 +74,29 @@ fn io_writes(pid: u32) -> Option<(u64, u64)> {
     Some((field("write_bytes:")?, field("syscw:")?))
 }
 
-/// Waits until a server process is quiet for 250 ms — at most 2 clock ticks of CPU (about
-/// 8 % of one core), 64 KiB written to storage and 8 write calls — so work queued by the
-/// previous point (erasures still waiting for the purge lock, which mostly wait on fsync,
-/// RocksDB compactions, Go's GC) does not bleed into the next. Gives up after `max`;
-/// returns how long it waited.
-pub fn settle(pid: u32, max: Duration) -> Duration {
+/// Waits until the servers are quiet for 250 ms — together at most 2 clock ticks of CPU each
+/// (about 8 % of one core), 64 KiB written to storage and 8 write calls each — so work queued
+/// by the previous point (erasures still waiting for the purge lock, which mostly wait on
+/// fsync, RocksDB compactions, Go's GC) does not bleed into the next. Every server running is
+/// waited for, not only the one measured next: OpenBao's background work after its point
+/// would otherwise land on the vault's, and the other way round. A server that has exited
+/// counts as quiet. Gives up after `max`; returns how long it waited.
+pub fn settle(pids: &[u32], max: Duration) -> Duration {
     let start = std::time::Instant::now();
-    let sample = || Some((cpu_ticks(pid)?, io_writes(pid).unwrap_or((0, 0))));
+    let n = pids.len() as u64;
+    let sample = || {
+        pids.iter().filter_map(|&p| Some((cpu_ticks(p)?, io_writes(p).unwrap_or((0, 0))))).fold((0, (0, 0)), |(t, (b, w)), (t1, (b1, w1))| {
+            (t + t1, (b + b1, w + w1))
+        })
+    };
     let mut last = sample();
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let now = sample();
-        match (last, now) {
-            (Some((t0, (b0, w0))), Some((t1, (b1, w1)))) if t1 - t0 <= 2 && b1 - b0 <= 64 << 10 && w1 - w0 <= 8 => return start.elapsed(),
-            (_, None) => return start.elapsed(),
-            _ => {}
+        let ((t0, (b0, w0)), (t1, (b1, w1))) = (last, now);
+        // Saturating: a server that exits in between takes its counts with it.
+        if t1.saturating_sub(t0) <= 2 * n && b1.saturating_sub(b0) <= n * (64 << 10) && w1.saturating_sub(w0) <= 8 * n {
+            return start.elapsed();
         }
         if start.elapsed() >= max {
             return start.elapsed();
