@@ -141,7 +141,13 @@ struct Job {
     drafts: Vec<Draft>,
     batch: Batch,
     reply: Reply,
+    /// Held until the batch is applied (or refused), then dropped: a subject's lock taken by
+    /// an async writer, so the next writer reads what this one wrote.
+    hold: Option<Hold>,
 }
+
+/// Something the committer keeps until a job's batch is written (see [`AuditLog::try_submit`]).
+pub type Hold = Box<dyn Send>;
 
 /// A commit handed to the committer; resolves once the group holding it is durable.
 pub struct PendingCommit(tokio::sync::oneshot::Receiver<Outcome>);
@@ -205,7 +211,7 @@ impl AuditLog {
     /// the entries' sequence numbers.
     pub fn commit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Vec<u64>, AuditError> {
         let (reply, wait) = sync_channel(1);
-        self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply) })?;
+        self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply), hold: None })?;
         wait.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
     }
 
@@ -213,16 +219,17 @@ impl AuditLog {
     /// before acting on the commit (the thread is free for other work meanwhile).
     pub fn submit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<PendingCommit, AuditError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
-        self.enqueue(Job { drafts, batch, reply: Reply::Async(reply) })?;
+        self.enqueue(Job { drafts, batch, reply: Reply::Async(reply), hold: None })?;
         Ok(PendingCommit(wait))
     }
 
     /// [`AuditLog::submit`] that never waits: `None` if the queue is full or the committer has
     /// stopped, and nothing was queued (the caller takes the blocking path, which waits or reports).
-    pub fn try_submit(&self, drafts: Vec<Draft>, batch: Batch) -> Option<PendingCommit> {
+    /// `hold` is dropped once `batch` is written or refused, even if no one awaits the result.
+    pub fn try_submit(&self, drafts: Vec<Draft>, batch: Batch, hold: Option<Hold>) -> Option<PendingCommit> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
         let (reply, wait) = tokio::sync::oneshot::channel();
-        tx.try_send(Job { drafts, batch, reply: Reply::Async(reply) }).ok()?;
+        tx.try_send(Job { drafts, batch, reply: Reply::Async(reply), hold }).ok()?;
         Some(PendingCommit(wait))
     }
 
@@ -353,6 +360,8 @@ fn committer(
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
+                    // Release first: whoever the reply wakes may write the same subject next.
+                    drop(job.hold);
                     job.reply.send(Ok(s));
                 }
             }
@@ -363,6 +372,7 @@ fn committer(
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
                 for job in group {
+                    drop(job.hold);
                     job.reply.send(Err(AuditError::Unavailable(e.to_string())));
                 }
             }

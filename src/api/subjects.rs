@@ -29,7 +29,12 @@ pub async fn put_subject(
 ) -> Result<(StatusCode, Json<WriteResponse>), ApiError> {
     let s = subject(&id)?;
     let subj = s.to_string();
-    let out = run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?;
+    // As for reads: a write whose subject is in memory and not locked is planned here; any
+    // other goes to a blocking thread. Either way the answer waits for the durable commit.
+    let out = match state.vault.try_put_now(&ctx, &s, &body.fields) {
+        Some(pending) => pending.durable().await?,
+        None => run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?,
+    };
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((
         status,

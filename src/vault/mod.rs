@@ -219,13 +219,20 @@ pub struct Vault {
     purges: erasure::PurgeQueue,
     auth_failures: budget::AuthFailureBudget,
     read_limits: budget::ReadLimits,
-    read_paths: ReadPaths,
+    paths: Paths,
 }
 
-/// How reads were answered: on the async thread from memory ([`Vault::try_read_now`]), or
-/// on a blocking thread (refusals, data not in memory, a locked subject, a limited caller).
+/// How reads and writes were answered: on the async thread from memory
+/// ([`Vault::try_read_now`], [`Vault::try_put_now`]), or on a blocking thread (refusals, data
+/// not in memory, a locked subject, a limited caller, a full audit queue).
 #[derive(Debug, Default)]
-pub struct ReadPaths {
+pub struct Paths {
+    pub reads: PathCounts,
+    pub writes: PathCounts,
+}
+
+#[derive(Debug, Default)]
+pub struct PathCounts {
     pub in_memory: std::sync::atomic::AtomicU64,
     pub blocking: std::sync::atomic::AtomicU64,
 }
@@ -267,7 +274,7 @@ impl Vault {
             journal,
             rewrap: Default::default(),
             purges: Default::default(),
-            read_paths: Default::default(),
+            paths: Default::default(),
         };
         vault.write_escrow()?;
         vault.resume_erasures()?;
@@ -314,8 +321,8 @@ impl Vault {
         self.audit.stats()
     }
 
-    pub fn read_paths(&self) -> &ReadPaths {
-        &self.read_paths
+    pub fn paths(&self) -> &Paths {
+        &self.paths
     }
 
     /// Whether the audit log's last write succeeded.

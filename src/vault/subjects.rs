@@ -2,6 +2,7 @@
 //! export everything (access, P6–P10), rekey, and expire technical data (P3).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use qoima_keys::{Dek, DekVersion, FieldContext};
@@ -40,6 +41,18 @@ enum ReadLookup {
     Erased(super::codec::ErasureRecord),
     Unknown,
     Denied(Denial),
+}
+
+/// What [`Vault::plan_write`] found.
+enum WritePlan {
+    Ready {
+        batch: Batch,
+        draft: audit::Draft,
+        outcome: WriteOutcome,
+        new_dek: Option<Arc<Dek>>,
+    },
+    /// Erased or unknown: the blocking path records the refusal.
+    Refused(VaultError),
 }
 
 /// The result of a write.
@@ -135,14 +148,66 @@ impl Vault {
         fields: Vec<(FieldName, Vec<u8>)>,
         create: bool,
     ) -> Result<WriteOutcome, VaultError> {
+        self.paths.writes.blocking.fetch_add(1, Ordering::Relaxed);
         let s = subject.as_str();
         let names: Vec<String> = fields.iter().map(|(f, _)| f.to_string()).collect();
         let _lock = self.locks.lock(s);
+        match self.plan_write(Tier::Any, ctx, action, s, &fields, &names, create)? {
+            WritePlan::Refused(err) => Err(self.refuse(ctx, action, Some(s), None, names, err)),
+            WritePlan::Ready { batch, draft, outcome, new_dek } => {
+                self.audit.commit(vec![draft], batch)?;
+                if let Some(dek) = new_dek {
+                    self.cache.insert(s, dek);
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// [`Vault::put_fields`] without blocking, for async callers to try first (as
+    /// [`Vault::try_read_now`] for reads). It answers only a valid write by a caller with the
+    /// role, to a subject whose lock is free and whose entries are in memory, with room in the
+    /// audit queue; otherwise it returns `None` having changed nothing, and the caller runs
+    /// `put_fields` on a blocking thread, which also records every refusal. The subject's lock
+    /// goes with the batch to the audit committer, which releases it once the batch is
+    /// written: the next writer reads this one's entry even if no one awaits the result. A
+    /// new subject's DEK is not cached here (the cache is filled on its first read), so an
+    /// erasure that purges the cache cannot race an insert after it.
+    pub fn try_put_now(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Option<Audited<WriteOutcome>> {
+        let encoded = self.encode_fields(fields).ok()?;
+        policy::may(&ctx.caller, Action::PutFields).ok()?;
+        let s = subject.as_str();
+        let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
+        let lock = self.locks.try_lock_owned(s)?;
+        let WritePlan::Ready { batch, draft, outcome, .. } =
+            self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, &names, true).ok()?
+        else {
+            return None;
+        };
+        let pending = self.audit.try_submit(vec![draft], batch, Some(Box::new(lock)))?;
+        self.paths.writes.in_memory.fetch_add(1, Ordering::Relaxed);
+        Some(Audited { value: outcome, pending })
+    }
+
+    /// What a write of `fields` to `s` would do, under the subject's lock (the caller's), with
+    /// no side effect but filling the DEK cache: the batch, its audit entry and the outcome,
+    /// or the refusal to record. Both write paths plan through here.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_write(
+        &self,
+        tier: Tier,
+        ctx: &Ctx,
+        action: Action,
+        s: &str,
+        fields: &[(FieldName, Vec<u8>)],
+        names: &[String],
+        create: bool,
+    ) -> Result<WritePlan, VaultError> {
         let now = self.clock.now();
         let mut batch = Batch::default();
-        let (mut meta, mut dek, created) = match (self.erasure(s)?, self.meta(s)?) {
+        let (mut meta, mut dek, created) = match (self.erasure_in(tier, s)?, self.meta_in(tier, s)?) {
             (Some(e), _) if e.status == super::ErasureStatus::Erased => {
-                return Err(self.refuse(ctx, action, Some(s), None, names, VaultError::Erased { subject: e.subject, receipt: e.receipt }));
+                return Ok(WritePlan::Refused(VaultError::Erased { subject: e.subject, receipt: e.receipt }));
             }
             (_, Some(m)) => {
                 let d = self.dek(s, &m)?;
@@ -152,19 +217,17 @@ impl Vault {
                 let (m, d) = self.new_subject(s, now, &mut batch)?;
                 (m, d, true)
             }
-            (_, None) => {
-                return Err(self.refuse(ctx, action, Some(s), None, names, VaultError::NotFound(format!("subject {s} not found"))))
-            }
+            (_, None) => return Ok(WritePlan::Refused(VaultError::NotFound(format!("subject {s} not found")))),
         };
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
             // The DEK has sealed as much as NIST allows with random nonces: rotate it first.
-            dek = self.reencrypt(s, &mut meta, &mut batch)?;
+            dek = self.reencrypt(tier, s, &mut meta, &mut batch)?;
         }
         let version = meta.version + 1;
         let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
         // A subject without an entry has no records (they go with it, in the same batch), so a
         // new one needs no lookups.
-        let existing = if created { vec![None; keys.len()] } else { self.store.get_many(Space::Records, &keys)? };
+        let existing = if created { vec![None; keys.len()] } else { self.store.get_many_in(tier, Space::Records, &keys)? };
         let cipher = dek.cipher();
         for (((f, bytes), key), old) in fields.iter().zip(keys).zip(existing) {
             let ct = cipher.seal(&FieldContext { subject: s, field: f.as_str(), record_version: version }, bytes)?;
@@ -181,13 +244,11 @@ impl Vault {
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
-        let missing_mandatory = self.missing_mandatory((!created).then_some(s), &names)?;
+        let missing_mandatory = self.missing_mandatory(tier, (!created).then_some(s), names)?;
         let reason = if created { "subject created" } else { "fields written" };
-        self.audit.commit(vec![self.draft(ctx, action, Some(s), reason).fields(names)], batch)?;
-        if created {
-            self.cache.insert(s, dek);
-        }
-        Ok(WriteOutcome { created, version, missing_mandatory })
+        let draft = self.draft(ctx, action, Some(s), reason).fields(names.to_vec());
+        let outcome = WriteOutcome { created, version, missing_mandatory };
+        Ok(WritePlan::Ready { batch, draft, outcome, new_dek: created.then_some(dek) })
     }
 
     /// A fresh DEK for a new subject, wrapped by the active generation.
@@ -212,7 +273,7 @@ impl Vault {
     /// Re-encrypts every field of `s` under a fresh DEK (next version, active generation),
     /// into `batch`. Record versions are kept, so the AAD binding is unchanged but for the
     /// DEK version in the header.
-    fn reencrypt(&self, s: &str, meta: &mut SubjectMeta, batch: &mut Batch) -> Result<Arc<Dek>, VaultError> {
+    fn reencrypt(&self, tier: Tier, s: &str, meta: &mut SubjectMeta, batch: &mut Batch) -> Result<Arc<Dek>, VaultError> {
         let old = self.dek(s, meta)?;
         let old_gen = meta.generation()?;
         let kek = self.keyring.active();
@@ -220,7 +281,7 @@ impl Vault {
         let (oc, nc) = (old.cipher(), new.cipher());
         let mut n = 0u64;
         let mut failure = None;
-        self.store.scan_prefix(Space::Records, &subject_prefix(s), |k, v| {
+        self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
             let field = std::str::from_utf8(&k[s.len() + 1..]).unwrap_or_default();
             let step = || -> Result<Vec<u8>, VaultError> {
                 let r = Record::decode(v)?;
@@ -259,7 +320,7 @@ impl Vault {
         let _lock = self.locks.lock(s);
         let mut meta = self.live(ctx, Action::Rekey, subject)?;
         let mut batch = Batch::default();
-        let dek = self.reencrypt(s, &mut meta, &mut batch)?;
+        let dek = self.reencrypt(Tier::Any, s, &mut meta, &mut batch)?;
         meta.updated_at = self.clock.now().unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let reason = format!("DEK rotated to version {}", meta.dek_version);
@@ -271,14 +332,14 @@ impl Vault {
 
     /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
     /// with no records yet).
-    fn missing_mandatory(&self, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
+    fn missing_mandatory(&self, tier: Tier, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
         let mandatory: Vec<FieldName> =
             self.settings.schema.mandatory().into_iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
         let Some(s) = stored else {
             return Ok(mandatory.into_iter().map(|f| f.to_string()).collect());
         };
         let keys: Vec<Vec<u8>> = mandatory.iter().map(|f| subject_key(s, f.as_str())).collect();
-        let found = self.store.get_many(Space::Records, &keys)?;
+        let found = self.store.get_many_in(tier, Space::Records, &keys)?;
         Ok(mandatory.into_iter().zip(found).filter(|(_, v)| v.is_none()).map(|(f, _)| f.to_string()).collect())
     }
 
@@ -416,8 +477,8 @@ impl Vault {
         let values = self.decrypt(s, &meta, records).ok()?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
-        let pending = self.audit.try_submit(vec![draft], Batch::default())?;
-        self.read_paths.in_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
+        self.paths.reads.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: values, pending })
     }
 
@@ -428,7 +489,7 @@ impl Vault {
         purpose: &str,
         requested: Option<&[String]>,
     ) -> Result<(FieldValues, audit::Draft), VaultError> {
-        self.read_paths.blocking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.paths.reads.blocking.fetch_add(1, Ordering::Relaxed);
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
         let requested = self.parse_requested(requested)?;
@@ -574,7 +635,7 @@ impl Vault {
         let fields = self.decrypt(s, &meta, records)?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
-        let missing_mandatory = self.missing_mandatory(Some(s), &[])?;
+        let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;
         self.audit.record(self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names))?;
         Ok(Export {
             subject: s.to_owned(),

@@ -104,7 +104,7 @@ fn a_read_in_memory_is_answered_now_and_audited() {
     let now = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
     assert_eq!(entries(&v), before + 1, "one audit entry, durable before the values came out");
     assert_eq!(now, v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap());
-    assert_eq!(v.read_paths().in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
     v.close();
 }
 
@@ -136,7 +136,7 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
         assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
     }
     assert_eq!(entries(&v), before, "no entry, nothing recorded");
-    assert_eq!(v.read_paths().in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
     // The limited caller's one read a minute is still there.
     v.read(&limited, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
     v.store().purge(&[]).unwrap();
@@ -148,5 +148,105 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
     assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
     v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
     assert!(read_now(&v, &c, "a", "loan_issuance").is_some());
+    v.close();
+}
+
+fn put_now(v: &Vault, c: &Ctx, s: &str, value: &str) -> Option<WriteOutcome> {
+    let fields: BTreeMap<String, serde_json::Value> = [("identity.full_name".to_string(), json!(value))].into();
+    let pending = v.try_put_now(c, &SubjectId::parse(s).unwrap(), &fields)?;
+    Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
+}
+
+#[test]
+fn a_write_in_memory_is_planned_now_audited_and_its_lock_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "warm"); // the store's files and caches are open
+    let c = ctx(Role::Service);
+    let before = entries(&v);
+    let created = put_now(&v, &c, "n", "first").expect("a new subject, lock free, queue empty");
+    assert!(created.created);
+    assert_eq!(entries(&v), before + 1, "one audit entry, durable before the answer");
+    assert!(v.locks.try_lock("n").is_some(), "the committer released the subject's lock");
+    let updated = put_now(&v, &c, "n", "second").expect("an update in memory");
+    assert_eq!((updated.created, updated.version), (false, 2));
+    let read = v.read(&c, &SubjectId::parse("n").unwrap(), "loan_issuance", None).unwrap();
+    assert_eq!(read["identity.full_name"], json!("second"));
+    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 2);
+    v.close();
+}
+
+#[test]
+fn an_abandoned_write_keeps_its_subject_locked_until_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "warm");
+    let fields: BTreeMap<String, serde_json::Value> = [("identity.full_name".to_string(), json!("x"))].into();
+    for i in 0..20 {
+        let s = format!("n{i}");
+        // The caller goes away at once (a client that hung up): the write still completes, and
+        // the next writer of the subject waits for it rather than reading the store before it.
+        drop(v.try_put_now(&ctx(Role::Service), &SubjectId::parse(&s).unwrap(), &fields).expect("in memory"));
+        let _next = v.locks.lock(&s);
+        assert!(v.meta(&s).unwrap().is_some(), "{s}: the lock was free before the write was applied");
+    }
+    v.close();
+}
+
+#[test]
+fn a_write_that_cannot_finish_now_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "a");
+    put(&v, "gone");
+    v.request_erasure(&ctx(Role::Website), &SubjectId::parse("gone").unwrap()).unwrap();
+    let c = ctx(Role::Service);
+    let before = entries(&v);
+    // Refusals are the blocking path's to record: erased, wrong role, invalid fields.
+    assert!(put_now(&v, &c, "gone", "x").is_none());
+    assert!(put_now(&v, &ctx(Role::Auditor), "a", "x").is_none());
+    let bad: BTreeMap<String, serde_json::Value> = [("no.such_field".to_string(), json!("x"))].into();
+    assert!(v.try_put_now(&c, &SubjectId::parse("a").unwrap(), &bad).is_none());
+    // A subject being written is not waited for.
+    {
+        let _writer = v.locks.lock("a");
+        assert!(put_now(&v, &c, "a", "x").is_none());
+    }
+    assert_eq!(entries(&v), before, "no entry, nothing recorded");
+    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap()["identity.full_name"], json!("N"));
+    v.close();
+}
+
+#[test]
+fn concurrent_writes_to_one_subject_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "a");
+    let (threads, writes) = (4, 50);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let v = &v;
+            scope.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let c = ctx(Role::Service);
+                let s = SubjectId::parse("a").unwrap();
+                for i in 0..writes {
+                    let fields: BTreeMap<String, serde_json::Value> =
+                        [("identity.full_name".to_string(), json!(format!("{t}-{i}")))].into();
+                    // Either path, as the handler would choose; each write must see the last.
+                    match v.try_put_now(&c, &s, &fields) {
+                        Some(pending) => rt.block_on(pending.durable()).unwrap(),
+                        None => v.put_fields(&c, &s, &fields).unwrap(),
+                    };
+                }
+            });
+        }
+    });
+    assert_eq!(v.meta("a").unwrap().unwrap().version, 1 + threads * writes, "every write got its own version");
+    let paths = v.paths();
+    let ran = paths.writes.in_memory.load(std::sync::atomic::Ordering::Relaxed)
+        + paths.writes.blocking.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(ran, 1 + threads * writes);
     v.close();
 }

@@ -305,6 +305,9 @@ async fn metrics_are_exposed_without_ids_or_values() {
         // The allowed read found everything in memory; the refusal was recorded on a blocking thread.
         "qoima_reads_in_memory_total 1",
         "qoima_reads_blocking_total 1",
+        // So did the write (a new subject in an empty store).
+        "qoima_writes_in_memory_total 1",
+        "qoima_writes_blocking_total 0",
         "qoima_kek_deks{generation=\"1\",state=\"active\"} 1",
         "qoima_rewrap_running 0",
         "qoima_rocksdb_estimate_keys{cf=\"records\"}",
