@@ -85,9 +85,9 @@ pub fn settle(pids: &[u32], max: Duration) -> Duration {
     let start = std::time::Instant::now();
     let n = pids.len() as u64;
     let sample = || {
-        pids.iter().filter_map(|&p| Some((cpu_ticks(p)?, io_writes(p).unwrap_or((0, 0))))).fold((0, (0, 0)), |(t, (b, w)), (t1, (b1, w1))| {
-            (t + t1, (b + b1, w + w1))
-        })
+        pids.iter()
+            .filter_map(|&p| Some((cpu_ticks(p)?, io_writes(p).unwrap_or((0, 0)))))
+            .fold((0, (0, 0)), |(t, (b, w)), (t1, (b1, w1))| (t + t1, (b + b1, w + w1)))
     };
     let mut last = sample();
     loop {
