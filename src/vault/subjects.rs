@@ -36,8 +36,14 @@ impl<T> Audited<T> {
 }
 
 /// What [`Vault::look_up_read`] found.
-enum ReadLookup {
-    Allowed { meta: SubjectMeta, records: Vec<(FieldName, Record)>, grant: policy::Grant },
+pub(super) enum ReadLookup {
+    /// With the subject's DEK, taken under the subject's lock: an erasure that runs before the
+    /// records are opened has already purged the cache, and opening them adds nothing to it.
+    Allowed {
+        dek: Arc<Dek>,
+        records: Vec<(FieldName, Record)>,
+        grant: policy::Grant,
+    },
     Erased(super::codec::ErasureRecord),
     Unknown,
     Denied(Denial),
@@ -391,8 +397,9 @@ impl Vault {
         Ok(out)
     }
 
-    fn decrypt(&self, s: &str, meta: &SubjectMeta, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
-        let dek = self.dek(s, meta)?;
+    /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
+    /// that no DEK is cached again after an erasure purged it).
+    pub(super) fn decrypt(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
         let cipher = dek.cipher();
         let mut out = FieldValues::new();
         for (f, r) in records {
@@ -418,7 +425,7 @@ impl Vault {
             .transpose()
     }
 
-    fn purpose(&self, name: &str) -> Result<&policy::PurposeDef, VaultError> {
+    pub(super) fn purpose(&self, name: &str) -> Result<&policy::PurposeDef, VaultError> {
         let p = Purpose::parse(name)?;
         self.settings.purposes.get(&p).ok_or_else(|| {
             let known: Vec<&str> = self.settings.purposes.0.keys().map(|p| p.as_str()).collect();
@@ -473,8 +480,8 @@ impl Vault {
             let _lock = self.locks.try_lock(s)?;
             self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?
         };
-        let ReadLookup::Allowed { meta, records, grant } = looked else { return None };
-        let values = self.decrypt(s, &meta, records).ok()?;
+        let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
+        let values = self.decrypt(s, &dek, records).ok()?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
         let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
@@ -505,8 +512,8 @@ impl Vault {
             let _lock = self.locks.lock(s);
             self.look_up_read(Tier::Any, ctx, s, purpose, requested.as_deref())?
         };
-        let (meta, records, grant) = match looked {
-            ReadLookup::Allowed { meta, records, grant } => (meta, records, grant),
+        let (dek, records, grant) = match looked {
+            ReadLookup::Allowed { dek, records, grant } => (dek, records, grant),
             ReadLookup::Erased(e) => {
                 let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
                 return Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err));
@@ -516,7 +523,7 @@ impl Vault {
             }
             ReadLookup::Denied(d) => return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         };
-        let values = self.decrypt(s, &meta, records)?;
+        let values = self.decrypt(s, &dek, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
         Ok((values, draft))
@@ -525,7 +532,7 @@ impl Vault {
     /// What a read finds, under the subject's lock (the caller's), with no side effect: the
     /// subject's state, the policy's decision and, if it allows, the records the purpose lets
     /// out. Both read paths decide through here.
-    fn look_up_read(
+    pub(super) fn look_up_read(
         &self,
         tier: Tier,
         ctx: &Ctx,
@@ -545,7 +552,7 @@ impl Vault {
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
         let records = self.load_records_in(tier, s, requested, |f| purpose.allows(f))?;
-        Ok(ReadLookup::Allowed { meta, records, grant })
+        Ok(ReadLookup::Allowed { dek: self.dek(s, &meta)?, records, grant })
     }
 
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns
@@ -582,16 +589,16 @@ impl Vault {
         }
         self.read_budget(ctx, Action::Disclose, Some(s), p)?;
         let now = self.clock.now();
-        let (meta, records, grant) = {
+        let (dek, records, grant) = {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Disclose, subject)?;
             let (facts, _, _) = self.facts(s, &meta)?;
             let grant = policy::decide_disclosure(&ctx.caller, purpose, req.basis, req.reference.as_deref(), req.abroad, &facts, now)
                 .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
             let records = self.load_records(s, Some(&fields), |_| true)?;
-            (meta, records, grant)
+            (self.dek(s, &meta)?, records, grant)
         };
-        let values = self.decrypt(s, &meta, records)?;
+        let values = self.decrypt(s, &dek, records)?;
         let record = DisclosureRecord {
             id: format!("dis_{}", random_hex::<8>()),
             recipient: recipient.to_owned(),
@@ -618,7 +625,7 @@ impl Vault {
         let s = subject.as_str();
         self.gate(ctx, Action::Export, Some(s))?;
         self.read_budget(ctx, Action::Export, Some(s), None)?;
-        let (meta, records, contracts, consents, disclosures, erasure) = {
+        let (meta, dek, records, contracts, consents, disclosures, erasure) = {
             let _lock = self.locks.lock(s);
             let meta = self.live(ctx, Action::Export, subject)?;
             let (_, contracts, consents) = self.facts(s, &meta)?;
@@ -630,9 +637,10 @@ impl Vault {
                 }
                 true
             })?;
-            (meta, records, contracts, consents, disclosures, self.erasure(s)?)
+            let dek = self.dek(s, &meta)?;
+            (meta, dek, records, contracts, consents, disclosures, self.erasure(s)?)
         };
-        let fields = self.decrypt(s, &meta, records)?;
+        let fields = self.decrypt(s, &dek, records)?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;

@@ -250,3 +250,29 @@ fn concurrent_writes_to_one_subject_lose_no_update() {
     assert_eq!(ran, 1 + threads * writes);
     v.close();
 }
+
+#[test]
+fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
+    use super::subjects::ReadLookup;
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    put(&v, "a");
+    v.cache.purge("a"); // cold: the read must unwrap the DEK
+    let c = ctx(Role::Service);
+    let purpose = v.purpose("loan_issuance").unwrap();
+    // The read looks the subject up under its lock and lets go...
+    let looked = {
+        let _lock = v.locks.lock("a");
+        v.look_up_read(crate::store::Tier::Any, &c, "a", purpose, None).unwrap()
+    };
+    // ...the erasure runs (shreds the wrapped DEK, purges the cache)...
+    v.request_erasure(&ctx(Role::Website), &SubjectId::parse("a").unwrap()).unwrap();
+    // ...and only then are the records opened: with the DEK already in hand, caching nothing.
+    let ReadLookup::Allowed { dek, records, .. } = looked else { panic!("the read was allowed") };
+    let version = dek.version();
+    v.decrypt("a", &dek, records).unwrap();
+    drop(dek);
+    assert!(v.cache.get("a", version).is_none(), "the erased subject's DEK is cached again");
+    assert_eq!(v.cache.len(), 0);
+    v.close();
+}
