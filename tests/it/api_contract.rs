@@ -37,6 +37,29 @@ async fn put_creates_then_updates_and_get_reads() {
 }
 
 #[tokio::test]
+async fn concurrent_writes_to_one_subject_each_get_their_own_version() {
+    let app = spawn_app().await;
+    assert_eq!(app.put_fields("race", json!({"identity.full_name": "start"})).await.status, StatusCode::CREATED);
+    // Writes planned on the async thread and on blocking threads alike: each must read the one
+    // before it (the subject's lock is held until the batch is written), so none is lost.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (client, url, bearer) = (app.client.clone(), format!("{}/v1/subjects/race", app.addr), token("svc-all"));
+        tasks.spawn(async move {
+            let r =
+                client.put(url).bearer_auth(bearer).json(&json!({"fields": {"identity.full_name": format!("w{i}")}})).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<serde_json::Value>().await.unwrap()["version"].as_u64().unwrap()
+        });
+    }
+    let mut versions = tasks.join_all().await;
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=33).collect::<Vec<u64>>());
+    let r = app.read("race", "svc-all", "loan_issuance").await;
+    assert!(r.body["fields"]["identity.full_name"].as_str().unwrap().starts_with('w'));
+}
+
+#[tokio::test]
 async fn authentication_failures_are_401() {
     let app = spawn_app().await;
     app.put_fields("a-1", json!({"identity.full_name": "A"})).await;
