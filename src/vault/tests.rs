@@ -26,9 +26,13 @@ fn ctx(role: Role) -> Ctx {
     }
 }
 
+/// A write of one field, the subject's name.
+fn full_name(value: &str) -> BTreeMap<String, serde_json::Value> {
+    [("identity.full_name".to_string(), json!(value))].into()
+}
+
 fn put(v: &Vault, s: &str) {
-    let fields: BTreeMap<String, serde_json::Value> = [("identity.full_name".to_string(), json!("N"))].into();
-    v.put_fields(&ctx(Role::Service), &SubjectId::parse(s).unwrap(), &fields).unwrap();
+    v.put_fields(&ctx(Role::Service), &SubjectId::parse(s).unwrap(), &full_name("N")).unwrap();
 }
 
 #[test]
@@ -152,8 +156,7 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
 }
 
 fn put_now(v: &Vault, c: &Ctx, s: &str, value: &str) -> Option<WriteOutcome> {
-    let fields: BTreeMap<String, serde_json::Value> = [("identity.full_name".to_string(), json!(value))].into();
-    let pending = v.try_put_now(c, &SubjectId::parse(s).unwrap(), &fields)?;
+    let pending = v.try_put_now(c, &SubjectId::parse(s).unwrap(), &full_name(value))?;
     Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
 }
 
@@ -181,7 +184,7 @@ fn an_abandoned_write_keeps_its_subject_locked_until_it_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let v = vault(dir.path(), Arc::default());
     put(&v, "warm");
-    let fields: BTreeMap<String, serde_json::Value> = [("identity.full_name".to_string(), json!("x"))].into();
+    let fields = full_name("x");
     for i in 0..20 {
         let s = format!("n{i}");
         // The caller goes away at once (a client that hung up): the write still completes, and
@@ -232,8 +235,7 @@ fn concurrent_writes_to_one_subject_lose_no_update() {
                 let c = ctx(Role::Service);
                 let s = SubjectId::parse("a").unwrap();
                 for i in 0..writes {
-                    let fields: BTreeMap<String, serde_json::Value> =
-                        [("identity.full_name".to_string(), json!(format!("{t}-{i}")))].into();
+                    let fields = full_name(&format!("{t}-{i}"));
                     // Either path, as the handler would choose; each write must see the last.
                     match v.try_put_now(&c, &s, &fields) {
                         Some(pending) => rt.block_on(pending.durable()).unwrap(),
