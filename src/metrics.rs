@@ -11,36 +11,61 @@ use std::time::Duration;
 /// Upper bounds of histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// A histogram of durations.
+/// The bucket a duration falls in (the last one holds what is over every bound).
+fn bucket(d: Duration) -> usize {
+    let secs = d.as_secs_f64();
+    BUCKETS.iter().position(|le| secs <= *le).unwrap_or(BUCKETS.len())
+}
+
+/// A histogram of durations, shared between threads. Each observation adds to one bucket;
+/// rendering sums them into Prometheus's cumulative `le` buckets.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
+    counts: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.counts[bucket(d)].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Writes `name_bucket`, `name_sum` and `name_count` lines with the given labels.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let snapshot = Buckets {
+            counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
+            sum_micros: self.sum_micros.load(Ordering::Relaxed),
+        };
+        snapshot.render(out, name, labels);
+    }
+}
+
+/// A histogram of durations owned by one thread (or kept under the owner's lock).
+#[derive(Clone, Debug, Default)]
+pub struct Buckets {
+    counts: [u64; BUCKETS.len() + 1],
+    sum_micros: u64,
+}
+
+impl Buckets {
+    pub fn observe(&mut self, d: Duration) {
+        self.counts[bucket(d)] += 1;
+        self.sum_micros += d.as_micros() as u64;
+    }
+
+    /// Writes `name_bucket`, `name_sum` and `name_count` lines with the given labels.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}", self.counts[i].load(Ordering::Relaxed));
+        let mut cumulative = 0;
+        for (le, n) in BUCKETS.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = cumulative + self.counts[BUCKETS.len()];
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum_micros as f64 / 1e6);
         let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
     }
 }
@@ -64,23 +89,6 @@ impl CounterFamily {
     pub fn render(&self, out: &mut String, name: &str) {
         for (labels, v) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "{name}{{{}}} {v}", label_text(labels));
-        }
-    }
-}
-
-/// Histograms keyed by a label set.
-#[derive(Debug, Default)]
-pub struct HistogramFamily(Mutex<BTreeMap<Labels, std::sync::Arc<Histogram>>>);
-
-impl HistogramFamily {
-    pub fn observe(&self, labels: Labels, d: Duration) {
-        let h = self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default().clone();
-        h.observe(d);
-    }
-
-    pub fn render(&self, out: &mut String, name: &str) {
-        for (labels, h) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            h.render(out, name, &label_text(labels));
         }
     }
 }
@@ -110,9 +118,12 @@ mod tests {
         h.observe(Duration::from_secs(20));
         let mut out = String::new();
         h.render(&mut out, "x_seconds", "route=\"/a\"");
+        assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"0.0025\"} 0"), "{out}");
         assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"));
         assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2"));
+        assert!(out.contains("x_seconds_bucket{route=\"/a\",le=\"10\"} 1"), "over every bound: only in +Inf");
         assert!(out.contains("x_seconds_count{route=\"/a\"} 2"));
+        assert!(out.contains("x_seconds_sum{route=\"/a\"} 20.003"), "{out}");
         let c = CounterFamily::default();
         c.inc(vec![("status", "200".into())]);
         c.inc(vec![("status", "200".into())]);

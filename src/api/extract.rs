@@ -1,73 +1,18 @@
-//! Extractors and middleware: the request id, caller authentication, and JSON/query/path
-//! extractors whose rejections are the API's own problem documents (never echoing values).
+//! Extractors: caller authentication, and JSON/query/path extractors whose rejections are the
+//! API's own problem documents (never echoing values). The middleware is in `edge.rs`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::RequestId;
 use crate::vault::{Ctx, Vault, VaultError};
-
-/// Gives every request an id (the caller's `x-request-id` if it is plain and short, else a
-/// fresh one), echoes it on the response, and sets headers every response carries.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
-    req.extensions_mut().insert(id.clone());
-    // The path holds opaque ids only; queries, headers and bodies are never logged.
-    // A privacy-centre link carries its session token in the path: that part is left out.
-    let path = crate::privacy::loggable_path(req.uri().path()).into_owned();
-    let span = tracing::debug_span!("request", request_id = %id.as_str(), method = %req.method(), path = %path);
-    let started = std::time::Instant::now();
-    let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    // One line per request at debug (QOIMA_LOG=qoima=debug): at info it would cost every request
-    // a formatted write; counts and latencies are in /metrics.
-    span.in_scope(|| tracing::debug!(status = res.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1e3, "served"));
-    // Errors produced by middleware (timeouts, limits) come without a body: give them one.
-    if (res.status().is_client_error() || res.status().is_server_error()) && !res.headers().contains_key(header::CONTENT_TYPE) {
-        let slug = match res.status() {
-            StatusCode::REQUEST_TIMEOUT => "request-timeout",
-            StatusCode::PAYLOAD_TOO_LARGE => "too-large",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            s if s.is_server_error() => "internal",
-            _ => "invalid-request",
-        };
-        let detail = res.status().canonical_reason().unwrap_or("error").to_string();
-        res = axum::response::IntoResponse::into_response(ApiError::new(res.status(), slug, detail));
-    }
-    let h = res.headers_mut();
-    // A RequestId holds only [A-Za-z0-9._:-], always a valid header value.
-    h.insert("x-request-id", HeaderValue::from_str(id.as_str()).expect("plain request id"));
-    // Responses may hold personal data: never cache them anywhere.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    res
-}
-
-/// The most header bytes (names, values and separators) a request may carry.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// Refuses requests whose headers exceed [`MAX_HEADER_BYTES`] with 431. hyper itself buffers
-/// up to ~400 KB of headers; no caller of this API needs more than a few hundred bytes.
-pub async fn header_limit(req: Request, next: Next) -> Response {
-    let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if bytes > MAX_HEADER_BYTES {
-        let detail = format!("request headers exceed {} KiB", MAX_HEADER_BYTES / 1024);
-        return axum::response::IntoResponse::into_response(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers-too-large",
-            detail,
-        ));
-    }
-    next.run(req).await
-}
 
 fn request_id_of(parts: &Parts) -> RequestId {
     parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)

@@ -2,44 +2,81 @@
 //! action/purpose/outcome, audit commit latency, DEK cache, KEK generations, rewrap progress,
 //! RocksDB and process figures. No subject ids, values or tokens.
 
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::metrics::{header as help, CounterFamily, HistogramFamily};
+use crate::metrics::{header as help, label_text, Buckets};
 use crate::store::Space;
 
-/// HTTP request counters and latencies.
+/// HTTP request counters and latencies, by route template (and method and status). Recording
+/// one request takes one lock and, once a route has been seen, no allocation.
 #[derive(Debug, Default)]
-pub struct HttpMetrics {
-    requests: CounterFamily,
-    latency: HistogramFamily,
+pub struct HttpMetrics(Mutex<HashMap<Box<str>, RouteStats>>);
+
+#[derive(Debug, Default)]
+struct RouteStats {
+    latency: Buckets,
+    /// Requests by method and status (a handful per route).
+    requests: Vec<(Method, u16, u64)>,
 }
 
-/// The matched route template, handed from routing to [`measure`].
-#[derive(Clone)]
-struct RouteLabel(String);
+impl HttpMetrics {
+    pub fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+        let mut routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = match routes.get_mut(route) {
+            Some(s) => s,
+            None => routes.entry(route.into()).or_default(),
+        };
+        stats.latency.observe(elapsed);
+        let status = status.as_u16();
+        match stats.requests.iter_mut().find(|(m, s, _)| m == method && *s == status) {
+            Some(seen) => seen.2 += 1,
+            None => stats.requests.push((method.clone(), status, 1)),
+        }
+    }
 
+    fn render(&self, o: &mut String) {
+        let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sorted: Vec<(&str, &RouteStats)> = routes.iter().map(|(r, s)| (&**r, s)).collect();
+        sorted.sort_by_key(|(r, _)| *r);
+        help(o, "qoima_http_requests_total", "counter", "HTTP requests by route template, method and status.");
+        for (route, stats) in &sorted {
+            let mut requests: Vec<_> = stats.requests.iter().map(|(m, s, n)| (m.as_str(), *s, *n)).collect();
+            requests.sort();
+            for (method, status, n) in requests {
+                let labels = label_text(&[("route", (*route).to_owned()), ("method", method.to_owned()), ("status", status.to_string())]);
+                let _ = writeln!(o, "qoima_http_requests_total{{{labels}}} {n}");
+            }
+        }
+        help(o, "qoima_http_request_duration_seconds", "histogram", "HTTP request latency by route template.");
+        for (route, stats) in &sorted {
+            stats.latency.render(o, "qoima_http_request_duration_seconds", &label_text(&[("route", (*route).to_owned())]));
+        }
+    }
+}
+
+/// The matched route template, handed from routing to the edge middleware.
+#[derive(Clone)]
+struct RouteLabel(MatchedPath);
+
+/// Puts the matched route template on the response for [`HttpMetrics::record`].
 pub async fn label_route(path: MatchedPath, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    res.extensions_mut().insert(RouteLabel(path.as_str().to_owned()));
+    res.extensions_mut().insert(RouteLabel(path));
     res
 }
 
-pub async fn measure(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let route = res.extensions().get::<RouteLabel>().map(|r| r.0.clone()).unwrap_or_else(|| "unmatched".into());
-    m.latency.observe(vec![("route", route.clone())], started.elapsed());
-    m.requests.inc(vec![("route", route), ("method", method), ("status", res.status().as_u16().to_string())]);
-    res
+/// The route template a response was produced for, or `unmatched`.
+pub fn route_of(res: &Response) -> &str {
+    res.extensions().get::<RouteLabel>().map_or("unmatched", |r| r.0.as_str())
 }
 
 fn resident_bytes() -> Option<u64> {
@@ -54,10 +91,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let text = tokio::task::spawn_blocking(move || {
         let mut o = String::with_capacity(8192);
         let v = &state.vault;
-        help(&mut o, "qoima_http_requests_total", "counter", "HTTP requests by route template, method and status.");
-        state.http.requests.render(&mut o, "qoima_http_requests_total");
-        help(&mut o, "qoima_http_request_duration_seconds", "histogram", "HTTP request latency by route template.");
-        state.http.latency.render(&mut o, "qoima_http_request_duration_seconds");
+        state.http.render(&mut o);
 
         let a = v.audit_stats();
         help(&mut o, "qoima_decisions_total", "counter", "Audited decisions by action, purpose and outcome.");
