@@ -76,7 +76,9 @@ fn main() {
                 .body(Body::empty())
                 .unwrap()
         };
-        const N: usize = 2_000;
+        // QOIMA_ALLOCS_N: fewer requests, for runs under `valgrind --tool=callgrind`, where the
+        // difference of two runs' instruction counts is the cost of the extra requests.
+        let n: usize = std::env::var("QOIMA_ALLOCS_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
         println!("| request | allocations per request | bytes allocated per request |");
         println!("|---|---:|---:|");
         for (name, make) in [("subject create, 1 KiB (PUT)", &put as &dyn Fn(usize) -> Request<Body>), ("fetch-with-purpose (GET)", &get)] {
@@ -87,7 +89,7 @@ fn main() {
                 axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
             }
             let (a0, b0) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
-            for i in 200..200 + N {
+            for i in 200..200 + n {
                 let res = router.clone().oneshot(make(i)).await.unwrap();
                 assert!(res.status().is_success(), "{name}: {}", res.status());
                 axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
@@ -95,7 +97,7 @@ fn main() {
             let (a, b) = (ALLOCS.load(Ordering::Relaxed) - a0, BYTES.load(Ordering::Relaxed) - b0);
             // The request builders' own allocations are part of the count; they are the
             // same few for every request and small next to the vault's.
-            println!("| {name} | {:.0} | {:.0} |", a as f64 / N as f64, b as f64 / N as f64);
+            println!("| {name} | {:.0} | {:.0} |", a as f64 / n as f64, b as f64 / n as f64);
         }
         vault.close();
     });

@@ -173,8 +173,7 @@ impl Schema {
     pub fn encode(&self, field: &FieldName, value: &Value) -> Result<Vec<u8>, SchemaError> {
         let spec = self.spec(field)?;
         check_value(spec.ty, value).map_err(|rule| SchemaError::BadValue { field: field.as_str().to_owned(), rule })?;
-        // Serialising a `Value` cannot fail.
-        Ok(serde_json::to_vec(value).expect("JSON value serialises"))
+        Ok(json_text(value))
     }
 
     /// Every listed mandatory field, in name order.
@@ -209,15 +208,40 @@ impl Schema {
     }
 }
 
+/// The JSON text of `value`, as `serde_json` writes it. A string needing no escapes (no `"`,
+/// `\\` or byte below 0x20: most values) is copied between quotes in one pass that vectorises,
+/// instead of serde_json's byte-at-a-time escaping loop.
+fn json_text(value: &Value) -> Vec<u8> {
+    if let Value::String(s) = value {
+        let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+        if !escapes {
+            let mut out = Vec::with_capacity(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+            return out;
+        }
+    }
+    // Serialising a `Value` cannot fail.
+    serde_json::to_vec(value).expect("JSON value serialises")
+}
+
 fn check_value(ty: FieldType, value: &Value) -> Result<(), &'static str> {
     let text = || value.as_str().ok_or("must be a JSON string");
     match ty {
         FieldType::Text => {
             let s = text()?;
-            if s.is_empty() || s.chars().count() > MAX_TEXT_CHARS {
+            // Most values are ASCII: checked a byte at a time (which vectorises) rather than a
+            // char at a time. For ASCII, `char::is_control` is exactly < 0x20 and 0x7f.
+            let (chars, control) = if s.is_ascii() {
+                (s.len(), s.bytes().fold(false, |any, b| any | ((b < 0x20) & (b != b'\n') & (b != b'\t')) | (b == 0x7f)))
+            } else {
+                (s.chars().count(), s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+            };
+            if s.is_empty() || chars > MAX_TEXT_CHARS {
                 return Err("must be 1 to 1024 characters");
             }
-            if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            if control {
                 return Err("must not contain control characters");
             }
             Ok(())
@@ -368,6 +392,46 @@ mod tests {
         }
         assert_eq!(s.encode(&f("passport.number"), &json!("x")), Err(SchemaError::UnknownCategory("passport".into())));
         assert_eq!(s.encode(&f("identity.shoe_size"), &json!("x")), Err(SchemaError::UnknownField("identity.shoe_size".into())));
+    }
+
+    #[test]
+    fn text_length_and_control_characters_ascii_or_not() {
+        let s = Schema::default();
+        let check = |v: &str| s.encode(&f("identity.address"), &json!(v)).map(|_| ()).map_err(|e| e.to_string());
+        // Both paths (all-ASCII and not) take newlines and tabs, refuse other controls.
+        for ok in ["Abay 1\nflat 2\tA", "Абай 1\nпәтер 2\tА", &"x".repeat(1024), &"ә".repeat(1024)] {
+            assert_eq!(check(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, rule) in [
+            ("a\rb", "control"),
+            ("a\u{7f}b", "control"),
+            ("a\u{0}b", "control"),
+            ("ә\rb", "control"),
+            ("ә\u{85}b", "control"),
+            ("ә\u{7f}b", "control"),
+            (&"x".repeat(1025), "1024 characters"),
+            (&"ә".repeat(1025), "1024 characters"),
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.contains(rule), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn json_text_is_serde_jsons() {
+        let cases = [
+            json!("plain ascii"),
+            json!("Айгерім Сейтқали"),
+            json!("quote \" and backslash \\"),
+            json!("line\nbreak\ttab\u{1}\u{7f}\u{85}"),
+            json!(""),
+            json!(350000),
+            json!(1.5),
+            json!(true),
+        ];
+        for v in cases {
+            assert_eq!(json_text(&v), serde_json::to_vec(&v).unwrap(), "{v}");
+        }
     }
 
     #[test]

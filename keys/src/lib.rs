@@ -23,7 +23,7 @@ mod rand;
 mod root;
 mod secret;
 
-pub use dek::{Dek, DekVersion, FieldCipher, WrappedDek};
+pub use dek::{Dek, DekVersion, FieldCipher, Sealer, WrappedDek};
 pub use envelope::{Envelope, Header, Kind, FORMAT_V1, OVERHEAD};
 pub use error::Error;
 pub use kek::{Generation, Kek, WrappedKek};

@@ -37,7 +37,7 @@ pub use keyring::{KekInfo, KekState, Keyring};
 pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldValues, WriteOutcome};
 
 use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
-use crate::domain::{CallerName, Clock, InvalidId, RequestId, SubjectId};
+use crate::domain::{CallerName, Clock, FieldName, InvalidId, RequestId, SubjectId};
 use crate::policy::{Action, Caller, Denial, Purposes, SubjectFacts};
 use crate::schema::{Schema, SchemaError};
 use crate::store::{Space, Store, StoreError, Tier};
@@ -220,6 +220,8 @@ pub struct Vault {
     auth_failures: budget::AuthFailureBudget,
     read_limits: budget::ReadLimits,
     paths: Paths,
+    /// The schema's mandatory fields, listed once (every write reports the missing ones).
+    mandatory: Vec<FieldName>,
 }
 
 /// How reads and writes were answered: on the async thread from memory
@@ -266,6 +268,7 @@ impl Vault {
             auth_failures: budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
             read_limits: budget::ReadLimits::new(settings.max_reads_per_minute.clone()),
             locks: SubjectLocks::new(4096),
+            mandatory: settings.schema.mandatory(),
             store,
             audit,
             keyring,
@@ -389,7 +392,7 @@ impl Vault {
     }
 
     fn meta_in(&self, tier: Tier, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
-        Ok(self.store.get_in(tier, Space::Subjects, subject.as_bytes())?.map(|v| SubjectMeta::decode(&v)).transpose()?)
+        Ok(self.store.get_with(tier, Space::Subjects, subject.as_bytes(), SubjectMeta::decode)?.transpose()?)
     }
 
     fn erasure(&self, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
@@ -397,10 +400,8 @@ impl Vault {
     }
 
     fn erasure_in(&self, tier: Tier, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
-        Ok(match self.store.get_in(tier, Space::Erasures, subject.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt { space: "erasures", what: "record" })?),
-            None => None,
-        })
+        let record = self.store.get_with(tier, Space::Erasures, subject.as_bytes(), |v| serde_json::from_slice(v))?;
+        Ok(record.transpose().map_err(|_| StoreError::Corrupt { space: "erasures", what: "record" })?)
     }
 
     /// The subject's metadata if it is live; else a recorded refusal (410 or 404).

@@ -235,9 +235,11 @@ impl Vault {
         // new one needs no lookups.
         let existing = if created { vec![None; keys.len()] } else { self.store.get_many_in(tier, Space::Records, &keys)? };
         let cipher = dek.cipher();
+        let mut sealer = cipher.sealer(fields.len())?;
         for (((f, bytes), key), old) in fields.iter().zip(keys).zip(existing) {
-            let ct = cipher.seal(&FieldContext { subject: s, field: f.as_str(), record_version: version }, bytes)?;
-            batch.put(Space::Records, key, Record { version, written_at: now.unix_timestamp(), ciphertext: ct }.encode());
+            let ctx = FieldContext { subject: s, field: f.as_str(), record_version: version };
+            let record = Record::encode_sealed(version, now.unix_timestamp(), bytes.len(), |out| sealer.seal_into(&ctx, bytes, out))?;
+            batch.put(Space::Records, key, record);
             if old.is_none() {
                 *meta.categories.entry(f.category().to_owned()).or_default() += 1;
             }
@@ -339,8 +341,7 @@ impl Vault {
     /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
     /// with no records yet).
     fn missing_mandatory(&self, tier: Tier, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
-        let mandatory: Vec<FieldName> =
-            self.settings.schema.mandatory().into_iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
+        let mandatory: Vec<&FieldName> = self.mandatory.iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
         let Some(s) = stored else {
             return Ok(mandatory.into_iter().map(|f| f.to_string()).collect());
         };
