@@ -55,7 +55,7 @@ pub async fn read_subject(
     Authed(ctx): Authed,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
-) -> Result<Json<FieldsResponse>, ApiError> {
+) -> Result<Json<FieldsOut>, ApiError> {
     let s = subject(&id)?;
     let purpose = q.purpose.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
     let fields: Option<Vec<String>> = q.fields.map(|f| f.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
@@ -67,7 +67,7 @@ pub async fn read_subject(
         None => run(&state.vault, move |v| v.read_deferred(&ctx, &s, &purpose, fields.as_deref())).await?,
     };
     let values = pending.durable().await?;
-    Ok(Json(FieldsResponse { subject: subj, purpose: p, fields: values }))
+    Ok(Json(FieldsOut { subject: subj, purpose: p, fields: values }))
 }
 
 /// Correct fields (role website); allowed even under a hold (P6).

@@ -48,6 +48,15 @@ pub struct FieldsResponse {
     pub fields: BTreeMap<String, Value>,
 }
 
+/// [`FieldsResponse`] as the server writes it: each field's JSON text passed through as it
+/// was sealed, not parsed and re-serialised. The same JSON (`fields_out_is_a_fields_response`).
+#[derive(Debug, Serialize)]
+pub struct FieldsOut {
+    pub subject: String,
+    pub purpose: String,
+    pub fields: vault::FieldTexts,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractBody {
@@ -434,5 +443,23 @@ impl From<crate::vault::rewrap::RewrapProgress> for RewrapResponse {
             started_at: p.job.started_at,
             finished_at: p.job.finished_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_out_is_a_fields_response() {
+        let texts: vault::FieldTexts =
+            serde_json::from_str(r#"{"identity.full_name":"Айгерім \"A\"","questionnaire.monthly_income":350000}"#).unwrap();
+        let out = FieldsOut { subject: "s-1".into(), purpose: "loan_issuance".into(), fields: texts };
+        let json = serde_json::to_string(&out).unwrap();
+        let back: FieldsResponse = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.subject.as_str(), back.purpose.as_str()), ("s-1", "loan_issuance"));
+        assert_eq!(back.fields["identity.full_name"], "Айгерім \"A\"");
+        assert_eq!(back.fields["questionnaire.monthly_income"], 350000);
+        assert_eq!(format!("{:?}", out.fields["identity.full_name"]), "FieldText(<22 bytes>)", "Debug shows no value");
     }
 }

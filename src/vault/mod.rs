@@ -34,7 +34,7 @@ pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, 
 pub use erasure::{ErasureJournal, JournalEntry};
 pub use facts::ConsentRequest;
 pub use keyring::{KekInfo, KekState, Keyring};
-pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldValues, WriteOutcome};
+pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldText, FieldTexts, FieldValues, WriteOutcome};
 
 use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
 use crate::domain::{CallerName, Clock, FieldName, InvalidId, RequestId, SubjectId};

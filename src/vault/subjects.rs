@@ -21,6 +21,65 @@ use crate::store::{subject_key, subject_prefix, Batch, Space, Tier};
 /// Decrypted field values by name. Built only after the read's audit entry is durable.
 pub type FieldValues = BTreeMap<String, Value>;
 
+/// Decrypted fields of a read, by name, each as the JSON text it was sealed as.
+pub type FieldTexts = BTreeMap<String, FieldText>;
+
+/// One decrypted field as its JSON text, exactly as the schema wrote it before sealing. A read
+/// hands it to the response as it is: no parse into a `Value` and no re-serialising (a fetch's
+/// largest costs after the store and the audit entry, `docs/performance.md`). `Debug` shows
+/// its length, never the value.
+#[derive(Clone)]
+pub struct FieldText(Box<serde_json::value::RawValue>);
+
+impl FieldText {
+    /// Checks that `plain` is one JSON value (it always is: the vault sealed it) and keeps it.
+    fn from_plaintext(plain: Vec<u8>) -> Result<Self, VaultError> {
+        let bad = || VaultError::Internal("a decrypted field is not JSON".into());
+        let text = String::from_utf8(plain).map_err(|_| bad())?;
+        serde_json::value::RawValue::from_string(text).map(Self).map_err(|_| bad())
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.json()).expect("a FieldText holds one JSON value")
+    }
+}
+
+impl std::fmt::Debug for FieldText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FieldText(<{} bytes>)", self.json().len())
+    }
+}
+
+impl PartialEq for FieldText {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl PartialEq<Value> for FieldText {
+    fn eq(&self, other: &Value) -> bool {
+        &self.to_value() == other
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FieldText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(deserializer).map(Self)
+    }
+}
+
+impl serde::Serialize for FieldText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 /// A result held back until its audit entry is durable (fail closed: the value is private,
 /// and the only way to it is [`Audited::durable`]).
 pub struct Audited<T> {
@@ -401,12 +460,30 @@ impl Vault {
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
     /// that no DEK is cached again after an erasure purged it).
     pub(super) fn decrypt(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
+        self.decrypt_with(s, dek, records, |plain| {
+            serde_json::from_slice(&plain).map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))
+        })
+    }
+
+    /// [`Vault::decrypt`] keeping each field's JSON text as it was sealed (the read path).
+    pub(super) fn decrypt_texts(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldTexts, VaultError> {
+        // The plaintext leaves its zeroizing buffer for the response either way, as a parsed
+        // value did before.
+        self.decrypt_with(s, dek, records, |mut plain| FieldText::from_plaintext(std::mem::take(&mut *plain)))
+    }
+
+    fn decrypt_with<T>(
+        &self,
+        s: &str,
+        dek: &Dek,
+        records: Vec<(FieldName, Record)>,
+        keep: impl Fn(zeroize::Zeroizing<Vec<u8>>) -> Result<T, VaultError>,
+    ) -> Result<BTreeMap<String, T>, VaultError> {
         let cipher = dek.cipher();
-        let mut out = FieldValues::new();
+        let mut out = BTreeMap::new();
         for (f, r) in records {
             let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
-            let value: Value = serde_json::from_slice(&plain).map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))?;
-            out.insert(f.into_string(), value);
+            out.insert(f.into_string(), keep(plain)?);
         }
         Ok(out)
     }
@@ -437,7 +514,7 @@ impl Vault {
     /// Reads a subject's fields for a purpose: only if the caller is granted the purpose and
     /// its legal basis holds now, and only the fields the purpose allows (and the caller
     /// asked for, if it asked). The audit entry is durable before the values are returned.
-    pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldValues, VaultError> {
+    pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldTexts, VaultError> {
         let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
         self.audit.record(draft)?;
         Ok(values)
@@ -451,7 +528,7 @@ impl Vault {
         subject: &SubjectId,
         purpose: &str,
         requested: Option<&[String]>,
-    ) -> Result<Audited<FieldValues>, VaultError> {
+    ) -> Result<Audited<FieldTexts>, VaultError> {
         let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
         Ok(Audited { value: values, pending: self.audit.submit(vec![draft], Batch::default())? })
     }
@@ -462,13 +539,7 @@ impl Vault {
     /// and block cache; `Tier::Memory`), with room in the audit queue. Otherwise it returns
     /// `None` having changed nothing (no audit entry, no budget spent), and the caller runs
     /// `read_deferred` on a blocking thread, which also records every refusal.
-    pub fn try_read_now(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        purpose: &str,
-        requested: Option<&[String]>,
-    ) -> Option<Audited<FieldValues>> {
+    pub fn try_read_now(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Option<Audited<FieldTexts>> {
         let s = subject.as_str();
         let purpose = self.purpose(purpose).ok()?;
         let requested = self.parse_requested(requested).ok()?;
@@ -482,7 +553,7 @@ impl Vault {
             self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?
         };
         let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
-        let values = self.decrypt(s, &dek, records).ok()?;
+        let values = self.decrypt_texts(s, &dek, records).ok()?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
         let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
@@ -496,7 +567,7 @@ impl Vault {
         subject: &SubjectId,
         purpose: &str,
         requested: Option<&[String]>,
-    ) -> Result<(FieldValues, audit::Draft), VaultError> {
+    ) -> Result<(FieldTexts, audit::Draft), VaultError> {
         self.paths.reads.blocking.fetch_add(1, Ordering::Relaxed);
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
@@ -524,7 +595,7 @@ impl Vault {
             }
             ReadLookup::Denied(d) => return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         };
-        let values = self.decrypt(s, &dek, records)?;
+        let values = self.decrypt_texts(s, &dek, records)?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
         Ok((values, draft))

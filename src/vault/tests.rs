@@ -89,7 +89,7 @@ fn concurrent_erasures_are_all_purged_and_none_is_lost() {
     v.close();
 }
 
-fn read_now(v: &Vault, c: &Ctx, s: &str, purpose: &str) -> Option<FieldValues> {
+fn read_now(v: &Vault, c: &Ctx, s: &str, purpose: &str) -> Option<FieldTexts> {
     let pending = v.try_read_now(c, &SubjectId::parse(s).unwrap(), purpose, None)?;
     Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
 }
