@@ -205,8 +205,7 @@ impl RequestId {
         }
         POOL.with_borrow_mut(|(bytes, used)| {
             if *used == bytes.len() {
-                use ring::rand::{SecureRandom, SystemRandom};
-                SystemRandom::new().fill(bytes).expect("OS random number generator");
+                fill_os_random(bytes);
                 *used = 0;
             }
             let id = hex::encode(&bytes[*used..*used + ID]);
@@ -222,11 +221,15 @@ impl RequestId {
 
 /// `N` random bytes from the OS CSPRNG, as hex. For ids, never for keys.
 pub fn random_hex<const N: usize>() -> String {
-    use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; N];
-    // The OS random source failing is unrecoverable for a vault; ids must not repeat.
-    SystemRandom::new().fill(&mut b).expect("OS random number generator");
+    fill_os_random(&mut b);
     hex::encode(b)
+}
+
+/// Fills `buf` from the OS CSPRNG. Its failing is unrecoverable for a vault: ids must not repeat.
+fn fill_os_random(buf: &mut [u8]) {
+    use ring::rand::{SecureRandom, SystemRandom};
+    SystemRandom::new().fill(buf).expect("OS random number generator");
 }
 
 /// Where "now" comes from. Passed in, so retention, holds and rotation are testable.

@@ -78,10 +78,6 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct CounterFamily(Mutex<BTreeMap<Labels, u64>>);
 
 impl CounterFamily {
-    pub fn inc(&self, labels: Labels) {
-        self.add(labels, 1);
-    }
-
     pub fn add(&self, labels: Labels, n: u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(labels).or_default() += n;
     }
@@ -125,8 +121,8 @@ mod tests {
         assert!(out.contains("x_seconds_count{route=\"/a\"} 2"));
         assert!(out.contains("x_seconds_sum{route=\"/a\"} 20.003"), "{out}");
         let c = CounterFamily::default();
-        c.inc(vec![("status", "200".into())]);
-        c.inc(vec![("status", "200".into())]);
+        c.add(vec![("status", "200".into())], 1);
+        c.add(vec![("status", "200".into())], 1);
         let mut out = String::new();
         c.render(&mut out, "y_total");
         assert_eq!(out, "y_total{status=\"200\"} 2\n");

@@ -34,9 +34,8 @@ pub struct FieldText(Box<serde_json::value::RawValue>);
 impl FieldText {
     /// Checks that `plain` is one JSON value (it always is: the vault sealed it) and keeps it.
     fn from_plaintext(plain: Vec<u8>) -> Result<Self, VaultError> {
-        let bad = || VaultError::Internal("a decrypted field is not JSON".into());
-        let text = String::from_utf8(plain).map_err(|_| bad())?;
-        serde_json::value::RawValue::from_string(text).map(Self).map_err(|_| bad())
+        let text = String::from_utf8(plain).map_err(|_| not_json())?;
+        serde_json::value::RawValue::from_string(text).map(Self).map_err(|_| not_json())
     }
 
     /// The JSON text.
@@ -78,6 +77,11 @@ impl serde::Serialize for FieldText {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(serializer)
     }
+}
+
+/// A decrypted field that does not parse: the vault sealed JSON, so this is a defect.
+fn not_json() -> VaultError {
+    VaultError::Internal("a decrypted field is not JSON".into())
 }
 
 /// A result held back until its audit entry is durable (fail closed: the value is private,
@@ -460,9 +464,7 @@ impl Vault {
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
     /// that no DEK is cached again after an erasure purged it).
     pub(super) fn decrypt(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
-        self.decrypt_with(s, dek, records, |plain| {
-            serde_json::from_slice(&plain).map_err(|_| VaultError::Internal("a decrypted field is not JSON".into()))
-        })
+        self.decrypt_with(s, dek, records, |plain| serde_json::from_slice(&plain).map_err(|_| not_json()))
     }
 
     /// [`Vault::decrypt`] keeping each field's JSON text as it was sealed (the read path).
