@@ -331,7 +331,8 @@ fn committer(
                     decision: d.decision,
                     reason: d.reason,
                     request_id: d.request_id,
-                    prev_hash: next.hash.clone(),
+                    // `next` is replaced below: its hash moves into the link.
+                    prev_hash: std::mem::take(&mut next.hash),
                     hash: String::new(),
                 };
                 e.hash = e.compute_hash();

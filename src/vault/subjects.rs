@@ -120,8 +120,11 @@ enum WritePlan {
         outcome: WriteOutcome,
         new_dek: Option<Arc<Dek>>,
     },
-    /// Erased or unknown: the blocking path records the refusal.
-    Refused(VaultError),
+    /// Erased or unknown: the blocking path records the refusal (with the names it was given).
+    Refused {
+        err: VaultError,
+        names: Vec<String>,
+    },
 }
 
 /// The result of a write.
@@ -221,8 +224,8 @@ impl Vault {
         let s = subject.as_str();
         let names: Vec<String> = fields.iter().map(|(f, _)| f.to_string()).collect();
         let _lock = self.locks.lock(s);
-        match self.plan_write(Tier::Any, ctx, action, s, &fields, &names, create)? {
-            WritePlan::Refused(err) => Err(self.refuse(ctx, action, Some(s), None, names, err)),
+        match self.plan_write(Tier::Any, ctx, action, s, &fields, names, create)? {
+            WritePlan::Refused { err, names } => Err(self.refuse(ctx, action, Some(s), None, names, err)),
             WritePlan::Ready { batch, draft, outcome, new_dek } => {
                 self.audit.commit(vec![draft], batch)?;
                 if let Some(dek) = new_dek {
@@ -249,7 +252,7 @@ impl Vault {
         let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
         let lock = self.locks.try_lock_owned(s)?;
         let WritePlan::Ready { batch, draft, outcome, .. } =
-            self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, &names, true).ok()?
+            self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, names, true).ok()?
         else {
             return None;
         };
@@ -269,14 +272,14 @@ impl Vault {
         action: Action,
         s: &str,
         fields: &[(FieldName, Vec<u8>)],
-        names: &[String],
+        names: Vec<String>,
         create: bool,
     ) -> Result<WritePlan, VaultError> {
         let now = self.clock.now();
         let mut batch = Batch::default();
         let (mut meta, mut dek, created) = match (self.erasure_in(tier, s)?, self.meta_in(tier, s)?) {
             (Some(e), _) if e.status == super::ErasureStatus::Erased => {
-                return Ok(WritePlan::Refused(VaultError::Erased { subject: e.subject, receipt: e.receipt }));
+                return Ok(WritePlan::Refused { err: VaultError::Erased { subject: e.subject, receipt: e.receipt }, names });
             }
             (_, Some(m)) => {
                 let d = self.dek(s, &m)?;
@@ -286,7 +289,7 @@ impl Vault {
                 let (m, d) = self.new_subject(s, now, &mut batch)?;
                 (m, d, true)
             }
-            (_, None) => return Ok(WritePlan::Refused(VaultError::NotFound(format!("subject {s} not found")))),
+            (_, None) => return Ok(WritePlan::Refused { err: VaultError::NotFound(format!("subject {s} not found")), names }),
         };
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
             // The DEK has sealed as much as NIST allows with random nonces: rotate it first.
@@ -296,14 +299,14 @@ impl Vault {
         let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
         // A subject without an entry has no records (they go with it, in the same batch), so a
         // new one needs no lookups.
-        let existing = if created { vec![None; keys.len()] } else { self.store.get_many_in(tier, Space::Records, &keys)? };
+        let existing = if created { None } else { Some(self.store.get_many_in(tier, Space::Records, &keys)?) };
         let cipher = dek.cipher();
         let mut sealer = cipher.sealer(fields.len())?;
-        for (((f, bytes), key), old) in fields.iter().zip(keys).zip(existing) {
+        for (i, ((f, bytes), key)) in fields.iter().zip(keys).enumerate() {
             let ctx = FieldContext { subject: s, field: f.as_str(), record_version: version };
             let record = Record::encode_sealed(version, now.unix_timestamp(), bytes.len(), |out| sealer.seal_into(&ctx, bytes, out))?;
             batch.put(Space::Records, key, record);
-            if old.is_none() {
+            if existing.as_ref().is_none_or(|e| e[i].is_none()) {
                 *meta.categories.entry(f.category().to_owned()).or_default() += 1;
             }
             if let Some(days) = self.settings.schema.category(f.category()).and_then(|c| c.retention_days) {
@@ -315,9 +318,10 @@ impl Vault {
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
-        let missing_mandatory = self.missing_mandatory(tier, (!created).then_some(s), names)?;
+        let missing_mandatory = self.missing_mandatory(tier, (!created).then_some(s), &names)?;
         let reason = if created { "subject created" } else { "fields written" };
-        let draft = self.draft(ctx, action, Some(s), reason).fields(names.to_vec());
+        // The names move into the entry: no copy of them per write.
+        let draft = self.draft(ctx, action, Some(s), reason).fields(names);
         let outcome = WriteOutcome { created, version, missing_mandatory };
         Ok(WritePlan::Ready { batch, draft, outcome, new_dek: created.then_some(dek) })
     }
