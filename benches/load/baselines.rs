@@ -75,6 +75,7 @@ fn point_from(system: &'static str, scenario: &'static str, threads: usize, mut 
         errors: 0,
         rss_mib: None,
         settled_s: 0.0,
+        cpu_us_per_request: None,
         note: None,
         rounds: Vec::new(),
     }

@@ -120,6 +120,11 @@ pub struct Point {
     pub rss_mib: Option<f64>,
     /// Seconds waited before the point for the server to go quiet (see `report::settle`).
     pub settled_s: f64,
+    /// The server's CPU time (user + system) per completed request, µs, from the point's start
+    /// until the server was quiet again after it, so the flushes and compactions a point queues
+    /// count towards it (see `report::CpuMeter`). Less noisy than throughput on a shared machine,
+    /// so it is the figure to compare across builds.
+    pub cpu_us_per_request: Option<f64>,
     pub note: Option<String>,
     /// Throughput of every round of this point, in round order (see `--repeat`); the figures
     /// above are the median round's.
@@ -360,8 +365,10 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
             say(format!("  waited {:.1} s for the vault (and OpenBao) to go quiet", settled.as_secs_f64()));
         }
         let sampler = report::RssSampler::start(server.pid);
+        let cpu = report::CpuMeter::start(server.pid);
         let o = wrk::run(script, &server.addr, &l)?;
         let rss = sampler.finish();
+        let cpu_us_per_request = cpu.per_request_us(o.requests as u64, &pids);
         rss_peak = rss_peak.max(rss.unwrap_or(0));
         let mut note = None;
         if scenario == "erase" && o.requests as usize > opts.erase_pool {
@@ -371,7 +378,7 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
             ));
         }
         let p = o.point("qoima", scenario, c, rss);
-        points.push(Point { note, settled_s: settled.as_secs_f64(), ..p });
+        points.push(Point { note, settled_s: settled.as_secs_f64(), cpu_us_per_request, ..p });
         if !server.alive() {
             return Err(format!("the vault exited during {scenario} at {c} connections; log tail:\n{}", server.log_tail()));
         }

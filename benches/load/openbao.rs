@@ -303,10 +303,12 @@ impl Running {
             say(format!("  waited {:.1} s for OpenBao and the vault to go quiet", settled.as_secs_f64()));
         }
         let sampler = report::RssSampler::start(self.bao.pid);
+        let cpu = report::CpuMeter::start(self.bao.pid);
         let o = wrk::run(script, &self.bao.addr, &l)?;
         let rss = sampler.finish();
+        let cpu_us_per_request = cpu.per_request_us(o.requests as u64, &pids);
         self.peak_kib = self.peak_kib.max(rss.unwrap_or(0));
-        Ok(Point { settled_s: settled.as_secs_f64(), ..o.point("openbao", scenario, c, rss) })
+        Ok(Point { settled_s: settled.as_secs_f64(), cpu_us_per_request, ..o.point("openbao", scenario, c, rss) })
     }
 
     /// Records what ran and stops OpenBao.

@@ -67,6 +67,31 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: Linux's USER_HZ, which its ABI fixes
+/// at 100 on x86 (and every other architecture it exports the times on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A server's CPU time over one point: from its start until the server has gone quiet after
+/// it (`settle`), so the background work the point queued (RocksDB's flushes and compactions,
+/// Go's GC) is charged to it rather than to the next point.
+pub struct CpuMeter {
+    pid: u32,
+    start: Option<u64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> Self {
+        Self { pid, start: cpu_ticks(pid) }
+    }
+
+    /// Waits (at most 30 s) for `quiet` to go quiet, then returns the CPU µs per request.
+    pub fn per_request_us(self, requests: u64, quiet: &[u32]) -> Option<f64> {
+        settle(quiet, Duration::from_secs(30));
+        let used = cpu_ticks(self.pid)?.checked_sub(self.start?)?;
+        (requests > 0).then(|| used as f64 / TICKS_PER_SECOND * 1e6 / requests as f64)
+    }
+}
+
 /// Bytes a process has caused to be written to storage, and its write syscalls.
 fn io_writes(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
@@ -463,13 +488,14 @@ impl Report {
                 String::new()
             },
         );
-        let _ = writeln!(s, "| system | scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ =
+            writeln!(s, "| system | scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for series in SERIES {
             for p in self.points.iter().filter(|p| p.system == series.system && p.scenario == series.scenario) {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     p.system,
                     series.label,
                     p.connections,
@@ -479,6 +505,7 @@ impl Report {
                     ms(p.p999_ms),
                     p.errors,
                     p.rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "—".into()),
+                    p.cpu_us_per_request.map(|u| format!("{u:.0}")).unwrap_or_else(|| "—".into()),
                 );
             }
         }

@@ -92,6 +92,7 @@ impl Outcome {
             errors: self.errors(),
             rss_mib: rss_kib.map(crate::report::mib),
             settled_s: 0.0,
+            cpu_us_per_request: None,
             note: None,
             rounds: Vec::new(),
         }
