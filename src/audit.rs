@@ -70,8 +70,8 @@ impl AuditEntry {
     /// Writes the entry byte for byte as serde_json writes it (the tests hold the two equal: the
     /// chain's hashes were computed over serde_json's bytes), without serde_json's
     /// byte-at-a-time escaping of every string: an entry's strings are ids, names and hashes,
-    /// which need no escape and are copied whole. For the committer this was a twelfth of the
-    /// instructions of a create and a fetch.
+    /// which need no escape and are copied whole (that loop was 6 % of the instructions of a
+    /// create and a fetch).
     fn write_json(&self, out: &mut Vec<u8>, form: Form) {
         let mut first = true;
         let mut key = |out: &mut Vec<u8>, name: &str| {
