@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{hex_string, rfc3339, Clock};
+use crate::domain::{hex_string, push_json_str, rfc3339, Clock};
 use crate::store::{subject_key, Batch, Space, Store, StoreError};
 
 /// The hash before the first entry.
@@ -129,20 +129,6 @@ enum Form {
     HashBody,
     /// Every field, as an object: what the store holds and the API serves.
     Stored,
-}
-
-/// Appends `s` as a JSON string. One without `"`, `\\` or a byte below 0x20 is copied between
-/// quotes in one pass that vectorises; any other goes through serde_json.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if escapes {
-        serde_json::to_writer(&mut *out, s).expect("a string serialises");
-    } else {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    }
 }
 
 fn push_json_opt(out: &mut Vec<u8>, s: Option<&str>) {

@@ -241,6 +241,22 @@ pub fn hex_string(bytes: &[u8]) -> String {
     String::from_utf8(out).expect("hex digits are ASCII")
 }
 
+/// Appends `s` as a JSON string, byte for byte as serde_json writes it. One without `"`, `\\`
+/// or a byte below 0x20 (most field values, every id, name and hash) is copied between quotes
+/// in one pass that vectorises, instead of serde_json's byte-at-a-time escaping loop; any
+/// other goes through serde_json.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escapes {
+        serde_json::to_writer(&mut *out, s).expect("a string serialises");
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// Fills `buf` from the OS CSPRNG. Its failing is unrecoverable for a vault: ids must not repeat.
 fn fill_os_random(buf: &mut [u8]) {
     use ring::rand::{SecureRandom, SystemRandom};

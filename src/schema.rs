@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::macros::format_description;
 
-use crate::domain::FieldName;
+use crate::domain::{push_json_str, FieldName};
 
 /// The type of a field's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,19 +208,12 @@ impl Schema {
     }
 }
 
-/// The JSON text of `value`, as `serde_json` writes it. A string needing no escapes (no `"`,
-/// `\\` or byte below 0x20: most values) is copied between quotes in one pass that vectorises,
-/// instead of serde_json's byte-at-a-time escaping loop.
+/// The JSON text of `value`, as `serde_json` writes it (strings through [`push_json_str`]).
 fn json_text(value: &Value) -> Vec<u8> {
     if let Value::String(s) = value {
-        let escapes = s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
-        if !escapes {
-            let mut out = Vec::with_capacity(s.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'"');
-            return out;
-        }
+        let mut out = Vec::with_capacity(s.len() + 2);
+        push_json_str(&mut out, s);
+        return out;
     }
     // Serialising a `Value` cannot fail.
     serde_json::to_vec(value).expect("JSON value serialises")
