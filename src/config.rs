@@ -59,6 +59,8 @@ struct RawConfig {
     #[serde(default)]
     retention: RetentionSettings,
     #[serde(default)]
+    cache: CacheSettings,
+    #[serde(default)]
     purposes: Vec<Spanned<PurposeDef>>,
     #[serde(default)]
     schema: BTreeMap<String, Category>,
@@ -164,6 +166,21 @@ impl Default for RetentionSettings {
     }
 }
 
+/// In-memory caches above the store.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// MiB of recently read subjects (entry, facts, sealed records: ciphertexts only) kept so
+    /// their reads skip the store; 0 turns it off.
+    pub subjects_mib: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { subjects_mib: 32 }
+    }
+}
+
 /// The parsed configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -177,6 +194,7 @@ pub struct Config {
     pub limits: Limits,
     pub keys: KeySettings,
     pub retention: RetentionSettings,
+    pub cache: CacheSettings,
     pub schema: Schema,
     pub purposes: Purposes,
     /// HTTPS for the listener, if configured.
@@ -370,6 +388,9 @@ impl Config {
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
             return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
+        if raw.cache.subjects_mib > 16 * 1024 {
+            return Err(ConfigError(format!("{name}: cache.subjects_mib must be at most 16384 (0 turns the cache off)")));
+        }
         let lock_memory = match env("QOIMA_LOCK_MEMORY").as_deref() {
             None => raw.lock_memory.unwrap_or(false),
             Some("true") => true,
@@ -394,6 +415,7 @@ impl Config {
             limits: raw.limits,
             keys: raw.keys,
             retention: raw.retention,
+            cache: raw.cache,
             schema,
             purposes,
             tls: raw.tls.map(|t| crate::tls::TlsSettings {
@@ -418,6 +440,7 @@ impl Config {
             policy_version: self.policy_version.clone(),
             dek_seal_limit: self.keys.dek_seal_limit,
             dek_cache_capacity: self.keys.dek_cache_capacity,
+            subject_cache_bytes: self.cache.subjects_mib << 20,
             key_rotation_days: self.keys.rotation_days,
             backup_retention_days: self.keys.backup_retention_days,
             rewrap_batch: self.keys.rewrap_batch,

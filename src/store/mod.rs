@@ -18,6 +18,7 @@ pub use keys::{prefix_end, subject_key, subject_prefix};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::{Arc, OnceLock};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions, DBCompressionType, FlushOptions,
@@ -82,6 +83,22 @@ impl Space {
     /// per-subject scans and lookups cheap.
     fn keyed_by_subject(self) -> bool {
         matches!(self, Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex)
+    }
+
+    /// Whether every key of this space belongs to one subject ([`Space::subject_of`]).
+    pub fn holds_subjects(self) -> bool {
+        matches!(self, Space::Subjects | Space::Erasures) || self.keyed_by_subject()
+    }
+
+    /// The subject a key of this space belongs to: the whole key of the subjects' and
+    /// erasures' spaces, the part before the first NUL in the spaces keyed by subject, and
+    /// nothing (empty) in the others.
+    pub fn subject_of(self, key: &[u8]) -> &[u8] {
+        match self {
+            Space::Subjects | Space::Erasures => key,
+            s if s.keyed_by_subject() => key.iter().position(|b| *b == 0).map_or(key, |i| &key[..i]),
+            _ => &[],
+        }
     }
 }
 
@@ -261,12 +278,48 @@ fn fold_adds<'a>(ops: &'a [Op], mut emit: impl FnMut(Written<'a>)) {
     }
 }
 
+/// Told, after every [`Store::write`], which subjects it touched: how a cache above the store
+/// (the vault's subject views) stays coherent whatever path wrote.
+pub trait WriteObserver: Send + Sync {
+    /// A write changed (or may have changed: it failed part-way) keys of `subject` in `space`.
+    fn subject_written(&self, space: Space, subject: &[u8]);
+    /// A write deleted a range that is not one subject's: anything may have changed.
+    fn everything_written(&self);
+}
+
+/// Tells `o` the subject of each op in a space keyed by subject, once per run of ops on the
+/// same subject and space.
+fn tell_subjects(ops: &[Op], o: &dyn WriteObserver) {
+    let mut last: Option<(Space, &[u8])> = None;
+    for op in ops {
+        let (space, subject) = match op {
+            Op::Put(s, k, _) | Op::Delete(s, k) | Op::Add(s, k, _) => (*s, s.subject_of(k)),
+            Op::DeleteRange(s, from, to) => {
+                let subject = s.subject_of(from);
+                // One subject's range is `subject\0` up to `subject\x01` (`Batch::delete_prefix`).
+                let one_subject = from.len() == subject.len() + 1 && from.last() == Some(&0) && *to == prefix_end(from);
+                if s.holds_subjects() && !one_subject {
+                    o.everything_written();
+                    last = None;
+                    continue;
+                }
+                (*s, subject)
+            }
+        };
+        if space.holds_subjects() && last != Some((space, subject)) {
+            o.subject_written(space, subject);
+            last = Some((space, subject));
+        }
+    }
+}
+
 /// The open store.
 pub struct Store {
     db: DB,
     path: PathBuf,
     /// Purges run one at a time (the vault groups concurrent erasures into one pass).
     purge_lock: Mutex<()>,
+    observer: OnceLock<Arc<dyn WriteObserver>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -379,7 +432,7 @@ impl Store {
                 StoreError::Io(text)
             }
         })?;
-        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()) })
+        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new() })
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading
@@ -391,7 +444,7 @@ impl Store {
         let cache = Cache::new_lru_cache(8 << 20);
         let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, cfs, false)?;
-        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()) })
+        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new() })
     }
 
     /// Opens for reading: exclusively when no vault runs on it, else read-only beside the
@@ -522,8 +575,18 @@ impl Store {
         });
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(wb, &wo)?;
-        Ok(())
+        let written = self.db.write_opt(wb, &wo);
+        // After the write (readers that look again see it), and even if it failed: a failed
+        // write may have been applied in part.
+        if let Some(o) = self.observer.get() {
+            tell_subjects(&batch.ops, o.as_ref());
+        }
+        Ok(written?)
+    }
+
+    /// Sets the one [`WriteObserver`] this store tells of its writes; false if one is set.
+    pub fn observe_writes(&self, observer: Arc<dyn WriteObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Forces deleted data out of every live file: flushes all column families (so the WAL
@@ -793,5 +856,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _s = Store::open(dir.path()).unwrap();
         assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+    }
+
+    #[derive(Default)]
+    struct Told(Mutex<Vec<String>>);
+
+    impl WriteObserver for Told {
+        fn subject_written(&self, space: Space, subject: &[u8]) {
+            self.0.lock().unwrap().push(format!("{}:{}", space.name(), String::from_utf8_lossy(subject)));
+        }
+        fn everything_written(&self) {
+            self.0.lock().unwrap().push("*".into());
+        }
+    }
+
+    #[test]
+    fn a_write_tells_the_observer_each_subject_it_touched_once_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let told = Arc::new(Told::default());
+        assert!(s.observe_writes(told.clone()));
+        assert!(!s.observe_writes(told.clone()), "one observer per store");
+        let mut b = Batch::default();
+        b.put(Space::Subjects, b"s1".to_vec(), b"meta");
+        b.put(Space::Records, subject_key("s1", "a.x"), b"v");
+        b.put(Space::Records, subject_key("s1", "a.y"), b"v"); // same run: told once
+        b.delete_prefix(Space::Facts, &subject_prefix("s2"));
+        b.put(Space::Audit, 7u64.to_be_bytes().to_vec(), b"entry"); // no subject: not told
+        b.put(Space::AuditIndex, subject_key("s3", "7"), b"");
+        b.add(Space::Keyring, b"dek_count".to_vec(), 1);
+        b.delete_prefix(Space::Keyring, b"e"); // not a subject space: no wildcard either
+        s.write(&b).unwrap();
+        assert_eq!(*told.0.lock().unwrap(), ["subjects:s1", "records:s1", "facts:s2", "audit_index:s3"]);
+        // What the observer is told about is already readable.
+        assert_eq!(s.get(Space::Records, &subject_key("s1", "a.x")).unwrap().as_deref(), Some(&b"v"[..]));
+
+        // A range over more than one subject: anything may have changed.
+        told.0.lock().unwrap().clear();
+        let mut wide = Batch::default();
+        wide.delete_prefix(Space::Records, b"s");
+        s.write(&wide).unwrap();
+        assert_eq!(*told.0.lock().unwrap(), ["*"]);
+        assert_eq!(s.get(Space::Records, &subject_key("s1", "a.x")).unwrap(), None);
     }
 }

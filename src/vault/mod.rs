@@ -21,6 +21,7 @@ pub mod keyring;
 mod privacy;
 pub mod rewrap;
 mod subjects;
+mod views;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub use erasure::{ErasureJournal, JournalEntry};
 pub use facts::ConsentRequest;
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldText, FieldTexts, FieldValues, WriteOutcome};
+pub use views::{SubjectView, SubjectViews};
 
 use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
 use crate::domain::{CallerName, Clock, FieldName, InvalidId, RequestId, SubjectId};
@@ -59,6 +61,9 @@ pub struct Settings {
     /// Field encryptions allowed under one DEK before it is rotated automatically.
     pub dek_seal_limit: u64,
     pub dek_cache_capacity: usize,
+    /// Bytes of sealed records, entries and facts of recently read subjects kept in memory
+    /// (ciphertexts only; 0 turns the cache off).
+    pub subject_cache_bytes: usize,
     /// How often KEKs rotate, and how long backups are kept: together they bound when an
     /// erased subject's DEK becomes unreadable in old backups too.
     pub key_rotation_days: u32,
@@ -89,6 +94,7 @@ impl Settings {
             // NIST SP 800-38D: at most 2^32 invocations with random 96-bit nonces per key.
             dek_seal_limit: 1 << 32,
             dek_cache_capacity: 100_000,
+            subject_cache_bytes: 32 << 20,
             key_rotation_days: 90,
             backup_retention_days: 30,
             rewrap_batch: 256,
@@ -211,6 +217,8 @@ pub struct Vault {
     audit: AuditLog,
     keyring: Keyring,
     cache: DekCache,
+    /// What reads find, for hot subjects; the store drops a view when it writes the subject.
+    views: Arc<views::SubjectViews>,
     locks: SubjectLocks,
     settings: Settings,
     clock: Arc<dyn Clock>,
@@ -260,11 +268,16 @@ impl Vault {
         clock: Arc<dyn Clock>,
         faults: Arc<FaultSwitch>,
     ) -> Result<Self, VaultError> {
+        // The store tells the views of every write; a store already telling another vault's
+        // views could not keep these coherent, so they stay off.
+        let views = Arc::new(views::SubjectViews::new(settings.subject_cache_bytes));
+        let views = if store.observe_writes(views.clone()) { views } else { Arc::new(views::SubjectViews::new(0)) };
         let keyring = Keyring::load_or_init(&store, root, clock.now())?;
         let audit = AuditLog::start(store.clone(), clock.clone(), faults)?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),
+            views,
             auth_failures: budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
             read_limits: budget::ReadLimits::new(settings.max_reads_per_minute.clone()),
             locks: SubjectLocks::new(4096),
@@ -310,6 +323,10 @@ impl Vault {
 
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    pub fn subject_views(&self) -> &SubjectViews {
+        &self.views
     }
 
     pub fn cache(&self) -> &DekCache {

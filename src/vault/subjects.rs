@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, Record, SubjectMeta};
 use super::keyring::{dek_count_key, wrap_count_key};
+use super::views::SubjectView;
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, Decision};
 use crate::domain::{random_hex, FieldName, Purpose, SubjectId};
@@ -98,18 +99,39 @@ impl<T> Audited<T> {
     }
 }
 
+/// Subjects with more fields than this are read field by field, never cached whole.
+const VIEW_FIELDS: u64 = 256;
+
 /// What [`Vault::look_up_read`] found.
 pub(super) enum ReadLookup {
     /// With the subject's DEK, taken under the subject's lock: an erasure that runs before the
     /// records are opened has already purged the cache, and opening them adds nothing to it.
     Allowed {
         dek: Arc<Dek>,
-        records: Vec<(FieldName, Record)>,
+        records: ReadRecords,
         grant: policy::Grant,
     },
     Erased(super::codec::ErasureRecord),
     Unknown,
     Denied(Denial),
+}
+
+/// The records a read opens: those of the subject's view that the purpose (and the request)
+/// let out, by position, so a cached view's ciphertexts are opened where they are.
+pub(super) struct ReadRecords {
+    view: Arc<SubjectView>,
+    chosen: Vec<usize>,
+}
+
+impl ReadRecords {
+    fn new(view: Arc<SubjectView>, wanted: impl Fn(&FieldName) -> bool) -> Self {
+        let chosen = view.records.iter().enumerate().filter(|(_, (f, _))| wanted(f)).map(|(i, _)| i).collect();
+        Self { view, chosen }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(FieldName, Record)> {
+        self.chosen.iter().map(|i| &self.view.records[*i])
+    }
 }
 
 /// What [`Vault::plan_write`] found.
@@ -467,29 +489,39 @@ impl Vault {
 
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
     /// that no DEK is cached again after an erasure purged it).
-    pub(super) fn decrypt(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldValues, VaultError> {
+    pub(super) fn decrypt<'r>(
+        &self,
+        s: &str,
+        dek: &Dek,
+        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
+    ) -> Result<FieldValues, VaultError> {
         self.decrypt_with(s, dek, records, |plain| serde_json::from_slice(&plain).map_err(|_| not_json()))
     }
 
     /// [`Vault::decrypt`] keeping each field's JSON text as it was sealed (the read path).
-    pub(super) fn decrypt_texts(&self, s: &str, dek: &Dek, records: Vec<(FieldName, Record)>) -> Result<FieldTexts, VaultError> {
+    pub(super) fn decrypt_texts<'r>(
+        &self,
+        s: &str,
+        dek: &Dek,
+        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
+    ) -> Result<FieldTexts, VaultError> {
         // The plaintext leaves its zeroizing buffer for the response either way, as a parsed
         // value did before.
         self.decrypt_with(s, dek, records, |mut plain| FieldText::from_plaintext(std::mem::take(&mut *plain)))
     }
 
-    fn decrypt_with<T>(
+    fn decrypt_with<'r, T>(
         &self,
         s: &str,
         dek: &Dek,
-        records: Vec<(FieldName, Record)>,
+        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
         keep: impl Fn(zeroize::Zeroizing<Vec<u8>>) -> Result<T, VaultError>,
     ) -> Result<BTreeMap<String, T>, VaultError> {
         let cipher = dek.cipher();
         let mut out = BTreeMap::new();
         for (f, r) in records {
             let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
-            out.insert(f.into_string(), keep(plain)?);
+            out.insert(f.to_string(), keep(plain)?);
         }
         Ok(out)
     }
@@ -559,7 +591,7 @@ impl Vault {
             self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?
         };
         let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
-        let values = self.decrypt_texts(s, &dek, records).ok()?;
+        let values = self.decrypt_texts(s, &dek, records.iter()).ok()?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
         let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
@@ -601,7 +633,7 @@ impl Vault {
             }
             ReadLookup::Denied(d) => return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         };
-        let values = self.decrypt_texts(s, &dek, records)?;
+        let values = self.decrypt_texts(s, &dek, records.iter())?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
         Ok((values, draft))
@@ -618,19 +650,58 @@ impl Vault {
         purpose: &policy::PurposeDef,
         requested: Option<&[FieldName]>,
     ) -> Result<ReadLookup, VaultError> {
-        if let Some(e) = self.erasure_in(tier, s)? {
-            if e.status == super::ErasureStatus::Erased {
-                return Ok(ReadLookup::Erased(e));
+        let view = match self.views.get(s) {
+            Some(view) => view,
+            None => {
+                let since = self.views.since(s);
+                if let Some(e) = self.erasure_in(tier, s)? {
+                    if e.status == super::ErasureStatus::Erased {
+                        return Ok(ReadLookup::Erased(e));
+                    }
+                }
+                let Some(meta) = self.meta_in(tier, s)? else { return Ok(ReadLookup::Unknown) };
+                let (facts, _, _) = self.facts_in(tier, s, &meta)?;
+                let fields: u64 = meta.categories.values().map(|n| u64::from(*n)).sum();
+                if fields > VIEW_FIELDS {
+                    // Too many records to load them all for a few: only what this read may see.
+                    return self.read_uncached(tier, ctx, s, purpose, requested, meta, facts);
+                }
+                let records = self.load_records_in(tier, s, None, |_| true)?;
+                let view = Arc::new(SubjectView { meta, facts, records });
+                self.views.insert(s, since, view.clone());
+                view
             }
-        }
-        let Some(meta) = self.meta_in(tier, s)? else { return Ok(ReadLookup::Unknown) };
-        let (facts, _, _) = self.facts_in(tier, s, &meta)?;
+        };
+        let grant = match policy::decide_read(&ctx.caller, purpose, &view.facts, self.clock.now()) {
+            Ok(g) => g,
+            Err(d) => return Ok(ReadLookup::Denied(d)),
+        };
+        let dek = self.dek(s, &view.meta)?;
+        let records = ReadRecords::new(view, |f| purpose.allows(f) && requested.is_none_or(|r| r.contains(f)));
+        Ok(ReadLookup::Allowed { dek, records, grant })
+    }
+
+    /// [`Vault::look_up_read`] of a subject too large for the views: reads only the records
+    /// the purpose (and the request) let out, and keeps nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn read_uncached(
+        &self,
+        tier: Tier,
+        ctx: &Ctx,
+        s: &str,
+        purpose: &policy::PurposeDef,
+        requested: Option<&[FieldName]>,
+        meta: SubjectMeta,
+        facts: policy::SubjectFacts,
+    ) -> Result<ReadLookup, VaultError> {
         let grant = match policy::decide_read(&ctx.caller, purpose, &facts, self.clock.now()) {
             Ok(g) => g,
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
         let records = self.load_records_in(tier, s, requested, |f| purpose.allows(f))?;
-        Ok(ReadLookup::Allowed { dek: self.dek(s, &meta)?, records, grant })
+        let dek = self.dek(s, &meta)?;
+        let records = ReadRecords::new(Arc::new(SubjectView { meta, facts, records }), |_| true);
+        Ok(ReadLookup::Allowed { dek, records, grant })
     }
 
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns
@@ -676,7 +747,7 @@ impl Vault {
             let records = self.load_records(s, Some(&fields), |_| true)?;
             (self.dek(s, &meta)?, records, grant)
         };
-        let values = self.decrypt(s, &dek, records)?;
+        let values = self.decrypt(s, &dek, &records)?;
         let record = DisclosureRecord {
             id: format!("dis_{}", random_hex::<8>()),
             recipient: recipient.to_owned(),
@@ -718,7 +789,7 @@ impl Vault {
             let dek = self.dek(s, &meta)?;
             (meta, dek, records, contracts, consents, disclosures, self.erasure(s)?)
         };
-        let fields = self.decrypt(s, &dek, records)?;
+        let fields = self.decrypt(s, &dek, &records)?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;

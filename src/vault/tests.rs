@@ -272,9 +272,62 @@ fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
     // ...and only then are the records opened: with the DEK already in hand, caching nothing.
     let ReadLookup::Allowed { dek, records, .. } = looked else { panic!("the read was allowed") };
     let version = dek.version();
-    v.decrypt("a", &dek, records).unwrap();
+    v.decrypt("a", &dek, records.iter()).unwrap();
     drop(dek);
     assert!(v.cache.get("a", version).is_none(), "the erased subject's DEK is cached again");
     assert_eq!(v.cache.len(), 0);
+    v.close();
+}
+
+/// The subject views (a cache of what reads find) must never answer with what a write has
+/// replaced: each kind of write below changes what the next read decides or returns.
+#[test]
+fn a_cached_subject_view_follows_every_write_of_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    let service = Ctx {
+        caller: Arc::new(Caller {
+            name: CallerName::parse("lender").unwrap(),
+            roles: [Role::Service].into(),
+            purposes: [Purpose::parse("loan_issuance").unwrap(), Purpose::parse("advertising").unwrap()].into(),
+        }),
+        request_id: RequestId::generate(),
+        via: None,
+    };
+    let a = SubjectId::parse("a").unwrap();
+    let name_for = |purpose: &str| -> Result<String, VaultError> {
+        let texts = v.read(&service, &a, purpose, None)?;
+        Ok(texts["identity.full_name"].json().to_owned())
+    };
+    put(&v, "a");
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
+    assert_eq!(v.subject_views().len(), 1, "the read kept a view");
+    let hits = v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
+    assert_eq!(v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1, "the second read used it");
+
+    // A field written again (on the async path too) and rectified.
+    v.put_fields(&service, &a, &full_name("M")).unwrap();
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"M\"");
+    v.rectify(&ctx(Role::Website), &a, &full_name("R")).unwrap();
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
+
+    // A consent given, then withdrawn: the policy decides on the facts as they are now.
+    assert!(matches!(name_for("advertising"), Err(VaultError::Denied(_))));
+    let consent =
+        ConsentRequest { purpose: "advertising".into(), policy_version: None, valid_until: None, third_parties: None, abroad: false };
+    v.give_consent(&ctx(Role::Website), &a, &consent).unwrap();
+    assert_eq!(name_for("advertising").unwrap(), "\"R\"");
+    v.withdraw_consent(&ctx(Role::Website), &a, "advertising").unwrap();
+    assert!(matches!(name_for("advertising"), Err(VaultError::Denied(_))));
+
+    // A new DEK: the records were sealed again, the entry holds the new wrapped key.
+    v.rekey(&ctx(Role::Security), &a).unwrap();
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
+
+    // Erasure: nothing of the subject is answered, and its view is gone.
+    v.request_erasure(&ctx(Role::Website), &a).unwrap();
+    assert!(matches!(name_for("loan_issuance"), Err(VaultError::Erased { .. })));
+    assert!(v.subject_views().is_empty(), "the erased subject's sealed records are still in memory");
     v.close();
 }

@@ -1,0 +1,263 @@
+//! A bounded cache of what a read decides on and opens: a live subject's entry, the facts the
+//! policy decides on and its sealed records — ciphertexts and the wrapped DEK only, never a
+//! plaintext or an unwrapped key — so a hot subject's read costs no store lookups.
+//!
+//! Coherence does not depend on every write path remembering it: the store tells the cache
+//! of every write once it is applied ([`WriteObserver`]), and the cache drops the subjects it
+//! touched. A view read from the store while such a write lands is not kept: each shard counts
+//! the writes it has been told of, a reader notes the count before it reads, and the view goes
+//! in only if the count has not moved.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::codec::{Record, SubjectMeta};
+use crate::domain::FieldName;
+use crate::policy::SubjectFacts;
+use crate::store::{Space, WriteObserver};
+
+const SHARDS: usize = 256;
+
+/// A live subject as the read path needs it: everything it reads from the store.
+#[derive(Debug)]
+pub struct SubjectView {
+    pub meta: SubjectMeta,
+    pub facts: SubjectFacts,
+    /// Every record of the subject, in key order.
+    pub records: Vec<(FieldName, Record)>,
+}
+
+impl SubjectView {
+    /// Roughly what the view holds in memory: its share of the cache's budget.
+    fn bytes(&self, subject: &str) -> usize {
+        let records: usize = self.records.iter().map(|(f, r)| f.as_str().len() + r.ciphertext.len() + 64).sum();
+        let categories: usize = self.meta.categories.keys().map(|c| c.len() + 40).sum();
+        let facts = 48 * (self.facts.contracts.len() + self.facts.consents.len());
+        2 * subject.len() + records + categories + facts + 256
+    }
+}
+
+/// Where a reader stood before it read the store: [`SubjectViews::insert`] keeps its view
+/// only if no write to the subject's shard came in between.
+#[derive(Clone, Copy, Debug)]
+pub struct Since {
+    shard: usize,
+    writes: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<String, Arc<SubjectView>>,
+    /// Insertion order, for first-in first-out eviction.
+    order: VecDeque<String>,
+    bytes: usize,
+    /// Writes told of so far (see [`Since`]).
+    writes: u64,
+}
+
+impl Shard {
+    fn remove(&mut self, subject: &str) {
+        if let Some(v) = self.map.remove(subject) {
+            self.bytes -= v.bytes(subject);
+            self.order.retain(|k| k != subject);
+        }
+    }
+}
+
+/// The cache, sized in bytes; 0 turns it off.
+pub struct SubjectViews {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl std::fmt::Debug for SubjectViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubjectViews({} entries)", self.len())
+    }
+}
+
+impl SubjectViews {
+    pub fn new(capacity_bytes: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: capacity_bytes / SHARDS,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn index(subject: &[u8]) -> usize {
+        let mut h = DefaultHasher::new();
+        subject.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The subject's view, if cached.
+    pub fn get(&self, subject: &str) -> Option<Arc<SubjectView>> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let found = self.shard(Self::index(subject.as_bytes())).map.get(subject).cloned();
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Notes where things stand, before reading the subject from the store.
+    pub fn since(&self, subject: &str) -> Since {
+        let shard = Self::index(subject.as_bytes());
+        Since { shard, writes: self.shard(shard).writes }
+    }
+
+    /// Keeps `view` of `subject`, read from the store after `since`, unless a write to its
+    /// shard came in since or the view is too large for its share of the budget.
+    pub fn insert(&self, subject: &str, since: Since, view: Arc<SubjectView>) {
+        let bytes = view.bytes(subject);
+        // A view bigger than a quarter of its shard's budget would evict the rest for itself.
+        if bytes > self.per_shard / 4 {
+            return;
+        }
+        let mut s = self.shard(since.shard);
+        if s.writes != since.writes {
+            return;
+        }
+        s.remove(subject);
+        s.map.insert(subject.to_owned(), view);
+        s.order.push_back(subject.to_owned());
+        s.bytes += bytes;
+        while s.bytes > self.per_shard {
+            let Some(old) = s.order.pop_front() else { break };
+            if let Some(v) = s.map.remove(&old) {
+                s.bytes -= v.bytes(&old);
+            }
+        }
+    }
+
+    /// Drops the subject's view (and refuses views of its shard read before now).
+    pub fn forget(&self, subject: &[u8]) {
+        let mut s = self.shard(Self::index(subject));
+        s.writes += 1;
+        if let Ok(subject) = std::str::from_utf8(subject) {
+            s.remove(subject);
+        }
+    }
+
+    /// Drops every view.
+    pub fn clear(&self) {
+        for i in 0..SHARDS {
+            let mut s = self.shard(i);
+            s.writes += 1;
+            s.map.clear();
+            s.order.clear();
+            s.bytes = 0;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i).map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i).bytes).sum()
+    }
+}
+
+impl WriteObserver for SubjectViews {
+    fn subject_written(&self, space: Space, subject: &[u8]) {
+        // What a read looks at; the audit index and disclosures do not change what it finds.
+        if matches!(space, Space::Subjects | Space::Records | Space::Facts | Space::Erasures) {
+            self.forget(subject);
+        }
+    }
+
+    fn everything_written(&self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qoima_keys::{DekVersion, WrappedDek};
+
+    fn view(fields: usize, value_len: usize) -> Arc<SubjectView> {
+        let meta = SubjectMeta {
+            version: 1,
+            dek_version: DekVersion(1),
+            wrapped_dek: WrappedDek(vec![0; 66]),
+            seals: fields as u64,
+            created_at: 0,
+            updated_at: 0,
+            categories: [("identity".to_owned(), fields as u32)].into(),
+        };
+        let records = (0..fields)
+            .map(|i| {
+                let name = FieldName::parse(&format!("identity.f{i}")).unwrap();
+                (name, Record { version: 1, written_at: 0, ciphertext: vec![7; value_len] })
+            })
+            .collect();
+        Arc::new(SubjectView { meta, facts: SubjectFacts::default(), records })
+    }
+
+    #[test]
+    fn a_write_told_of_drops_the_view_and_refuses_one_read_before_it() {
+        let views = SubjectViews::new(64 << 20);
+        let since = views.since("a");
+        views.insert("a", since, view(2, 10));
+        assert!(views.get("a").is_some());
+        // A write to the subject's entry drops its view...
+        views.subject_written(Space::Subjects, b"a");
+        assert!(views.get("a").is_none());
+        // ...and a view read before that write is not kept, though read after the drop.
+        views.insert("a", since, view(2, 10));
+        assert!(views.get("a").is_none());
+        let fresh = views.since("a");
+        views.insert("a", fresh, view(2, 10));
+        assert!(views.get("a").is_some());
+        // Writes to what a read does not look at leave it.
+        views.subject_written(Space::AuditIndex, b"a");
+        views.subject_written(Space::Disclosures, b"a");
+        assert!(views.get("a").is_some());
+        for space in [Space::Records, Space::Facts, Space::Erasures] {
+            views.insert("a", views.since("a"), view(2, 10));
+            views.subject_written(space, b"a");
+            assert!(views.get("a").is_none(), "a write to {} keeps the view", space.name());
+        }
+        views.insert("a", views.since("a"), view(2, 10));
+        views.everything_written();
+        assert!(views.is_empty());
+        assert_eq!(views.bytes(), 0);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget() {
+        let budget = SHARDS * 8 * 1024;
+        let views = SubjectViews::new(budget);
+        for i in 0..10_000 {
+            let s = format!("s{i}");
+            views.insert(&s, views.since(&s), view(3, 100));
+        }
+        assert!(views.bytes() <= budget, "{} bytes over a budget of {budget}", views.bytes());
+        assert!(views.len() > 1_000, "evicted too much: {} left", views.len());
+        // Too large for a shard's share: not kept at all.
+        views.insert("big", views.since("big"), view(100, 1024));
+        assert!(views.get("big").is_none());
+        // Off.
+        let off = SubjectViews::new(0);
+        off.insert("a", off.since("a"), view(1, 1));
+        assert!(off.get("a").is_none());
+    }
+}
