@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Instructions per request (issue #6): the allocs bench's in-process router (a create and a
-# fetch, audit committer and RocksDB included; the kernel's work is not counted) run twice
-# under callgrind, with 100 and 1,100 requests of each kind; the difference divided by 1,000 is
-# what one create plus one fetch cost. Counts, unlike timings, barely move with the machine's
+# Instructions per request (issue #6): the allocs bench's in-process router (a create, a first
+# fetch of the subject and a second one that finds it in the subject cache; audit committer and
+# RocksDB included; the kernel's work is not counted) run twice under callgrind, with 100 and
+# 1,100 requests of each kind; the difference divided by 1,000 is what one create plus the two
+# fetches cost. Counts, unlike timings, barely move with the machine's
 # load, so this is the A/B that a shared, noisy machine can still answer.
 #
 #   benches/instructions.sh            # build (bench profile) and count
@@ -32,4 +33,4 @@ count() {
 }
 small=$(count 100)
 large=$(count 1100)
-echo "instructions per create + fetch (1 KiB, in-process router): $(((large - small) / 1000))"
+echo "instructions per create + fetch + cached fetch (1 KiB, in-process router): $(((large - small) / 1000))"

@@ -2,11 +2,11 @@
 
 use std::fmt;
 
-use ring::aead::{Aad as RingAad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad as RingAad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::digest;
 use zeroize::Zeroizing;
 
-use crate::envelope::{Aad, Envelope, Header, Kind, NONCE_LEN};
+use crate::envelope::{Aad, Envelope, Header, Kind, NONCE_LEN, TAG_LEN};
 use crate::kek::Generation;
 use crate::secret::Secret;
 use crate::{Error, FieldContext};
@@ -141,13 +141,20 @@ impl FieldCipher {
             });
         }
         let aad = field_aad(env.header_bytes, ctx);
-        let mut buf = Zeroizing::new(env.sealed.to_vec());
-        let len = self
-            .key
-            .open_in_place(Nonce::assume_unique_for_key(*env.nonce), RingAad::from(aad.as_slice()), buf.as_mut_slice())
-            .map_err(|_| Error::Decrypt)?
-            .len();
-        buf.truncate(len);
+        // The tag apart, so the buffer is the plaintext's exact size: a caller that keeps it
+        // as a boxed string does not reallocate it.
+        let (body, tag) = env.sealed.split_at(env.sealed.len() - TAG_LEN);
+        let tag = Tag::try_from(tag).map_err(|_| Error::Malformed("tag"))?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        self.key
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*env.nonce),
+                RingAad::from(aad.as_slice()),
+                tag,
+                buf.as_mut_slice(),
+                0..,
+            )
+            .map_err(|_| Error::Decrypt)?;
         Ok(buf)
     }
 }

@@ -521,7 +521,7 @@ impl Vault {
         let mut out = BTreeMap::new();
         for (f, r) in records {
             let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
-            out.insert(f.to_string(), keep(plain)?);
+            out.insert(f.as_str().to_owned(), keep(plain)?);
         }
         Ok(out)
     }
