@@ -668,7 +668,12 @@ impl Vault {
                 }
                 let records = self.load_records_in(tier, s, None, |_| true)?;
                 let view = Arc::new(SubjectView { meta, facts, records });
-                self.views.insert(s, since, view.clone());
+                // Kept only if RocksDB had it in memory (a read of the memory tier got this
+                // far): its block cache decides what is hot, so reads spread over a store far
+                // larger than the cache do not churn it, one view in and one out per read.
+                if tier == Tier::Memory {
+                    self.views.insert(s, since, view.clone());
+                }
                 view
             }
         };

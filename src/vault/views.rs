@@ -31,12 +31,27 @@ pub struct SubjectView {
 }
 
 impl SubjectView {
-    /// Roughly what the view holds in memory: its share of the cache's budget.
+    /// What the view holds in memory, its share of the cache's budget: the heap blocks of its
+    /// records, entry and facts with the allocator's rounding, and the cache's own keys.
     fn bytes(&self, subject: &str) -> usize {
-        let records: usize = self.records.iter().map(|(f, r)| f.as_str().len() + r.ciphertext.len() + 64).sum();
-        let categories: usize = self.meta.categories.keys().map(|c| c.len() + 40).sum();
-        let facts = 48 * (self.facts.contracts.len() + self.facts.consents.len());
-        2 * subject.len() + records + categories + facts + 256
+        use std::mem::size_of;
+        // A heap block costs its length and, on average, this much rounding and bookkeeping.
+        const BLOCK: usize = 16;
+        let records = self.records.len() * size_of::<(FieldName, Record)>()
+            + self.records.iter().map(|(f, r)| f.as_str().len() + r.ciphertext.len() + 2 * BLOCK).sum::<usize>();
+        // A B-tree's nodes are at least half full: twice the entries' size covers them.
+        let categories = self.meta.categories.keys().map(|c| 2 * size_of::<(String, u32)>() + c.len() + BLOCK).sum::<usize>();
+        let facts = self
+            .facts
+            .contracts
+            .iter()
+            .map(|(c, _)| size_of::<(crate::domain::ContractId, crate::policy::ContractStatus)>() + c.as_str().len() + BLOCK)
+            .sum::<usize>()
+            + self.facts.consents.iter().map(|c| size_of::<crate::policy::ConsentFact>() + c.purpose.as_str().len() + BLOCK).sum::<usize>();
+        // The view itself (in its `Arc`), the wrapped DEK, and the subject's name twice (the
+        // map's key and the eviction order's) with the map's slot.
+        let entry = size_of::<SubjectView>() + self.meta.wrapped_dek.0.len() + 2 * (size_of::<String>() + subject.len() + BLOCK) + 64;
+        records + categories + facts + entry + 5 * BLOCK
     }
 }
 
