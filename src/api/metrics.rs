@@ -136,8 +136,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
             ("qoima_dek_cache_hits_total", "counter", "DEK cache hits.", load(&v.cache().hits)),
             ("qoima_dek_cache_misses_total", "counter", "DEK cache misses (unwraps).", load(&v.cache().misses)),
             ("qoima_dek_cache_entries", "gauge", "Unwrapped DEKs held in memory.", v.cache().len() as u64),
-            ("qoima_subject_cache_hits_total", "counter", "Reads that found the subject in the subject cache.", load(&v.subject_views().hits)),
-            ("qoima_subject_cache_misses_total", "counter", "Reads that looked the subject up in the store.", load(&v.subject_views().misses)),
+            ("qoima_subject_cache_hits_total", "counter", "Subject lookups of reads answered from the subject cache (a read tried in memory first and then on a blocking thread looks up twice).", load(&v.subject_views().hits)),
+            ("qoima_subject_cache_misses_total", "counter", "Subject lookups of reads that went to the store.", load(&v.subject_views().misses)),
             ("qoima_subject_cache_entries", "gauge", "Subjects held in the subject cache.", v.subject_views().len() as u64),
             ("qoima_subject_cache_bytes", "gauge", "Bytes the subject cache accounts for (sealed records, entries, facts).", v.subject_views().bytes() as u64),
         ] {

@@ -63,11 +63,21 @@ pub struct Since {
     writes: u64,
 }
 
+struct Entry {
+    view: Arc<SubjectView>,
+    bytes: usize,
+    /// Which of the subject's slots in the eviction order is this entry's.
+    seq: u64,
+}
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<String, Arc<SubjectView>>,
-    /// Insertion order, for first-in first-out eviction.
-    order: VecDeque<String>,
+    map: HashMap<String, Entry>,
+    /// Insertion order, for first-in first-out eviction. A slot whose entry has gone (dropped
+    /// by a write, or replaced) stays until eviction or compaction skips it: a write drops a
+    /// view in constant time, on the audit committer's thread.
+    order: VecDeque<(u64, String)>,
+    next_seq: u64,
     bytes: usize,
     /// Writes told of so far (see [`Since`]).
     writes: u64,
@@ -75,9 +85,20 @@ struct Shard {
 
 impl Shard {
     fn remove(&mut self, subject: &str) {
-        if let Some(v) = self.map.remove(subject) {
-            self.bytes -= v.bytes(subject);
-            self.order.retain(|k| k != subject);
+        if let Some(e) = self.map.remove(subject) {
+            self.bytes -= e.bytes;
+        }
+    }
+
+    fn holds(&self, seq: u64, subject: &str) -> bool {
+        self.map.get(subject).is_some_and(|e| e.seq == seq)
+    }
+
+    /// Drops stale slots once they outnumber the live ones (amortised constant time).
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.order.retain(|(seq, k)| map.get(k).is_some_and(|e| e.seq == *seq));
         }
     }
 }
@@ -121,7 +142,7 @@ impl SubjectViews {
         if self.per_shard == 0 {
             return None;
         }
-        let found = self.shard(Self::index(subject.as_bytes())).map.get(subject).cloned();
+        let found = self.shard(Self::index(subject.as_bytes())).map.get(subject).map(|e| e.view.clone());
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -146,15 +167,18 @@ impl SubjectViews {
             return;
         }
         s.remove(subject);
-        s.map.insert(subject.to_owned(), view);
-        s.order.push_back(subject.to_owned());
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.map.insert(subject.to_owned(), Entry { view, bytes, seq });
+        s.order.push_back((seq, subject.to_owned()));
         s.bytes += bytes;
         while s.bytes > self.per_shard {
-            let Some(old) = s.order.pop_front() else { break };
-            if let Some(v) = s.map.remove(&old) {
-                s.bytes -= v.bytes(&old);
+            let Some((seq, old)) = s.order.pop_front() else { break };
+            if s.holds(seq, &old) {
+                s.remove(&old);
             }
         }
+        s.compact_order();
     }
 
     /// Drops the subject's view (and refuses views of its shard read before now).
@@ -270,6 +294,16 @@ mod tests {
         // Too large for a shard's share: not kept at all.
         views.insert("big", views.since("big"), view(100, 1024));
         assert!(views.get("big").is_none());
+        // Views dropped by writes and read again leave no pile of stale slots behind.
+        let small = SubjectViews::new(64 << 20);
+        for _ in 0..1_000 {
+            small.insert("hot", small.since("hot"), view(3, 100));
+            small.forget(b"hot");
+        }
+        small.insert("hot", small.since("hot"), view(3, 100));
+        let slots: usize = (0..SHARDS).map(|i| small.shard(i).order.len()).sum();
+        assert!(slots <= 2 + 16, "{slots} eviction slots for one view");
+        assert!(small.get("hot").is_some());
         // Off.
         let off = SubjectViews::new(0);
         off.insert("a", off.since("a"), view(1, 1));
