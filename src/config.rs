@@ -591,6 +591,17 @@ purposes     = ["loan_issuance"]
     }
 
     #[test]
+    fn the_subject_cache_size() {
+        assert_eq!(parse(GOOD).unwrap().vault_settings().subject_cache_bytes, 32 << 20);
+        let off = GOOD.to_string() + "\n[cache]\nsubjects_mib = 0\n";
+        assert_eq!(parse(&off).unwrap().vault_settings().subject_cache_bytes, 0);
+        let huge = GOOD.to_string() + "\n[cache]\nsubjects_mib = 20000\n";
+        assert!(parse(&huge).unwrap_err().to_string().contains("cache.subjects_mib must be at most 16384"));
+        let unknown = GOOD.to_string() + "\n[cache]\nsubjects = 1\n";
+        assert!(parse(&unknown).is_err(), "an unknown cache key is refused");
+    }
+
+    #[test]
     fn a_caller_read_limit() {
         assert!(parse(GOOD).unwrap().vault_settings().max_reads_per_minute.is_empty());
         let limited = GOOD.to_string() + "max_reads_per_minute = 600\n";

@@ -86,17 +86,17 @@ impl Space {
     }
 
     /// Whether every key of this space belongs to one subject ([`Space::subject_of`]).
-    pub fn holds_subjects(self) -> bool {
+    fn holds_subjects(self) -> bool {
         matches!(self, Space::Subjects | Space::Erasures) || self.keyed_by_subject()
     }
 
     /// The subject a key of this space belongs to: the whole key of the subjects' and
     /// erasures' spaces, the part before the first NUL in the spaces keyed by subject, and
     /// nothing (empty) in the others.
-    pub fn subject_of(self, key: &[u8]) -> &[u8] {
+    fn subject_of(self, key: &[u8]) -> &[u8] {
         match self {
             Space::Subjects | Space::Erasures => key,
-            s if s.keyed_by_subject() => key.iter().position(|b| *b == 0).map_or(key, |i| &key[..i]),
+            s if s.keyed_by_subject() => subject_prefix_of(key).strip_suffix(&[0]).unwrap_or(key),
             _ => &[],
         }
     }

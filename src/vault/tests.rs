@@ -339,3 +339,32 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     assert!(v.subject_views().is_empty(), "the erased subject's sealed records are still in memory");
     v.close();
 }
+
+/// A subject with more fields than a view holds is read field by field and never cached; its
+/// reads still see exactly what the purpose and the request let out.
+#[test]
+fn a_subject_too_large_for_a_view_is_read_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+    let mut settings = Settings::new(dir.path().join("data"));
+    settings.schema.categories.get_mut("questionnaire").unwrap().open = Some(crate::schema::FieldType::Text);
+    // Room enough that the budget is not what keeps the view out.
+    settings.subject_cache_bytes = 1 << 30;
+    let v = Vault::open(settings, root, Arc::new(SystemClock), Arc::default()).unwrap();
+    let c = ctx(Role::Service);
+    let a = SubjectId::parse("a").unwrap();
+    let mut fields = full_name("N");
+    for i in 0..300 {
+        fields.insert(format!("questionnaire.q{i}"), json!(format!("answer {i}")));
+    }
+    v.put_fields(&c, &a, &fields).unwrap();
+    let all = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
+    assert_eq!(all.len(), fields.len());
+    assert_eq!(all["questionnaire.q299"].json(), "\"answer 299\"");
+    let asked = ["questionnaire.q7".to_string(), "identity.full_name".to_string()];
+    let some = v.read(&c, &a, "loan_issuance", Some(&asked)).unwrap();
+    assert_eq!(some.keys().map(String::as_str).collect::<Vec<_>>(), ["identity.full_name", "questionnaire.q7"]);
+    assert!(v.subject_views().is_empty(), "a view of {} fields was kept", fields.len());
+    v.close();
+}
