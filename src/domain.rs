@@ -113,10 +113,7 @@ pub struct FieldName {
 
 impl FieldName {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        match s.split_once('.') {
-            Some((c, n)) if is_snake(c) && is_snake(n) => Ok(Self { text: s.to_owned(), dot: c.len() }),
-            _ => Err(InvalidId { what: "field name", rule: "category.name, both ^[a-z][a-z0-9_]{0,63}$" }),
-        }
+        FieldRef::parse(s).map(FieldRef::to_owned)
     }
 
     pub fn as_str(&self) -> &str {
@@ -133,6 +130,53 @@ impl FieldName {
 
     pub fn into_string(self) -> String {
         self.text
+    }
+
+    /// The name borrowed, for what only looks at it (the policy, the decryption).
+    pub fn borrowed(&self) -> FieldRef<'_> {
+        FieldRef { text: &self.text, dot: self.dot }
+    }
+}
+
+/// A [`FieldName`] borrowed from where it is kept: the subject cache packs its records' names
+/// into one buffer instead of a `FieldName` each.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldRef<'a> {
+    text: &'a str,
+    dot: usize,
+}
+
+impl<'a> FieldRef<'a> {
+    /// [`FieldName::parse`] without a copy of the text.
+    pub fn parse(s: &'a str) -> Result<Self, InvalidId> {
+        match s.split_once('.') {
+            Some((c, n)) if is_snake(c) && is_snake(n) => Ok(Self { text: s, dot: c.len() }),
+            _ => Err(InvalidId { what: "field name", rule: "category.name, both ^[a-z][a-z0-9_]{0,63}$" }),
+        }
+    }
+
+    /// The text of a name parsed before (a [`FieldName::borrowed`] kept as text). Only the
+    /// shape of such a text is trusted, not checked again: a text without a dot is all category.
+    pub(crate) fn of_parsed(text: &'a str) -> Self {
+        Self { text, dot: text.find('.').unwrap_or(text.len()) }
+    }
+
+    pub fn as_str(self) -> &'a str {
+        self.text
+    }
+
+    pub fn category(self) -> &'a str {
+        &self.text[..self.dot]
+    }
+
+    pub fn to_owned(self) -> FieldName {
+        FieldName { text: self.text.to_owned(), dot: self.dot }
+    }
+}
+
+impl fmt::Debug for FieldRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FieldRef({:?})", self.text)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::{CallerName, ContractId, FieldName, Purpose, Role};
+use crate::domain::{CallerName, ContractId, FieldRef, Purpose, Role};
 use crate::schema::Schema;
 
 /// The legal basis a purpose needs (design §4, policy clauses P9–P10).
@@ -35,7 +35,7 @@ pub struct PurposeDef {
 }
 
 impl PurposeDef {
-    pub fn allows(&self, field: &FieldName) -> bool {
+    pub fn allows(&self, field: FieldRef<'_>) -> bool {
         self.fields.iter().any(|p| Schema::pattern_matches(p, field))
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::macros::format_description;
 
-use crate::domain::{push_json_str, FieldName};
+use crate::domain::{push_json_str, FieldName, FieldRef};
 
 /// The type of a field's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,7 +192,7 @@ impl Schema {
     }
 
     /// Whether a field pattern (`category.name` or `category.*`) matches `field`.
-    pub fn pattern_matches(pattern: &str, field: &FieldName) -> bool {
+    pub fn pattern_matches(pattern: &str, field: FieldRef<'_>) -> bool {
         match pattern.strip_suffix(".*") {
             Some(cat) => field.category() == cat,
             None => pattern == field.as_str(),
@@ -429,9 +429,9 @@ mod tests {
 
     #[test]
     fn patterns_and_mandatory() {
-        assert!(Schema::pattern_matches("identity.*", &f("identity.iin")));
-        assert!(!Schema::pattern_matches("identity.*", &f("contract.amount")));
-        assert!(Schema::pattern_matches("identity.phone", &f("identity.phone")));
+        assert!(Schema::pattern_matches("identity.*", f("identity.iin").borrowed()));
+        assert!(!Schema::pattern_matches("identity.*", f("contract.amount").borrowed()));
+        assert!(Schema::pattern_matches("identity.phone", f("identity.phone").borrowed()));
         let s = Schema::default();
         assert!(s.pattern_is_known("contract.*") && s.pattern_is_known("identity.email"));
         assert!(!s.pattern_is_known("identity.nope") && !s.pattern_is_known("nope.*"));

@@ -118,12 +118,17 @@ impl Record {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        let (version, ciphertext) = Self::decode_parts(b)?;
+        let written_at = i64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+        Ok(Self { version, written_at, ciphertext: ciphertext.to_vec() })
+    }
+
+    /// What opening a stored record takes, its version and ciphertext, borrowed from `b`.
+    pub fn decode_parts(b: &[u8]) -> Result<(u64, &[u8]), StoreError> {
         if b.len() < 16 {
             return Err(corrupt("records", "record"));
         }
-        let version = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-        let written_at = i64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
-        Ok(Self { version, written_at, ciphertext: b[16..].to_vec() })
+        Ok((u64::from_be_bytes(b[..8].try_into().expect("8 bytes")), &b[16..]))
     }
 }
 

@@ -12,10 +12,10 @@ use time::OffsetDateTime;
 
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, Record, SubjectMeta};
 use super::keyring::{dek_count_key, wrap_count_key};
-use super::views::SubjectView;
+use super::views::{SealedRecords, SealedRef, SubjectView};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, Decision};
-use crate::domain::{random_hex, FieldName, Purpose, SubjectId};
+use crate::domain::{random_hex, FieldName, FieldRef, Purpose, SubjectId};
 use crate::policy::{self, Action, Denial, DisclosureBasis};
 use crate::store::{subject_key, subject_prefix, Batch, Space, Tier};
 
@@ -124,13 +124,13 @@ pub(super) struct ReadRecords {
 }
 
 impl ReadRecords {
-    fn new(view: Arc<SubjectView>, wanted: impl Fn(&FieldName) -> bool) -> Self {
-        let chosen = view.records.iter().enumerate().filter(|(_, (f, _))| wanted(f)).map(|(i, _)| i).collect();
+    fn new(view: Arc<SubjectView>, wanted: impl Fn(FieldRef<'_>) -> bool) -> Self {
+        let chosen = view.records.iter().enumerate().filter(|(_, r)| wanted(r.field)).map(|(i, _)| i).collect();
         Self { view, chosen }
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &(FieldName, Record)> {
-        self.chosen.iter().map(|i| &self.view.records[*i])
+    pub(super) fn iter(&self) -> impl Iterator<Item = SealedRef<'_>> {
+        self.chosen.iter().map(|i| self.view.records.get(*i))
     }
 }
 
@@ -487,13 +487,32 @@ impl Vault {
         Ok(out)
     }
 
+    /// Every record of `s`, packed as the subject cache keeps them, straight from the scan.
+    fn load_sealed_in(&self, tier: Tier, s: &str, fields: usize) -> Result<SealedRecords, VaultError> {
+        let mut out = SealedRecords::builder(fields);
+        let mut err = None;
+        self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
+            let name = std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldRef::parse(n).ok());
+            match (name, Record::decode_parts(v)) {
+                (Some(f), Ok((version, ciphertext))) => out.push(f, version, ciphertext),
+                (_, Err(e)) => err = Some(e),
+                (None, _) => err = Some(crate::store::StoreError::Corrupt { space: "records", what: "field name" }),
+            }
+            err.is_none()
+        })?;
+        match err {
+            Some(e) => Err(e.into()),
+            None => out.build(),
+        }
+    }
+
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
     /// that no DEK is cached again after an erasure purged it).
     pub(super) fn decrypt<'r>(
         &self,
         s: &str,
         dek: &Dek,
-        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
+        records: impl IntoIterator<Item = SealedRef<'r>>,
     ) -> Result<FieldValues, VaultError> {
         self.decrypt_with(s, dek, records, |plain| serde_json::from_slice(&plain).map_err(|_| not_json()))
     }
@@ -503,7 +522,7 @@ impl Vault {
         &self,
         s: &str,
         dek: &Dek,
-        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
+        records: impl IntoIterator<Item = SealedRef<'r>>,
     ) -> Result<FieldTexts, VaultError> {
         // The plaintext leaves its zeroizing buffer for the response either way, as a parsed
         // value did before.
@@ -514,14 +533,15 @@ impl Vault {
         &self,
         s: &str,
         dek: &Dek,
-        records: impl IntoIterator<Item = &'r (FieldName, Record)>,
+        records: impl IntoIterator<Item = SealedRef<'r>>,
         keep: impl Fn(zeroize::Zeroizing<Vec<u8>>) -> Result<T, VaultError>,
     ) -> Result<BTreeMap<String, T>, VaultError> {
         let cipher = dek.cipher();
         let mut out = BTreeMap::new();
-        for (f, r) in records {
-            let plain = cipher.open(&FieldContext { subject: s, field: f.as_str(), record_version: r.version }, &r.ciphertext)?;
-            out.insert(f.as_str().to_owned(), keep(plain)?);
+        for r in records {
+            let field = r.field.as_str();
+            let plain = cipher.open(&FieldContext { subject: s, field, record_version: r.version }, r.ciphertext)?;
+            out.insert(field.to_owned(), keep(plain)?);
         }
         Ok(out)
     }
@@ -666,7 +686,7 @@ impl Vault {
                     // Too many records to load them all for a few: only what this read may see.
                     return self.read_uncached(tier, ctx, s, purpose, requested, meta, facts);
                 }
-                let records = self.load_records_in(tier, s, None, |_| true)?;
+                let records = self.load_sealed_in(tier, s, fields as usize)?;
                 let view = Arc::new(SubjectView { meta, facts, records });
                 // Kept only if RocksDB had it in memory (a read of the memory tier got this
                 // far): its block cache decides what is hot, so reads spread over a store far
@@ -682,7 +702,7 @@ impl Vault {
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
         let dek = self.dek(s, &view.meta)?;
-        let records = ReadRecords::new(view, |f| purpose.allows(f) && requested.is_none_or(|r| r.contains(f)));
+        let records = ReadRecords::new(view, |f| purpose.allows(f) && requested.is_none_or(|r| r.iter().any(|r| r.borrowed() == f)));
         Ok(ReadLookup::Allowed { dek, records, grant })
     }
 
@@ -703,7 +723,8 @@ impl Vault {
             Ok(g) => g,
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
-        let records = self.load_records_in(tier, s, requested, |f| purpose.allows(f))?;
+        let records =
+            SealedRecords::pack(self.load_records_in(tier, s, requested, |f| purpose.allows(f.borrowed()))?.iter().map(SealedRef::from))?;
         let dek = self.dek(s, &meta)?;
         let records = ReadRecords::new(Arc::new(SubjectView { meta, facts, records }), |_| true);
         Ok(ReadLookup::Allowed { dek, records, grant })
@@ -733,7 +754,7 @@ impl Vault {
         if !ctx.caller.purposes.contains(&purpose.name) {
             return Err(self.refuse(ctx, Action::Disclose, Some(s), p, names, Denial::PurposeNotGranted(purpose.name.clone()).into()));
         }
-        let not_allowed: Vec<String> = fields.iter().filter(|f| !purpose.allows(f)).map(|f| f.to_string()).collect();
+        let not_allowed: Vec<String> = fields.iter().filter(|f| !purpose.allows(f.borrowed())).map(|f| f.to_string()).collect();
         if !not_allowed.is_empty() {
             let d = Denial::BasisMissing {
                 purpose: purpose.name.clone(),
@@ -752,7 +773,7 @@ impl Vault {
             let records = self.load_records(s, Some(&fields), |_| true)?;
             (self.dek(s, &meta)?, records, grant)
         };
-        let values = self.decrypt(s, &dek, &records)?;
+        let values = self.decrypt(s, &dek, records.iter().map(SealedRef::from))?;
         let record = DisclosureRecord {
             id: format!("dis_{}", random_hex::<8>()),
             recipient: recipient.to_owned(),
@@ -794,7 +815,7 @@ impl Vault {
             let dek = self.dek(s, &meta)?;
             (meta, dek, records, contracts, consents, disclosures, self.erasure(s)?)
         };
-        let fields = self.decrypt(s, &dek, &records)?;
+        let fields = self.decrypt(s, &dek, records.iter().map(SealedRef::from))?;
         let access = self.access_summary(s)?;
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;
