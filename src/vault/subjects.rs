@@ -299,7 +299,15 @@ impl Vault {
     ) -> Result<WritePlan, VaultError> {
         let now = self.clock.now();
         let mut batch = Batch::default();
-        let (mut meta, mut dek, created) = match (self.erasure_in(tier, s)?, self.meta_in(tier, s)?) {
+        // A cached view is the subject as stored (the caller holds its lock, as every writer
+        // does until its write is applied and the view dropped): a live subject, its entry and
+        // which records it has, without the store's lookups.
+        let view = self.views.peek(s);
+        let looked_up = match &view {
+            Some(v) => (None, Some(v.meta.clone())),
+            None => (self.erasure_in(tier, s)?, self.meta_in(tier, s)?),
+        };
+        let (mut meta, mut dek, created) = match looked_up {
             (Some(e), _) if e.status == super::ErasureStatus::Erased => {
                 return Ok(WritePlan::Refused { err: VaultError::Erased { subject: e.subject, receipt: e.receipt }, names });
             }
@@ -321,14 +329,18 @@ impl Vault {
         let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
         // A subject without an entry has no records (they go with it, in the same batch), so a
         // new one needs no lookups.
-        let existing = if created { None } else { Some(self.store.get_many_in(tier, Space::Records, &keys)?) };
+        let stored: Vec<bool> = match &view {
+            _ if created => vec![false; fields.len()],
+            Some(v) => fields.iter().map(|(f, _)| v.records.contains(f.as_str())).collect(),
+            None => self.store.get_many_in(tier, Space::Records, &keys)?.iter().map(Option::is_some).collect(),
+        };
         let cipher = dek.cipher();
         let mut sealer = cipher.sealer(fields.len())?;
         for (i, ((f, bytes), key)) in fields.iter().zip(keys).enumerate() {
             let ctx = FieldContext { subject: s, field: f.as_str(), record_version: version };
             let record = Record::encode_sealed(version, now.unix_timestamp(), bytes.len(), |out| sealer.seal_into(&ctx, bytes, out))?;
             batch.put(Space::Records, key, record);
-            if existing.as_ref().is_none_or(|e| e[i].is_none()) {
+            if !stored[i] {
                 *meta.categories.entry(f.category().to_owned()).or_default() += 1;
             }
             if let Some(days) = self.settings.schema.category(f.category()).and_then(|c| c.retention_days) {
@@ -340,7 +352,10 @@ impl Vault {
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
-        let missing_mandatory = self.missing_mandatory(tier, (!created).then_some(s), &names)?;
+        let missing_mandatory = match &view {
+            Some(v) => self.missing_mandatory_of(&names, |f| v.records.contains(f)),
+            None => self.missing_mandatory(tier, (!created).then_some(s), &names)?,
+        };
         let reason = if created { "subject created" } else { "fields written" };
         // The names move into the entry: no copy of them per write.
         let draft = self.draft(ctx, action, Some(s), reason).fields(names);
@@ -429,6 +444,11 @@ impl Vault {
 
     /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
     /// with no records yet).
+    /// [`Vault::missing_mandatory`] of a subject whose stored fields `stored` tells.
+    fn missing_mandatory_of(&self, writing: &[String], stored: impl Fn(&str) -> bool) -> Vec<String> {
+        self.mandatory.iter().filter(|f| !writing.iter().any(|w| w == f.as_str()) && !stored(f.as_str())).map(|f| f.to_string()).collect()
+    }
+
     fn missing_mandatory(&self, tier: Tier, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
         let mandatory: Vec<&FieldName> = self.mandatory.iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
         let Some(s) = stored else {

@@ -368,3 +368,45 @@ fn a_subject_too_large_for_a_view_is_read_without_one() {
     assert!(v.subject_views().is_empty(), "a view of {} fields was kept", fields.len());
     v.close();
 }
+
+/// A write to a cached subject plans from its view (no store lookups): what it reports and
+/// stores must be what the same write planned from the store gives.
+#[test]
+fn a_write_planned_from_a_cached_view_matches_one_planned_from_the_store() {
+    let run = |cache_bytes: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+        let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+        let mut settings = Settings::new(dir.path().join("data"));
+        settings.subject_cache_bytes = cache_bytes;
+        let v = Vault::open(settings, root, Arc::new(SystemClock), Arc::default()).unwrap();
+        let c = ctx(Role::Service);
+        let a = SubjectId::parse("a").unwrap();
+        let first: BTreeMap<String, serde_json::Value> = [
+            ("identity.full_name".into(), json!("N")),
+            ("identity.iin".into(), json!("900101300017")),
+            ("questionnaire.employer".into(), json!("E")),
+        ]
+        .into();
+        v.put_fields(&c, &a, &first).unwrap();
+        read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
+        assert_eq!(v.subject_views().len(), usize::from(cache_bytes > 0), "the read's view");
+        // One field stored before, one new; a mandatory one stored before, others missing.
+        let second: BTreeMap<String, serde_json::Value> =
+            [("identity.full_name".into(), json!("M")), ("identity.email".into(), json!("m@example.kz"))].into();
+        let pending = v.try_put_now(&c, &a, &second).expect("in memory, allowed");
+        let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap();
+        let meta = v.meta_in(Tier::Any, "a").unwrap().unwrap();
+        let read = v.read(&c, &a, "loan_issuance", None).unwrap();
+        let values: Vec<(String, String)> = read.iter().map(|(k, t)| (k.clone(), t.json().to_owned())).collect();
+        v.close();
+        (outcome, meta.categories, meta.version, values)
+    };
+    let (cached, uncached) = (run(1 << 20), run(0));
+    assert_eq!(cached, uncached);
+    let (outcome, categories, version, _) = cached;
+    assert!(!outcome.created);
+    assert_eq!(outcome.missing_mandatory, ["identity.birth_date", "identity.phone", "questionnaire.monthly_income"]);
+    assert_eq!(categories, [("identity".to_string(), 3), ("questionnaire".to_string(), 1)].into());
+    assert_eq!(version, 2);
+}

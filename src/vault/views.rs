@@ -118,6 +118,20 @@ impl SealedRecords {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// Whether a record of `field` is here (records are in key order, i.e. by name).
+    pub fn contains(&self, field: &str) -> bool {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.get(mid).field.as_str().cmp(field) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+
     /// The heap the records take: the buffer and the table.
     fn heap_bytes(&self) -> usize {
         self.bytes.len() + std::mem::size_of_val(&*self.items)
@@ -247,13 +261,27 @@ impl SubjectViews {
 
     /// The subject's view, if cached.
     pub fn get(&self, subject: &str) -> Option<Arc<SubjectView>> {
-        if self.per_shard == 0 {
+        if self.capacity_is_zero() {
             return None;
         }
         let found = self.shard(Self::index(subject.as_bytes())).map.get(subject).map(|e| e.view.clone());
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// The subject's view, if cached, without counting a lookup (for writers, which hold the
+    /// subject's lock: under it a view is what the store holds, as every write of the subject
+    /// holds it too and drops the view once applied).
+    pub fn peek(&self, subject: &str) -> Option<Arc<SubjectView>> {
+        if self.capacity_is_zero() {
+            return None;
+        }
+        self.shard(Self::index(subject.as_bytes())).map.get(subject).map(|e| e.view.clone())
+    }
+
+    fn capacity_is_zero(&self) -> bool {
+        self.per_shard == 0
     }
 
     /// Notes where things stand, before reading the subject from the store.
@@ -350,12 +378,14 @@ mod tests {
             updated_at: 0,
             categories: [("identity".to_owned(), fields as u32)].into(),
         };
-        let records: Vec<(FieldName, Record)> = (0..fields)
+        let mut records: Vec<(FieldName, Record)> = (0..fields)
             .map(|i| {
                 let name = FieldName::parse(&format!("identity.f{i}")).unwrap();
                 (name, Record { version: 1, written_at: 0, ciphertext: vec![7; value_len] })
             })
             .collect();
+        // In key order, as the store's scan finds them.
+        records.sort_by(|a, b| a.0.cmp(&b.0));
         let records = SealedRecords::pack(records.iter().map(SealedRef::from)).unwrap();
         Arc::new(SubjectView { meta, facts: SubjectFacts::default(), records })
     }
@@ -398,8 +428,10 @@ mod tests {
         let sealed: usize = v.records.iter().map(|r| r.field.as_str().len() + r.ciphertext.len()).sum();
         let bytes = v.bytes("subject-0001");
         assert!(bytes < sealed + 1024, "{bytes} bytes for {sealed} of names and ciphertexts");
-        let r = v.records.get(3);
+        let r = v.records.get(5);
         assert_eq!((r.field.as_str(), r.field.category(), r.version, r.ciphertext), ("identity.f3", "identity", 1, &[7u8; 121][..]));
+        assert!((0..12).all(|i| v.records.contains(&format!("identity.f{i}"))));
+        assert!(!v.records.contains("identity.f12") && !v.records.contains("identity.f") && !v.records.contains("a.b"));
     }
 
     #[test]
