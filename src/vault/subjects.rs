@@ -17,7 +17,7 @@ use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, Decision};
 use crate::domain::{random_hex, FieldName, FieldRef, Purpose, SubjectId};
 use crate::policy::{self, Action, Denial, DisclosureBasis};
-use crate::store::{subject_key, subject_prefix, Batch, Space, Tier};
+use crate::store::{subject_key, subject_prefix, Batch, Space, StoreError, Tier};
 
 /// Decrypted field values by name. Built only after the read's audit entry is durable.
 pub type FieldValues = BTreeMap<String, Value>;
@@ -442,13 +442,13 @@ impl Vault {
         Ok(meta.dek_version.0)
     }
 
-    /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
-    /// with no records yet).
     /// [`Vault::missing_mandatory`] of a subject whose stored fields `stored` tells.
     fn missing_mandatory_of(&self, writing: &[String], stored: impl Fn(&str) -> bool) -> Vec<String> {
         self.mandatory.iter().filter(|f| !writing.iter().any(|w| w == f.as_str()) && !stored(f.as_str())).map(|f| f.to_string()).collect()
     }
 
+    /// Mandatory fields (P2) neither being written nor stored for `stored` (`None`: a subject
+    /// with no records yet).
     fn missing_mandatory(&self, tier: Tier, stored: Option<&str>, writing: &[String]) -> Result<Vec<String>, VaultError> {
         let mandatory: Vec<&FieldName> = self.mandatory.iter().filter(|f| !writing.iter().any(|w| w == f.as_str())).collect();
         let Some(s) = stored else {
@@ -464,7 +464,7 @@ impl Vault {
         &self,
         s: &str,
         names: Option<&[FieldName]>,
-        keep: impl Fn(&FieldName) -> bool,
+        keep: impl Fn(FieldRef<'_>) -> bool,
     ) -> Result<Vec<(FieldName, Record)>, VaultError> {
         self.load_records_in(Tier::Any, s, names, keep)
     }
@@ -474,12 +474,12 @@ impl Vault {
         tier: Tier,
         s: &str,
         names: Option<&[FieldName]>,
-        keep: impl Fn(&FieldName) -> bool,
+        keep: impl Fn(FieldRef<'_>) -> bool,
     ) -> Result<Vec<(FieldName, Record)>, VaultError> {
         let mut out = Vec::new();
         match names {
             Some(names) => {
-                let names: Vec<&FieldName> = names.iter().filter(|f| keep(f)).collect();
+                let names: Vec<&FieldName> = names.iter().filter(|f| keep(f.borrowed())).collect();
                 let keys: Vec<Vec<u8>> = names.iter().map(|f| subject_key(s, f.as_str())).collect();
                 for (f, v) in names.into_iter().zip(self.store.get_many_in(tier, Space::Records, &keys)?) {
                     if let Some(v) = v {
@@ -487,22 +487,12 @@ impl Vault {
                     }
                 }
             }
-            None => {
-                let mut err = None;
-                self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
-                    let name = std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldName::parse(n).ok());
-                    match (name, Record::decode(v)) {
-                        (Some(f), Ok(r)) if keep(&f) => out.push((f, r)),
-                        (Some(_), Ok(_)) => {}
-                        (_, Err(e)) => err = Some(e),
-                        (None, _) => err = Some(crate::store::StoreError::Corrupt { space: "records", what: "field name" }),
-                    }
-                    err.is_none()
-                })?;
-                if let Some(e) = err {
-                    return Err(e.into());
+            None => self.scan_records_in(tier, s, |f, v| {
+                if keep(f) {
+                    out.push((f.to_owned(), Record::decode(v)?));
                 }
-            }
+                Ok(())
+            })?,
         }
         Ok(out)
     }
@@ -510,20 +500,31 @@ impl Vault {
     /// Every record of `s`, packed as the subject cache keeps them, straight from the scan.
     fn load_sealed_in(&self, tier: Tier, s: &str, fields: usize) -> Result<SealedRecords, VaultError> {
         let mut out = SealedRecords::builder(fields);
-        let mut err = None;
-        self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
-            let name = std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldRef::parse(n).ok());
-            match (name, Record::decode_parts(v)) {
-                (Some(f), Ok((version, ciphertext))) => out.push(f, version, ciphertext),
-                (_, Err(e)) => err = Some(e),
-                (None, _) => err = Some(crate::store::StoreError::Corrupt { space: "records", what: "field name" }),
-            }
-            err.is_none()
+        self.scan_records_in(tier, s, |f, v| {
+            let (version, ciphertext) = Record::decode_parts(v)?;
+            out.push(f, version, ciphertext);
+            Ok(())
         })?;
-        match err {
-            Some(e) => Err(e.into()),
-            None => out.build(),
-        }
+        out.build()
+    }
+
+    /// Hands each stored record of `s`, in key order, to `each`: its name (checked) and its
+    /// stored value. The first error stops the scan and is returned.
+    fn scan_records_in(
+        &self,
+        tier: Tier,
+        s: &str,
+        mut each: impl FnMut(FieldRef<'_>, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), VaultError> {
+        let mut failed = None;
+        self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
+            let step = match std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldRef::parse(n).ok()) {
+                Some(f) => each(f, v),
+                None => Err(StoreError::Corrupt { space: "records", what: "field name" }),
+            };
+            step.map_err(|e| failed = Some(e)).is_ok()
+        })?;
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
@@ -743,8 +744,7 @@ impl Vault {
             Ok(g) => g,
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
-        let records =
-            SealedRecords::pack(self.load_records_in(tier, s, requested, |f| purpose.allows(f.borrowed()))?.iter().map(SealedRef::from))?;
+        let records = SealedRecords::pack(self.load_records_in(tier, s, requested, |f| purpose.allows(f))?.iter().map(SealedRef::from))?;
         let dek = self.dek(s, &meta)?;
         let records = ReadRecords::new(Arc::new(SubjectView { meta, facts, records }), |_| true);
         Ok(ReadLookup::Allowed { dek, records, grant })
