@@ -213,8 +213,16 @@ struct Job {
     hold: Option<Hold>,
 }
 
-/// Something the committer keeps until a job's batch is written (see [`AuditLog::try_submit`]).
-pub type Hold = Box<dyn Send>;
+/// Something the committer keeps until a job's batch is written or refused (see
+/// [`AuditLog::try_submit`]), then releases, saying which.
+pub type Hold = Box<dyn Release>;
+
+/// A [`Hold`]'s end: `applied` is whether its batch was written. Dropping it is the release.
+pub trait Release: Send {
+    fn release(self: Box<Self>, applied: bool) {
+        let _ = applied;
+    }
+}
 
 /// A commit handed to the committer; resolves once the group holding it is durable.
 pub struct PendingCommit(tokio::sync::oneshot::Receiver<Outcome>);
@@ -429,7 +437,9 @@ fn committer(
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
                     // Release first: whoever the reply wakes may write the same subject next.
-                    drop(job.hold);
+                    if let Some(hold) = job.hold {
+                        hold.release(true);
+                    }
                     job.reply.send(Ok(s));
                 }
             }
@@ -440,7 +450,9 @@ fn committer(
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
                 for job in group {
-                    drop(job.hold);
+                    if let Some(hold) = job.hold {
+                        hold.release(false);
+                    }
                     job.reply.send(Err(AuditError::Unavailable(e.to_string())));
                 }
             }

@@ -10,9 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::cache::OwnedSubjectLock;
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, Record, SubjectMeta};
 use super::keyring::{dek_count_key, wrap_count_key};
-use super::views::{SealedRecords, SealedRef, SubjectView};
+use super::views::{SealedRecords, SealedRef, SubjectView, SubjectViews};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, Decision};
 use crate::domain::{random_hex, FieldName, FieldRef, Purpose, SubjectId};
@@ -141,12 +142,36 @@ enum WritePlan {
         draft: audit::Draft,
         outcome: WriteOutcome,
         new_dek: Option<Arc<Dek>>,
+        /// A cached subject's view as this write leaves it.
+        next_view: Option<NextView>,
     },
     /// Erased or unknown: the blocking path records the refusal (with the names it was given).
-    Refused {
-        err: VaultError,
-        names: Vec<String>,
-    },
+    Refused { err: VaultError, names: Vec<String> },
+}
+
+/// The view of a cached subject as a planned write leaves it, to install once the write is
+/// applied, under the subject's lock (so the next read finds it instead of the store's scans).
+struct NextView {
+    /// [`SubjectViews::clears`] when the write was planned.
+    clears: u64,
+    view: Arc<SubjectView>,
+}
+
+/// What an async write has the audit committer keep until its batch is applied or refused:
+/// the subject's lock, and the view to install if applied, before the lock goes.
+struct WriteHold {
+    lock: OwnedSubjectLock,
+    next: Option<(Arc<SubjectViews>, String, NextView)>,
+}
+
+impl audit::Release for WriteHold {
+    fn release(self: Box<Self>, applied: bool) {
+        let WriteHold { lock, next } = *self;
+        if let (true, Some((views, subject, next))) = (applied, next) {
+            views.install(&subject, next.clears, next.view);
+        }
+        drop(lock);
+    }
 }
 
 /// The result of a write.
@@ -248,10 +273,13 @@ impl Vault {
         let _lock = self.locks.lock(s);
         match self.plan_write(Tier::Any, ctx, action, s, &fields, names, create)? {
             WritePlan::Refused { err, names } => Err(self.refuse(ctx, action, Some(s), None, names, err)),
-            WritePlan::Ready { batch, draft, outcome, new_dek } => {
+            WritePlan::Ready { batch, draft, outcome, new_dek, next_view } => {
                 self.audit.commit(vec![draft], batch)?;
                 if let Some(dek) = new_dek {
                     self.cache.insert(s, dek);
+                }
+                if let Some(next) = next_view {
+                    self.views.install(s, next.clears, next.view);
                 }
                 Ok(outcome)
             }
@@ -273,12 +301,13 @@ impl Vault {
         let s = subject.as_str();
         let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
         let lock = self.locks.try_lock_owned(s)?;
-        let WritePlan::Ready { batch, draft, outcome, .. } =
+        let WritePlan::Ready { batch, draft, outcome, next_view, .. } =
             self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, names, true).ok()?
         else {
             return None;
         };
-        let pending = self.audit.try_submit(vec![draft], batch, Some(Box::new(lock)))?;
+        let next = next_view.map(|n| (self.views.clone(), s.to_owned(), n));
+        let pending = self.audit.try_submit(vec![draft], batch, Some(Box::new(WriteHold { lock, next })))?;
         self.paths.writes.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: outcome, pending })
     }
@@ -302,6 +331,7 @@ impl Vault {
         // A cached view is the subject as stored (the caller holds its lock, as every writer
         // does until its write is applied and the view dropped): a live subject, its entry and
         // which records it has, without the store's lookups.
+        let clears = self.views.clears();
         let view = self.views.peek(s);
         let looked_up = match &view {
             Some(v) => (None, Some(v.meta.clone())),
@@ -321,9 +351,11 @@ impl Vault {
             }
             (_, None) => return Ok(WritePlan::Refused { err: VaultError::NotFound(format!("subject {s} not found")), names }),
         };
+        let mut rekeyed = false;
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
             // The DEK has sealed as much as NIST allows with random nonces: rotate it first.
             dek = self.reencrypt(tier, s, &mut meta, &mut batch)?;
+            rekeyed = true;
         }
         let version = meta.version + 1;
         let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
@@ -336,9 +368,17 @@ impl Vault {
         };
         let cipher = dek.cipher();
         let mut sealer = cipher.sealer(fields.len())?;
+        // The written records, for the view this write leaves (not when a new DEK resealed them
+        // all; and only in name order, as the view keeps them — a map's fields always are).
+        let in_order = fields.windows(2).all(|w| w[0].0 < w[1].0);
+        let mut written = view.as_ref().filter(|_| !rekeyed && in_order).map(|_| SealedRecords::builder(fields.len()));
         for (i, ((f, bytes), key)) in fields.iter().zip(keys).enumerate() {
             let ctx = FieldContext { subject: s, field: f.as_str(), record_version: version };
             let record = Record::encode_sealed(version, now.unix_timestamp(), bytes.len(), |out| sealer.seal_into(&ctx, bytes, out))?;
+            if let Some(w) = written.as_mut() {
+                let (version, ciphertext) = Record::decode_parts(&record)?;
+                w.push(f.borrowed(), version, ciphertext);
+            }
             batch.put(Space::Records, key, record);
             if !stored[i] {
                 *meta.categories.entry(f.category().to_owned()).or_default() += 1;
@@ -360,7 +400,14 @@ impl Vault {
         // The names move into the entry: no copy of them per write.
         let draft = self.draft(ctx, action, Some(s), reason).fields(names);
         let outcome = WriteOutcome { created, version, missing_mandatory };
-        Ok(WritePlan::Ready { batch, draft, outcome, new_dek: created.then_some(dek) })
+        let next_view = match (view, written) {
+            (Some(v), Some(w)) => {
+                let records = v.records.merged(&w.build()?)?;
+                Some(NextView { clears, view: Arc::new(SubjectView { meta, facts: v.facts.clone(), records }) })
+            }
+            _ => None,
+        };
+        Ok(WritePlan::Ready { batch, draft, outcome, new_dek: created.then_some(dek), next_view })
     }
 
     /// A fresh DEK for a new subject, wrapped by the active generation.

@@ -284,7 +284,8 @@ fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
 #[test]
 fn a_cached_subject_view_follows_every_write_of_its_subject() {
     let dir = tempfile::tempdir().unwrap();
-    let v = vault(dir.path(), Arc::default());
+    let faults = Arc::new(FaultSwitch::default());
+    let v = vault(dir.path(), faults.clone());
     let service = Ctx {
         caller: Arc::new(Caller {
             name: CallerName::parse("lender").unwrap(),
@@ -314,9 +315,29 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
     assert_eq!(v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1, "the second read used it");
 
-    // A field written again (on the async path too) and rectified.
+    // A field written again and rectified: each write leaves the view of what it wrote, so the
+    // next read finds it there.
+    let hits = || v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed);
     v.put_fields(&service, &a, &full_name("M")).unwrap();
+    let before = hits();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"M\"");
+    assert_eq!(hits(), before + 1, "the write left no view");
+    v.rectify(&ctx(Role::Website), &a, &full_name("R")).unwrap();
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
+    // On the async path too: the committer installs the view before it releases the lock.
+    assert_eq!(put_now(&v, &service, "a", "Q").map(|o| o.created), Some(false));
+    let before = hits();
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"Q\"");
+    assert_eq!(hits(), before + 1, "the async write left no view");
+    // A write that fails installs nothing: the reads find what is stored.
+    faults.set(true);
+    assert!(v.put_fields(&service, &a, &full_name("F")).is_err());
+    assert!(v
+        .try_put_now(&service, &a, &full_name("G"))
+        .is_some_and(|p| { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(p.durable()).is_err() }));
+    faults.set(false);
+    assert_eq!(name_for("loan_issuance").unwrap(), "\"Q\"");
+    assert_eq!(v.read(&service, &a, "loan_issuance", None).unwrap()["identity.full_name"].json(), "\"Q\"");
     v.rectify(&ctx(Role::Website), &a, &full_name("R")).unwrap();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
 

@@ -137,6 +137,32 @@ impl SealedRecords {
         self.bytes.len() + std::mem::size_of_val(&*self.items)
     }
 
+    /// These records with `newer` written over them (both in key order): what the store holds
+    /// once a write of `newer` is applied.
+    pub fn merged(&self, newer: &SealedRecords) -> Result<SealedRecords, VaultError> {
+        let mut out = SealedRecords::builder(self.len() + newer.len());
+        let (mut old, mut new) = (self.iter().peekable(), newer.iter().peekable());
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => match o.field.as_str().cmp(n.field.as_str()) {
+                    std::cmp::Ordering::Less => old.next(),
+                    std::cmp::Ordering::Equal => {
+                        old.next();
+                        new.next()
+                    }
+                    std::cmp::Ordering::Greater => new.next(),
+                },
+                (Some(_), None) => old.next(),
+                (None, Some(_)) => new.next(),
+                (None, None) => break,
+            };
+            if let Some(r) = next {
+                out.push(r.field, r.version, r.ciphertext);
+            }
+        }
+        out.build()
+    }
+
     /// `records` packed (copied).
     pub fn pack<'a>(records: impl ExactSizeIterator<Item = SealedRef<'a>>) -> Result<Self, VaultError> {
         let mut b = SealedRecords::builder(records.len());
@@ -229,6 +255,8 @@ impl Shard {
 pub struct SubjectViews {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    /// Times every view was dropped at once (see [`SubjectViews::install`]).
+    clears: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -244,6 +272,7 @@ impl SubjectViews {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity_bytes / SHARDS,
+            clears: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -293,13 +322,35 @@ impl SubjectViews {
     /// Keeps `view` of `subject`, read from the store after `since`, unless a write to its
     /// shard came in since or the view is too large for its share of the budget.
     pub fn insert(&self, subject: &str, since: Since, view: Arc<SubjectView>) {
+        let mut s = self.shard(since.shard);
+        if s.writes != since.writes {
+            return;
+        }
+        self.keep(&mut s, subject, view);
+    }
+
+    /// How many times every view has been dropped at once, for [`SubjectViews::install`].
+    pub fn clears(&self) -> u64 {
+        self.clears.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the view a writer built of the subject as its own write left it, once that write
+    /// is applied and while the writer still holds the subject's lock (so no other read or
+    /// write of the subject came between; the write itself dropped the old view). Refused if
+    /// every view was dropped since the writer took [`SubjectViews::clears`] (a write wider
+    /// than one subject may have touched this one too).
+    pub fn install(&self, subject: &str, clears: u64, view: Arc<SubjectView>) {
+        let mut s = self.shard(Self::index(subject.as_bytes()));
+        if self.clears() != clears {
+            return;
+        }
+        self.keep(&mut s, subject, view);
+    }
+
+    fn keep(&self, s: &mut Shard, subject: &str, view: Arc<SubjectView>) {
         let bytes = view.bytes(subject);
         // A view bigger than a quarter of its shard's budget would evict the rest for itself.
         if bytes > self.per_shard / 4 {
-            return;
-        }
-        let mut s = self.shard(since.shard);
-        if s.writes != since.writes {
             return;
         }
         s.remove(subject);
@@ -328,6 +379,9 @@ impl SubjectViews {
 
     /// Drops every view.
     pub fn clear(&self) {
+        // Counted first: an install that checks after this sees it, one that checked before
+        // has its view dropped below.
+        self.clears.fetch_add(1, Ordering::SeqCst);
         for i in 0..SHARDS {
             let mut s = self.shard(i);
             s.writes += 1;
@@ -432,6 +486,30 @@ mod tests {
         assert_eq!((r.field.as_str(), r.field.category(), r.version, r.ciphertext), ("identity.f3", "identity", 1, &[7u8; 121][..]));
         assert!((0..12).all(|i| v.records.contains(&format!("identity.f{i}"))));
         assert!(!v.records.contains("identity.f12") && !v.records.contains("identity.f") && !v.records.contains("a.b"));
+    }
+
+    #[test]
+    fn a_write_over_a_subjects_records_merges_by_name() {
+        let pack = |rs: &[(&str, u64)]| {
+            let names: Vec<FieldName> = rs.iter().map(|(n, _)| FieldName::parse(n).unwrap()).collect();
+            let mut b = SealedRecords::builder(rs.len());
+            for (f, (_, v)) in names.iter().zip(rs) {
+                b.push(f.borrowed(), *v, &v.to_be_bytes());
+            }
+            b.build().unwrap()
+        };
+        let old = pack(&[("a.b", 1), ("a.d", 1), ("b.a", 1)]);
+        let new = pack(&[("a.a", 2), ("a.d", 2), ("c.c", 2)]);
+        let merged = old.merged(&new).unwrap();
+        let got: Vec<(String, u64, Vec<u8>)> =
+            merged.iter().map(|r| (r.field.as_str().to_owned(), r.version, r.ciphertext.to_vec())).collect();
+        let want: Vec<(String, u64, Vec<u8>)> = [("a.a", 2u64), ("a.b", 1), ("a.d", 2), ("b.a", 1), ("c.c", 2)]
+            .iter()
+            .map(|(n, v)| (n.to_string(), *v, v.to_be_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(SealedRecords::default().merged(&new).unwrap().len(), 3);
+        assert_eq!(old.merged(&SealedRecords::default()).unwrap().len(), 3);
     }
 
     #[test]
