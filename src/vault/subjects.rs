@@ -403,7 +403,9 @@ impl Vault {
         let next_view = match (view, written) {
             (Some(v), Some(w)) => {
                 let records = v.records.merged(&w.build()?)?;
-                Some(NextView { clears, view: Arc::new(SubjectView { meta, facts: v.facts.clone(), records }) })
+                // A subject grown past what views hold is read without one from now on.
+                (records.len() as u64 <= VIEW_FIELDS)
+                    .then(|| NextView { clears, view: Arc::new(SubjectView { meta, facts: v.facts.clone(), records }) })
             }
             _ => None,
         };

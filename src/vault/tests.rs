@@ -387,6 +387,14 @@ fn a_subject_too_large_for_a_view_is_read_without_one() {
     let some = v.read(&c, &a, "loan_issuance", Some(&asked)).unwrap();
     assert_eq!(some.keys().map(String::as_str).collect::<Vec<_>>(), ["identity.full_name", "questionnaire.q7"]);
     assert!(v.subject_views().is_empty(), "a view of {} fields was kept", fields.len());
+    // Nor does a cached subject that a write takes past that size keep its view.
+    let b = SubjectId::parse("b").unwrap();
+    v.put_fields(&c, &b, &full_name("N")).unwrap();
+    read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed");
+    assert_eq!(v.subject_views().len(), 1);
+    v.put_fields(&c, &b, &fields).unwrap();
+    assert!(v.subject_views().is_empty(), "the write installed a view of {} fields", fields.len());
+    assert_eq!(read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed").len(), fields.len());
     v.close();
 }
 
