@@ -217,11 +217,9 @@ struct Job {
 /// [`AuditLog::try_submit`]), then releases, saying which.
 pub type Hold = Box<dyn Release>;
 
-/// A [`Hold`]'s end: `applied` is whether its batch was written. Dropping it is the release.
+/// A [`Hold`]'s end, once its batch is written (`applied`) or refused.
 pub trait Release: Send {
-    fn release(self: Box<Self>, applied: bool) {
-        let _ = applied;
-    }
+    fn release(self: Box<Self>, applied: bool);
 }
 
 /// A commit handed to the committer; resolves once the group holding it is durable.

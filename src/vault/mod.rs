@@ -217,7 +217,8 @@ pub struct Vault {
     audit: AuditLog,
     keyring: Keyring,
     cache: DekCache,
-    /// What reads find, for hot subjects; the store drops a view when it writes the subject.
+    /// What reads find, for hot subjects; the store drops a view when it writes the subject,
+    /// and a field write then installs the one it leaves.
     views: Arc<views::SubjectViews>,
     locks: SubjectLocks,
     settings: Settings,

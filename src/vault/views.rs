@@ -288,12 +288,12 @@ impl SubjectViews {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The subject's view, if cached.
+    /// The subject's view, if cached: a read's lookup, counted as a hit or a miss.
     pub fn get(&self, subject: &str) -> Option<Arc<SubjectView>> {
-        if self.capacity_is_zero() {
+        if self.per_shard == 0 {
             return None;
         }
-        let found = self.shard(Self::index(subject.as_bytes())).map.get(subject).map(|e| e.view.clone());
+        let found = self.peek(subject);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -303,14 +303,7 @@ impl SubjectViews {
     /// subject's lock: under it a view is what the store holds, as every write of the subject
     /// holds it too and drops the view once applied).
     pub fn peek(&self, subject: &str) -> Option<Arc<SubjectView>> {
-        if self.capacity_is_zero() {
-            return None;
-        }
         self.shard(Self::index(subject.as_bytes())).map.get(subject).map(|e| e.view.clone())
-    }
-
-    fn capacity_is_zero(&self) -> bool {
-        self.per_shard == 0
     }
 
     /// Notes where things stand, before reading the subject from the store.
