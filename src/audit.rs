@@ -422,9 +422,11 @@ fn committer(
             seqs.push(mine);
         }
         batch.put(Space::Keyring, HEAD_KEY.to_vec(), serde_json::to_vec(&next).expect("head serialises"));
+        let started = std::time::Instant::now();
         let result = if faults.failing() { Err(StoreError::Io("injected audit write failure".into())) } else { store.write(&batch) };
         match result {
             Ok(()) => {
+                stats.commit_seconds.observe(started.elapsed());
                 tracing::trace!(jobs = group.len(), last_seq = next.seq, ops = batch.len(), "audit group committed");
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats.entries.fetch_add(next.seq - head.seq, Ordering::Relaxed);
