@@ -367,6 +367,11 @@ fn cf_options(space: Space, cache: &Cache) -> Options {
         o.set_memtable_prefix_bloom_ratio(0.05);
     }
     o.set_block_based_table_factory(&table);
+    // RocksDB's default, named because the purge relies on it: with dynamic level sizes a
+    // `CompactRange` compacts level by level down to the last level, so a file that a
+    // background compaction moves down meanwhile is still reached (RocksDB #11468; without
+    // it a moved file could escape the range compaction, #7983).
+    o.set_level_compaction_dynamic_level_bytes(true);
     if space == Space::Keyring {
         o.set_merge_operator_associative(COUNTER_MERGE, add_i64);
     }
@@ -613,6 +618,9 @@ impl Store {
         self.db.flush_cfs_opt(&all, &fo)?;
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        // Not exclusive (RocksDB's default since 7.x): an exclusive one would first wait for,
+        // then hold off, every background compaction. Safe with dynamic level sizes (above).
+        co.set_exclusive_manual_compaction(false);
         for (space, from, to) in ranges {
             self.db.compact_range_cf_opt(self.cf(space), from, to, &co);
         }
