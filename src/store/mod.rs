@@ -859,6 +859,90 @@ mod tests {
         assert_eq!((count("s1"), count("s10"), count("s")), (0, 6, 6));
     }
 
+    /// A purge's range compaction is not exclusive: RocksDB's own compactions of the same space
+    /// run beside it. Here a writer keeps flushing small files into the subjects' level 0, so it
+    /// keeps reaching its compaction trigger, while purges of other keys of that space run;
+    /// afterwards no file holds a purged value.
+    #[test]
+    fn a_purge_beside_background_compactions_of_its_space_leaves_nothing() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(dir.path()).unwrap());
+        let value = |k: &str| format!("VALUE-OF-{k}-{}", "v".repeat(48)).into_bytes();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flushed = Arc::new(AtomicUsize::new(0));
+        let writer = {
+            let (s, stop, flushed) = (s.clone(), stop.clone(), flushed.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut b = Batch::default();
+                    b.put(Space::Subjects, format!("live-{i:06}"), value(&format!("live-{i:06}")));
+                    s.write(&b).unwrap();
+                    s.db.flush_cf(s.cf(Space::Subjects)).unwrap();
+                    flushed.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                i
+            })
+        };
+        // The live files of the space, read now (a file compacted away meanwhile is skipped).
+        let live_holding = |needle: &[u8]| -> Vec<String> {
+            let files = s.db.live_files().unwrap();
+            files
+                .into_iter()
+                .filter(|f| f.column_family_name == Space::Subjects.name())
+                .filter(|f| {
+                    let path = format!("{}{}", dir.path().display(), f.name);
+                    std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+                })
+                .map(|f| f.name)
+                .collect()
+        };
+        let gone: Vec<String> = (0..40).map(|j| format!("gone-{j:03}")).collect();
+        let mut left = Vec::new();
+        for k in &gone {
+            let mut b = Batch::default();
+            b.put(Space::Subjects, k.as_str(), value(k));
+            s.write(&b).unwrap();
+            s.db.flush_cf(s.cf(Space::Subjects)).unwrap();
+            // Five of the writer's files after it: level 0 has passed its trigger (four files),
+            // so a background compaction is scheduled or running, perhaps with this value.
+            let enough = flushed.load(Ordering::Relaxed) + 5;
+            while flushed.load(Ordering::Relaxed) < enough {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let mut d = Batch::default();
+            d.delete(Space::Subjects, k.as_str());
+            s.write(&d).unwrap();
+            let mut end = k.as_bytes().to_vec();
+            end.push(0);
+            s.purge(&[(Space::Subjects, k.as_bytes().to_vec(), end)]).unwrap();
+            // The purge's promise holds when it returns, not once the writer's compactions have
+            // also passed over the key.
+            left.extend(live_holding(&value(k)).into_iter().map(|f| (k.clone(), f)));
+        }
+        assert!(left.is_empty(), "purged values still in live files right after their purge: {left:?}");
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        let log = std::fs::read_to_string(dir.path().join("LOG")).unwrap();
+        let background = log
+            .lines()
+            .filter(|l| {
+                l.contains(r#""event": "compaction_started""#) && l.contains(r#""cf_name": "subjects""#) && l.contains("LevelL0FilesNum")
+            })
+            .count();
+        assert!(background > 0, "no background compaction of the space ran ({written} files written): the test proves nothing");
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            files.push(std::fs::read(e.path()).unwrap());
+        }
+        let on_disk = |needle: &[u8]| files.iter().any(|f| f.windows(needle.len()).any(|w| w == needle));
+        assert!(on_disk(&value("live-000000")), "the scan must find a live value");
+        let left: Vec<&String> = gone.iter().filter(|k| on_disk(&value(k))).collect();
+        assert!(left.is_empty(), "purged values still in files at the end: {left:?}");
+    }
+
     #[test]
     fn second_open_is_refused_as_locked() {
         let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,72 @@ async fn shredding_leaves_no_wrapped_dek_in_any_file() {
     assert_eq!(app.read("never", "svc-all", "loan_issuance").await.status, StatusCode::NOT_FOUND);
 }
 
+/// Erasures racing each other (their purges grouped) beside a stream of creates, and the
+/// background compactions the purges' flushes set off in the other spaces, leave none of the
+/// erased subjects' wrapped DEKs in any file. (The store's own test,
+/// `a_purge_beside_background_compactions_of_its_space_leaves_nothing`, races a purge against
+/// compactions of the same space, which this load does not reach.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_erasures_beside_creates_leave_no_wrapped_dek_in_any_file() {
+    let app = spawn_app().await;
+    let put = |id: String| {
+        let (client, addr) = (app.client.clone(), app.addr.clone());
+        async move {
+            let r = client
+                .put(format!("{addr}/v1/subjects/{id}"))
+                .bearer_auth(token("svc-all"))
+                .json(&json!({"fields": {"identity.full_name": format!("Name {id}"), "identity.email": format!("{id}@mail.kz")}}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{id}: {}", r.status());
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        tasks.push(tokio::spawn(put(format!("e-{i}"))));
+    }
+    for t in tasks.drain(..) {
+        t.await.unwrap();
+    }
+    let gone: Vec<Vec<u8>> = (0..60).map(|i| wrapped_dek(&app.vault, &format!("e-{i}"))).collect();
+    let kept = wrapped_dek(&app.vault, "e-119");
+    // Erasures in waves, creates throughout.
+    for wave in 0..6 {
+        for i in wave * 10..wave * 10 + 10 {
+            let (client, addr) = (app.client.clone(), app.addr.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = client.post(format!("{addr}/v1/subjects/e-{i}/erasure")).bearer_auth(token("website")).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::ACCEPTED);
+            }));
+        }
+        for i in 0..40 {
+            tasks.push(tokio::spawn(put(format!("n-{wave}-{i}"))));
+        }
+        for t in tasks.drain(..) {
+            t.await.unwrap();
+        }
+    }
+    let mut found = Vec::new();
+    let mut saw_kept = false;
+    let mut stack = vec![app.dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            saw_kept |= holds(&kept);
+            found.extend(gone.iter().enumerate().filter(|(_, dek)| holds(dek)).map(|(i, _)| (i, path.clone())));
+        }
+    }
+    assert!(saw_kept, "the scan must find a live wrapped DEK");
+    assert!(found.is_empty(), "wrapped DEKs of erased subjects still in files: {found:?}");
+}
+
 #[tokio::test]
 async fn a_restart_keeps_every_acknowledged_write() {
     let app = spawn_app().await;
