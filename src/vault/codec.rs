@@ -31,14 +31,16 @@ pub struct SubjectMeta {
     pub categories: BTreeMap<String, u32>,
 }
 
+/// The entry after its wrapped DEK, as JSON. Generic over how it holds the category counts, so
+/// encoding borrows them (every write encodes the entry) and decoding owns them.
 #[derive(Serialize, Deserialize)]
-struct MetaRest {
+struct MetaRest<C> {
     version: u64,
     dek_version: u32,
     seals: u64,
     created_at: i64,
     updated_at: i64,
-    categories: BTreeMap<String, u32>,
+    categories: C,
 }
 
 impl SubjectMeta {
@@ -54,7 +56,7 @@ impl SubjectMeta {
             seals: self.seals,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            categories: self.categories.clone(),
+            categories: &self.categories,
         };
         let w = &self.wrapped_dek.0;
         let mut out = Vec::with_capacity(3 + w.len() + 96);
@@ -72,7 +74,7 @@ impl SubjectMeta {
         }
         let len = u16::from_be_bytes([b[1], b[2]]) as usize;
         let wrapped = b.get(3..3 + len).ok_or_else(bad)?.to_vec();
-        let rest: MetaRest = serde_json::from_slice(&b[3 + len..]).map_err(|_| bad())?;
+        let rest: MetaRest<BTreeMap<String, u32>> = serde_json::from_slice(&b[3 + len..]).map_err(|_| bad())?;
         Ok(Self {
             version: rest.version,
             dek_version: DekVersion(rest.dek_version),
