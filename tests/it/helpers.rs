@@ -242,6 +242,12 @@ pub fn application(marker: &str) -> Value {
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_holding(dir, &[needle]).into_iter().map(|(_, p)| p).collect()
+}
+
+/// Every (needle index, file) pair under `dir` where the file holds that needle; each file is
+/// read once, whatever the number of needles.
+pub fn files_holding(dir: &Path, needles: &[&[u8]]) -> Vec<(usize, PathBuf)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -251,8 +257,10 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    out.push(p);
+                for (i, needle) in needles.iter().enumerate() {
+                    if bytes.windows(needle.len()).any(|w| w == *needle) {
+                        out.push((i, p.clone()));
+                    }
                 }
             }
         }

@@ -110,23 +110,10 @@ async fn concurrent_erasures_beside_creates_leave_no_wrapped_dek_in_any_file() {
             t.await.unwrap();
         }
     }
-    let mut found = Vec::new();
-    let mut saw_kept = false;
-    let mut stack = vec![app.dir.path().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-            saw_kept |= holds(&kept);
-            found.extend(gone.iter().enumerate().filter(|(_, dek)| holds(dek)).map(|(i, _)| (i, path.clone())));
-        }
-    }
-    assert!(saw_kept, "the scan must find a live wrapped DEK");
+    let mut needles: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+    needles.push(&kept);
+    let (found, live): (Vec<_>, Vec<_>) = files_holding(app.dir.path(), &needles).into_iter().partition(|(i, _)| *i < gone.len());
+    assert!(!live.is_empty(), "the scan must find a live wrapped DEK");
     assert!(found.is_empty(), "wrapped DEKs of erased subjects still in files: {found:?}");
 }
 
