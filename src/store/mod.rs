@@ -618,7 +618,7 @@ impl Store {
         self.db.flush_cfs_opt(&all, &fo)?;
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        // Not exclusive (RocksDB's default since 7.x): an exclusive one would first wait for,
+        // Not exclusive (RocksDB's default since 7.6): an exclusive one would first wait for,
         // then hold off, every background compaction. Safe with dynamic level sizes (above).
         co.set_exclusive_manual_compaction(false);
         for (space, from, to) in ranges {
@@ -861,8 +861,8 @@ mod tests {
 
     /// A purge's range compaction is not exclusive: RocksDB's own compactions of the same space
     /// run beside it. Here a writer keeps flushing small files into the subjects' level 0, so it
-    /// keeps reaching its compaction trigger, while purges of other keys of that space run;
-    /// afterwards no file holds a purged value.
+    /// keeps reaching its compaction trigger, while purges of other keys of that space run; no
+    /// live file holds a purged value once its purge returns, and no file at all at the end.
     #[test]
     fn a_purge_beside_background_compactions_of_its_space_leaves_nothing() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
