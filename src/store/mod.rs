@@ -403,7 +403,11 @@ fn db_options() -> Options {
     o.set_recycle_log_file_num(0);
     o.set_max_total_wal_size(64 << 20);
     o.set_keep_log_file_num(4);
-    o.set_max_background_jobs(2);
+    // RocksDB gives one of these jobs to flushes and three to compactions. A purge's forced
+    // compaction queues in that same pool, so with one compaction thread the first erasures
+    // after a burst of writes waited behind the compaction of those writes (p99 1.3-2.0 s;
+    // 0.19-0.41 s with three, docs/performance.md).
+    o.set_max_background_jobs(BACKGROUND_JOBS);
     // Flushes and compactions hand their files to the disk a MiB at a time (sync_file_range)
     // instead of all at each file's closing fsync, which the audit's WAL fsync would queue
     // behind: fewer durable writes of 10-50 ms, so lower tails (docs/performance.md).
@@ -418,6 +422,8 @@ fn db_options() -> Options {
 pub const MEMTABLE_BUDGET: usize = 128 << 20;
 /// How much a flush or compaction writes before it asks the kernel to start writing it out.
 const BYTES_PER_SYNC: u64 = 1 << 20;
+/// RocksDB's background threads: flushes and compactions together.
+const BACKGROUND_JOBS: i32 = 4;
 pub const BLOCK_CACHE: usize = 64 << 20;
 
 impl Store {
@@ -788,6 +794,7 @@ mod tests {
         let text = std::fs::read_to_string(newest).unwrap();
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         assert!(lines.contains(&format!("bytes_per_sync={BYTES_PER_SYNC}").as_str()), "bytes_per_sync not set");
+        assert!(lines.contains(&format!("max_background_jobs={BACKGROUND_JOBS}").as_str()), "max_background_jobs not set");
         for setting in ["WAL_ttl_seconds=0", "WAL_size_limit_MB=0", "recycle_log_file_num=0"] {
             assert!(lines.contains(&setting), "{setting} not set");
         }
