@@ -420,11 +420,11 @@ fn db_options() -> Options {
 
 /// The memtable budget shared by every column family, and the block cache's size.
 pub const MEMTABLE_BUDGET: usize = 128 << 20;
+pub const BLOCK_CACHE: usize = 64 << 20;
 /// How much a flush or compaction writes before it asks the kernel to start writing it out.
 const BYTES_PER_SYNC: u64 = 1 << 20;
 /// RocksDB's background threads: flushes and compactions together.
 const BACKGROUND_JOBS: i32 = 4;
-pub const BLOCK_CACHE: usize = 64 << 20;
 
 impl Store {
     /// Opens (creating if needed) the store at `path`.
