@@ -77,8 +77,12 @@ async fn check_subject_assertion(parts: &Parts, state: &AppState, ctx: &Ctx) -> 
     let Some(verifier) = state.callers.subject_assertion(&ctx.caller) else { return Ok(()) };
     let Some(subject) = subject_in_path(parts.uri.path()) else { return Ok(()) };
     let mut all = parts.headers.get_all(crate::assertion::HEADER).iter();
+    // The claim is compared with the path's own text, which must then be the id the handler
+    // sees: a plain subject id (percent-encoding would decode to another).
+    let plain = crate::domain::SubjectId::parse(subject).is_ok();
     let checked = match (all.next(), all.next()) {
         (None, _) => Err(AssertionError::Missing),
+        _ if !plain => Err(AssertionError::WrongSubject),
         (Some(_), Some(_)) => Err(AssertionError::Several),
         (Some(v), None) => match v.to_str() {
             Ok(token) => verifier.verify(token.trim(), subject, state.vault.now()),

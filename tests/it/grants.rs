@@ -361,6 +361,12 @@ async fn the_website_acts_only_for_the_borrower_its_assertion_names() {
         assert_refused(&as_web(&app, Method::GET, export, Some(t), None).await, case);
         tokens.push(t.clone());
     }
+    // The claim must name the subject the handler acts on, not a spelling of it: `sa%2D1` is
+    // `sa-1` once decoded.
+    let encoded = sign(ed, "ed-1", &claims(&app, "sa%2D1"));
+    assert_refused(&as_web(&app, Method::GET, "/v1/subjects/sa%2D1/export", Some(&encoded), None).await, "percent-encoded subject");
+    tokens.push(encoded);
+
     // Replayed: a valid assertion is good once.
     let once = sign(ed, "ed-1", &claims(&app, "sa-1"));
     assert_eq!(as_web(&app, Method::GET, export, Some(&once), None).await.status, StatusCode::OK);
