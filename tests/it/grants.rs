@@ -453,3 +453,30 @@ fn a_bad_subject_assertion_configuration_stops_start_up() {
         assert!(e.contains(needle), "{assertion}: {e}");
     }
 }
+
+/// The privacy centre's rectify goes through the same grant: a website caller whose `writes`
+/// names only the phone gets "not editable" back for anything else, with nothing stored.
+#[tokio::test]
+async fn the_privacy_centre_rectifies_within_the_website_grant() {
+    let app = spawn_with(&extra_caller("web-narrow", "website", &[], Some(r#"["identity.phone"]"#)), None).await;
+    app.put_fields("g-5", application("CENTRE")).await;
+    let r = app.call(Method::POST, "/v1/subjects/g-5/privacy-session", Some("web-narrow"), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let url = r.body["url"].as_str().unwrap().to_owned();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let html = browser.get(&url).send().await.unwrap().text().await.unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF field") + "name=\"csrf\" value=\"".len();
+    let csrf = html[at..].split('"').next().unwrap().to_owned();
+    let rectify = |field: &'static str, value: &'static str| {
+        let (browser, url, csrf) = (browser.clone(), format!("{url}/rectify"), csrf.clone());
+        async move {
+            let res = browser.post(url).form(&[("csrf", csrf.as_str()), ("field", field), ("value", value)]).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::SEE_OTHER);
+            res.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    assert!(rectify("questionnaire.monthly_income", "1").await.contains("notice=not-editable"));
+    assert!(rectify("identity.phone", "+77016660000").await.contains("notice=rectified"));
+    let s = stored(&app, "g-5").await;
+    assert_eq!((s["questionnaire.monthly_income"].clone(), s["identity.phone"].clone()), (json!(350000), json!("+77016660000")));
+}
