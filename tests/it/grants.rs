@@ -390,6 +390,9 @@ async fn the_website_acts_only_for_the_borrower_its_assertion_names() {
             assert!(!trail.contains(part), "the audit trail holds part of an assertion");
         }
     }
+    // Nor does any file of the vault (the replay cache keeps digests, in memory).
+    let parts: Vec<&[u8]> = tokens.iter().flat_map(|t| t.split('.')).filter(|p| p.len() >= 16).map(str::as_bytes).collect();
+    assert!(files_holding(&app.data_dir(), &parts).is_empty(), "a file of the vault holds part of an assertion");
 }
 
 #[tokio::test]
