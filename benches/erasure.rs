@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
             fields: Default::default(),
         },
     );
+    settings.write_grants.insert("bench".into(), vec!["identity.*".into(), "survey.*".into()]);
     let vault = Vault::open(settings, root, Arc::new(SystemClock), Default::default()).unwrap();
     let (svc, web) = (ctx(Role::Service), ctx(Role::Website));
     // Other subjects around it, as in a real store: 20,000 with 1 KiB of fields each.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ring::digest;
 use subtle::ConstantTimeEq;
 
+use crate::assertion::SubjectAssertions;
 use crate::policy::Caller;
 
 /// A configured caller: the digest of its token and/or of its client certificate.
@@ -17,6 +18,10 @@ pub struct CallerEntry {
     pub client_cert_sha256: Option<[u8; 32]>,
     /// Reads of personal data allowed per minute (`max_reads_per_minute`); none: unlimited.
     pub max_reads_per_minute: Option<u32>,
+    /// The fields it may write (`writes`, patterns as in purposes); none: what its purposes read.
+    pub writes: Option<Vec<String>>,
+    /// Requests about a subject must carry an assertion for it (`subject_assertion`).
+    pub subject_assertion: Option<Arc<SubjectAssertions>>,
 }
 
 /// Every configured caller.
@@ -64,6 +69,11 @@ impl Callers {
     pub fn entries(&self) -> &[CallerEntry] {
         &self.0
     }
+
+    /// The assertion verifier of `caller`, if it is configured to need subject assertions.
+    pub fn subject_assertion(&self, caller: &Caller) -> Option<&SubjectAssertions> {
+        self.0.iter().find(|e| e.caller.name == caller.name).and_then(|e| e.subject_assertion.as_deref())
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +92,8 @@ mod tests {
             token_sha256: Some(token_digest(token)),
             client_cert_sha256: None,
             max_reads_per_minute: None,
+            writes: None,
+            subject_assertion: None,
         };
         let c = Callers::new(vec![mk("a", "token-a"), mk("b", "token-b")]);
         assert_eq!(c.authenticate("token-a").unwrap().name.as_str(), "a");
@@ -113,6 +125,8 @@ mod tests {
                             token_sha256: Some(digest),
                             client_cert_sha256: None,
                             max_reads_per_minute: None,
+                            writes: None,
+                            subject_assertion: None,
                         }
                     })
                     .collect(),

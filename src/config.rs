@@ -97,6 +97,9 @@ struct RawCaller {
     #[serde(default)]
     purposes: Vec<Spanned<Purpose>>,
     max_reads_per_minute: Option<Spanned<u32>>,
+    /// Field patterns it may write; leave out for what its purposes read.
+    writes: Option<Spanned<Vec<String>>>,
+    subject_assertion: Option<Spanned<crate::assertion::AssertionSettings>>,
 }
 
 /// Request limits of the HTTP listener.
@@ -363,11 +366,47 @@ impl Config {
                 }
                 m => m.map(|m| m.into_inner()),
             };
+            let roles: BTreeSet<Role> = c.roles.into_iter().collect();
+            // Patterns as in purposes, checked by the same rule.
+            let writes = match c.writes {
+                None => None,
+                Some(w) => {
+                    let wspan = w.span();
+                    let w = w.into_inner();
+                    if let Some(bad) = w.iter().find(|f| !schema.pattern_is_known(f)) {
+                        return Err(at(wspan.start, format!("caller {}: writes names `{bad}`, which is not in the schema", c.name)));
+                    }
+                    let contract = w.iter().find(|f| f.split('.').next() == Some("contract"));
+                    if let (Some(bad), false) = (contract, roles.contains(&Role::Service)) {
+                        return Err(at(
+                            wspan.start,
+                            format!("caller {}: writes names `{bad}`; the website never writes contract fields", c.name),
+                        ));
+                    }
+                    Some(w)
+                }
+            };
+            let subject_assertion = match c.subject_assertion {
+                None => None,
+                Some(a) => {
+                    let aspan = a.span();
+                    if !roles.contains(&Role::Website) {
+                        return Err(at(aspan.start, format!("caller {}: subject_assertion is for website callers", c.name)));
+                    }
+                    let mut a = a.into_inner();
+                    a.jwks_file = resolve(a.jwks_file);
+                    let v =
+                        crate::assertion::SubjectAssertions::load(a).map_err(|msg| at(aspan.start, format!("caller {}: {msg}", c.name)))?;
+                    Some(std::sync::Arc::new(v))
+                }
+            };
             entries.push(CallerEntry {
-                caller: std::sync::Arc::new(Caller { name: c.name, roles: c.roles.into_iter().collect(), purposes: granted }),
+                caller: std::sync::Arc::new(Caller { name: c.name, roles, purposes: granted }),
                 token_sha256: token,
                 client_cert_sha256: cert,
                 max_reads_per_minute,
+                writes,
+                subject_assertion,
             });
         }
 
@@ -452,6 +491,7 @@ impl Config {
                 .iter()
                 .filter_map(|e| e.max_reads_per_minute.map(|m| (e.caller.name.to_string(), m)))
                 .collect(),
+            write_grants: self.callers.entries().iter().filter_map(|e| Some((e.caller.name.to_string(), e.writes.clone()?))).collect(),
         }
     }
 
@@ -485,6 +525,10 @@ impl Config {
                     hex::encode(token_digest(&token)),
                     p.join(", ")
                 ));
+                if role == "service" {
+                    // Its purposes read no technical data, but the development service writes it.
+                    text.push_str("writes = [\"identity.*\", \"questionnaire.*\", \"contract.*\", \"technical.*\"]\n");
+                }
                 setup.new_tokens.push((name.to_string(), role.to_string(), token));
             }
             write_private(&callers, text.as_bytes()).map_err(|e| ConfigError(format!("cannot write {}: {e}", callers.display())))?;
@@ -609,6 +653,21 @@ purposes     = ["loan_issuance"]
         let zero = GOOD.to_string() + "max_reads_per_minute = 0\n";
         let e = parse(&zero).unwrap_err().to_string();
         assert!(e.starts_with("qoima.toml:13:") && e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn a_caller_write_grant() {
+        assert!(parse(GOOD).unwrap().vault_settings().write_grants.is_empty());
+        let w = GOOD.to_string() + "writes = [\"identity.*\", \"technical.ip\"]\n";
+        let want = [("origination".to_string(), vec!["identity.*".to_string(), "technical.ip".to_string()])].into();
+        assert_eq!(parse(&w).unwrap().vault_settings().write_grants, want);
+        let none = GOOD.to_string() + "writes = []\n";
+        assert_eq!(parse(&none).unwrap().vault_settings().write_grants["origination"], Vec::<String>::new());
+        let bad = GOOD.to_string() + "writes = [\"identity.shoe\"]\n";
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("qoima.toml:13:") && e.contains("writes names `identity.shoe`, which is not in the schema"), "{e}");
+        let web = GOOD.replace("[\"service\"]", "[\"website\"]") + "writes = [\"contract.*\"]\n";
+        assert!(parse(&web).unwrap_err().to_string().contains("never writes contract fields"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants each module keeps.
 
 pub mod api;
+pub mod assertion;
 pub mod audit;
 pub mod auth;
 pub mod cli;

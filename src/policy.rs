@@ -238,6 +238,9 @@ pub enum Denial {
     PurposeNotGranted(Purpose),
     #[error("legal basis missing for {purpose}: {missing}")]
     BasisMissing { purpose: Purpose, missing: String },
+    /// Fields outside the caller's write grant (names only, never values).
+    #[error("{action} of {} is outside this caller's write grant", fields.join(", "))]
+    WriteNotGranted { action: &'static str, fields: Vec<String> },
 }
 
 /// May `caller` take `action` at all?
@@ -250,6 +253,41 @@ pub fn may(caller: &Caller, action: Action) -> Result<(), Denial> {
             action: action.as_str(),
             needed: action.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
         })
+    }
+}
+
+/// What a website caller may rectify when its configuration names no `writes`: the
+/// borrower's own application data (P6). Contract fields are never rectified by the website.
+pub const DEFAULT_RECTIFY: &[&str] = &["identity.*", "questionnaire.*"];
+
+/// The category the website never writes, whatever its grant says: contract terms come from
+/// the lender's systems, not from the borrower's page.
+const NEVER_RECTIFIED: &str = "contract";
+
+/// May `caller` take `action` (put or rectify) on these fields? A caller's write grant is
+/// `writes` (patterns as in purposes, `[[callers]] writes`); without one, a put may write
+/// exactly the fields the caller's granted purposes may read, and a rectify the borrower's
+/// application data ([`DEFAULT_RECTIFY`]). A rectify never writes contract fields. Every
+/// field must be granted, or nothing is written.
+pub fn decide_write<'a>(
+    caller: &Caller,
+    action: Action,
+    writes: Option<&[String]>,
+    purposes: &Purposes,
+    fields: impl IntoIterator<Item = FieldRef<'a>>,
+) -> Result<(), Denial> {
+    may(caller, action)?;
+    let granted = |f: FieldRef<'_>| match (writes, action) {
+        (_, Action::Rectify) if f.category() == NEVER_RECTIFIED => false,
+        (Some(patterns), _) => patterns.iter().any(|p| Schema::pattern_matches(p, f)),
+        (None, Action::Rectify) => DEFAULT_RECTIFY.iter().any(|p| Schema::pattern_matches(p, f)),
+        (None, _) => caller.purposes.iter().filter_map(|p| purposes.get(p)).any(|p| p.allows(f)),
+    };
+    let refused: Vec<String> = fields.into_iter().filter(|f| !granted(*f)).map(|f| f.as_str().to_owned()).collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Denial::WriteNotGranted { action: action.as_str(), fields: refused })
     }
 }
 
@@ -445,6 +483,7 @@ mod tests {
                                 assert!(!missing.is_empty());
                             }
                             Ok(ref g) => assert!(!g.basis.is_empty()),
+                            Err(Denial::WriteNotGranted { .. }) => panic!("a read is never a write denial"),
                         }
                         checked += 1;
                     }
@@ -503,6 +542,42 @@ mod tests {
         assert!(matches!(decide_disclosure(&other, tpt, LegalObligation, Some("x"), false, &none, NOW), Err(Denial::PurposeNotGranted(_))));
         let web = caller(&[Role::Website], &["third_party_transfer"]);
         assert!(matches!(decide_disclosure(&web, tpt, LegalObligation, Some("x"), false, &none, NOW), Err(Denial::Role { .. })));
+    }
+
+    #[test]
+    fn write_grants() {
+        let p = Purposes::default();
+        let f = |n: &str| crate::domain::FieldName::parse(n).unwrap();
+        let names = |ns: &[&str]| ns.iter().map(|n| f(n)).collect::<Vec<_>>();
+        let decide = |c: &Caller, action, writes: Option<&[String]>, fields: &[&str]| {
+            let fields = names(fields);
+            decide_write(c, action, writes, &p, fields.iter().map(|f| f.borrowed()))
+        };
+        // No `writes`: a put writes what the granted purposes read.
+        let marketing = caller(&[Role::Service], &["advertising"]);
+        assert!(decide(&marketing, Action::PutFields, None, &["identity.full_name", "identity.email"]).is_ok());
+        let e = decide(&marketing, Action::PutFields, None, &["identity.email", "identity.iin", "contract.amount"]).unwrap_err();
+        assert_eq!(e, Denial::WriteNotGranted { action: "subject.put", fields: vec!["identity.iin".into(), "contract.amount".into()] });
+        assert!(decide(&caller(&[Role::Service], &[]), Action::PutFields, None, &["identity.full_name"]).is_err());
+        let issuance = caller(&[Role::Service], &["loan_issuance"]);
+        assert!(decide(&issuance, Action::PutFields, None, &["identity.iin", "questionnaire.employer", "contract.amount"]).is_ok());
+        assert!(decide(&issuance, Action::PutFields, None, &["technical.ip"]).is_err());
+        // `writes` replaces the purposes' fields, both ways.
+        let writes = vec!["identity.phone".to_string(), "technical.*".to_string()];
+        assert!(decide(&issuance, Action::PutFields, Some(&writes), &["identity.phone", "technical.ip"]).is_ok());
+        assert!(decide(&issuance, Action::PutFields, Some(&writes), &["identity.iin"]).is_err());
+        assert!(decide(&issuance, Action::PutFields, Some(&[]), &["identity.phone"]).is_err());
+        // Rectify: application data by default, never contract fields.
+        let web = caller(&[Role::Website], &[]);
+        assert!(decide(&web, Action::Rectify, None, &["identity.phone", "questionnaire.dependants"]).is_ok());
+        assert!(decide(&web, Action::Rectify, None, &["contract.amount"]).is_err());
+        assert!(decide(&web, Action::Rectify, None, &["technical.ip"]).is_err());
+        let all = vec!["identity.*".to_string(), "contract.*".to_string()];
+        assert!(decide(&web, Action::Rectify, Some(&all), &["contract.amount"]).is_err());
+        assert!(decide(&web, Action::Rectify, Some(&all), &["questionnaire.dependants"]).is_err());
+        // The role still comes first.
+        assert!(matches!(decide(&web, Action::PutFields, None, &["identity.phone"]), Err(Denial::Role { .. })));
+        assert!(matches!(decide(&issuance, Action::Rectify, None, &["identity.phone"]), Err(Denial::Role { .. })));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::assertion::AssertionError;
 use crate::domain::RequestId;
 use crate::vault::{Ctx, Vault, VaultError};
 
@@ -42,12 +43,16 @@ impl FromRequestParts<AppState> for Authed {
         // A verified client certificate (HTTPS with a client CA) that a caller lists.
         if let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>() {
             if let Some(caller) = state.callers.authenticate_certificate(&cert.0) {
-                return Ok(Authed(Ctx { caller: caller.clone(), request_id, via: None }));
+                let ctx = Ctx { caller: caller.clone(), request_id, via: None };
+                check_subject_assertion(parts, state, &ctx).await?;
+                return Ok(Authed(ctx));
             }
         }
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
-            return Ok(Authed(Ctx { caller: caller.clone(), request_id, via: None }));
+            let ctx = Ctx { caller: caller.clone(), request_id, via: None };
+            check_subject_assertion(parts, state, &ctx).await?;
+            return Ok(Authed(ctx));
         }
         let reason = if token.is_some() { "unknown bearer token" } else { "missing bearer token" };
         let path = parts.uri.path().to_owned();
@@ -58,6 +63,44 @@ impl FromRequestParts<AppState> for Authed {
         let _ = tokio::task::spawn_blocking(move || vault.record_unauthenticated(subject.as_deref(), reason, &rid)).await;
         Err(ApiError::unauthorized(format!("{reason}; send Authorization: Bearer <token>")))
     }
+}
+
+/// The subject a `/v1/subjects/{id}…` request is about (the path's own text).
+fn subject_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/subjects/").map(|rest| rest.split('/').next().unwrap_or_default())
+}
+
+/// A caller configured with `subject_assertion` acts for one borrower at a time: every request
+/// about a subject carries an assertion for that subject (`Qoima-Subject-Assertion`), checked
+/// here before anything else. A refusal is 401 `subject-assertion`, audited without the token.
+async fn check_subject_assertion(parts: &Parts, state: &AppState, ctx: &Ctx) -> Result<(), ApiError> {
+    let Some(verifier) = state.callers.subject_assertion(&ctx.caller) else { return Ok(()) };
+    let Some(subject) = subject_in_path(parts.uri.path()) else { return Ok(()) };
+    let mut all = parts.headers.get_all(crate::assertion::HEADER).iter();
+    // The claim is compared with the path's own text, which must then be the id the handler
+    // sees: a plain subject id (percent-encoding would decode to another).
+    let plain = crate::domain::SubjectId::parse(subject).is_ok();
+    let checked = match (all.next(), all.next()) {
+        (None, _) => Err(AssertionError::Missing),
+        _ if !plain => Err(AssertionError::WrongSubject),
+        (Some(_), Some(_)) => Err(AssertionError::Several),
+        (Some(v), None) => match v.to_str() {
+            Ok(token) => verifier.verify(token.trim(), subject, state.vault.now()),
+            Err(_) => Err(AssertionError::Malformed),
+        },
+    };
+    let Err(why) = checked else { return Ok(()) };
+    let (vault, ctx, reason) = (state.vault.clone(), ctx.clone(), why.to_string());
+    let subject = crate::domain::SubjectId::parse(subject).ok();
+    // Best effort, as for unauthenticated requests: the request is refused either way.
+    let _ = tokio::task::spawn_blocking(move || vault.record_assertion_refused(&ctx, subject.as_ref().map(|s| s.as_str()), &reason)).await;
+    Err(match why {
+        AssertionError::CacheFull { retry_after_secs } => ApiError {
+            retry_after: Some(retry_after_secs),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why.to_string())
+        },
+        why => ApiError::new(StatusCode::UNAUTHORIZED, "subject-assertion", why.to_string()),
+    })
 }
 
 /// Runs a blocking vault call off the async executor's threads.

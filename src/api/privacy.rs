@@ -37,8 +37,8 @@ pub struct PrivacySessionResponse {
 /// Open a privacy-centre session for a subject (role website): a short-lived link to the
 /// borrower's page, bound to this subject.
 #[utoipa::path(post, path = "/v1/subjects/{id}/privacy-session", tag = "privacy",
-    params(("id" = String, Path)),
-    responses((status = 201, body = PrivacySessionResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")),
+    responses((status = 201, body = PrivacySessionResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_session(
@@ -282,6 +282,8 @@ pub async fn rectify(state: App, b: Borrower, headers: HeaderMap, form: Result<F
     match core(&state.vault, move |v| v.rectify(&ctx, &s, &fields)).await {
         Ok(_) => b.back(&state, Some(Notice::Rectified), &[("field", field.as_str())]),
         Err(VaultError::Invalid(_)) => b.back(&state, Some(Notice::RectifyInvalid), &[("field", field.as_str())]),
+        // Outside the website caller's write grant (its `writes`): not editable here.
+        Err(VaultError::Denied(_)) => b.back(&state, Some(Notice::NotEditable), &[]),
         Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
         Err(e) => b.failed(&state, e),
     }

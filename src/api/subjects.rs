@@ -72,8 +72,8 @@ pub async fn read_subject(
 
 /// Correct fields (role website); allowed even under a hold (P6).
 #[utoipa::path(patch, path = "/v1/subjects/{id}/rectify", tag = "subjects",
-    params(("id" = String, Path)), request_body = FieldsBody,
-    responses((status = 200, body = WriteResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")), request_body = FieldsBody,
+    responses((status = 200, body = WriteResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn rectify(
@@ -136,8 +136,8 @@ pub async fn update_contract(
 
 /// Record a consent with the policy version it is given under (roles website, service).
 #[utoipa::path(post, path = "/v1/subjects/{id}/consents", tag = "consents",
-    params(("id" = String, Path)), request_body = ConsentBody,
-    responses((status = 201, body = ConsentResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")), request_body = ConsentBody,
+    responses((status = 201, body = ConsentResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn give_consent(
@@ -165,8 +165,8 @@ pub async fn give_consent(
 
 /// Withdraw a consent; it takes effect on the next read (roles website, service).
 #[utoipa::path(delete, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
-    params(("id" = String, Path), ("purpose" = String, Path)),
-    responses((status = 204, description = "withdrawn"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("purpose" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")),
+    responses((status = 204, description = "withdrawn"), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn withdraw_consent(
@@ -207,8 +207,8 @@ pub async fn disclose(
 
 /// Everything the vault holds on the subject (role website; right of access).
 #[utoipa::path(get, path = "/v1/subjects/{id}/export", tag = "subjects",
-    params(("id" = String, Path)),
-    responses((status = 200, body = ExportResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")),
+    responses((status = 200, body = ExportResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem, description = "over the caller's max_reads_per_minute; see Retry-After"),
         (status = 503, body = Problem)),
     security(("bearer" = [])))]
@@ -225,8 +225,8 @@ pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String
 
 /// Request erasure (roles website, service). Idempotent; pending while a contract holds it.
 #[utoipa::path(post, path = "/v1/subjects/{id}/erasure", tag = "erasure",
-    params(("id" = String, Path)),
-    responses((status = 202, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")),
+    responses((status = 202, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn request_erasure(
@@ -246,8 +246,8 @@ pub async fn request_erasure(
 
 /// Erasure status and receipt (roles website, service); 404 if never requested.
 #[utoipa::path(get, path = "/v1/subjects/{id}/erasure", tag = "erasure",
-    params(("id" = String, Path)),
-    responses((status = 200, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    params(("id" = String, Path), ("Qoima-Subject-Assertion" = Option<String>, Header, description = "a JWT the identity provider signed for this subject; required (else 401 subject-assertion) when the website caller is configured with subject_assertion")),
+    responses((status = 200, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn erasure_status(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ErasureResponse>, ApiError> {

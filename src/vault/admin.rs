@@ -135,14 +135,33 @@ impl Vault {
         reason: &str,
         request_id: &crate::domain::RequestId,
     ) -> Result<(), VaultError> {
+        self.record_auth_failure("anonymous", "auth.failed", subject, reason, request_id)
+    }
+
+    /// Records a request of a known caller refused for want of a valid subject assertion
+    /// (`subject_assertion.refused`; the reason names the rule, never the token), within the
+    /// same budget as [`Vault::record_unauthenticated`]: a stolen caller token cannot grow the
+    /// trail without bound either.
+    pub fn record_assertion_refused(&self, ctx: &Ctx, subject: Option<&str>, reason: &str) -> Result<(), VaultError> {
+        self.record_auth_failure(ctx.caller.name.as_str(), "subject_assertion.refused", subject, reason, &ctx.request_id)
+    }
+
+    fn record_auth_failure(
+        &self,
+        caller: &str,
+        action: &'static str,
+        subject: Option<&str>,
+        reason: &str,
+        request_id: &crate::domain::RequestId,
+    ) -> Result<(), VaultError> {
         let Admit::Record(earlier) = self.auth_failures.admit(self.clock.now()) else {
             return Ok(());
         };
         let subject = subject.filter(|s| crate::domain::SubjectId::parse(s).is_ok());
         let mut drafts: Vec<Draft> = earlier.iter().map(|u| self.unrecorded_summary(u)).collect();
         drafts.push(Draft {
-            caller: "anonymous".into(),
-            action: "auth.failed",
+            caller: caller.into(),
+            action,
             subject: subject.map(str::to_owned),
             purpose: None,
             fields: vec![],

@@ -77,6 +77,9 @@ pub struct Settings {
     /// Reads of personal data (read, disclose, export) per minute, by caller name; callers not
     /// named are not limited.
     pub max_reads_per_minute: BTreeMap<String, u32>,
+    /// Write grants (`[[callers]] writes`, field patterns), by caller name; callers not named
+    /// write what their purposes read ([`crate::policy::decide_write`]).
+    pub write_grants: BTreeMap<String, Vec<String>>,
 }
 
 impl Settings {
@@ -101,6 +104,7 @@ impl Settings {
             rewrap_pause_ms: 0,
             audited_auth_failures_per_second: 20,
             max_reads_per_minute: BTreeMap::new(),
+            write_grants: BTreeMap::new(),
         }
     }
 }

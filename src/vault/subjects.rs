@@ -248,6 +248,7 @@ impl Vault {
     pub fn put_fields(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
         let encoded = self.encode_fields(fields)?;
         self.gate(ctx, Action::PutFields, Some(subject.as_str()))?;
+        self.write_gate(ctx, Action::PutFields, subject.as_str(), &encoded)?;
         self.write_fields(ctx, Action::PutFields, subject, encoded, true)
     }
 
@@ -256,7 +257,23 @@ impl Vault {
     pub fn rectify(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
         let encoded = self.encode_fields(fields)?;
         self.gate(ctx, Action::Rectify, Some(subject.as_str()))?;
+        self.write_gate(ctx, Action::Rectify, subject.as_str(), &encoded)?;
         self.write_fields(ctx, Action::Rectify, subject, encoded, false)
+    }
+
+    /// The policy's write decision for this caller (both write paths ask it, before any
+    /// lookup): its grant, or what its purposes read.
+    fn write_decision(&self, ctx: &Ctx, action: Action, fields: &[(FieldName, Vec<u8>)]) -> Result<(), Denial> {
+        let writes = self.settings.write_grants.get(ctx.caller.name.as_str()).map(Vec::as_slice);
+        policy::decide_write(&ctx.caller, action, writes, &self.settings.purposes, fields.iter().map(|(f, _)| f.borrowed()))
+    }
+
+    /// [`Vault::write_decision`], recording a refusal with the field names (never values).
+    fn write_gate(&self, ctx: &Ctx, action: Action, s: &str, fields: &[(FieldName, Vec<u8>)]) -> Result<(), VaultError> {
+        self.write_decision(ctx, action, fields).map_err(|d| {
+            let names = fields.iter().map(|(f, _)| f.to_string()).collect();
+            self.refuse(ctx, action, Some(s), None, names, d.into())
+        })
     }
 
     fn write_fields(
@@ -297,7 +314,8 @@ impl Vault {
     /// erasure that purges the cache cannot race an insert after it.
     pub fn try_put_now(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Option<Audited<WriteOutcome>> {
         let encoded = self.encode_fields(fields).ok()?;
-        policy::may(&ctx.caller, Action::PutFields).ok()?;
+        // Refused writes go to the blocking path, which records them.
+        self.write_decision(ctx, Action::PutFields, &encoded).ok()?;
         let s = subject.as_str();
         let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
         let lock = self.locks.try_lock_owned(s)?;

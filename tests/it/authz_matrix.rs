@@ -201,3 +201,92 @@ async fn a_token_acts_only_as_its_own_caller() {
         assert_eq!(e["caller"], *caller, "a token acted as another caller");
     }
 }
+
+/// A new valid value for each field of [`application`], unlike the one it has.
+fn new_values() -> Vec<(&'static str, serde_json::Value)> {
+    let first11 = [9, 0, 0, 1, 0, 1, 3, 0, 0, 0, 2];
+    let check = qoima::schema::iin_check_digit(&first11).expect("a check digit exists");
+    let iin: String = first11.iter().chain([check].iter()).map(|d| char::from_digit(*d, 10).unwrap()).collect();
+    vec![
+        ("identity.full_name", json!("Writer New")),
+        ("identity.iin", json!(iin)),
+        ("identity.birth_date", json!("1991-02-03")),
+        ("identity.phone", json!("+77020000000")),
+        ("identity.email", json!("writer@example.kz")),
+        ("identity.address", json!("New address")),
+        ("questionnaire.employer", json!("New employer")),
+        ("questionnaire.monthly_income", json!(400000)),
+        ("questionnaire.dependants", json!(3)),
+        ("contract.offer_id", json!("OF-2")),
+        ("contract.amount", json!(200000)),
+        ("contract.offer_sent_at", json!("2026-11-02T09:30:00+05:00")),
+        ("technical.ip", json!("198.51.100.2")),
+        ("technical.access_time", json!("2026-11-02T09:29:58Z")),
+    ]
+}
+
+/// Issue #23, the write half of the matrix: every caller × field × write route. A put is the
+/// service role's, on the fields its grant gives (its `writes`; without one, what its purposes
+/// read: `purpose_fields` above); a rectify is the website's, on identity and questionnaire
+/// fields only, never contract terms. A refused write stores nothing and is audited with the
+/// field's name; an allowed one is stored.
+#[tokio::test]
+async fn no_caller_ever_writes_a_field_its_grant_does_not_allow() {
+    let app = spawn_app().await;
+    let values = new_values();
+    // svc-all's `writes` (tests/it/helpers.rs): every category of the application.
+    let svc_all_writes = ["identity", "questionnaire", "contract", "technical"];
+    for (caller, role, granted) in CALLERS {
+        let subject = format!("w-{caller}");
+        let original = application("WRITES");
+        assert_eq!(app.put_fields(&subject, original.clone()).await.status, StatusCode::CREATED);
+        let mut want_stored = original.as_object().unwrap().clone();
+        let all_names: Vec<String> = want_stored.keys().cloned().collect();
+        let mut want_audit = vec![("svc-all".to_string(), "subject.put", "allow", all_names)];
+        for (field, value) in &values {
+            let category = field.split('.').next().unwrap();
+            let put_may = *role == "service"
+                && if *caller == "svc-all" {
+                    svc_all_writes.contains(&category)
+                } else {
+                    granted.iter().any(|p| purpose_fields(p).contains(field))
+                };
+            let rectify_may = *role == "website" && matches!(category, "identity" | "questionnaire");
+            for (method, path, action, role_ok, may) in [
+                (Method::PUT, format!("/v1/subjects/{subject}"), "subject.put", *role == "service", put_may),
+                (Method::PATCH, format!("/v1/subjects/{subject}/rectify"), "subject.rectify", *role == "website", rectify_may),
+            ] {
+                let r = app.call(method, &path, Some(caller), Some(json!({ "fields": { *field: value } }))).await;
+                let case = format!("{caller} ({role}) {action} {field}");
+                if may {
+                    assert_eq!(r.status, StatusCode::OK, "{case}: {:?}", r.body);
+                    want_stored.insert(field.to_string(), value.clone());
+                } else {
+                    assert_eq!(r.status, StatusCode::FORBIDDEN, "{case}: {:?}", r.body);
+                    assert_eq!(r.body["type"], "urn:qoima:problem:forbidden", "{case}");
+                }
+                // A role refusal is recorded before the fields are looked at.
+                let names = if role_ok { vec![field.to_string()] } else { vec![] };
+                want_audit.push((caller.to_string(), action, if may { "allow" } else { "deny" }, names));
+            }
+        }
+        let got = app.get(&format!("/v1/subjects/{subject}/export"), "website").await;
+        assert_eq!(got.body["fields"], serde_json::Value::Object(want_stored), "{caller}: what is stored is what was allowed");
+        let entries =
+            app.get(&format!("/v1/audit?subject={subject}&limit=1000"), "auditor").await.body["entries"].as_array().unwrap().clone();
+        let mut got_audit: Vec<(String, &str, &str, Vec<String>)> = entries
+            .iter()
+            .filter(|e| matches!(e["action"].as_str(), Some("subject.put" | "subject.rectify")))
+            .map(|e| {
+                let action = if e["action"] == "subject.put" { "subject.put" } else { "subject.rectify" };
+                let decision = if e["decision"] == "allow" { "allow" } else { "deny" };
+                let fields = e["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+                (e["caller"].as_str().unwrap().to_string(), action, decision, fields)
+            })
+            .collect();
+        got_audit.sort();
+        want_audit.sort();
+        assert_eq!(got_audit, want_audit, "{caller}: one audit entry per write, with its decision and field names");
+        assert!(!serde_json::to_string(&entries).unwrap().contains("Writer New"), "audit entries hold names, never values");
+    }
+}

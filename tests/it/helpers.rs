@@ -68,6 +68,11 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
             hex::encode(token_digest(&token(name))),
             p.join(", ")
         ));
+        if *name == "svc-all" {
+            // Its purposes read no technical data; it writes the whole application (issue #23:
+            // a caller writes only what its grant allows).
+            t.push_str("writes = [\"identity.*\", \"questionnaire.*\", \"contract.*\", \"technical.*\"]\n");
+        }
     }
     t
 }

@@ -12,6 +12,7 @@ mod client;
 mod crash;
 mod docs;
 mod faults;
+mod grants;
 mod hostile;
 mod hygiene;
 mod keys;

@@ -85,7 +85,9 @@ async fn erase_subject_with(app: &TestApp, subject: &str, n: usize) -> Vec<u8> {
             fields.insert(format!("survey.q{i:05}"), json!(format!("answer {i} SURVEYMARK")));
         }
         written += fields.len();
-        let r = app.put_fields(subject, Value::Object(fields)).await;
+        // Written by a caller granted the survey (issue #23: a caller writes only its grant).
+        let body = json!({ "fields": Value::Object(fields) });
+        let r = app.call(Method::PUT, &format!("/v1/subjects/{subject}"), Some("svc-survey"), Some(body)).await;
         assert!(r.status.is_success(), "{:?}", r.body);
     }
     assert_eq!(keys_of(&app.vault, Space::Records, subject), n);
@@ -98,7 +100,11 @@ async fn erase_subject_with(app: &TestApp, subject: &str, n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn erasure_of_ten_and_ten_thousand_fields() {
-    let app = spawn_with("[schema.survey]\nopen = \"text\"\n", None).await;
+    let survey_writer = format!(
+        "[[callers]]\nname = \"svc-survey\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\nwrites = [\"survey.*\"]\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-survey")))
+    );
+    let app = spawn_with(&format!("[schema.survey]\nopen = \"text\"\n{survey_writer}"), None).await;
     let small = erase_subject_with(&app, "small", 10).await;
     let large = erase_subject_with(&app, "large", 10_000).await;
     for dek in [small, large] {
