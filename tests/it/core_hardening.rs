@@ -52,6 +52,9 @@ async fn an_erasure_whose_purge_fails_is_answered_erased_with_the_purge_pending_
     let again = app.erase("pp-1").await;
     assert_eq!((again.body["receipt"].clone(), again.body["purge_pending"].clone()), (r.body["receipt"].clone(), Value::Bool(true)));
 
+    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("qoima_erasure_purges_pending 1"), "{metrics}");
+
     // The purge is retried in the background once it can succeed.
     app.faults.set_purges_failing(false);
     eventually("the purge finishes", || async { erasure_of(&app, "pp-1").await["purge_pending"] == false }).await;
@@ -168,6 +171,12 @@ async fn no_kek_generation_wraps_more_than_its_limit() {
     let audit = app.get("/v1/audit?limit=1000", "auditor").await;
     let rotations = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "keys.rotate").count();
     assert_eq!(rotations, gens.len() - 1, "every rotation is audited");
+    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("qoima_kek_wrap_limit {LIMIT}")), "{metrics}");
+    let active = gens.iter().find(|g| g["state"] == "active").unwrap()["deks"].as_i64().unwrap();
+    // Counted before each wrap: never fewer than the DEKs it wraps, never past the limit.
+    let counted: i64 = metrics.lines().find_map(|l| l.strip_prefix("qoima_kek_active_wraps ")).unwrap().parse().unwrap();
+    assert!((active..=LIMIT).contains(&counted), "{counted} wraps counted for {active} DEKs");
     // Every subject reads back.
     for i in 0..20 {
         assert_eq!(app.read(&format!("w-{i}"), "svc-all", "loan_issuance").await.status, StatusCode::OK);
