@@ -554,3 +554,44 @@ fn purge_ranges(s: &str) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
     exact_end.push(0);
     vec![(Space::Subjects, s.as_bytes().to_vec(), exact_end)]
 }
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn line(subject: &str) -> String {
+        format!("{{\"subject\":\"{subject}\",\"event\":\"erased\",\"time\":\"2026-01-01T00:00:00Z\",\"receipt\":\"rcpt_{subject}\"}}")
+    }
+
+    #[test]
+    fn torn_records_are_skipped_and_whole_ones_kept_but_corruption_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let torn = "{\"subject\":\"x\",\"ev";
+        let text = format!("{}\n{torn}{}\n\0\0\0{}\n{}\n{torn}", line("a"), line("b"), line("c"), line("d"));
+        std::fs::write(&path, text).unwrap();
+        let subjects: Vec<String> = ErasureJournal::read(&path).unwrap().into_iter().map(|e| e.subject).collect();
+        assert_eq!(subjects, ["a", "b", "c", "d"]);
+
+        // A line no failed append could leave, before the end: an error, never skipped.
+        std::fs::write(&path, format!("{}\nnot a record\n{}\n", line("a"), line("b"))).unwrap();
+        let err = ErasureJournal::read(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2 is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn opening_repairs_the_tail_so_the_next_record_has_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        // A whole record missing only its newline keeps it (over-stating is safe)…
+        std::fs::write(&path, line("a")).unwrap();
+        ErasureJournal::open(&path).unwrap().append("b", "erased", OffsetDateTime::UNIX_EPOCH, "rcpt_b").unwrap();
+        // …a torn one is cut off.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"subject\":\"x\",\"ev").unwrap();
+        ErasureJournal::open(&path).unwrap().append("c", "erased", OffsetDateTime::UNIX_EPOCH, "rcpt_c").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().all(|l| serde_json::from_str::<JournalEntry>(l).is_ok()), "{text}");
+        assert!(!text.contains("\"x\""));
+    }
+}

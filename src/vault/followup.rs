@@ -85,23 +85,36 @@ impl Vault {
         self.purges.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// One round of retries; returns whether anything is still pending.
+    /// One round of retries; returns whether anything is still pending. (The first failure of
+    /// each was logged as a warning; retries that fail again log at debug level only.)
     pub fn run_follow_ups(&self) -> bool {
         let queued = self.purges.queue.lock().unwrap_or_else(|p| p.into_inner()).iter().next().cloned();
         if let Some(s) = queued {
             // One turn purges every queued subject.
-            self.purge_or_defer(&s);
+            match self.finish_purge(&s) {
+                Ok(()) => tracing::info!("pending erasure purges finished"),
+                Err(e) => tracing::debug!(error = %e, "erasure purge retry failed"),
+            }
         }
         if self.escrow_pending() {
             let _admin = self.keyring.admin();
-            if self.escrow_pending() && self.escrow_or_defer() {
-                tracing::info!("keyring escrow copy written");
+            if self.escrow_pending() {
+                match self.write_escrow() {
+                    Ok(()) => {
+                        self.follow_ups.escrow.store(false, Ordering::SeqCst);
+                        tracing::info!("keyring escrow copy written");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "keyring escrow retry failed"),
+                }
             }
         }
         match self.store.get(Space::Jobs, KEYRING_PURGE_KEY) {
-            Ok(Some(_)) => self.keyring_purge_or_defer(),
+            Ok(Some(_)) => match self.purge_keyring() {
+                Ok(()) => tracing::info!("pending keyring purge finished"),
+                Err(e) => tracing::debug!(error = %e, "keyring purge retry failed"),
+            },
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the follow-up markers"),
+            Err(e) => tracing::debug!(error = %e, "cannot read the follow-up markers"),
         }
         if self.keyring.rotation_due() {
             if let Err(e) = self.rotate_for_wrap_limit(&Ctx::system()) {

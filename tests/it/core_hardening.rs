@@ -186,7 +186,13 @@ async fn no_kek_generation_wraps_more_than_its_limit() {
 #[tokio::test]
 async fn key_day_counts_out_of_range_are_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    for (key, value) in [("rotation_days", "4000000000"), ("backup_retention_days", "4000000000"), ("rotation_days", "0")] {
+    for (key, value) in [
+        ("rotation_days", "4000000000"),
+        ("backup_retention_days", "4000000000"),
+        ("rotation_days", "0"),
+        ("kek_wrap_limit", "0"),
+        ("kek_wrap_limit", "4294967297"),
+    ] {
         let path = dir.path().join("qoima.toml");
         std::fs::write(&path, config_text(dir.path(), &format!("[keys]\n{key} = {value}\n"))).unwrap();
         let err = qoima::config::Config::load(&path, &|_| None).expect_err("out of range").to_string();
