@@ -336,3 +336,14 @@ async fn a_torn_journal_record_loses_no_whole_one() {
     }
     assert!(!all.iter().any(|e| e.subject.starts_with("t-x") || e.subject.starts_with("t-y")));
 }
+
+#[tokio::test]
+async fn the_openapi_document_names_the_follow_up_flags() {
+    let app = spawn_app().await;
+    let doc = app.call(Method::GET, "/openapi.json", None, None).await.body;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["ErasureResponse"]["properties"]["purge_pending"]["type"], "boolean", "{}", schemas["ErasureResponse"]);
+    assert_eq!(schemas["GenerationWire"]["properties"]["escrow_pending"]["type"], "boolean", "{}", schemas["GenerationWire"]);
+    let destroyed = &doc["paths"]["/v1/keys/{generation}"]["delete"]["responses"]["204"];
+    assert!(destroyed["headers"]["qoima-escrow-pending"].is_object(), "{destroyed}");
+}
