@@ -232,12 +232,21 @@ impl PendingCommit {
 }
 
 /// A switch tests flip to make audit writes fail (fault injection; never set in production).
+/// The second makes erasure purges fail, after their shred committed.
 #[derive(Debug, Default)]
-pub struct FaultSwitch(AtomicBool);
+pub struct FaultSwitch(AtomicBool, AtomicBool);
 
 impl FaultSwitch {
     pub fn set(&self, failing: bool) {
         self.0.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn set_purges_failing(&self, failing: bool) {
+        self.1.store(failing, Ordering::SeqCst);
+    }
+
+    pub(crate) fn purges_failing(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
     }
 
     fn failing(&self) -> bool {

@@ -67,6 +67,14 @@ pub enum BackupCmd {
         /// Where to restore (must not exist, or be empty).
         #[arg(long = "to", value_name = "DATA_DIR")]
         to: PathBuf,
+        /// The restored store's erasure journal (default: `<DATA_DIR>-erasures.jsonl`, or the
+        /// configured one when DATA_DIR is the configured data directory). Never the live vault's.
+        #[arg(long = "erasure-journal", value_name = "PATH")]
+        erasure_journal: Option<PathBuf>,
+        /// The restored store's keyring escrow (default: `<DATA_DIR>-keyring.json`, or the
+        /// configured one when DATA_DIR is the configured data directory). Never the live vault's.
+        #[arg(long = "keyring-escrow", value_name = "PATH")]
+        keyring_escrow: Option<PathBuf>,
     },
 }
 
@@ -289,7 +297,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute)
         }
         Command::Backup(BackupCmd::Create { dir }) => backup_create(&cli.config, &dir),
-        Command::Backup(BackupCmd::Restore { dir, to }) => backup_restore(&cli.config, &dir, &to),
+        Command::Backup(BackupCmd::Restore { dir, to, erasure_journal, keyring_escrow }) => {
+            backup_restore(&cli.config, &dir, &to, erasure_journal.as_deref(), keyring_escrow.as_deref())
+        }
     }
 }
 
@@ -398,17 +408,54 @@ fn rewrap(config: &Option<PathBuf>) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup_restore(config: &Option<PathBuf>, dir: &std::path::Path, to: &std::path::Path) -> Result<ExitCode, Failure> {
+fn backup_restore(
+    config: &Option<PathBuf>,
+    dir: &std::path::Path,
+    to: &std::path::Path,
+    journal: Option<&std::path::Path>,
+    escrow: Option<&std::path::Path>,
+) -> Result<ExitCode, Failure> {
     use crate::vault::backup;
     let (config, _) = load_config(config)?;
     let to = absolute(to)?;
     let root = config.root_key.load().map_err(|e| Failure(4, e.to_string()))?;
     let live = (absolute(&config.data_dir)? != to).then_some(config.data_dir.as_path());
+    // The restored store's own journal and escrow: the configured ones only when it takes the
+    // configured data directory's place; otherwise beside it (or as given), so a restore beside a
+    // live vault never writes the live vault's files.
+    let (own_journal, own_escrow) = match live {
+        None => (config.erasure_journal.clone(), config.keyring_escrow.clone()),
+        Some(_) => (crate::vault::default_journal_path(&to), crate::vault::sibling(&to, "-keyring.json")),
+    };
+    let own_journal = journal.map(absolute).transpose()?.unwrap_or(own_journal);
+    let own_escrow = escrow.map(absolute).transpose()?.unwrap_or(own_escrow);
+    if live.is_some() {
+        for (what, mine, theirs) in
+            [("--erasure-journal", &own_journal, &config.erasure_journal), ("--keyring-escrow", &own_escrow, &config.keyring_escrow)]
+        {
+            if mine == theirs || absolute(theirs).is_ok_and(|t| &t == mine) {
+                return Err(Failure(2, format!("{what} {} is the live vault's; give the restored store its own", mine.display())));
+            }
+        }
+    }
+    for (what, p) in [("--erasure-journal", &own_journal), ("--keyring-escrow", &own_escrow)] {
+        if p.starts_with(&to) {
+            return Err(Failure(2, format!("{what} must not live inside {} (a restore replaces it)", to.display())));
+        }
+    }
     let entries = backup::erasures_to_replay(&config.erasure_journal, live).map_err(|e| Failure(4, e.to_string()))?;
     let (manifest, files) = backup::copy_backup(dir, &to).map_err(|e| Failure(4, e.to_string()))?;
     let unreadable = backup::install_keyring(&to, live, &config.keyring_escrow).map_err(|e| Failure(4, e.to_string()))?;
+    if own_journal != config.erasure_journal {
+        // The restored store's journal starts with every erasure it replays, so a later restore
+        // into it from an older backup replays them too.
+        let journal = crate::vault::ErasureJournal::open(&own_journal).map_err(|e| Failure(4, e.to_string()))?;
+        journal.append_entries(&entries).map_err(|e| Failure(4, e.to_string()))?;
+    }
     let mut settings = config.vault_settings();
     settings.data_dir = to.clone();
+    settings.erasure_journal = own_journal;
+    settings.keyring_escrow = own_escrow;
     let vault =
         Vault::open(settings, root, Arc::new(crate::domain::SystemClock), Default::default()).map_err(|e| Failure(4, e.to_string()))?;
     let replayed = vault.replay_erasures(&entries).map_err(|e| Failure(4, e.to_string()))?;

@@ -124,12 +124,18 @@ impl Default for Limits {
     }
 }
 
+/// The most `keys.rotation_days` and `keys.backup_retention_days` may be: a hundred years.
+pub const MAX_KEY_DAYS: u32 = 36_500;
+
 /// Key-management settings.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
     /// Field encryptions under one DEK before it rotates (NIST SP 800-38D: 2^32).
     pub dek_seal_limit: u64,
+    /// DEK wraps under one KEK generation before the vault rotates to a new one (NIST SP
+    /// 800-38D: 2^32 with random nonces; rotation starts at 15/16 of it).
+    pub kek_wrap_limit: u64,
     /// Unwrapped DEKs kept in memory.
     pub dek_cache_capacity: usize,
     /// Planned KEK rotation period.
@@ -146,6 +152,7 @@ impl Default for KeySettings {
     fn default() -> Self {
         Self {
             dek_seal_limit: 1 << 32,
+            kek_wrap_limit: 1 << 32,
             dek_cache_capacity: 100_000,
             rotation_days: 90,
             backup_retention_days: 30,
@@ -427,6 +434,16 @@ impl Config {
         if raw.keys.dek_seal_limit == 0 || raw.keys.dek_seal_limit > 1 << 32 {
             return Err(ConfigError(format!("{name}: keys.dek_seal_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
         }
+        if raw.keys.kek_wrap_limit == 0 || raw.keys.kek_wrap_limit > 1 << 32 {
+            return Err(ConfigError(format!("{name}: keys.kek_wrap_limit must be between 1 and 2^32 (NIST SP 800-38D)")));
+        }
+        // Receipts add these to dates: bounded, so the arithmetic never leaves time's range.
+        if raw.keys.rotation_days == 0 || raw.keys.rotation_days > MAX_KEY_DAYS {
+            return Err(ConfigError(format!("{name}: keys.rotation_days must be between 1 and {MAX_KEY_DAYS}")));
+        }
+        if raw.keys.backup_retention_days > MAX_KEY_DAYS {
+            return Err(ConfigError(format!("{name}: keys.backup_retention_days must be at most {MAX_KEY_DAYS}")));
+        }
         if raw.cache.subjects_mib > 16 * 1024 {
             return Err(ConfigError(format!("{name}: cache.subjects_mib must be at most 16384 (0 turns the cache off)")));
         }
@@ -478,6 +495,7 @@ impl Config {
             purposes: self.purposes.clone(),
             policy_version: self.policy_version.clone(),
             dek_seal_limit: self.keys.dek_seal_limit,
+            kek_wrap_limit: self.keys.kek_wrap_limit,
             dek_cache_capacity: self.keys.dek_cache_capacity,
             subject_cache_bytes: self.cache.subjects_mib << 20,
             key_rotation_days: self.keys.rotation_days,

@@ -77,7 +77,8 @@ impl Dek {
     }
 
     /// A cipher for sealing and opening this subject's fields. Build one per request: ring's
-    /// key schedule is not zeroized on drop, so it should live no longer than the work.
+    /// key schedule is not zeroized on drop (ring 0.17.14 implements no `Drop` for its AEAD
+    /// keys), so it should live no longer than the work.
     pub fn cipher(&self) -> FieldCipher {
         // The key is exactly 32 bytes, the length AES-256-GCM takes, so this cannot fail.
         let unbound = UnboundKey::new(&AES_256_GCM, self.secret.expose()).expect("32-byte AES-256 key");

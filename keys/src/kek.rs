@@ -1,10 +1,12 @@
 //! Key-encryption keys: one per generation, wrapped by the root key, wrapping subject DEKs.
 
 use std::fmt;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::dek::{Dek, DekVersion, WrappedDek};
 use crate::envelope::{frame, Aad, Envelope, Header, Kind, NONCE_LEN};
@@ -31,12 +33,59 @@ impl fmt::Debug for WrappedKek {
     }
 }
 
-/// An unwrapped key-encryption key. Zeroized on drop (the secret and, through `aes-gcm`'s
-/// `zeroize` feature, the key schedule); `Debug` shows only the generation.
+/// Compile-time pin: the AES-256 key schedule zeroizes on drop. `aes-gcm`'s `zeroize` feature
+/// does not switch on `aes`'s (keys/Cargo.toml names `aes` for that); without it this fails to
+/// compile ("the trait bound `Aes256: ZeroizeOnDrop` is not satisfied"). `polyval` has no
+/// `ZeroizeOnDrop` to pin, hence [`GcmKey`].
+const _: fn() = || {
+    fn assert_zeroize_on_drop<T: ZeroizeOnDrop>() {}
+    assert_zeroize_on_drop::<aes::Aes256>();
+    assert_zeroize_on_drop::<GcmKey>();
+    assert_zeroize_on_drop::<secrecy::SecretBox<[u8; 32]>>();
+};
+
+/// An AES-256-GCM key (RustCrypto's `Aes256Gcm`) every byte of which is zeroized on drop.
+///
+/// `aes`'s `zeroize` feature clears the round keys, but the GHASH key H = AES_K(0¹²⁸) sits in
+/// `polyval`, whose CPU-detecting backend (the one x86-64 uses; 0.6.2) holds its two
+/// implementations in a `ManuallyDrop` union and never drops either, so its zeroizing `Drop`
+/// never runs, `zeroize` feature or not. `Aes256Gcm` is flat (arrays and SIMD registers, no
+/// pointers), so after dropping it in place this clears all of it, H included.
+pub(crate) struct GcmKey(ManuallyDrop<Aes256Gcm>);
+
+impl GcmKey {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
+        Self(ManuallyDrop::new(Aes256Gcm::new(key.into())))
+    }
+}
+
+impl Deref for GcmKey {
+    type Target = Aes256Gcm;
+    fn deref(&self) -> &Aes256Gcm {
+        &self.0
+    }
+}
+
+impl Drop for GcmKey {
+    fn drop(&mut self) {
+        // SAFETY: the cipher is dropped exactly once, here, and never used again; what is then
+        // zeroed is its own inline storage, for which all-zero bytes are a valid pattern (it holds
+        // no references, pointers, enums or heap data: round-key arrays, SIMD values, ZST tokens).
+        unsafe {
+            ManuallyDrop::drop(&mut self.0);
+            zeroize::zeroize_flat_type(&mut self.0 as *mut ManuallyDrop<Aes256Gcm>);
+        }
+    }
+}
+
+impl ZeroizeOnDrop for GcmKey {}
+
+/// An unwrapped key-encryption key. Zeroized on drop (the secret, and the whole AES-GCM key
+/// schedule through [`GcmKey`]); `Debug` shows only the generation.
 pub struct Kek {
     generation: Generation,
     secret: Secret,
-    cipher: Aes256Gcm,
+    cipher: GcmKey,
 }
 
 impl fmt::Debug for Kek {
@@ -52,7 +101,7 @@ impl Kek {
     }
 
     pub(crate) fn from_secret(generation: Generation, secret: Secret) -> Self {
-        let cipher = Aes256Gcm::new(secret.expose().into());
+        let cipher = GcmKey::new(secret.expose());
         Self { generation, secret, cipher }
     }
 
@@ -148,6 +197,20 @@ mod tests {
             bad.0[i / 8] ^= 1 << (i % 8);
             assert!(kek.unwrap_dek("s", DekVersion(1), &bad).is_err(), "bit {i} flipped still opened");
         }
+    }
+
+    #[test]
+    fn a_dropped_gcm_key_leaves_only_zeros() {
+        let mut slot = std::mem::MaybeUninit::<GcmKey>::uninit();
+        slot.write(GcmKey::new(&[0x5a; 32]));
+        // Used once, so the GHASH state is the one a real wrap leaves.
+        let sealed = wrap(unsafe { slot.assume_init_ref() }, Header::new(Kind::Dek, 1), Aad::new(b"h", "t"), &[7; 32]).unwrap();
+        assert_eq!(sealed.len(), crate::OVERHEAD + 32);
+        let bytes = unsafe {
+            slot.assume_init_drop();
+            std::slice::from_raw_parts(slot.as_ptr().cast::<u8>(), std::mem::size_of::<GcmKey>())
+        };
+        assert!(bytes.iter().all(|b| *b == 0), "key schedule bytes left after drop");
     }
 
     #[test]

@@ -10,10 +10,14 @@
 //! ```text
 //! RootKey ──wraps──▶ Kek (generation g) ──wraps──▶ Dek (subject s, version v) ──seals──▶ fields
 //! ```
-//! Wrapping (root→KEK, KEK→DEK) uses RustCrypto's `aes-gcm`, whose key schedule zeroizes on
-//! drop; bulk field sealing uses `ring`'s AES-256-GCM, measured faster (see
-//! `docs/crypto-benchmarks.md`), with the raw DEK bytes kept in a zeroizing box and the ring key
-//! schedule built per use.
+//! Wrapping (root→KEK, KEK→DEK) uses RustCrypto's `aes-gcm`, held in a `GcmKey` that zeroizes
+//! the whole key schedule on drop: the AES round keys (through `aes`'s `zeroize` feature, pinned
+//! by a compile-time `ZeroizeOnDrop` check in `kek.rs`) and the GHASH key, which polyval 0.6.2's
+//! CPU-detecting backend never clears itself. Bulk field sealing uses `ring`'s AES-256-GCM,
+//! measured faster (see `docs/crypto-benchmarks.md`), with the raw DEK bytes kept in a zeroizing
+//! box and the ring key schedule built per use. **ring does not zeroize its key schedules**
+//! (0.17.14 has no `Drop` or `zeroize` in its AEAD code): a field cipher's round keys stay in
+//! freed memory until reused, which is why it lives for one request only.
 
 mod dek;
 mod envelope;

@@ -4,13 +4,11 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::KeyInit;
-use aes_gcm::Aes256Gcm;
 use ring::digest;
 use zeroize::Zeroizing;
 
 use crate::envelope::{Aad, Envelope, Header, Kind};
-use crate::kek::{unwrap, wrap, Generation, Kek, WrappedKek};
+use crate::kek::{unwrap, wrap, GcmKey, Generation, Kek, WrappedKek};
 use crate::secret::Secret;
 use crate::Error;
 
@@ -116,7 +114,7 @@ fn read_key_file(path: &Path, modes: &[u32]) -> Result<Zeroizing<String>, Error>
 
 /// The unwrapped root key. It only wraps and unwraps KEK generations.
 pub struct RootKey {
-    cipher: Aes256Gcm,
+    cipher: GcmKey,
     id: u32,
 }
 
@@ -128,13 +126,13 @@ impl fmt::Debug for RootKey {
 
 impl RootKey {
     fn from_secret(secret: Secret) -> Self {
-        let cipher = Aes256Gcm::new(secret.expose().into());
+        let cipher = GcmKey::new(secret.expose());
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(b"qoima root key id v1");
         ctx.update(secret.expose());
         let d = ctx.finish();
         let id = u32::from_be_bytes([d.as_ref()[0], d.as_ref()[1], d.as_ref()[2], d.as_ref()[3]]);
-        // `secret` drops (and zeroizes) here; the cipher keeps a zeroize-on-drop key schedule.
+        // `secret` drops (and zeroizes) here; the cipher's key schedule zeroizes on drop (`GcmKey`).
         Self { cipher, id }
     }
 

@@ -18,12 +18,16 @@ pub async fn keys(state: App, Authed(ctx): Authed) -> Result<Json<KeysResponse>,
 
 /// Create and activate a new KEK generation (role security).
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
-    responses((status = 201, body = GenerationWire), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
+    responses((status = 201, body = GenerationWire, description = "rotated; `escrow_pending` if the escrow copy is still to be written"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn rotate(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<GenerationWire>), ApiError> {
-    let info = run(&state.vault, move |v| v.rotate_kek(&ctx)).await?;
-    Ok((StatusCode::CREATED, Json(GenerationWire::new(info, 0))))
+    let (info, escrow_pending) = run(&state.vault, move |v| v.rotate_kek(&ctx).map(|i| (i, v.escrow_pending()))).await?;
+    Ok((StatusCode::CREATED, Json(GenerationWire { escrow_pending, ..GenerationWire::new(info, 0) })))
 }
+
+/// Set on a committed key change whose keyring escrow copy is still to be written (retried).
+pub const ESCROW_PENDING_HEADER: &str = "qoima-escrow-pending";
 
 /// Start (or resume) the online rewrap of every DEK onto the active generation (role security).
 #[utoipa::path(post, path = "/v1/keys/rewrap", tag = "keys",
@@ -49,13 +53,23 @@ pub async fn rewrap_progress(state: App, Authed(ctx): Authed) -> Result<Json<Rew
 /// Destroy a KEK generation: 409 while it is active or wraps any DEK (role security).
 #[utoipa::path(delete, path = "/v1/keys/{generation}", tag = "keys",
     params(("generation" = u32, Path)),
-    responses((status = 204, description = "destroyed"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+    responses((status = 204, description = "destroyed", headers(("qoima-escrow-pending" = String,
+            description = "`true` when the destruction is committed but the keyring escrow copy is still to be written (retried in the background)"))),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn destroy(state: App, Authed(ctx): Authed, ApiPath(generation): ApiPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn destroy(
+    state: App,
+    Authed(ctx): Authed,
+    ApiPath(generation): ApiPath<String>,
+) -> Result<(StatusCode, axum::http::HeaderMap), ApiError> {
     let g: u32 = generation.parse().map_err(|_| ApiError::bad_request("generation must be a number"))?;
-    run(&state.vault, move |v| v.destroy_generation(&ctx, g)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let escrow_pending = run(&state.vault, move |v| v.destroy_generation(&ctx, g).map(|_| v.escrow_pending())).await?;
+    let mut headers = axum::http::HeaderMap::new();
+    if escrow_pending {
+        headers.insert(ESCROW_PENDING_HEADER, axum::http::HeaderValue::from_static("true"));
+    }
+    Ok((StatusCode::NO_CONTENT, headers))
 }
 
 /// Audit entries (roles auditor, security).

@@ -72,6 +72,10 @@ impl From<VaultError> for ApiError {
                 Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string()) }
             }
             e @ VaultError::KeyDestroyed { .. } => Self::new(StatusCode::GONE, "key-destroyed", e.to_string()),
+            VaultError::WrapLimit(d) => {
+                tracing::warn!(detail = %d, "write refused at the KEK wrap limit");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d)
+            }
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
                 Self::new(

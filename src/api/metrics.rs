@@ -166,6 +166,17 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 let _ = writeln!(o, "{name} {value}");
             }
         }
+        // The wrap limit (NIST SP 800-38D) and follow-ups of committed changes still retried.
+        let (wraps, limit) = v.keyring().active_wraps();
+        for (name, what, value) in [
+            ("qoima_kek_active_wraps", "DEK wraps made with the active KEK generation.", wraps),
+            ("qoima_kek_wrap_limit", "Wraps one KEK generation may make (keys.kek_wrap_limit); rotation at 15/16.", limit),
+            ("qoima_erasure_purges_pending", "Committed erasures whose purge is still being retried.", v.purges_pending() as u64),
+            ("qoima_keyring_escrow_pending", "1 while the keyring escrow copy is behind the store (retried).", u64::from(v.escrow_pending())),
+        ] {
+            help(&mut o, name, "gauge", what);
+            let _ = writeln!(o, "{name} {value}");
+        }
 
         let store = v.store();
         for (name, prop, what) in [

@@ -204,6 +204,10 @@ pub struct ErasureResponse {
     pub kek_generation: Option<u32>,
     /// What the receipt promises, in words.
     pub statement: String,
+    /// The shred is committed (the subject is erased) but forcing its key out of the store
+    /// files has not finished yet; the vault retries in the background. False once purged.
+    #[serde(default)]
+    pub purge_pending: bool,
 }
 
 impl ErasureResponse {
@@ -221,6 +225,7 @@ impl ErasureResponse {
             key_fingerprint: e.key_fingerprint,
             kek_generation: e.kek_generation,
             statement,
+            purge_pending: e.status == vault::ErasureStatus::Erased && !e.purged,
         }
     }
 }
@@ -301,6 +306,10 @@ pub struct GenerationWire {
     pub activated_at: Option<String>,
     pub retired_at: Option<String>,
     pub destroyed_at: Option<String>,
+    /// Only in a rotation's answer, when true: the rotation is committed, but the keyring escrow
+    /// copy has not been written yet; the vault retries in the background.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escrow_pending: bool,
 }
 
 impl GenerationWire {
@@ -314,6 +323,7 @@ impl GenerationWire {
             activated_at: i.activated_at.map(rfc3339),
             retired_at: i.retired_at.map(rfc3339),
             destroyed_at: i.destroyed_at.map(rfc3339),
+            escrow_pending: false,
         }
     }
 }

@@ -4,6 +4,7 @@ use qoima_keys::Generation;
 
 use super::budget::{Admit, Unrecorded};
 use super::codec::SubjectMeta;
+use super::followup::KEYRING_PURGE_KEY;
 use super::keyring::{dek_count_key, meta_key, wrapped_key, KekInfo, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{Decision, Draft};
@@ -22,15 +23,37 @@ impl Vault {
 
     /// Makes a new KEK generation active; the previous one becomes decrypt-only. New
     /// subjects use the new generation at once; existing DEKs keep working until rewrapped.
+    ///
+    /// Once committed, the rotation is answered as done; if the escrow copy then fails,
+    /// [`Vault::escrow_pending`] says so and it is retried in the background.
     pub fn rotate_kek(&self, ctx: &Ctx) -> Result<KekInfo, VaultError> {
         self.gate(ctx, Action::KeysManage, None)?;
         let _admin = self.keyring.admin();
+        self.rotate_locked(ctx, "")
+    }
+
+    /// The rotation the wrap limit calls for (the vault's own, from the background follow-ups),
+    /// unless one happened meanwhile.
+    pub(super) fn rotate_for_wrap_limit(&self, ctx: &Ctx) -> Result<Option<KekInfo>, VaultError> {
+        let _admin = self.keyring.admin();
+        if !self.keyring.rotation_due() {
+            return Ok(None);
+        }
+        let (wraps, limit) = self.keyring.active_wraps();
+        let why = format!(": generation {} made {wraps} of its {limit} wraps (keys.kek_wrap_limit)", self.keyring.active_generation());
+        let info = self.rotate_locked(ctx, &why)?;
+        tracing::info!(generation = info.generation, "KEK rotated at its wrap limit");
+        Ok(Some(info))
+    }
+
+    /// Rotates; the caller holds [`super::Keyring::admin`].
+    fn rotate_locked(&self, ctx: &Ctx, why: &str) -> Result<KekInfo, VaultError> {
         let (batch, kek, info, old) = self.keyring.prepare_rotate(self.clock.now())?;
-        let reason = format!("KEK generation {} created and activated", info.generation);
+        let reason = format!("KEK generation {} created and activated{why}", info.generation);
         let draft = self.draft(ctx, Action::KeysManage, None, reason);
         self.audit.commit(vec![draft.named("keys.rotate")], batch)?;
         self.keyring.install(kek, info.clone(), old);
-        self.write_escrow()?;
+        self.escrow_or_defer();
         Ok(info)
     }
 
@@ -44,11 +67,13 @@ impl Vault {
         }
         let mut batch = Batch::default();
         let n = self.keyring.rewrap_all(new_root, &mut batch)?;
+        // Owed from this commit on, until done: no live file keeps a KEK wrapped by the old root key.
+        batch.put(Space::Jobs, KEYRING_PURGE_KEY.to_vec(), vec![1]);
         let reason = format!("{n} KEK generations rewrapped under root key {:08x} (was {:08x})", new_root.id(), self.keyring.root_id());
         self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.rotate_root")], batch)?;
-        self.write_escrow()?;
-        // No live file keeps a KEK wrapped by the old root key.
-        self.store.purge_space(Space::Keyring)?;
+        // Committed: what follows is retried (at the next start, for this offline command).
+        self.escrow_or_defer();
+        self.keyring_purge_or_defer();
         Ok(n)
     }
 
@@ -95,11 +120,15 @@ impl Vault {
         let mut batch = Batch::default();
         batch.delete(Space::Keyring, wrapped_key(g));
         batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
+        // Owed from this commit on, until done: the deletion forced out of the store files.
+        batch.put(Space::Jobs, KEYRING_PURGE_KEY.to_vec(), vec![1]);
         let reason = format!("KEK generation {generation} destroyed");
         self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.destroy")], batch)?;
         self.keyring.forget(info.clone());
-        self.write_escrow()?;
-        self.store.purge_space(Space::Keyring)?;
+        // Committed: answered as destroyed; the escrow copy and the purge are retried if they fail
+        // ([`Vault::escrow_pending`]).
+        self.escrow_or_defer();
+        self.keyring_purge_or_defer();
         Ok(info)
     }
 }

@@ -128,8 +128,9 @@ impl Vault {
             (record, erasure)
         };
         if let (_, Some(e)) = &outcome {
-            if e.status == ErasureStatus::Erased && !e.purged {
-                self.finish_purge(s)?;
+            // Committed: a failed purge leaves it pending (the answer says so) and retried.
+            if e.status == ErasureStatus::Erased && !e.purged && self.purge_or_defer(s) {
+                return Ok((outcome.0, self.erasure(s).ok().flatten().or(outcome.1)));
             }
         }
         Ok(outcome)

@@ -2,6 +2,7 @@
 //! memory, exactly one active (Tink's "primary"), the others decrypt-only or destroyed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use qoima_keys::{Generation, Kek, RootKey, WrappedKek};
@@ -185,6 +186,10 @@ struct Ring {
     active: Generation,
     keks: BTreeMap<Generation, Arc<Kek>>,
     infos: BTreeMap<Generation, KekInfo>,
+    /// Wraps made (or taken, for a write still being committed) with the active generation:
+    /// its stored counter at load, then counted here before each wrap. Over-counts a wrap
+    /// whose batch failed, never under-counts.
+    active_wraps: AtomicU64,
 }
 
 /// The in-memory keyring.
@@ -193,6 +198,17 @@ pub struct Keyring {
     ring: RwLock<Ring>,
     /// Key administration (rotate, destroy) runs one operation at a time.
     admin: Mutex<()>,
+    /// Wraps allowed under one generation (`keys.kek_wrap_limit`; NIST SP 800-38D: 2^32 with
+    /// random nonces).
+    wrap_limit: u64,
+    /// The active generation is near (or at) its wrap limit: the vault rotates it.
+    rotation_due: AtomicBool,
+}
+
+/// When a generation has made this many of its `limit` wraps, the vault rotates to a new one
+/// (15/16 of it: 2^32 − 2^28 by default), so writers rarely meet the hard limit.
+pub fn rotation_point(limit: u64) -> u64 {
+    limit - limit / 16
 }
 
 impl std::fmt::Debug for Keyring {
@@ -204,7 +220,7 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Loads every generation, unwrapping the live ones with `root`; creates generation 1 in
     /// a new store. Fails if the root key does not open them.
-    pub fn load_or_init(store: &Store, root: RootKey, now: OffsetDateTime) -> Result<Self, VaultError> {
+    pub fn load_or_init(store: &Store, root: RootKey, now: OffsetDateTime, wrap_limit: u64) -> Result<Self, VaultError> {
         let mut infos: BTreeMap<Generation, KekInfo> = read_infos(store)?.into_iter().map(|(i, _)| (Generation(i.generation), i)).collect();
         if infos.is_empty() {
             let mut b = Batch::default();
@@ -230,7 +246,60 @@ impl Keyring {
             keks.insert(*g, Arc::new(kek));
         }
         let active = active.ok_or(StoreError::Corrupt { space: "keyring", what: "no active generation" })?;
-        Ok(Self { root, ring: RwLock::new(Ring { active, keks, infos }), admin: Mutex::new(()) })
+        let wraps = store.counter(Space::Keyring, &wrap_count_key(active))?.max(0) as u64;
+        let wrap_limit = wrap_limit.max(1);
+        Ok(Self {
+            root,
+            ring: RwLock::new(Ring { active, keks, infos, active_wraps: AtomicU64::new(wraps) }),
+            admin: Mutex::new(()),
+            wrap_limit,
+            rotation_due: AtomicBool::new(wraps >= rotation_point(wrap_limit)),
+        })
+    }
+
+    /// The active KEK, to wrap one DEK with: takes one wrap of its budget. At the rotation
+    /// point the vault is told to rotate; past the limit the wrap is refused (503, nothing
+    /// done) until the new generation is active.
+    pub fn for_wrapping(&self) -> Result<Arc<Kek>, VaultError> {
+        let r = self.read();
+        self.take_wrap(&r)?;
+        Ok(r.keks[&r.active].clone())
+    }
+
+    /// Takes one wrap of generation `g`'s budget; `g` must be the active generation (a rewrap
+    /// that finds it rotated starts a new pass).
+    pub fn take_wrap_of(&self, g: Generation) -> Result<(), VaultError> {
+        let r = self.read();
+        if r.active != g {
+            return Err(VaultError::Unavailable(format!("KEK generation {g} is no longer active")));
+        }
+        self.take_wrap(&r)
+    }
+
+    fn take_wrap(&self, r: &Ring) -> Result<(), VaultError> {
+        let n = r.active_wraps.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+        if n >= rotation_point(self.wrap_limit) {
+            self.rotation_due.store(true, Ordering::SeqCst);
+        }
+        if n > self.wrap_limit {
+            r.active_wraps.fetch_sub(1, Ordering::SeqCst);
+            return Err(VaultError::WrapLimit(format!(
+                "KEK generation {} has made its {} wraps (keys.kek_wrap_limit, NIST SP 800-38D); the vault is rotating to a \
+                 new generation: nothing was done, retry",
+                r.active, self.wrap_limit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the active generation has reached its rotation point.
+    pub fn rotation_due(&self) -> bool {
+        self.rotation_due.load(Ordering::SeqCst)
+    }
+
+    /// Wraps made with the active generation, and the limit.
+    pub fn active_wraps(&self) -> (u64, u64) {
+        (self.read().active_wraps.load(Ordering::SeqCst), self.wrap_limit)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
@@ -292,6 +361,9 @@ impl Keyring {
         r.infos.insert(g, info);
         r.keks.insert(g, kek);
         r.active = g;
+        // A new generation has wrapped nothing yet.
+        r.active_wraps.store(0, Ordering::SeqCst);
+        self.rotation_due.store(false, Ordering::SeqCst);
     }
 
     /// Forgets a destroyed generation's key (the `Kek` zeroizes when the last user drops it).

@@ -17,6 +17,7 @@ mod cache;
 pub mod codec;
 mod erasure;
 mod facts;
+mod followup;
 pub mod keyring;
 mod privacy;
 pub mod rewrap;
@@ -60,6 +61,8 @@ pub struct Settings {
     pub policy_version: String,
     /// Field encryptions allowed under one DEK before it is rotated automatically.
     pub dek_seal_limit: u64,
+    /// DEK wraps allowed under one KEK generation before the vault rotates to a new one.
+    pub kek_wrap_limit: u64,
     pub dek_cache_capacity: usize,
     /// Bytes of sealed records, entries and facts of recently read subjects kept in memory
     /// (ciphertexts only; 0 turns the cache off).
@@ -96,6 +99,8 @@ impl Settings {
             policy_version: "2019-01-29".into(),
             // NIST SP 800-38D: at most 2^32 invocations with random 96-bit nonces per key.
             dek_seal_limit: 1 << 32,
+            // The same limit for DEKs wrapped under one KEK generation.
+            kek_wrap_limit: 1 << 32,
             dek_cache_capacity: 100_000,
             subject_cache_bytes: 32 << 20,
             key_rotation_days: 90,
@@ -171,6 +176,10 @@ pub enum VaultError {
     /// from an old backup): its data is unreadable for good.
     #[error("the KEK generation {generation} that wrapped subject {subject}'s key was destroyed; its data is unreadable for good")]
     KeyDestroyed { subject: String, generation: u32 },
+    /// The active KEK generation has made all the wraps `keys.kek_wrap_limit` allows and the
+    /// rotation to a new one is not in place yet: nothing was done; retry shortly.
+    #[error("{0}")]
+    WrapLimit(String),
     /// Storage or audit cannot take writes: nothing was done, nothing is returned.
     #[error("{0}")]
     Unavailable(String),
@@ -230,6 +239,10 @@ pub struct Vault {
     journal: ErasureJournal,
     rewrap: rewrap::RewrapRunner,
     purges: erasure::PurgeQueue,
+    /// Follow-ups of committed changes still to finish (purges, escrow), retried in the background.
+    follow_ups: followup::FollowUps,
+    /// Fault injection for tests (never set in production).
+    faults: Arc<FaultSwitch>,
     auth_failures: budget::AuthFailureBudget,
     read_limits: budget::ReadLimits,
     paths: Paths,
@@ -277,8 +290,8 @@ impl Vault {
         // views could not keep these coherent, so they stay off.
         let views = Arc::new(views::SubjectViews::new(settings.subject_cache_bytes));
         let views = if store.observe_writes(views.clone()) { views } else { Arc::new(views::SubjectViews::new(0)) };
-        let keyring = Keyring::load_or_init(&store, root, clock.now())?;
-        let audit = AuditLog::start(store.clone(), clock.clone(), faults)?;
+        let keyring = Keyring::load_or_init(&store, root, clock.now(), settings.kek_wrap_limit)?;
+        let audit = AuditLog::start(store.clone(), clock.clone(), faults.clone())?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),
@@ -295,10 +308,15 @@ impl Vault {
             journal,
             rewrap: Default::default(),
             purges: Default::default(),
+            follow_ups: Default::default(),
+            faults,
             paths: Default::default(),
         };
         vault.write_escrow()?;
         vault.resume_erasures()?;
+        if vault.store.get(Space::Jobs, followup::KEYRING_PURGE_KEY)?.is_some() {
+            vault.keyring_purge_or_defer();
+        }
         Ok(vault)
     }
 
@@ -306,6 +324,7 @@ impl Vault {
     /// written what it holds.
     pub fn close(&self) {
         self.rewrap.stop();
+        self.stop_follow_ups();
         if let Err(e) = self.flush_unrecorded_auth_failures() {
             tracing::warn!(error = %e, "could not record the count of unrecorded failed authentications");
         }

@@ -162,6 +162,8 @@ impl Vault {
 
     /// Resumes a job a crash or restart interrupted (called once the vault is shared).
     pub fn resume_jobs(self: &Arc<Self>) -> Result<(), VaultError> {
+        // Follow-ups of committed changes (purges, escrow, wrap-limit rotations) retry from now on.
+        self.spawn_follow_ups();
         if self.rewrap_job()?.state == RewrapState::Running && !self.rewrap.running() {
             let done = self.rewrap_job()?.done;
             self.audit.record(self.draft(&Ctx::system(), Action::KeysManage, None, "rewrap resumed after restart").named("keys.rewrap"))?;
@@ -297,6 +299,7 @@ impl Vault {
                     Some(d) => d,
                     None => Arc::new(self.keyring.get(from_gen)?.unwrap_dek(id, meta.dek_version, &meta.wrapped_dek)?),
                 };
+                self.keyring.take_wrap_of(target.generation())?;
                 meta.wrapped_dek = target.wrap_dek(id, &dek)?;
                 batch.put(Space::Subjects, id.as_bytes().to_vec(), meta.encode());
                 batch.add(Space::Keyring, dek_count_key(from_gen), -1);

@@ -432,7 +432,7 @@ impl Vault {
 
     /// A fresh DEK for a new subject, wrapped by the active generation.
     fn new_subject(&self, s: &str, now: OffsetDateTime, batch: &mut Batch) -> Result<(SubjectMeta, Arc<Dek>), VaultError> {
-        let kek = self.keyring.active();
+        let kek = self.keyring.for_wrapping()?;
         let dek = Dek::generate(DekVersion(1))?;
         let wrapped = kek.wrap_dek(s, &dek)?;
         batch.add(Space::Keyring, dek_count_key(kek.generation()), 1);
@@ -455,7 +455,7 @@ impl Vault {
     fn reencrypt(&self, tier: Tier, s: &str, meta: &mut SubjectMeta, batch: &mut Batch) -> Result<Arc<Dek>, VaultError> {
         let old = self.dek(s, meta)?;
         let old_gen = meta.generation()?;
-        let kek = self.keyring.active();
+        let kek = self.keyring.for_wrapping()?;
         let new = Dek::generate(DekVersion(meta.dek_version.0 + 1))?;
         let (oc, nc) = (old.cipher(), new.cipher());
         let mut n = 0u64;
