@@ -257,31 +257,14 @@ async fn a_restore_beside_the_live_vault_uses_its_own_journal_and_escrow() {
 
     // Explicit paths: the live vault's are refused.
     let other = app.dir.path().join("side2");
-    let (ok, out) = cli(&[
-        "backup",
-        "restore",
-        b.to_str().unwrap(),
-        "--to",
-        other.to_str().unwrap(),
-        "--keyring-escrow",
-        live_escrow.to_str().unwrap(),
-        "--config",
-        &cfg,
-    ]);
+    let restore_with = |flag: &str, path: &Path| {
+        cli(&["backup", "restore", b.to_str().unwrap(), "--to", other.to_str().unwrap(), flag, path.to_str().unwrap(), "--config", &cfg])
+    };
+    let (ok, out) = restore_with("--keyring-escrow", &live_escrow);
     assert!(!ok && out.contains("--keyring-escrow") && out.contains("live vault"), "{out}");
     assert!(!other.exists() || std::fs::read_dir(&other).unwrap().next().is_none(), "nothing restored");
     let elsewhere = app.dir.path().join("elsewhere-journal.jsonl");
-    let (ok, out) = cli(&[
-        "backup",
-        "restore",
-        b.to_str().unwrap(),
-        "--to",
-        other.to_str().unwrap(),
-        "--erasure-journal",
-        elsewhere.to_str().unwrap(),
-        "--config",
-        &cfg,
-    ]);
+    let (ok, out) = restore_with("--erasure-journal", &elsewhere);
     assert!(ok, "{out}");
     assert!(qoima::vault::ErasureJournal::read(&elsewhere).unwrap().iter().any(|e| e.subject == "r-gone"));
     assert_eq!(std::fs::read(&live_journal).unwrap(), journal_before);
