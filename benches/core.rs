@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("store_get_1KiB", |b| b.iter(|| store.get(Space::Records, &(i / 2).to_be_bytes()).unwrap().unwrap()));
 
-    let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Default::default()).unwrap();
+    let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Default::default(), Default::default()).unwrap();
     let draft = Draft {
         caller: "bench".into(),
         action: "subject.read",

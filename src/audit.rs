@@ -6,6 +6,7 @@
 //! audit entry are applied together or not at all. Entries hold ids and field *names*, never
 //! values, tokens or key bytes.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -261,6 +262,9 @@ pub struct AuditStats {
     pub commit_seconds: crate::metrics::Histogram,
     /// Entries by action, purpose and decision.
     pub decisions: crate::metrics::CounterFamily,
+    /// The configured purposes: the only `purpose` label values besides `other` and none, so
+    /// no request can add a label set (an entry may name any well-formed purpose it refused).
+    pub purposes: BTreeSet<String>,
     pub groups: AtomicU64,
     pub entries: AtomicU64,
     pub failures: AtomicU64,
@@ -276,11 +280,18 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the committer, continuing the chain found in `store`.
-    pub fn start(store: Arc<Store>, clock: Arc<dyn Clock>, faults: Arc<FaultSwitch>) -> Result<Self, StoreError> {
+    /// `purposes` are the configured purposes, the `purpose` label values of the decision
+    /// counters.
+    pub fn start(
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        faults: Arc<FaultSwitch>,
+        purposes: BTreeSet<String>,
+    ) -> Result<Self, StoreError> {
         let head = load_head(&store)?;
         let (tx, rx) = sync_channel::<Job>(4096);
         let healthy = Arc::new(AtomicBool::new(true));
-        let stats = Arc::new(AuditStats::default());
+        let stats = Arc::new(AuditStats { purposes, ..AuditStats::default() });
         let (h, st) = (healthy.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("qoima-audit".into())
@@ -415,7 +426,11 @@ fn committer(
                 };
                 e.hash = e.compute_hash();
                 let decision = if e.decision == Decision::Allow { "allow" } else { "deny" };
-                let purpose = e.purpose.as_deref().unwrap_or_default();
+                let purpose = match e.purpose.as_deref() {
+                    None => "",
+                    Some(p) if stats.purposes.contains(p) => p,
+                    Some(_) => "other",
+                };
                 match decided.iter_mut().find(|(a, p, d, _)| *a == e.action && p == purpose && *d == decision) {
                     Some(seen) => seen.3 += 1,
                     None => decided.push((e.action.clone(), purpose.to_owned(), decision, 1)),
@@ -692,7 +707,7 @@ mod tests {
     fn log_with(n: usize) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default()).unwrap();
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
         std::thread::scope(|s| {
             for i in 0..n {
                 let log = &log;
@@ -727,7 +742,7 @@ mod tests {
     fn decisions_are_counted_per_entry_within_a_group() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = AuditLog::start(store, Arc::new(SystemClock), Arc::default()).unwrap();
+        let log = AuditLog::start(store, Arc::new(SystemClock), Arc::default(), ["loan_issuance".to_owned()].into()).unwrap();
         let advertising = |d: Draft| Draft { purpose: Some("advertising".into()), ..d };
         // One job, so one group of five entries.
         let drafts = vec![draft("s1", "a"), draft("s2", "b"), draft("s1", "c").deny(), advertising(draft("s3", "d")), draft("s3", "e")];
@@ -736,9 +751,10 @@ mod tests {
         log.stats().decisions.render(&mut text, "d");
         assert_eq!(
             text,
-            "d{action=\"subject.read\",purpose=\"advertising\",decision=\"allow\"} 1\n\
-             d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"allow\"} 3\n\
-             d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"deny\"} 1\n"
+            "d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"allow\"} 3\n\
+             d{action=\"subject.read\",purpose=\"loan_issuance\",decision=\"deny\"} 1\n\
+             d{action=\"subject.read\",purpose=\"other\",decision=\"allow\"} 1\n",
+            "a purpose outside the configured set is labelled `other`"
         );
         log.shutdown();
     }
@@ -813,7 +829,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let faults = Arc::new(FaultSwitch::default());
-        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), faults.clone()).unwrap();
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), faults.clone(), Default::default()).unwrap();
         log.record(draft("a", "1")).unwrap();
         faults.set(true);
         let mut b = Batch::default();

@@ -138,7 +138,7 @@ pub enum CallersCmd {
     Add {
         /// The caller's name.
         name: String,
-        /// Roles: service, website, security, auditor.
+        /// Roles: service, website, security, auditor, monitoring.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// Purposes it may read for (service role).

@@ -211,10 +211,12 @@ pub enum Role {
     Security,
     /// Auditors: the audit trail, read only.
     Auditor,
+    /// A metrics scraper: the detail of `/metrics` and `/readyz`, nothing else.
+    Monitoring,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Service, Role::Website, Role::Security, Role::Auditor];
+    pub const ALL: [Role; 5] = [Role::Service, Role::Website, Role::Security, Role::Auditor, Role::Monitoring];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -222,6 +224,7 @@ impl Role {
             Role::Website => "website",
             Role::Security => "security",
             Role::Auditor => "auditor",
+            Role::Monitoring => "monitoring",
         }
     }
 }

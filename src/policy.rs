@@ -190,6 +190,8 @@ pub enum Action {
     Rekey,
     AuditRead,
     Backup,
+    /// The detail of `/metrics` and `/readyz` (counts, key generations, store errors).
+    Observe,
 }
 
 impl Action {
@@ -202,6 +204,7 @@ impl Action {
             Action::GiveConsent | Action::WithdrawConsent | Action::RequestErasure | Action::ErasureStatus => &[Website, Service],
             Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],
             Action::AuditRead => &[Auditor, Security],
+            Action::Observe => &[Monitoring, Security],
         }
     }
 
@@ -225,6 +228,7 @@ impl Action {
             Action::Rekey => "subject.rekey",
             Action::AuditRead => "audit.read",
             Action::Backup => "backup.create",
+            Action::Observe => "metrics.read",
         }
     }
 }
@@ -490,7 +494,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 4 * 4 * 2 * bases().len());
+        assert_eq!(checked, Role::ALL.len() * 4 * 2 * bases().len());
     }
 
     #[test]
@@ -590,5 +594,15 @@ mod tests {
         }
         assert!(may(&caller(&[Role::Auditor], &[]), Action::KeysManage).is_err());
         assert!(may(&caller(&[Role::Security], &[]), Action::Read).is_err());
+        // A scraper's token reads the metrics' detail and nothing else.
+        let scraper = caller(&[Role::Monitoring], &[]);
+        assert!(may(&scraper, Action::Observe).is_ok());
+        for action in [Action::PutFields, Action::Read, Action::Rectify, Action::Export, Action::Disclose, Action::RequestErasure]
+            .into_iter()
+            .chain([Action::PrivacySession, Action::KeysRead, Action::KeysManage, Action::Rekey, Action::AuditRead, Action::Backup])
+        {
+            assert!(may(&scraper, action).is_err(), "{action:?}");
+        }
+        assert!(may(&caller(&[Role::Service], &[]), Action::Observe).is_err());
     }
 }

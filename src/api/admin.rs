@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::error::{ApiError, Problem};
-use super::extract::{run, ApiPath, ApiQuery, App, Authed};
+use super::extract::{run, ApiPath, ApiQuery, App, Authed, Scrape};
 use super::wire::*;
 
 /// Every KEK generation with its state and how many DEKs it wraps (role security).
@@ -116,20 +116,56 @@ pub async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok".into(), checks: Default::default() })
 }
 
-/// Readiness: store open, root key loaded, audit writable.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
-pub async fn readyz(state: App) -> (StatusCode, Json<HealthResponse>) {
-    let vault = state.vault.clone();
-    let checks = tokio::task::spawn_blocking(move || {
-        let mut c = std::collections::BTreeMap::new();
-        c.insert("store".to_string(), vault.store().ready().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()));
-        c.insert("root_key".to_string(), format!("ok (active KEK generation {})", vault.keyring().active_generation()));
-        c.insert("audit".to_string(), if vault.audit_healthy() { "ok".into() } else { "last audit write failed".into() });
-        c
-    })
-    .await
-    .unwrap_or_default();
-    let ready = !checks.is_empty() && checks.values().all(|v| v.starts_with("ok"));
+/// What `/readyz` and `/metrics` check: store open and writable, root key loaded, audit
+/// writable.
+pub struct Health {
+    /// The store's error, if it has one (its text names files and RocksDB's state).
+    pub store: Result<(), String>,
+    pub audit: bool,
+    pub active_generation: u32,
+}
+
+impl Health {
+    pub async fn of(vault: &std::sync::Arc<crate::vault::Vault>) -> Option<Health> {
+        let vault = vault.clone();
+        tokio::task::spawn_blocking(move || Health {
+            store: vault.store().ready().map_err(|e| e.to_string()),
+            audit: vault.audit_healthy(),
+            active_generation: vault.keyring().active_generation().0,
+        })
+        .await
+        .ok()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.store.is_ok() && self.audit
+    }
+
+    /// Each check as `/readyz` names it: "ok" or what is wrong, in detail only for `detail`.
+    fn checks(&self, detail: bool) -> std::collections::BTreeMap<String, String> {
+        let failing = |what: String| if detail { what } else { "failing".into() };
+        let store = match &self.store {
+            Ok(()) => "ok".into(),
+            Err(e) => failing(e.clone()),
+        };
+        let root_key = if detail { format!("ok (active KEK generation {})", self.active_generation) } else { "ok".into() };
+        let audit = if self.audit { "ok".into() } else { failing("last audit write failed".into()) };
+        [("store", store), ("root_key", root_key), ("audit", audit)].into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+}
+
+/// Readiness: store open and writable, root key loaded, audit writable. Without credentials
+/// each check says only "ok" or "failing"; a caller with role monitoring or security gets the
+/// active KEK generation and the store's error text.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security((), ("bearer" = [])))]
+pub async fn readyz(state: App, scrape: Scrape) -> (StatusCode, Json<HealthResponse>) {
+    let Some(health) = Health::of(&state.vault).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "not ready".into(), checks: Default::default() }));
+    };
+    let ready = health.ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let checks = health.checks(matches!(scrape, Scrape::Detailed));
     (status, Json(HealthResponse { status: if ready { "ready".into() } else { "not ready".into() }, checks }))
 }

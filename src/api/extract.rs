@@ -65,6 +65,30 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// Who asks for `/metrics` or `/readyz`. Anyone may learn whether the vault is healthy; the
+/// detail (counts that approach the number of borrowers, key generations, store error text) is
+/// for a caller that may observe (role monitoring or security). A request with no credentials
+/// is public; one with credentials is authenticated as anywhere else (401, 403).
+pub enum Scrape {
+    Public,
+    Detailed,
+}
+
+impl FromRequestParts<AppState> for Scrape {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let known_cert =
+            parts.extensions.get::<crate::tls::ClientCert>().is_some_and(|c| state.callers.authenticate_certificate(&c.0).is_some());
+        if !known_cert && !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Scrape::Public);
+        }
+        let Authed(ctx) = Authed::from_request_parts(parts, state).await?;
+        run(&state.vault, move |v| v.may_observe(&ctx)).await?;
+        Ok(Scrape::Detailed)
+    }
+}
+
 /// The subject a `/v1/subjects/{id}…` request is about (the path's own text).
 fn subject_in_path(path: &str) -> Option<&str> {
     path.strip_prefix("/v1/subjects/").map(|rest| rest.split('/').next().unwrap_or_default())

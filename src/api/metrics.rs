@@ -12,6 +12,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::extract::Scrape;
 use super::AppState;
 use crate::metrics::{header as help, label_text, Buckets};
 use crate::store::Space;
@@ -25,7 +26,25 @@ pub struct HttpMetrics(Mutex<HashMap<Box<str>, RouteStats>>);
 struct RouteStats {
     latency: Buckets,
     /// Requests by method and status (a handful per route).
-    requests: Vec<(Method, u16, u64)>,
+    requests: Vec<(&'static str, u16, u64)>,
+}
+
+/// The `method` label: the methods HTTP defines (RFC 9110 §9, and PATCH), else `other`. hyper
+/// accepts any token as a method; labelling each one would let a client add label sets without
+/// bound.
+fn method_label(method: &Method) -> &'static str {
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    KNOWN.iter().find(|m| *m == method).map_or("other", Method::as_str)
 }
 
 impl HttpMetrics {
@@ -36,10 +55,10 @@ impl HttpMetrics {
             None => routes.entry(route.into()).or_default(),
         };
         stats.latency.observe(elapsed);
-        let status = status.as_u16();
-        match stats.requests.iter_mut().find(|(m, s, _)| m == method && *s == status) {
+        let (method, status) = (method_label(method), status.as_u16());
+        match stats.requests.iter_mut().find(|(m, s, _)| *m == method && *s == status) {
             Some(seen) => seen.2 += 1,
-            None => stats.requests.push((method.clone(), status, 1)),
+            None => stats.requests.push((method, status, 1)),
         }
     }
 
@@ -49,7 +68,7 @@ impl HttpMetrics {
         sorted.sort_by_key(|(r, _)| *r);
         help(o, "qoima_http_requests_total", "counter", "HTTP requests by route template, method and status.");
         for (route, stats) in &sorted {
-            let mut requests: Vec<_> = stats.requests.iter().map(|(m, s, n)| (m.as_str(), *s, *n)).collect();
+            let mut requests = stats.requests.clone();
             requests.sort();
             for (method, status, n) in requests {
                 let labels = label_text(&[("route", (*route).to_owned()), ("method", method.to_owned()), ("status", status.to_string())]);
@@ -87,9 +106,26 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * page.max(0) as u64)
 }
 
-pub async fn render(State(state): State<AppState>) -> Response {
+/// Without credentials, coarse health only: whether the vault is ready and which check fails.
+/// The rest — request and decision counts, key generations and the DEKs each wraps (close to
+/// the number of borrowers), store figures — is for a caller with role monitoring or security
+/// (a Prometheus `authorization` credential).
+pub async fn render(State(state): State<AppState>, scrape: Scrape) -> Response {
+    let health = super::admin::Health::of(&state.vault).await;
     let text = tokio::task::spawn_blocking(move || {
         let mut o = String::with_capacity(8192);
+        let (ready, store, audit) = health.map_or((false, false, false), |h| (h.ready(), h.store.is_ok(), h.audit));
+        for (name, what, value) in [
+            ("qoima_ready", "1 when /readyz answers ready.", ready),
+            ("qoima_store_healthy", "1 while the store is open and writable (no RocksDB background error).", store),
+            ("qoima_audit_healthy", "1 while the last audit write succeeded.", audit),
+        ] {
+            help(&mut o, name, "gauge", what);
+            let _ = writeln!(o, "{name} {}", u8::from(value));
+        }
+        if matches!(scrape, Scrape::Public) {
+            return o;
+        }
         let v = &state.vault;
         state.http.render(&mut o);
 

@@ -304,15 +304,17 @@ pub async fn withdraw(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
+    // An unknown purpose is refused before anything is recorded (as `DELETE …/consents`).
+    let purpose = match Purpose::parse(&purpose) {
+        Ok(p) if state.vault.settings().purposes.get(&p).is_some() => p,
+        _ => return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::Failed),
+    };
     let Ok(Form(f)) = form else {
         return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
     };
     if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
         return r;
     }
-    let Ok(purpose) = Purpose::parse(&purpose) else {
-        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::Failed);
-    };
     let (ctx, s, p) = (b.ctx.clone(), b.session.subject.clone(), purpose.clone());
     match core(&state.vault, move |v| v.withdraw_consent(&ctx, &s, p.as_str())).await {
         Ok(_) => b.back(&state, Some(Notice::Withdrawn), &[("purpose", purpose.as_str())]),

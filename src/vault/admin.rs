@@ -13,6 +13,13 @@ use crate::policy::Action;
 use crate::store::{Batch, Space};
 
 impl Vault {
+    /// May this caller see the detail of `/metrics` and `/readyz` (role monitoring or
+    /// security)? A refusal is audited; a scrape is not (it reads no personal data, and a
+    /// scraper every 15 s would fill the trail).
+    pub fn may_observe(&self, ctx: &Ctx) -> Result<(), VaultError> {
+        self.gate(ctx, Action::Observe, None)
+    }
+
     /// Every KEK generation with how many DEKs it wraps (role security).
     pub fn keys_status(&self, ctx: &Ctx) -> Result<Vec<(KekInfo, i64)>, VaultError> {
         self.gate(ctx, Action::KeysRead, None)?;

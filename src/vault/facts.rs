@@ -175,6 +175,11 @@ impl Vault {
     pub fn withdraw_consent(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str) -> Result<ConsentRecord, VaultError> {
         let s = subject.as_str();
         let purpose = Purpose::parse(purpose)?;
+        // Before anything is recorded: a refusal naming any well-formed purpose would let a
+        // client write audit entries about purposes that do not exist.
+        if self.settings.purposes.get(&purpose).is_none() {
+            return Err(VaultError::Invalid(format!("unknown purpose {purpose}")));
+        }
         self.gate(ctx, Action::WithdrawConsent, Some(s))?;
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::WithdrawConsent, subject)?;

@@ -291,7 +291,8 @@ impl Vault {
         let views = Arc::new(views::SubjectViews::new(settings.subject_cache_bytes));
         let views = if store.observe_writes(views.clone()) { views } else { Arc::new(views::SubjectViews::new(0)) };
         let keyring = Keyring::load_or_init(&store, root, clock.now(), settings.kek_wrap_limit)?;
-        let audit = AuditLog::start(store.clone(), clock.clone(), faults.clone())?;
+        let purposes = settings.purposes.0.keys().map(|p| p.to_string()).collect();
+        let audit = AuditLog::start(store.clone(), clock.clone(), faults.clone(), purposes)?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),

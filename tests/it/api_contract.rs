@@ -313,7 +313,7 @@ async fn metrics_are_exposed_without_ids_or_values() {
     app.read("metric-subject-42", "svc-all", "loan_issuance").await;
     app.read("metric-subject-42", "svc-marketing", "advertising").await;
     app.call(Method::GET, "/nowhere", None, None).await;
-    let res = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap();
+    let res = app.client.get(format!("{}/metrics", app.addr)).bearer_auth(token("monitoring")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = res.text().await.unwrap();
@@ -378,7 +378,7 @@ async fn failed_authentications_over_the_budget_are_summarised_not_lost() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!((individual, summarised), (10, 15));
-    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("qoima_auth_failures_unrecorded_total 15"), "{metrics}");
     // A second later one attempt is recorded one by one again.
     app.advance(time::Duration::seconds(1));

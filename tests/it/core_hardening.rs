@@ -52,7 +52,7 @@ async fn an_erasure_whose_purge_fails_is_answered_erased_with_the_purge_pending_
     let again = app.erase("pp-1").await;
     assert_eq!((again.body["receipt"].clone(), again.body["purge_pending"].clone()), (r.body["receipt"].clone(), Value::Bool(true)));
 
-    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("qoima_erasure_purges_pending 1"), "{metrics}");
 
     // The purge is retried in the background once it can succeed.
@@ -171,7 +171,7 @@ async fn no_kek_generation_wraps_more_than_its_limit() {
     let audit = app.get("/v1/audit?limit=1000", "auditor").await;
     let rotations = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "keys.rotate").count();
     assert_eq!(rotations, gens.len() - 1, "every rotation is audited");
-    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(&format!("qoima_kek_wrap_limit {LIMIT}")), "{metrics}");
     let active = gens.iter().find(|g| g["state"] == "active").unwrap()["deks"].as_i64().unwrap();
     // Counted before each wrap: never fewer than the DEKs it wraps, never past the limit.

@@ -25,6 +25,7 @@ pub const CALLERS: &[(&str, &str, &[&str])] = &[
     ("website", "website", &[]),
     ("security", "security", &[]),
     ("auditor", "auditor", &[]),
+    ("monitoring", "monitoring", &[]),
 ];
 
 /// The token of a test caller (deterministic, never used outside tests).
@@ -158,6 +159,13 @@ impl TestApp {
         let text = res.text().await.unwrap_or_default();
         let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Resp { status, headers, body }
+    }
+
+    /// `/metrics` in detail, as a scraper with role monitoring sees it.
+    pub async fn metrics(&self) -> String {
+        let res = self.client.get(format!("{}/metrics", self.addr)).bearer_auth(token("monitoring")).send().await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+        res.text().await.unwrap()
     }
 
     pub async fn get(&self, path: &str, caller: &str) -> Resp {

@@ -12,6 +12,7 @@ mod client;
 mod core_hardening;
 mod crash;
 mod docs;
+mod exposure;
 mod faults;
 mod grants;
 mod hostile;
