@@ -48,7 +48,7 @@ file = "$tmp/root.key"
 [[callers]]
 name = "schemathesis"
 token_sha256 = "$(digest "$token")"
-roles = ["service", "website", "security", "auditor"]
+roles = ["service", "website", "security", "auditor", "monitoring"]
 purposes = ["loan_issuance", "loan_monitoring", "third_party_transfer", "advertising"]
 EOF
 
