@@ -22,6 +22,7 @@ fn ctx(role: Role) -> Ctx {
             purposes: [Purpose::parse("loan_issuance").unwrap()].into(),
         }),
         request_id: RequestId::generate(),
+        client_request_id: None,
         via: None,
     }
 }
@@ -293,6 +294,7 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
             purposes: [Purpose::parse("loan_issuance").unwrap(), Purpose::parse("advertising").unwrap()].into(),
         }),
         request_id: RequestId::generate(),
+        client_request_id: None,
         via: None,
     };
     let a = SubjectId::parse("a").unwrap();
