@@ -705,7 +705,8 @@ mod tests {
             ..plain.clone()
         };
         for e in [plain, odd] {
-            let mut body = serde_json::json!([e.seq, e.time, e.caller, e.action, e.subject, e.purpose, e.fields, e.decision, e.reason, e.request_id]);
+            let mut body =
+                serde_json::json!([e.seq, e.time, e.caller, e.action, e.subject, e.purpose, e.fields, e.decision, e.reason, e.request_id]);
             // The client's id is hashed only when there is one: older entries keep their hashes.
             if let Some(c) = &e.client_request_id {
                 body.as_array_mut().unwrap().push(c.as_str().into());
@@ -920,7 +921,10 @@ mod tests {
         let groups: Vec<(&str, u64, &[String])> = s.groups.iter().map(|g| (g.caller.as_str(), g.count, g.fields.as_slice())).collect();
         assert_eq!(
             groups,
-            [("svc", 2, ["identity.email".to_string(), "identity.phone".to_string()].as_slice()), ("svc-2", 1, ["identity.iin".to_string()].as_slice())]
+            [
+                ("svc", 2, ["identity.email".to_string(), "identity.phone".to_string()].as_slice()),
+                ("svc-2", 1, ["identity.iin".to_string()].as_slice())
+            ]
         );
         assert_eq!(s.recent.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 1004, 1005]);
         assert_eq!(summary::load(&store, "t").unwrap(), summary::Summary::default());

@@ -284,7 +284,11 @@ mod tests {
         }
         let (mut left, mut right) = (Summary::default(), Summary::default());
         for (i, p) in pieces.iter().cloned().enumerate() {
-            if i % 2 == 0 { left.absorb(p) } else { right.absorb(p) }
+            if i % 2 == 0 {
+                left.absorb(p)
+            } else {
+                right.absorb(p)
+            }
         }
         right.absorb(left);
         assert_eq!(forward, backward);

@@ -106,7 +106,8 @@ impl Vault {
                     // The last obligation is fulfilled: the pending erasure runs now (P7), by
                     // the vault, under the settling request's id.
                     self.shred_into(s, &meta, &mut e, now, &mut batch)?;
-                    let by_vault = Ctx { request_id: ctx.request_id.clone(), client_request_id: ctx.client_request_id.clone(), ..Ctx::system() };
+                    let by_vault =
+                        Ctx { request_id: ctx.request_id.clone(), client_request_id: ctx.client_request_id.clone(), ..Ctx::system() };
                     drafts.push(self.draft(
                         &by_vault,
                         Action::RequestErasure,

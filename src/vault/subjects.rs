@@ -226,7 +226,15 @@ fn access_of(summary: audit::summary::Summary) -> (Vec<AccessSummary>, Vec<Acces
     let groups = summary
         .groups
         .into_iter()
-        .map(|g| AccessSummary { caller: g.caller, action: g.action, purpose: g.purpose, fields: g.fields, count: g.count, first: g.first, last: g.last })
+        .map(|g| AccessSummary {
+            caller: g.caller,
+            action: g.action,
+            purpose: g.purpose,
+            fields: g.fields,
+            count: g.count,
+            first: g.first,
+            last: g.last,
+        })
         .collect();
     let recent = summary
         .recent
@@ -729,7 +737,7 @@ impl Vault {
         }
         // Decided, opened and submitted under the lock: an erasure waiting for it is committed
         // after this read's entry (its durability is awaited after the lock is let go).
-        let _lock = self.locks.try_lock(s)?;
+        let lock = self.locks.try_lock(s)?;
         let looked = self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?;
         // A failure to open is the blocking path's to record.
         let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
@@ -737,7 +745,7 @@ impl Vault {
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
         let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
-        drop(_lock);
+        drop(lock);
         self.paths.reads.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: values, pending })
     }
@@ -787,7 +795,9 @@ impl Vault {
                 let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
                 Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err))
             }
-            ReadLookup::Unknown => Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found")))),
+            ReadLookup::Unknown => {
+                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
+            }
             ReadLookup::Denied(d) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         }
     }
@@ -935,7 +945,8 @@ impl Vault {
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);
         // Queued under the lock: an erasure that takes it next is committed after this record,
         // and deletes it with the rest.
-        let queued = self.audit.queue(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
+        let queued =
+            self.audit.queue(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
         drop(lock);
         queued.wait()?;
         Ok((record, values))
@@ -972,7 +983,8 @@ impl Vault {
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;
         // Queued under the lock, as a read's entry is.
-        let queued = self.audit.queue(vec![self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names)], Batch::default())?;
+        let queued =
+            self.audit.queue(vec![self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names)], Batch::default())?;
         drop(lock);
         queued.wait()?;
         let (access, recent_access) = access_of(summary);

@@ -471,7 +471,10 @@ fn the_access_summary_keeps_every_read_past_any_number_of_refusals() {
         let refusals = (0..OLD_CAP / 10)
             .map(|_| {
                 let reason = "not granted purpose loan_issuance";
-                v.draft(&stranger, Action::Read, Some("b"), reason).purpose(Some("loan_issuance")).fields(vec!["identity.full_name".into()]).deny()
+                v.draft(&stranger, Action::Read, Some("b"), reason)
+                    .purpose(Some("loan_issuance"))
+                    .fields(vec!["identity.full_name".into()])
+                    .deny()
             })
             .collect();
         v.audit.commit(refusals, crate::store::Batch::default()).unwrap();
@@ -575,11 +578,12 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
         raced += 1;
         let mut left = Vec::new();
         for space in [Space::Disclosures, Space::Access] {
-            v.store.scan_prefix(space, &crate::store::subject_prefix(&s), |_, _| {
-                left.push(space.name());
-                true
-            })
-            .unwrap();
+            v.store
+                .scan_prefix(space, &crate::store::subject_prefix(&s), |_, _| {
+                    left.push(space.name());
+                    true
+                })
+                .unwrap();
         }
         assert!(left.is_empty(), "round {i}: the erasure left {left:?} behind");
     }

@@ -73,8 +73,14 @@ async fn a_read_that_meets_a_destroyed_key_is_audited() {
     assert_eq!(export.status, StatusCode::GONE, "{:?}", export.body);
     let reads = entries_of(&app, "kd-1", "subject.read").await;
     let last = reads.last().expect("the failed read is recorded");
-    assert_eq!((last["decision"].as_str(), last["caller"].as_str(), last["purpose"].as_str()), (Some("deny"), Some("svc-all"), Some("loan_issuance")));
-    assert!(last["reason"].as_str().unwrap().contains("KEK generation 1") && last["reason"].as_str().unwrap().contains("destroyed"), "{last}");
+    assert_eq!(
+        (last["decision"].as_str(), last["caller"].as_str(), last["purpose"].as_str()),
+        (Some("deny"), Some("svc-all"), Some("loan_issuance"))
+    );
+    assert!(
+        last["reason"].as_str().unwrap().contains("KEK generation 1") && last["reason"].as_str().unwrap().contains("destroyed"),
+        "{last}"
+    );
     let exports = entries_of(&app, "kd-1", "subject.export").await;
     assert_eq!(exports.last().map(|e| e["decision"].clone()), Some(json!("deny")), "{exports:#?}");
     assert!(!r.body.to_string().contains("KEYGONE"));
@@ -131,7 +137,10 @@ async fn the_access_summary_counts_accesses_only_and_goes_with_the_erasure() {
     assert_eq!(e.status, StatusCode::OK, "{:?}", e.body);
     let access = e.body["access"].as_array().unwrap();
     assert_eq!(access.len(), 1, "{access:#?}");
-    assert_eq!((access[0]["caller"].as_str(), access[0]["purpose"].as_str(), access[0]["count"].as_u64()), (Some("svc-issuance"), Some("loan_issuance"), Some(2)));
+    assert_eq!(
+        (access[0]["caller"].as_str(), access[0]["purpose"].as_str(), access[0]["count"].as_u64()),
+        (Some("svc-issuance"), Some("loan_issuance"), Some(2))
+    );
     assert!(access[0]["fields"].as_array().unwrap().contains(&json!("identity.phone")));
     let recent = e.body["recent_access"].as_array().unwrap();
     assert_eq!(recent.len(), 2, "{recent:#?}");

@@ -197,7 +197,8 @@ async fn a_token_acts_only_as_its_own_caller() {
     }
     let audit = app.get("/v1/audit?subject=tk&limit=1000", "auditor").await;
     for (caller, _, _) in CALLERS {
-        let e = audit.body["entries"].as_array().unwrap().iter().find(|e| e["client_request_id"] == format!("tk-{caller}")).expect("audited");
+        let e =
+            audit.body["entries"].as_array().unwrap().iter().find(|e| e["client_request_id"] == format!("tk-{caller}")).expect("audited");
         assert_eq!(e["caller"], *caller, "a token acted as another caller");
     }
 }
