@@ -151,7 +151,10 @@ pub fn operand(e: &AuditEntry) -> Option<(&str, Vec<u8>)> {
         return None;
     }
     let a = AccessRef { seq: e.seq, time: &e.time, caller: &e.caller, action: &e.action, purpose: e.purpose.as_deref(), fields: &e.fields };
-    Some((subject, serde_json::to_vec(&a).expect("an access serialises")))
+    // Sized for the usual entry, so the write does not grow it.
+    let mut op = Vec::with_capacity(160 + e.fields.iter().map(|f| f.len() + 3).sum::<usize>());
+    serde_json::to_writer(&mut op, &a).expect("an access serialises");
+    Some((subject, op))
 }
 
 /// [`Access`] borrowed from its entry, for writing the operand without copies.
