@@ -41,6 +41,7 @@ pub async fn edge(State(metrics): State<Arc<HttpMetrics>>, mut req: Request, nex
     let span = tracing::debug_span!(
         "request",
         request_id = %id.as_str(),
+        client_request_id = client_id.as_ref().map(RequestId::as_str),
         method = %req.method(),
         path = %crate::privacy::loggable_path(req.uri().path())
     );
