@@ -4,7 +4,8 @@
 //! **Invariant:** an entry is durable before the request it records may return plaintext. The
 //! caller's own changes ride in the same write batch as its entry, so an operation and its
 //! audit entry are applied together or not at all. Entries hold ids and field *names*, never
-//! values, tokens or key bytes.
+//! values, tokens or key bytes. An entry that hands a subject's fields out also adds to that
+//! subject's access summary ([`summary`]), in the same batch.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
