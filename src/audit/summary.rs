@@ -100,8 +100,7 @@ impl Summary {
     /// operands in does not matter).
     pub fn absorb(&mut self, other: Summary) {
         for g in other.groups {
-            let key = |x: &Group| (x.caller.clone(), x.action.clone(), x.purpose.clone());
-            match self.groups.binary_search_by(|x| key(x).cmp(&key(&g))) {
+            match self.groups.binary_search_by(|x| group_key(x).cmp(&group_key(&g))) {
                 Ok(i) => {
                     let mine = &mut self.groups[i];
                     mine.count = mine.count.saturating_add(g.count);
@@ -136,6 +135,11 @@ impl Summary {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a summary serialises")
     }
+}
+
+/// What groups are kept by, and in the order of.
+fn group_key(g: &Group) -> (&str, &str, Option<&str>) {
+    (&g.caller, &g.action, g.purpose.as_deref())
 }
 
 /// The key of `subject`'s summary in [`Space::Access`].
