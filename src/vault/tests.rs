@@ -514,8 +514,11 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
         fields: vec!["identity.full_name".into()],
         abroad: false,
     };
-    let mut raced = 0;
-    for i in 0..60 {
+    // Rounds where the erasure caught the lock in the other thread's hands (on a loaded machine
+    // some miss it): enough of them, within a bound on attempts.
+    let (mut raced, mut i) = (0, 0);
+    while raced < 20 && i < 1000 {
+        i += 1;
         let s = format!("d{i}");
         put(&v, &s);
         let id = SubjectId::parse(&s).unwrap();
@@ -523,7 +526,7 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
         let erased = std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !go.load(Ordering::SeqCst) {
-                    std::hint::spin_loop();
+                    std::thread::yield_now();
                 }
                 if i % 2 == 0 {
                     v.disclose(&bureau, &id, &req).unwrap();
@@ -587,6 +590,6 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
         }
         assert!(left.is_empty(), "round {i}: the erasure left {left:?} behind");
     }
-    assert!(raced >= 30, "only {raced} rounds raced");
+    assert!(raced >= 20, "only {raced} of {i} rounds raced");
     v.close();
 }
