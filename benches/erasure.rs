@@ -18,6 +18,7 @@ fn ctx(role: Role) -> Ctx {
     Ctx {
         caller: Caller { name: CallerName::parse("bench").unwrap(), roles: [role].into(), purposes: Default::default() }.into(),
         request_id: RequestId::generate(),
+        client_request_id: None,
         via: None,
     }
 }

@@ -27,6 +27,7 @@ fn ctx(role: Role) -> Ctx {
         }
         .into(),
         request_id: RequestId::generate(),
+        client_request_id: None,
         via: None,
     }
 }

@@ -4,7 +4,8 @@
 //! **Invariant:** an entry is durable before the request it records may return plaintext. The
 //! caller's own changes ride in the same write batch as its entry, so an operation and its
 //! audit entry are applied together or not at all. Entries hold ids and field *names*, never
-//! values, tokens or key bytes.
+//! values, tokens or key bytes. An entry that hands a subject's fields out also adds to that
+//! subject's access summary ([`summary`]), in the same batch.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{hex_string, push_json_str, rfc3339, Clock};
 use crate::store::{subject_key, Batch, Space, Store, StoreError};
+
+pub mod summary;
 
 /// The hash before the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -36,8 +39,10 @@ pub enum Decision {
     Deny,
 }
 
-/// One audit entry as stored and served.
+/// One audit entry as stored and served. A stored entry with a field the vault does not write
+/// does not parse ([`verify`] reports it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     pub seq: u64,
     pub time: String,
@@ -48,7 +53,12 @@ pub struct AuditEntry {
     pub fields: Vec<String>,
     pub decision: Decision,
     pub reason: String,
+    /// The vault's own id of the request.
     pub request_id: String,
+    /// The id the client sent (`x-request-id`), if it sent a plain one. Absent, it is left out
+    /// of the entry and of its hash (entries from before it existed verify as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -113,6 +123,10 @@ impl AuditEntry {
         push_json_str(out, &self.reason);
         key(out, "request_id");
         push_json_str(out, &self.request_id);
+        if let Some(c) = &self.client_request_id {
+            key(out, "client_request_id");
+            push_json_str(out, c);
+        }
         key(out, "prev_hash");
         push_json_str(out, &self.prev_hash);
         if form == Form::Stored {
@@ -150,6 +164,8 @@ pub struct Draft {
     pub decision: Decision,
     pub reason: String,
     pub request_id: String,
+    /// The client's own id of the request, if it sent one.
+    pub client_request_id: Option<String>,
 }
 
 impl Draft {
@@ -223,6 +239,16 @@ pub trait Release: Send {
     fn release(self: Box<Self>, applied: bool);
 }
 
+/// A commit queued by [`AuditLog::queue`]; [`Queued::wait`] blocks until it is durable.
+#[must_use = "a queued commit is not durable until waited for"]
+pub struct Queued(Receiver<Outcome>);
+
+impl Queued {
+    pub fn wait(self) -> Outcome {
+        self.0.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+    }
+}
+
 /// A commit handed to the committer; resolves once the group holding it is durable.
 pub struct PendingCommit(tokio::sync::oneshot::Receiver<Outcome>);
 
@@ -289,6 +315,7 @@ impl AuditLog {
         purposes: BTreeSet<String>,
     ) -> Result<Self, StoreError> {
         let head = load_head(&store)?;
+        summary::note_start(&store, head.seq)?;
         let (tx, rx) = sync_channel::<Job>(4096);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats { purposes, ..AuditStats::default() });
@@ -303,9 +330,16 @@ impl AuditLog {
     /// Appends `drafts` and applies `batch` in one durable write. Blocks until done; returns
     /// the entries' sequence numbers.
     pub fn commit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Vec<u64>, AuditError> {
+        self.queue(drafts, batch)?.wait()
+    }
+
+    /// [`AuditLog::commit`] in two steps, for a blocking thread: queued now (waiting for room
+    /// if the queue is full), so it is ordered before whatever is queued after, then awaited
+    /// with [`Queued::wait`] (e.g. once a subject's lock is let go).
+    pub fn queue(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Queued, AuditError> {
         let (reply, wait) = sync_channel(1);
         self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply), hold: None })?;
-        wait.recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+        Ok(Queued(wait))
     }
 
     /// Hands `drafts` and `batch` to the committer and returns at once; await the result
@@ -420,6 +454,7 @@ fn committer(
                     decision: d.decision,
                     reason: d.reason,
                     request_id: d.request_id,
+                    client_request_id: d.client_request_id,
                     // `next` is replaced below: its hash moves into the link.
                     prev_hash: std::mem::take(&mut next.hash),
                     hash: String::new(),
@@ -438,6 +473,10 @@ fn committer(
                 tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {
                     batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
+                }
+                // In the entry's batch: the summary has every access that is in the log.
+                if let Some((s, op)) = summary::operand(&e) {
+                    batch.merge(Space::Access, summary::key(s), op);
                 }
                 batch.put(Space::Audit, e.seq.to_be_bytes().to_vec(), e.to_json());
                 next = Head { seq: e.seq, hash: e.hash };
@@ -522,6 +561,11 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
         let fail = |reason: String| Broken { seq: key_seq.max(expected_seq), reason };
         let entry: AuditEntry = match serde_json::from_slice(v) {
             Ok(e) => e,
+            // An added field is covered by no hash: a place to smuggle text into the log.
+            Err(e) if e.to_string().starts_with("unknown field") => {
+                broken = Some(fail("entry holds a field the vault does not write".into()));
+                return false;
+            }
             Err(_) => {
                 broken = Some(fail("entry does not parse".into()));
                 return false;
@@ -557,9 +601,14 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
         true
     })?;
     if broken.is_none() {
-        let stored_head = load_head(store).ok();
+        // The head record itself, never the last entry standing in for it: without it, a
+        // deleted tail would pass.
+        let stored = store.get(Space::Keyring, HEAD_KEY)?;
+        let stored_head = stored.as_deref().and_then(|v| serde_json::from_slice::<Head>(v).ok());
         let last = expected_seq - 1;
         match stored_head {
+            None if stored.is_none() && last == 0 => {}
+            None if stored.is_none() => broken = Some(Broken { seq: last, reason: "the chain head record is missing".into() }),
             Some(h) if h.seq == last && h.hash == prev => {}
             Some(h) if h.seq > last => {
                 broken = Some(Broken {
@@ -655,6 +704,7 @@ mod tests {
             decision: Decision::Allow,
             reason: "contract c-1 active".into(),
             request_id: "0123456789abcdef01234567".into(),
+            client_request_id: Some("client-7:a.b_c".into()),
             prev_hash: GENESIS.into(),
             hash: "ab".repeat(32),
         };
@@ -667,22 +717,17 @@ mod tests {
             decision: Decision::Deny,
             reason: "tab\there".into(),
             request_id: String::new(),
+            client_request_id: None,
             ..plain.clone()
         };
         for e in [plain, odd] {
-            let body = (
-                e.seq,
-                &e.time,
-                &e.caller,
-                &e.action,
-                &e.subject,
-                &e.purpose,
-                &e.fields,
-                e.decision,
-                &e.reason,
-                &e.request_id,
-                &e.prev_hash,
-            );
+            let mut body =
+                serde_json::json!([e.seq, e.time, e.caller, e.action, e.subject, e.purpose, e.fields, e.decision, e.reason, e.request_id]);
+            // The client's id is hashed only when there is one: older entries keep their hashes.
+            if let Some(c) = &e.client_request_id {
+                body.as_array_mut().unwrap().push(c.as_str().into());
+            }
+            body.as_array_mut().unwrap().push(e.prev_hash.as_str().into());
             let mut hashed = Vec::new();
             e.write_json(&mut hashed, Form::HashBody);
             assert_eq!(String::from_utf8(hashed).unwrap(), serde_json::to_string(&body).unwrap());
@@ -701,6 +746,7 @@ mod tests {
             decision: Decision::Allow,
             reason: reason.into(),
             request_id: "r".into(),
+            client_request_id: None,
         }
     }
 
@@ -822,6 +868,108 @@ mod tests {
         assert!(verify(&store, None).unwrap().ok, "a consistent rewrite passes without an anchor");
         let r = verify(&store, Some((3, &v.head))).unwrap();
         assert_eq!(r.first_broken.unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_missing_head_record_is_detected() {
+        let (_d, store) = log_with(4);
+        let mut b = Batch::default();
+        b.delete(Space::Keyring, HEAD_KEY.to_vec());
+        store.write(&b).unwrap();
+        let v = verify(&store, None).unwrap();
+        assert!(!v.ok, "{v:?}");
+        let broken = v.first_broken.unwrap();
+        assert_eq!((broken.seq, broken.reason.as_str()), (4, "the chain head record is missing"));
+        // With the tail deleted too, the head no longer gives it away: its absence does.
+        let mut b = Batch::default();
+        b.delete(Space::Audit, 4u64.to_be_bytes().to_vec());
+        store.write(&b).unwrap();
+        assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 3);
+        // An empty log has no head to miss.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(verify(&Store::open(dir.path()).unwrap(), None).unwrap().ok);
+    }
+
+    #[test]
+    fn a_field_the_vault_does_not_write_is_detected() {
+        let (_d, store) = log_with(4);
+        // Added to the stored object, covered by no hash.
+        let mut v: serde_json::Value = serde_json::from_slice(&store.get(Space::Audit, &3u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        v["note"] = "nothing happened".into();
+        let mut b = Batch::default();
+        b.put(Space::Audit, 3u64.to_be_bytes().to_vec(), serde_json::to_vec(&v).unwrap());
+        store.write(&b).unwrap();
+        let r = verify(&store, None).unwrap();
+        let broken = r.first_broken.unwrap();
+        assert_eq!((broken.seq, broken.reason.as_str()), (3, "entry holds a field the vault does not write"));
+    }
+
+    #[test]
+    fn an_entry_with_the_clients_request_id_verifies_and_hashes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
+        log.record(draft("a", "old form")).unwrap();
+        log.record(Draft { client_request_id: Some("summary".into()), ..draft("a", "new form") }).unwrap();
+        log.shutdown();
+        assert!(verify(&store, None).unwrap().ok);
+        let raw = store.get(Space::Audit, &1u64.to_be_bytes()).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("client_request_id"), "left out when absent");
+        tamper(&store, 2, |e| e.client_request_id = Some("other".into()));
+        assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 2, "the client's id is covered by the hash");
+    }
+
+    #[test]
+    fn refusals_never_push_accesses_out_of_the_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
+        log.record(draft("s", "first read")).unwrap();
+        // Refusals, other actions and reads naming no field are not accesses.
+        let refusals: Vec<Draft> = (0..1000).map(|i| draft("s", &format!("no {i}")).deny()).collect();
+        log.commit(refusals, Batch::default()).unwrap();
+        log.record(draft("s", "put").named("subject.put")).unwrap();
+        log.record(draft("s", "empty").fields(vec![])).unwrap();
+        let other = Draft { caller: "svc-2".into(), ..draft("s", "second read") }.fields(vec!["identity.iin".into()]);
+        log.record(other).unwrap();
+        log.record(draft("s", "third read").fields(vec!["identity.email".into()])).unwrap();
+        log.shutdown();
+        let s = summary::load(&store, "s").unwrap();
+        let groups: Vec<(&str, u64, &[String])> = s.groups.iter().map(|g| (g.caller.as_str(), g.count, g.fields.as_slice())).collect();
+        assert_eq!(
+            groups,
+            [
+                ("svc", 2, ["identity.email".to_string(), "identity.phone".to_string()].as_slice()),
+                ("svc-2", 1, ["identity.iin".to_string()].as_slice())
+            ]
+        );
+        assert_eq!(s.recent.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 1004, 1005]);
+        assert_eq!(summary::load(&store, "t").unwrap(), summary::Summary::default());
+    }
+
+    #[test]
+    fn a_store_from_before_the_summaries_is_backfilled_once() {
+        let (_d, store) = log_with(30);
+        let kept: Vec<summary::Summary> = ["s0", "s1", "s2"].iter().map(|s| summary::load(&store, s).unwrap()).collect();
+        assert_eq!(kept.iter().map(|s| s.groups[0].count).sum::<u64>(), 30);
+        // As an older vault left it: entries, no summaries, no progress.
+        let mut b = Batch::default();
+        for s in ["s0", "s1", "s2"] {
+            b.delete(Space::Access, summary::key(s));
+        }
+        b.delete(Space::Jobs, b"audit/access_summary".to_vec());
+        store.write(&b).unwrap();
+        assert_eq!(summary::load(&store, "s1").unwrap(), summary::Summary::default());
+        // Restarted: the committer owes nothing before its start, the backfill everything.
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
+        log.record(draft("s1", "after")).unwrap();
+        assert_eq!(summary::backfill(&store, |s| s == "s2").unwrap(), 30);
+        assert_eq!(summary::backfill(&store, |_| false).unwrap(), 0, "once");
+        log.shutdown();
+        assert_eq!(summary::load(&store, "s0").unwrap(), kept[0]);
+        let s1 = summary::load(&store, "s1").unwrap();
+        assert_eq!(s1.groups[0].count, kept[1].groups[0].count + 1);
+        assert_eq!(summary::load(&store, "s2").unwrap(), summary::Summary::default(), "an erased subject gets none");
     }
 
     #[test]

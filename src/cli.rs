@@ -481,6 +481,7 @@ fn cli_ctx() -> Ctx {
             purposes: Default::default(),
         }),
         request_id: RequestId::generate(),
+        client_request_id: None,
         via: None,
     }
 }

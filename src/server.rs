@@ -201,6 +201,7 @@ pub mod admin {
                             purposes: Default::default(),
                         }),
                         request_id: RequestId::generate(),
+                        client_request_id: None,
                         via: None,
                     };
                     let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {

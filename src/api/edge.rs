@@ -19,19 +19,29 @@ use crate::domain::RequestId;
 /// buffers up to ~400 KB of headers; no caller of this API needs more than a few hundred bytes.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Gives every request an id (the caller's `x-request-id` if it is plain and short, else a
-/// fresh one), refuses oversized headers with 431, counts and times the request by route
-/// template, and sets the headers every response carries.
+/// The header that echoes the client's own request id, when it sent a plain one.
+pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
+
+/// The id a client gave its request (`x-request-id`, if plain and short), kept apart from the
+/// vault's own: a client chooses it, so it could imitate one of the vault's (e.g. `summary`).
+#[derive(Clone, Debug)]
+pub struct ClientRequestId(pub RequestId);
+
+/// Gives every request an id of the vault's own (and keeps the caller's `x-request-id`, if
+/// plain and short, as [`ClientRequestId`]), refuses oversized headers with 431, counts and
+/// times the request by route template, and sets the headers every response carries.
 pub async fn edge(State(metrics): State<Arc<HttpMetrics>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
+    let id = RequestId::generate();
+    let client_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(RequestId::parse);
     // The path holds opaque ids only; queries, headers and bodies are never logged. A
     // privacy-centre link carries its session token in the path: that part is left out. The
     // fields are evaluated only if the span is enabled (QOIMA_LOG=qoima=debug).
     let span = tracing::debug_span!(
         "request",
         request_id = %id.as_str(),
+        client_request_id = client_id.as_ref().map(RequestId::as_str),
         method = %req.method(),
         path = %crate::privacy::loggable_path(req.uri().path())
     );
@@ -41,6 +51,9 @@ pub async fn edge(State(metrics): State<Arc<HttpMetrics>>, mut req: Request, nex
         ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers-too-large", detail).into_response()
     } else {
         req.extensions_mut().insert(id.clone());
+        if let Some(c) = &client_id {
+            req.extensions_mut().insert(ClientRequestId(c.clone()));
+        }
         tracing::Instrument::instrument(next.run(req), span.clone()).await
     };
     let elapsed = started.elapsed();
@@ -63,6 +76,9 @@ pub async fn edge(State(metrics): State<Arc<HttpMetrics>>, mut req: Request, nex
     let h = res.headers_mut();
     // A RequestId holds only [A-Za-z0-9._:-], always a valid header value.
     h.insert("x-request-id", HeaderValue::from_str(id.as_str()).expect("plain request id"));
+    if let Some(c) = &client_id {
+        h.insert(CLIENT_REQUEST_ID, HeaderValue::from_str(c.as_str()).expect("plain request id"));
+    }
     // Responses may hold personal data: never cache them anywhere.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));

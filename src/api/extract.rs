@@ -19,6 +19,11 @@ fn request_id_of(parts: &Parts) -> RequestId {
     parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
 }
 
+/// The client's own id of the request, if it sent a plain one ([`super::edge`]).
+pub(super) fn client_request_id_of(parts: &Parts) -> Option<RequestId> {
+    parts.extensions.get::<super::edge::ClientRequestId>().map(|c| c.0.clone())
+}
+
 /// An authenticated caller and the request it makes. Missing or unknown tokens are refused
 /// with 401, and the attempt is audited when it aims at a subject or at keys or audit.
 pub struct Authed(pub Ctx);
@@ -40,17 +45,18 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let request_id = request_id_of(parts);
+        let client_request_id = client_request_id_of(parts);
         // A verified client certificate (HTTPS with a client CA) that a caller lists.
         if let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>() {
             if let Some(caller) = state.callers.authenticate_certificate(&cert.0) {
-                let ctx = Ctx { caller: caller.clone(), request_id, via: None };
+                let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None };
                 check_subject_assertion(parts, state, &ctx).await?;
                 return Ok(Authed(ctx));
             }
         }
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
-            let ctx = Ctx { caller: caller.clone(), request_id, via: None };
+            let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None };
             check_subject_assertion(parts, state, &ctx).await?;
             return Ok(Authed(ctx));
         }

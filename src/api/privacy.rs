@@ -138,7 +138,8 @@ impl FromRequestParts<AppState> for Borrower {
                 let caller = state.callers.entries().iter().map(|e| &e.caller).find(|c| c.name == session.caller);
                 match caller.filter(|c| c.has_role(Role::Website)) {
                     Some(c) => {
-                        let ctx = Ctx { caller: c.clone(), request_id, via: Some(VIA) };
+                        let client_request_id = super::extract::client_request_id_of(parts);
+                        let ctx = Ctx { caller: c.clone(), request_id, client_request_id, via: Some(VIA) };
                         return Ok(Borrower { session, ctx, lang });
                     }
                     None => (

@@ -230,15 +230,29 @@ impl ErasureResponse {
     }
 }
 
+/// Every access by one caller, action (`subject.read`, `subject.disclose`, `subject.export`)
+/// and purpose.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccessWire {
     pub caller: String,
     pub action: String,
     pub purpose: Option<String>,
+    /// Every field any of them handed out.
     pub fields: Vec<String>,
     pub count: u64,
+    /// Times of the first and the last.
     pub first: String,
     pub last: String,
+}
+
+/// One access, in full.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessEventWire {
+    pub time: String,
+    pub caller: String,
+    pub action: String,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -251,8 +265,11 @@ pub struct ExportResponse {
     pub consents: Vec<ConsentResponse>,
     pub contracts: Vec<ContractResponse>,
     pub disclosures: Vec<DisclosureRecordWire>,
-    /// Who read which fields for which purpose (from the audit trail).
+    /// Who read, received or exported which fields for which purpose: by caller, action and
+    /// purpose, complete however long the subject's audit trail.
     pub access: Vec<AccessWire>,
+    /// The last 20 accesses in full, oldest first.
+    pub recent_access: Vec<AccessEventWire>,
     /// The privacy-policy version in force.
     pub policy_version: String,
     pub erasure: Option<ErasureResponse>,
@@ -283,6 +300,11 @@ impl ExportResponse {
                     first: a.first,
                     last: a.last,
                 })
+                .collect(),
+            recent_access: e
+                .recent_access
+                .into_iter()
+                .map(|a| AccessEventWire { time: a.time, caller: a.caller, action: a.action, purpose: a.purpose, fields: a.fields })
                 .collect(),
             policy_version: e.policy_version,
         }
@@ -357,7 +379,12 @@ pub struct AuditEntryWire {
     /// `allow` or `deny`.
     pub decision: String,
     pub reason: String,
+    /// The vault's own id of the request (echoed in the response's `x-request-id`).
     pub request_id: String,
+    /// The id the client sent in `x-request-id`, if it sent a plain one (at most 64 of
+    /// `A-Za-z0-9._:-`). Left out when absent; covered by the hash when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -378,6 +405,7 @@ impl From<crate::audit::AuditEntry> for AuditEntryWire {
             },
             reason: e.reason,
             request_id: e.request_id,
+            client_request_id: e.client_request_id,
             prev_hash: e.prev_hash,
             hash: e.hash,
         }

@@ -692,6 +692,7 @@ mod tests {
                 time: NOW,
             }],
             access: vec![],
+            recent_access: vec![],
             policy_version: "2019-01-29".into(),
             erasure: None,
         }

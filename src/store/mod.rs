@@ -48,10 +48,13 @@ pub enum Space {
     Expiry,
     /// Background jobs (rewrap progress).
     Jobs,
+    /// Per-subject access summaries (`subject\0`), kept by the audit committer with merges
+    /// ([`crate::audit::summary`]).
+    Access,
 }
 
 impl Space {
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Keyring,
         Space::Subjects,
         Space::Records,
@@ -62,6 +65,7 @@ impl Space {
         Space::AuditIndex,
         Space::Expiry,
         Space::Jobs,
+        Space::Access,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,13 +80,14 @@ impl Space {
             Space::AuditIndex => "audit_index",
             Space::Expiry => "expiry",
             Space::Jobs => "jobs",
+            Space::Access => "access",
         }
     }
 
     /// Keys of these spaces start with `subject\0`; a prefix extractor and bloom filter make
     /// per-subject scans and lookups cheap.
     fn keyed_by_subject(self) -> bool {
-        matches!(self, Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex)
+        matches!(self, Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex | Space::Access)
     }
 
     /// Whether every key of this space belongs to one subject ([`Space::subject_of`]).
@@ -114,6 +119,8 @@ pub enum Op {
     DeleteRange(Space, Vec<u8>, Vec<u8>),
     /// Adds to a signed 64-bit counter (a merge, so concurrent adds never race).
     Add(Space, Vec<u8>, i64),
+    /// Merges an operand into a value with the space's merge operator (the access summaries').
+    Merge(Space, Vec<u8>, Vec<u8>),
 }
 
 impl Op {
@@ -122,7 +129,7 @@ impl Op {
         match self {
             Op::Put(s, k, _) | Op::Delete(s, k) => *s == space && k == key,
             Op::DeleteRange(s, from, to) => *s == space && key >= from.as_slice() && key < to.as_slice(),
-            Op::Add(..) => false,
+            Op::Add(..) | Op::Merge(..) => false,
         }
     }
 
@@ -133,6 +140,7 @@ impl Op {
             Op::Delete(_, k) => k.len(),
             Op::DeleteRange(_, from, to) => from.len() + to.len(),
             Op::Add(_, k, _) => k.len() + 8,
+            Op::Merge(_, k, v) => k.len() + v.len(),
         }
     }
 }
@@ -159,6 +167,13 @@ impl Batch {
 
     pub fn add(&mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) {
         self.ops.push(Op::Add(space, key.into(), delta));
+    }
+
+    /// Merges `operand` into `key` of `space`, which must have a merge operator of its own
+    /// ([`Space::Access`]); no read on the write path.
+    pub fn merge(&mut self, space: Space, key: impl Into<Vec<u8>>, operand: impl Into<Vec<u8>>) {
+        debug_assert_eq!(space, Space::Access, "only the access summaries have a merge operator for operands");
+        self.ops.push(Op::Merge(space, key.into(), operand.into()));
     }
 
     pub fn extend(&mut self, other: Batch) {
@@ -293,7 +308,7 @@ fn tell_subjects(ops: &[Op], o: &dyn WriteObserver) {
     let mut last: Option<(Space, &[u8])> = None;
     for op in ops {
         let (space, subject) = match op {
-            Op::Put(s, k, _) | Op::Delete(s, k) | Op::Add(s, k, _) => (*s, s.subject_of(k)),
+            Op::Put(s, k, _) | Op::Delete(s, k) | Op::Add(s, k, _) | Op::Merge(s, k, _) => (*s, s.subject_of(k)),
             Op::DeleteRange(s, from, to) => {
                 let subject = s.subject_of(from);
                 // One subject's range is `subject\0` up to `subject\x01` (`Batch::delete_prefix`).
@@ -338,6 +353,15 @@ fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
     Some(n.to_le_bytes().to_vec())
 }
 
+const ACCESS_MERGE: &str = "qoima.access_summary";
+
+/// The access summaries' merge operator, full and partial alike (a merged operand is a
+/// summary too): the rules are the audit's ([`crate::audit::summary::merge`]); this only hands
+/// RocksDB's operands over.
+fn merge_access(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    Some(crate::audit::summary::merge(existing, operands.iter()))
+}
+
 fn decode_i64(b: &[u8]) -> i64 {
     b.try_into().map(i64::from_le_bytes).unwrap_or(0)
 }
@@ -374,6 +398,13 @@ fn cf_options(space: Space, cache: &Cache) -> Options {
     o.set_level_compaction_dynamic_level_bytes(true);
     if space == Space::Keyring {
         o.set_merge_operator_associative(COUNTER_MERGE, add_i64);
+    }
+    if space == Space::Access {
+        o.set_merge_operator_associative(ACCESS_MERGE, merge_access);
+        // A hot subject's summary gets a merge per read: past this many in the memtable, the
+        // write folds them into one value, if it can without a read of the disk (RocksDB's
+        // default), so an export never merges more than a bounded number from the memtable.
+        o.set_max_successive_merges(64);
     }
     if space == Space::Subjects {
         // Every write and read looks its subject up here, and for a new subject the answer is
@@ -587,6 +618,7 @@ impl Store {
             Written::Op(Op::Put(s, k, v)) => wb.put_cf(self.cf(*s), k, v),
             Written::Op(Op::Delete(s, k)) => wb.delete_cf(self.cf(*s), k),
             Written::Op(Op::DeleteRange(s, from, to)) => wb.delete_range_cf(self.cf(*s), from, to),
+            Written::Op(Op::Merge(s, k, v)) => wb.merge_cf(self.cf(*s), k, v),
             Written::Op(Op::Add(..)) => unreachable!("fold_adds hands adds over as sums"),
             Written::Add(s, k, d) => wb.merge_cf(self.cf(s), k, d.to_le_bytes()),
         });

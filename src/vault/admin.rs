@@ -204,6 +204,7 @@ impl Vault {
             decision: Decision::Deny,
             reason: reason.into(),
             request_id: request_id.as_str().to_owned(),
+            client_request_id: None,
         });
         if let Err(e) = self.audit.commit(drafts, Batch::default()) {
             if let Some(u) = earlier {
@@ -254,6 +255,7 @@ impl Vault {
                 self.auth_failures.per_second()
             ),
             request_id: "summary".into(),
+            client_request_id: None,
         }
     }
 }

@@ -316,7 +316,9 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let generation = meta.generation()?;
         batch.delete(Space::Subjects, s.as_bytes().to_vec());
-        for space in [Space::Records, Space::Facts, Space::Disclosures] {
+        // The access summary too: who read what is about the subject (the audit trail keeps
+        // its entries, with field names only).
+        for space in [Space::Records, Space::Facts, Space::Disclosures, Space::Access] {
             batch.delete_prefix(space, &subject_prefix(s));
         }
         batch.add(Space::Keyring, dek_count_key(generation), -1);
@@ -482,6 +484,7 @@ impl Vault {
                 match &meta {
                     Some(m) => self.shred_into(s, m, &mut record, now, &mut batch)?,
                     None => {
+                        batch.delete_prefix(Space::Access, &subject_prefix(s));
                         record.status = ErasureStatus::Erased;
                         record.erased_at = Some(entry.time);
                         batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));

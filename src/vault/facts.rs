@@ -84,6 +84,9 @@ impl Vault {
                 ));
             };
             if record.status == status {
+                // Nothing changes, but the request was made and answered: it is recorded too.
+                let reason = format!("contract {c} already {}: unchanged", status.as_str());
+                self.audit.record(self.draft(ctx, Action::UpdateContract, Some(s), reason))?;
                 return Ok((record, self.erasure(s)?));
             }
             if record.status == ContractStatus::Settled {
@@ -103,7 +106,8 @@ impl Vault {
                     // The last obligation is fulfilled: the pending erasure runs now (P7), by
                     // the vault, under the settling request's id.
                     self.shred_into(s, &meta, &mut e, now, &mut batch)?;
-                    let by_vault = Ctx { request_id: ctx.request_id.clone(), ..Ctx::system() };
+                    let by_vault =
+                        Ctx { request_id: ctx.request_id.clone(), client_request_id: ctx.client_request_id.clone(), ..Ctx::system() };
                     drafts.push(self.draft(
                         &by_vault,
                         Action::RequestErasure,
@@ -191,6 +195,9 @@ impl Vault {
         let mut record: ConsentRecord =
             serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt { space: "facts", what: "consent" })?;
         if record.withdrawn_at.is_some() {
+            // Nothing changes, but the request was made and answered: it is recorded too.
+            let draft = self.draft(ctx, Action::WithdrawConsent, Some(s), "consent already withdrawn: unchanged");
+            self.audit.record(draft.purpose(Some(purpose.as_str())))?;
             return Ok(record);
         }
         record.withdrawn_at = Some(self.clock.now());

@@ -131,7 +131,11 @@ pub fn sibling(data_dir: &std::path::Path, suffix: &str) -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub caller: Arc<Caller>,
+    /// The vault's own id of the request (always generated here, never the client's).
     pub request_id: RequestId,
+    /// The id the client gave the request (`x-request-id`), if it gave a plain one: recorded in
+    /// its own field, so a client cannot pass its requests off as the vault's (e.g. `summary`).
+    pub client_request_id: Option<RequestId>,
     /// How the caller came, when that is not its own request: e.g. the privacy centre acting
     /// for the subject ([`crate::privacy::VIA`]). Appended to every audit reason.
     pub via: Option<&'static str>,
@@ -147,6 +151,7 @@ impl Ctx {
                 purposes: Default::default(),
             }),
             request_id: RequestId::generate(),
+            client_request_id: None,
             via: None,
         }
     }
@@ -293,6 +298,18 @@ impl Vault {
         let keyring = Keyring::load_or_init(&store, root, clock.now(), settings.kek_wrap_limit)?;
         let purposes = settings.purposes.0.keys().map(|p| p.to_string()).collect();
         let audit = AuditLog::start(store.clone(), clock.clone(), faults.clone(), purposes)?;
+        // Before anything can erase: a store from before the access summaries gets them, but
+        // not for subjects already erased.
+        let erased = |s: &str| {
+            let record = store.get_with(Tier::Any, Space::Erasures, s.as_bytes(), |v| serde_json::from_slice::<ErasureRecord>(v).ok());
+            match record {
+                Ok(None) => false,
+                Ok(Some(Some(r))) => r.status == ErasureStatus::Erased,
+                // Unreadable: left out (a record that does not parse fails the start anyway).
+                _ => true,
+            }
+        };
+        crate::audit::summary::backfill(&store, erased)?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
             cache: DekCache::new(settings.dek_cache_capacity),
@@ -390,6 +407,7 @@ impl Vault {
             decision: Decision::Allow,
             reason,
             request_id: ctx.request_id.as_str().to_owned(),
+            client_request_id: ctx.client_request_id.as_ref().map(|c| c.as_str().to_owned()),
         }
     }
 

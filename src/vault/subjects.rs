@@ -15,7 +15,7 @@ use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, Record, Subj
 use super::keyring::{dek_count_key, wrap_count_key};
 use super::views::{SealedRecords, SealedRef, SubjectView, SubjectViews};
 use super::{Ctx, Vault, VaultError};
-use crate::audit::{self, Decision};
+use crate::audit;
 use crate::domain::{random_hex, FieldName, FieldRef, Purpose, SubjectId};
 use crate::policy::{self, Action, Denial, DisclosureBasis};
 use crate::store::{subject_key, subject_prefix, Batch, Space, StoreError, Tier};
@@ -115,6 +115,9 @@ pub(super) enum ReadLookup {
     Erased(super::codec::ErasureRecord),
     Unknown,
     Denied(Denial),
+    /// Allowed, but the subject's key or records do not open (a destroyed KEK generation, a
+    /// key that does not unwrap, a record that does not decrypt): a failure to record.
+    Failed(VaultError),
 }
 
 /// The records a read opens: those of the subject's view that the purpose (and the request)
@@ -193,16 +196,52 @@ pub struct DisclosureRequest {
     pub abroad: bool,
 }
 
-/// Who read which fields for which purpose, from the audit trail.
+/// Who read, received or exported which fields for which purpose: every access by one caller,
+/// action and purpose (kept with the audit trail, [`audit::summary`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AccessSummary {
     pub caller: String,
     pub action: String,
     pub purpose: Option<String>,
+    /// Every field any of them handed out.
     pub fields: Vec<String>,
     pub count: u64,
     pub first: String,
     pub last: String,
+}
+
+/// One of the last accesses, in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccessEvent {
+    pub time: String,
+    pub caller: String,
+    pub action: String,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+}
+
+/// The export's view of a stored summary: its groups, and its last accesses oldest first
+/// (without sequence numbers: they would tell the borrower how busy the vault is).
+fn access_of(summary: audit::summary::Summary) -> (Vec<AccessSummary>, Vec<AccessEvent>) {
+    let groups = summary
+        .groups
+        .into_iter()
+        .map(|g| AccessSummary {
+            caller: g.caller,
+            action: g.action,
+            purpose: g.purpose,
+            fields: g.fields,
+            count: g.count,
+            first: g.first,
+            last: g.last,
+        })
+        .collect();
+    let recent = summary
+        .recent
+        .into_iter()
+        .map(|a| AccessEvent { time: a.time, caller: a.caller, action: a.action, purpose: a.purpose, fields: a.fields })
+        .collect();
+    (groups, recent)
 }
 
 /// Everything the vault holds on a subject (the right of access).
@@ -216,6 +255,8 @@ pub struct Export {
     pub contracts: Vec<ContractRecord>,
     pub disclosures: Vec<DisclosureRecord>,
     pub access: Vec<AccessSummary>,
+    /// The last [`audit::summary::RECENT`] accesses, oldest first.
+    pub recent_access: Vec<AccessEvent>,
     pub policy_version: String,
     pub erasure: Option<super::ErasureRecord>,
 }
@@ -661,8 +702,8 @@ impl Vault {
     /// its legal basis holds now, and only the fields the purpose allows (and the caller
     /// asked for, if it asked). The audit entry is durable before the values are returned.
     pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldTexts, VaultError> {
-        let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
-        self.audit.record(draft)?;
+        let (values, queued) = self.read_prepared(ctx, subject, purpose, requested, |d| self.audit.queue(vec![d], Batch::default()))?;
+        queued.wait()?;
         Ok(values)
     }
 
@@ -675,8 +716,8 @@ impl Vault {
         purpose: &str,
         requested: Option<&[String]>,
     ) -> Result<Audited<FieldTexts>, VaultError> {
-        let (values, draft) = self.read_prepared(ctx, subject, purpose, requested)?;
-        Ok(Audited { value: values, pending: self.audit.submit(vec![draft], Batch::default())? })
+        let (values, pending) = self.read_prepared(ctx, subject, purpose, requested, |d| self.audit.submit(vec![d], Batch::default()))?;
+        Ok(Audited { value: values, pending })
     }
 
     /// [`Vault::read_deferred`] without blocking, for async callers to try first: it saves the
@@ -694,26 +735,32 @@ impl Vault {
         if !allowed_caller || self.read_limits.limits(ctx.caller.name.as_str()) {
             return None;
         }
-        let looked = {
-            let _lock = self.locks.try_lock(s)?;
-            self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?
-        };
+        // Decided, opened and submitted under the lock: an erasure waiting for it is committed
+        // after this read's entry (its durability is awaited after the lock is let go).
+        let lock = self.locks.try_lock(s)?;
+        let looked = self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?;
+        // A failure to open is the blocking path's to record.
         let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
         let values = self.decrypt_texts(s, &dek, records.iter()).ok()?;
         let names: Vec<String> = values.keys().cloned().collect();
         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
         let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
+        drop(lock);
         self.paths.reads.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: values, pending })
     }
 
-    fn read_prepared(
+    /// The blocking read: decides, opens and hands the entry to `submit` under the subject's
+    /// lock (so an erasure that takes the lock next is committed after the entry), recording
+    /// every refusal and every failure to open.
+    fn read_prepared<P>(
         &self,
         ctx: &Ctx,
         subject: &SubjectId,
         purpose: &str,
         requested: Option<&[String]>,
-    ) -> Result<(FieldTexts, audit::Draft), VaultError> {
+        submit: impl FnOnce(audit::Draft) -> Result<P, audit::AuditError>,
+    ) -> Result<(FieldTexts, P), VaultError> {
         self.paths.reads.blocking.fetch_add(1, Ordering::Relaxed);
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
@@ -728,23 +775,31 @@ impl Vault {
         self.read_budget(ctx, Action::Read, Some(s), p)?;
         let looked = {
             let _lock = self.locks.lock(s);
-            self.look_up_read(Tier::Any, ctx, s, purpose, requested.as_deref())?
+            match self.look_up_read(Tier::Any, ctx, s, purpose, requested.as_deref())? {
+                ReadLookup::Allowed { dek, records, grant } => match self.decrypt_texts(s, &dek, records.iter()) {
+                    Ok(values) => {
+                        let names: Vec<String> = values.keys().cloned().collect();
+                        let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
+                        return Ok((values, submit(draft)?));
+                    }
+                    Err(e) => ReadLookup::Failed(e),
+                },
+                other => other,
+            }
         };
-        let (dek, records, grant) = match looked {
-            ReadLookup::Allowed { dek, records, grant } => (dek, records, grant),
+        // Refusals are recorded once the lock is let go: they hand nothing out.
+        match looked {
+            ReadLookup::Allowed { .. } => unreachable!("answered under the lock"),
+            ReadLookup::Failed(e) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, e)),
             ReadLookup::Erased(e) => {
                 let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
-                return Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err));
+                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err))
             }
             ReadLookup::Unknown => {
-                return Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
+                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
             }
-            ReadLookup::Denied(d) => return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
-        };
-        let values = self.decrypt_texts(s, &dek, records.iter())?;
-        let names: Vec<String> = values.keys().cloned().collect();
-        let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
-        Ok((values, draft))
+            ReadLookup::Denied(d) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
+        }
     }
 
     /// What a read finds, under the subject's lock (the caller's), with no side effect: the
@@ -789,7 +844,11 @@ impl Vault {
             Ok(g) => g,
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
-        let dek = self.dek(s, &view.meta)?;
+        // A destroyed KEK or a key that does not unwrap: the read fails, and says so.
+        let dek = match self.dek(s, &view.meta) {
+            Ok(d) => d,
+            Err(e) => return Ok(ReadLookup::Failed(e)),
+        };
         let records = ReadRecords::new(view, |f| purpose.allows(f) && requested.is_none_or(|r| r.iter().any(|r| r.borrowed() == f)));
         Ok(ReadLookup::Allowed { dek, records, grant })
     }
@@ -812,7 +871,10 @@ impl Vault {
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
         let records = SealedRecords::pack(self.load_records_in(tier, s, requested, |f| purpose.allows(f))?.iter().map(SealedRef::from))?;
-        let dek = self.dek(s, &meta)?;
+        let dek = match self.dek(s, &meta) {
+            Ok(d) => d,
+            Err(e) => return Ok(ReadLookup::Failed(e)),
+        };
         let records = ReadRecords::new(Arc::new(SubjectView { meta, facts, records }), |_| true);
         Ok(ReadLookup::Allowed { dek, records, grant })
     }
@@ -851,16 +913,20 @@ impl Vault {
         }
         self.read_budget(ctx, Action::Disclose, Some(s), p)?;
         let now = self.clock.now();
-        let (dek, records, grant) = {
-            let _lock = self.locks.lock(s);
-            let meta = self.live(ctx, Action::Disclose, subject)?;
-            let (facts, _, _) = self.facts(s, &meta)?;
-            let grant = policy::decide_disclosure(&ctx.caller, purpose, req.basis, req.reference.as_deref(), req.abroad, &facts, now)
-                .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
-            let records = self.load_records(s, Some(&fields), |_| true)?;
-            (self.dek(s, &meta)?, records, grant)
+        let lock = self.locks.lock(s);
+        let meta = self.live(ctx, Action::Disclose, subject)?;
+        let (facts, _, _) = self.facts(s, &meta)?;
+        let grant = policy::decide_disclosure(&ctx.caller, purpose, req.basis, req.reference.as_deref(), req.abroad, &facts, now)
+            .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
+        let records = self.load_records(s, Some(&fields), |_| true)?;
+        let opened = self.dek(s, &meta).and_then(|dek| self.decrypt(s, &dek, records.iter().map(SealedRef::from)));
+        let values = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                drop(lock);
+                return Err(self.refuse(ctx, Action::Disclose, Some(s), p, names, e));
+            }
         };
-        let values = self.decrypt(s, &dek, records.iter().map(SealedRef::from))?;
         let record = DisclosureRecord {
             id: format!("dis_{}", random_hex::<8>()),
             recipient: recipient.to_owned(),
@@ -877,7 +943,12 @@ impl Vault {
         let mut batch = Batch::default();
         batch.put(Space::Disclosures, key, serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);
-        self.audit.commit(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
+        // Queued under the lock: an erasure that takes it next is committed after this record,
+        // and deletes it with the rest.
+        let queued =
+            self.audit.queue(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
+        drop(lock);
+        queued.wait()?;
         Ok((record, values))
     }
 
@@ -887,8 +958,8 @@ impl Vault {
         let s = subject.as_str();
         self.gate(ctx, Action::Export, Some(s))?;
         self.read_budget(ctx, Action::Export, Some(s), None)?;
-        let (meta, dek, records, contracts, consents, disclosures, erasure) = {
-            let _lock = self.locks.lock(s);
+        let lock = self.locks.lock(s);
+        let (meta, dek, records, contracts, consents, disclosures, erasure, summary) = {
             let meta = self.live(ctx, Action::Export, subject)?;
             let (_, contracts, consents) = self.facts(s, &meta)?;
             let records = self.load_records(s, None, |_| true)?;
@@ -899,14 +970,24 @@ impl Vault {
                 }
                 true
             })?;
-            let dek = self.dek(s, &meta)?;
-            (meta, dek, records, contracts, consents, disclosures, self.erasure(s)?)
+            let dek = self.dek(s, &meta);
+            (meta, dek, records, contracts, consents, disclosures, self.erasure(s)?, audit::summary::load(&self.store, s)?)
         };
-        let fields = self.decrypt(s, &dek, records.iter().map(SealedRef::from))?;
-        let access = self.access_summary(s)?;
+        let fields = match dek.and_then(|dek| self.decrypt(s, &dek, records.iter().map(SealedRef::from))) {
+            Ok(f) => f,
+            Err(e) => {
+                drop(lock);
+                return Err(self.refuse(ctx, Action::Export, Some(s), None, vec![], e));
+            }
+        };
         let names: Vec<String> = fields.keys().cloned().collect();
         let missing_mandatory = self.missing_mandatory(Tier::Any, Some(s), &[])?;
-        self.audit.record(self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names))?;
+        // Queued under the lock, as a read's entry is.
+        let queued =
+            self.audit.queue(vec![self.draft(ctx, Action::Export, Some(s), "data subject access").fields(names)], Batch::default())?;
+        drop(lock);
+        queued.wait()?;
+        let (access, recent_access) = access_of(summary);
         Ok(Export {
             subject: s.to_owned(),
             version: meta.version,
@@ -916,34 +997,10 @@ impl Vault {
             contracts,
             disclosures,
             access,
+            recent_access,
             policy_version: self.settings.policy_version.clone(),
             erasure,
         })
-    }
-
-    /// Who read or received which fields of `s`, for which purpose, grouped.
-    fn access_summary(&self, s: &str) -> Result<Vec<AccessSummary>, VaultError> {
-        let q = audit::Query { subject: Some(s.to_owned()), limit: 100_000, ..Default::default() };
-        let mut groups: BTreeMap<(String, String, Option<String>, Vec<String>), AccessSummary> = BTreeMap::new();
-        for e in audit::query(&self.store, &q)? {
-            let disclosing = matches!(e.action.as_str(), "subject.read" | "subject.disclose" | "subject.export");
-            if e.decision != Decision::Allow || !disclosing || e.fields.is_empty() {
-                continue;
-            }
-            let key = (e.caller.clone(), e.action.clone(), e.purpose.clone(), e.fields.clone());
-            let g = groups.entry(key).or_insert_with(|| AccessSummary {
-                caller: e.caller,
-                action: e.action,
-                purpose: e.purpose,
-                fields: e.fields,
-                count: 0,
-                first: e.time.clone(),
-                last: String::new(),
-            });
-            g.count += 1;
-            g.last = e.time;
-        }
-        Ok(groups.into_values().collect())
     }
 
     /// Removes fields whose retention has passed (technical data, P3), as of the vault's

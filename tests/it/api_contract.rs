@@ -181,22 +181,36 @@ async fn every_response_carries_a_request_id() {
     }
     assert_problem(&app.call(Method::GET, "/nope", None, None).await, StatusCode::NOT_FOUND);
     assert_problem(&app.call(Method::DELETE, "/healthz", None, None).await, StatusCode::METHOD_NOT_ALLOWED);
-    // A caller's own id is echoed and lands in the audit entry.
+    // A caller's own id is kept in a field of its own: the request id is always the vault's,
+    // so a client cannot pass its requests off as the vault's own (issue #23: `summary`).
     app.put_fields("rid", json!({"identity.full_name": "R"})).await;
-    let r = app
-        .client
-        .get(format!("{}/v1/subjects/rid?purpose=loan_issuance", app.addr))
-        .bearer_auth(token("svc-all"))
-        .header("x-request-id", "lender-req-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-request-id"], "lender-req-42");
+    let get = |client_id: &'static str| {
+        app.client
+            .get(format!("{}/v1/subjects/rid?purpose=loan_issuance", app.addr))
+            .bearer_auth(token("svc-all"))
+            .header("x-request-id", client_id)
+            .send()
+    };
+    let r = get("lender-req-42").await.unwrap();
+    let vault_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(vault_id, "lender-req-42");
+    assert_eq!(vault_id.len(), 24, "the vault's own: {vault_id}");
+    assert_eq!(r.headers()["x-client-request-id"], "lender-req-42");
+    let r = get("summary").await.unwrap();
+    assert_ne!(r.headers()["x-request-id"], "summary");
     let audit = app.get("/v1/audit?subject=rid", "auditor").await;
-    assert!(audit.body["entries"].as_array().unwrap().iter().any(|e| e["request_id"] == "lender-req-42"));
-    // A hostile id is replaced, not echoed.
+    let entries = audit.body["entries"].as_array().unwrap();
+    let mine = entries.iter().find(|e| e["client_request_id"] == "lender-req-42").expect("the client's id is recorded");
+    assert_eq!(mine["request_id"], vault_id.as_str());
+    assert!(entries.iter().all(|e| e["request_id"] != "summary" && e["request_id"] != "lender-req-42"), "{entries:#?}");
+    assert!(entries.iter().any(|e| e["client_request_id"] == "summary"));
+    // Without one of its own, an entry has none (the field is left out).
+    assert!(entries.iter().any(|e| e["action"] == "subject.put" && e.get("client_request_id").is_none()));
+    assert_eq!(app.get("/v1/audit/verify", "auditor").await.body["ok"], true);
+    // A hostile id is dropped: neither echoed nor recorded.
     let r = app.client.get(format!("{}/healthz", app.addr)).header("x-request-id", "<script>alert(1)</script>").send().await.unwrap();
     assert_ne!(r.headers()["x-request-id"], "<script>alert(1)</script>");
+    assert!(r.headers().get("x-client-request-id").is_none());
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ async fn no_caller_ever_gets_a_field_its_purpose_does_not_allow() {
         let entries = page.body["entries"].as_array().unwrap().clone();
         for e in &entries {
             after = e["seq"].as_u64().unwrap();
-            let rid = e["request_id"].as_str().unwrap();
+            let rid = e["client_request_id"].as_str().unwrap_or_default();
             if rid.starts_with("matrix-") && e["action"] != "audit.read" {
                 assert!(found.insert(rid.to_string(), e.clone()).is_none(), "two entries for {rid}");
             }
@@ -197,7 +197,8 @@ async fn a_token_acts_only_as_its_own_caller() {
     }
     let audit = app.get("/v1/audit?subject=tk&limit=1000", "auditor").await;
     for (caller, _, _) in CALLERS {
-        let e = audit.body["entries"].as_array().unwrap().iter().find(|e| e["request_id"] == format!("tk-{caller}")).expect("audited");
+        let e =
+            audit.body["entries"].as_array().unwrap().iter().find(|e| e["client_request_id"] == format!("tk-{caller}")).expect("audited");
         assert_eq!(e["caller"], *caller, "a token acted as another caller");
     }
 }

@@ -55,7 +55,8 @@ async fn a_vault_written_by_an_older_binary_opens_and_answers_as_it_did() {
 
     let keys = app.get("/v1/keys", "security").await;
     let gens = keys.body["generations"].as_array().unwrap();
-    let states: Vec<_> = gens.iter().map(|g| (g["generation"].as_u64().unwrap(), g["state"].as_str().unwrap(), g["deks"].as_i64().unwrap())).collect();
+    let states: Vec<_> =
+        gens.iter().map(|g| (g["generation"].as_u64().unwrap(), g["state"].as_str().unwrap(), g["deks"].as_i64().unwrap())).collect();
     assert_eq!(states, [(1, "decrypt-only", 2), (2, "active", 1)]);
 
     let verify = app.get("/v1/audit/verify", "auditor").await;
@@ -65,7 +66,9 @@ async fn a_vault_written_by_an_older_binary_opens_and_answers_as_it_did() {
 
     // Today's code writes on: new subjects and facts, the chain continued and still whole.
     assert_eq!(app.put_fields("fx-5", application("FX5")).await.status, StatusCode::CREATED);
-    let r = app.call(Method::PATCH, "/v1/subjects/fx-1/rectify", Some("website"), Some(json!({"fields": {"identity.email": "new@example.kz"}}))).await;
+    let r = app
+        .call(Method::PATCH, "/v1/subjects/fx-1/rectify", Some("website"), Some(json!({"fields": {"identity.email": "new@example.kz"}})))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(app.erase("fx-3").await.body["status"], "erased");
     let app = app.restart().await;

@@ -682,10 +682,9 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     {
         assert!(actions.contains(&action), "no {action} in {actions:?}");
     }
-    // Every call carried the client's own request id (the vault's own entry for the erasure
-    // that the settlement ran has one of its own).
+    // Every call carried the client's own request id, kept beside the vault's.
     let mut by_client = entries.iter().filter(|e| e["caller"] != "qoima");
-    assert!(by_client.all(|e| e["request_id"].as_str().is_some_and(|r| r.starts_with("py-"))), "{entries:#?}");
+    assert!(by_client.all(|e| e["client_request_id"].as_str().is_some_and(|r| r.starts_with("py-"))), "{entries:#?}");
     let erasure = app.get("/v1/subjects/python-demo-1/erasure", "website").await;
     assert_eq!(erasure.body["status"], "erased");
     // The demo printed no personal data it read.

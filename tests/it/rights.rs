@@ -298,8 +298,10 @@ async fn the_erasure_a_settlement_runs_carries_the_settling_request_id() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let audit = app.get("/v1/audit?subject=rid-1", "auditor").await;
-    let same: Vec<&Value> = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["request_id"] == "settle-42").collect();
+    let same: Vec<&Value> = audit.body["entries"].as_array().unwrap().iter().filter(|e| e["client_request_id"] == "settle-42").collect();
     assert_eq!(same.len(), 2, "{same:?}");
+    assert_eq!(same[0]["request_id"], r.headers()["x-request-id"].to_str().unwrap(), "the vault's own id, the same for both");
+    assert_eq!(same[0]["request_id"], same[1]["request_id"]);
     assert!(same.iter().any(|e| e["action"] == "contract.update" && e["caller"] == "svc-all"));
     assert!(same.iter().any(|e| e["action"] == "erasure.request" && e["caller"] == "qoima"));
 }

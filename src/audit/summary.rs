@@ -1,0 +1,320 @@
+//! Per-subject access summaries: who read, received or exported which fields of a subject,
+//! for which purpose, how often, first and last, and the last [`RECENT`] accesses in full.
+//!
+//! The committer keeps them in the same batch as each entry, as a merge into the subject's
+//! record in [`Space::Access`] (no read on the commit path), so an export reads one bounded
+//! record instead of the subject's audit entries. Only accesses enter it (allowed reads,
+//! disclosures and exports naming fields, [`ACCESSES`]): refusals, however many, change
+//! nothing in it.
+//!
+//! **Size, independent of history:** one group per (caller, action, purpose) — callers and
+//! purposes come from the configuration, never from a request, and there are three actions —
+//! each holding the union of the field names read (at most the schema's fields), plus the last
+//! [`RECENT`] accesses. Erasure deletes the record with the subject's other data.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuditEntry, Decision};
+use crate::store::{subject_key, Batch, Space, Store, StoreError};
+
+/// The accesses kept in full, newest last.
+pub const RECENT: usize = 20;
+
+/// The actions that hand a subject's values out.
+pub const ACCESSES: [&str; 3] = ["subject.read", "subject.disclose", "subject.export"];
+
+/// Where [`backfill`] keeps its progress, in [`Space::Jobs`].
+const BACKFILL_KEY: &[u8] = b"audit/access_summary";
+/// Entries a backfill reads into memory before it writes what they add.
+const BACKFILL_CHUNK: usize = 20_000;
+
+/// One subject's summary, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// By (caller, action, purpose), in that order.
+    pub groups: Vec<Group>,
+    /// The last [`RECENT`] accesses, oldest first.
+    pub recent: Vec<Access>,
+}
+
+/// Every access by one caller, action and purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub caller: String,
+    pub action: String,
+    pub purpose: Option<String>,
+    /// Every field name any of them handed out, sorted.
+    pub fields: Vec<String>,
+    pub count: u64,
+    /// Sequence number and time of the first and of the last.
+    pub first_seq: u64,
+    pub first: String,
+    pub last_seq: u64,
+    pub last: String,
+}
+
+/// One access, as its audit entry names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    pub seq: u64,
+    pub time: String,
+    pub caller: String,
+    pub action: String,
+    pub purpose: Option<String>,
+    pub fields: Vec<String>,
+}
+
+/// What a merge operand or a stored value is: a summary, or the one access an entry adds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Piece {
+    Summary(Summary),
+    Access(Access),
+}
+
+impl Summary {
+    fn of(a: Access) -> Self {
+        let mut fields = a.fields.clone();
+        fields.sort();
+        fields.dedup();
+        let group = Group {
+            caller: a.caller.clone(),
+            action: a.action.clone(),
+            purpose: a.purpose.clone(),
+            fields,
+            count: 1,
+            first_seq: a.seq,
+            first: a.time.clone(),
+            last_seq: a.seq,
+            last: a.time.clone(),
+        };
+        Self { groups: vec![group], recent: vec![a] }
+    }
+
+    /// Adds `other`'s accesses to these (associative and commutative: the order RocksDB merges
+    /// operands in does not matter).
+    pub fn absorb(&mut self, other: Summary) {
+        for g in other.groups {
+            match self.groups.binary_search_by(|x| group_key(x).cmp(&group_key(&g))) {
+                Ok(i) => {
+                    let mine = &mut self.groups[i];
+                    mine.count = mine.count.saturating_add(g.count);
+                    if g.first_seq < mine.first_seq {
+                        (mine.first_seq, mine.first) = (g.first_seq, g.first);
+                    }
+                    if g.last_seq > mine.last_seq {
+                        (mine.last_seq, mine.last) = (g.last_seq, g.last);
+                    }
+                    mine.fields.extend(g.fields);
+                    mine.fields.sort();
+                    mine.fields.dedup();
+                }
+                Err(i) => self.groups.insert(i, g),
+            }
+        }
+        self.recent.extend(other.recent);
+        self.recent.sort_by_key(|a| a.seq);
+        self.recent.dedup_by_key(|a| a.seq);
+        let extra = self.recent.len().saturating_sub(RECENT);
+        self.recent.drain(..extra);
+    }
+
+    /// Reads a stored value (or operand).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        match serde_json::from_slice(bytes).ok()? {
+            Piece::Summary(s) => Some(s),
+            Piece::Access(a) => Some(Self::of(a)),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a summary serialises")
+    }
+}
+
+/// What groups are kept by, and in the order of.
+fn group_key(g: &Group) -> (&str, &str, Option<&str>) {
+    (&g.caller, &g.action, g.purpose.as_deref())
+}
+
+/// The key of `subject`'s summary in [`Space::Access`].
+pub fn key(subject: &str) -> Vec<u8> {
+    subject_key(subject, "")
+}
+
+/// The merge operand `e` adds to its subject's summary, if it is an access: allowed, about a
+/// subject, naming the fields it handed out, by one of [`ACCESSES`].
+pub fn operand(e: &AuditEntry) -> Option<(&str, Vec<u8>)> {
+    let subject = e.subject.as_deref()?;
+    if e.decision != Decision::Allow || e.fields.is_empty() || !ACCESSES.contains(&e.action.as_str()) {
+        return None;
+    }
+    let a = AccessRef { seq: e.seq, time: &e.time, caller: &e.caller, action: &e.action, purpose: e.purpose.as_deref(), fields: &e.fields };
+    // Sized for the usual entry, so the write does not grow it.
+    let mut op = Vec::with_capacity(160 + e.fields.iter().map(|f| f.len() + 3).sum::<usize>());
+    serde_json::to_writer(&mut op, &a).expect("an access serialises");
+    Some((subject, op))
+}
+
+/// [`Access`] borrowed from its entry, for writing the operand without copies.
+#[derive(Serialize)]
+struct AccessRef<'a> {
+    seq: u64,
+    time: &'a str,
+    caller: &'a str,
+    action: &'a str,
+    purpose: Option<&'a str>,
+    fields: &'a [String],
+}
+
+/// The merge of a stored value and operands (RocksDB's full and partial merges alike). A piece
+/// that does not decode (a damaged file) is left out and reported, never fails the merge: a
+/// failing merge would fail the compaction holding it, and with it every write of the store.
+pub fn merge<'a>(existing: Option<&'a [u8]>, operands: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Summary::default();
+    for piece in existing.into_iter().chain(operands) {
+        match Summary::decode(piece) {
+            Some(s) => out.absorb(s),
+            None => tracing::error!("an access summary record does not decode; left out (the audit trail has every entry)"),
+        }
+    }
+    out.encode()
+}
+
+/// Reads `subject`'s summary (empty if none).
+pub fn load(store: &Store, subject: &str) -> Result<Summary, StoreError> {
+    match store.get(Space::Access, &key(subject))? {
+        Some(v) => Summary::decode(&v).ok_or(StoreError::Corrupt { space: "access", what: "summary" }),
+        None => Ok(Summary::default()),
+    }
+}
+
+/// How far [`backfill`] has come: entries up to `done` of those up to `upto` are summarised
+/// (the committer summarises every entry after `upto` itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Progress {
+    done: u64,
+    upto: u64,
+}
+
+/// Called before the committer starts: a store whose entries predate the summaries records
+/// which entries the [`backfill`] owes (those up to `head`); every later one the committer
+/// summarises as it writes it.
+pub(super) fn note_start(store: &Store, head: u64) -> Result<(), StoreError> {
+    if store.get(Space::Jobs, BACKFILL_KEY)?.is_none() {
+        let mut b = Batch::default();
+        b.put(Space::Jobs, BACKFILL_KEY.to_vec(), serde_json::to_vec(&Progress { done: 0, upto: head }).expect("serialises"));
+        store.write(&b)?;
+    }
+    Ok(())
+}
+
+/// Summarises the entries written before the summaries existed (once per store, resumable:
+/// each chunk is written with its progress), leaving out subjects `erased` says are gone.
+/// Returns how many entries it read.
+pub fn backfill(store: &Store, erased: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
+    let corrupt = |what| StoreError::Corrupt { space: "audit", what };
+    let Some(p) = store.get(Space::Jobs, BACKFILL_KEY)? else { return Ok(0) };
+    let mut p: Progress = serde_json::from_slice(&p).map_err(|_| corrupt("access summary progress"))?;
+    let mut read = 0u64;
+    while p.done < p.upto {
+        let mut chunk: HashMap<String, Summary> = HashMap::new();
+        let mut last = p.done;
+        let mut bad = false;
+        let to = p.upto.saturating_add(1).to_be_bytes();
+        store.scan(Space::Audit, &(p.done + 1).to_be_bytes(), &to, |_, v| {
+            let Ok(e) = serde_json::from_slice::<AuditEntry>(v) else {
+                bad = true;
+                return false;
+            };
+            last = e.seq;
+            if let Some((s, op)) = operand(&e) {
+                if let Some(add) = Summary::decode(&op) {
+                    chunk.entry(s.to_owned()).or_default().absorb(add);
+                }
+            }
+            read += 1;
+            read % BACKFILL_CHUNK as u64 != 0
+        })?;
+        if bad {
+            return Err(corrupt("entry"));
+        }
+        // A scan that found nothing more (entries missing at the end): nothing is owed past it.
+        let done = if last == p.done { p.upto } else { last };
+        let mut b = Batch::default();
+        for (s, summary) in chunk {
+            if !erased(&s) {
+                b.merge(Space::Access, key(&s), summary.encode());
+            }
+        }
+        p.done = done;
+        b.put(Space::Jobs, BACKFILL_KEY.to_vec(), serde_json::to_vec(&p).expect("serialises"));
+        store.write(&b)?;
+        tracing::info!(done = p.done, upto = p.upto, "access summaries: backfilled from the audit trail");
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(seq: u64, caller: &str, purpose: &str, fields: &[&str]) -> Summary {
+        Summary::of(Access {
+            seq,
+            time: format!("t{seq:03}"),
+            caller: caller.into(),
+            action: "subject.read".into(),
+            purpose: Some(purpose.into()),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn merging_is_associative_and_commutative_and_stays_bounded() {
+        let pieces: Vec<Summary> = (1..=100u64)
+            .map(|i| access(i, ["a", "b", "c"][(i % 3) as usize], ["p", "q"][(i % 2) as usize], &[["x", "y", "z"][(i % 3) as usize]]))
+            .collect();
+        let mut forward = Summary::default();
+        for p in pieces.iter().cloned() {
+            forward.absorb(p);
+        }
+        // Backward, and in two halves merged separately (a partial merge), give the same.
+        let mut backward = Summary::default();
+        for p in pieces.iter().rev().cloned() {
+            backward.absorb(p);
+        }
+        let (mut left, mut right) = (Summary::default(), Summary::default());
+        for (i, p) in pieces.iter().cloned().enumerate() {
+            if i % 2 == 0 {
+                left.absorb(p)
+            } else {
+                right.absorb(p)
+            }
+        }
+        right.absorb(left);
+        assert_eq!(forward, backward);
+        assert_eq!(forward, right);
+        assert_eq!(forward.groups.len(), 6, "one group per caller and purpose");
+        assert_eq!(forward.groups.iter().map(|g| g.count).sum::<u64>(), 100);
+        let recent: Vec<u64> = forward.recent.iter().map(|a| a.seq).collect();
+        assert_eq!(recent, (81..=100).collect::<Vec<_>>());
+        let g = &forward.groups[0];
+        assert_eq!((g.caller.as_str(), g.purpose.as_deref(), g.first.as_str()), ("a", Some("p"), "t006"));
+        assert_eq!(g.last, "t096");
+    }
+
+    #[test]
+    fn a_piece_that_does_not_decode_is_left_out_not_failed() {
+        let one = access(1, "a", "p", &["x"]).encode();
+        let merged = merge(Some(b"garbage".as_slice()), [one.as_slice(), b"{\"seq\":2}".as_slice()]);
+        let s = Summary::decode(&merged).unwrap();
+        assert_eq!(s.groups.len(), 1);
+        assert_eq!(s.groups[0].count, 1);
+    }
+}
