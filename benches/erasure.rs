@@ -19,6 +19,7 @@ fn ctx(role: Role) -> Ctx {
         caller: Caller { name: CallerName::parse("bench").unwrap(), roles: [role].into(), purposes: Default::default() }.into(),
         request_id: RequestId::generate(),
         via: None,
+        idempotency: None,
     }
 }
 

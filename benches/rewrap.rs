@@ -28,6 +28,7 @@ fn ctx(role: Role) -> Ctx {
         .into(),
         request_id: RequestId::generate(),
         via: None,
+        idempotency: None,
     }
 }
 

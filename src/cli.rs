@@ -482,6 +482,7 @@ fn cli_ctx() -> Ctx {
         }),
         request_id: RequestId::generate(),
         via: None,
+        idempotency: None,
     }
 }
 

@@ -202,6 +202,7 @@ pub mod admin {
                         }),
                         request_id: RequestId::generate(),
                         via: None,
+                        idempotency: None,
                     };
                     let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {
                         let text = match request {

@@ -48,10 +48,13 @@ pub enum Space {
     Expiry,
     /// Background jobs (rewrap progress).
     Jobs,
+    /// Idempotency records of mutating requests (src/vault/idempotency.rs): by a digest of
+    /// caller and key, with a subject index (for erasure) and a time index (for the sweep).
+    Idempotency,
 }
 
 impl Space {
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Keyring,
         Space::Subjects,
         Space::Records,
@@ -62,6 +65,7 @@ impl Space {
         Space::AuditIndex,
         Space::Expiry,
         Space::Jobs,
+        Space::Idempotency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Space {
             Space::AuditIndex => "audit_index",
             Space::Expiry => "expiry",
             Space::Jobs => "jobs",
+            Space::Idempotency => "idempotency",
         }
     }
 

@@ -23,6 +23,7 @@ fn ctx(role: Role) -> Ctx {
         }),
         request_id: RequestId::generate(),
         via: None,
+        idempotency: None,
     }
 }
 
@@ -294,6 +295,7 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
         }),
         request_id: RequestId::generate(),
         via: None,
+        idempotency: None,
     };
     let a = SubjectId::parse("a").unwrap();
     // As the server reads: in memory if it can, else on the blocking path (which also records

@@ -152,7 +152,7 @@ async fn the_fast_write_path_decides_as_the_blocking_one() {
     // Read it so it is in memory: the fast path would take the write.
     assert_eq!(app.read("g-4", "svc-all", "loan_issuance").await.status, StatusCode::OK);
     let caller = |name: &str| app.config.callers.entries().iter().find(|e| e.caller.name.as_str() == name).unwrap().caller.clone();
-    let ctx = |name: &str| Ctx { caller: caller(name), request_id: RequestId::generate(), via: None };
+    let ctx = |name: &str| Ctx { caller: caller(name), request_id: RequestId::generate(), via: None, idempotency: None };
     let s = SubjectId::parse("g-4").unwrap();
     let planted = [("identity.address".to_string(), json!("Planted fast"))].into();
     assert!(app.vault.try_put_now(&ctx("svc-marketing"), &s, &planted).is_none(), "the fast path refuses what the policy refuses");
