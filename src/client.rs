@@ -79,19 +79,22 @@ impl ClientError {
     }
 
     /// Whether retrying the same call later is safe and may succeed: 503 and 429 mean nothing
-    /// was done (after a 429, wait [`ClientError::retry_after`]); after a 408 or a lost answer
-    /// the call may have been done, and a retry with its idempotency key (as this client's
-    /// own retries send) gets its first answer. The client has already retried these when it
-    /// returns one, except 429.
+    /// was done (after a 429, wait [`ClientError::retry_after`]). The client has retried 503s
+    /// itself before returning one (see [`Retry`]).
     pub fn retryable(&self) -> bool {
-        matches!(self, ClientError::Problem(p) if matches!(p.status, 408 | 409 | 429 | 503) && (p.status != 409 || self.slug() == Some("idempotency-key-in-flight")))
+        matches!(self, ClientError::Problem(p) if p.status == 503 || p.status == 429)
             || matches!(self, ClientError::Transport(e) if e.is_timeout() || e.is_connect())
     }
 
-    /// What the client retries by itself: 408, 503, the same key still in flight (409
-    /// `idempotency-key-in-flight`), and a request that got no answer.
+    /// What the client retries by itself, with the call's idempotency key: 503 (nothing was
+    /// done), 408 and a lost answer (perhaps done: the vault then answers the retry with the
+    /// first answer), and 409 `idempotency-key-in-flight` (the first attempt still running).
     fn retried(&self) -> bool {
-        self.retryable() && self.status() != Some(429)
+        match self {
+            ClientError::Problem(p) => matches!(p.status, 408 | 503) || self.slug() == Some("idempotency-key-in-flight"),
+            ClientError::Transport(e) => e.is_timeout() || e.is_connect() || e.is_request(),
+            ClientError::Unexpected { status, .. } => matches!(status, 408 | 503),
+        }
     }
 
     /// How long the vault asked to wait before the next call (429 `rate-limited`).

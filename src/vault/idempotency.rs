@@ -239,12 +239,12 @@ kept_as_is!(WriteOutcome, ContractRecord, ConsentRecord, KekInfo, u32);
 
 impl Replayable for ErasureRecord {
     type Kept = ErasureRecord;
-    fn kept(&self) -> Self {
+    fn kept(&self) -> ErasureRecord {
         self.clone()
     }
     /// The first answer, with the purge's progress as it is now (`purge_pending` is a
     /// follow-up's state, not part of the outcome).
-    fn replay(vault: &Vault, mut kept: Self) -> Result<Self, VaultError> {
+    fn replay(vault: &Vault, mut kept: ErasureRecord) -> Result<ErasureRecord, VaultError> {
         if kept.status == ErasureStatus::Erased && !kept.purged {
             if let Some(now) = vault.erasure(&kept.subject)?.filter(|e| e.receipt == kept.receipt) {
                 kept.purged = now.purged;
@@ -281,10 +281,10 @@ impl Replayable for (DisclosureRecord, FieldValues) {
 /// that session has expired.
 impl Replayable for OffsetDateTime {
     type Kept = OffsetDateTime;
-    fn kept(&self) -> Self {
+    fn kept(&self) -> OffsetDateTime {
         *self
     }
-    fn replay(vault: &Vault, kept: Self) -> Result<Self, VaultError> {
+    fn replay(vault: &Vault, kept: OffsetDateTime) -> Result<OffsetDateTime, VaultError> {
         if kept <= vault.now() {
             return Err(VaultError::Conflict(
                 "the privacy session this Idempotency-Key opened has expired; open a new one with a new key".into(),
@@ -332,7 +332,7 @@ impl Vault {
                 );
                 return Err(self.refuse(ctx, action, scope, None, vec![], err));
             }
-            let kept = serde_json::from_value(first.outcome)
+            let kept: T::Kept = serde_json::from_value(first.outcome)
                 .map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
             let answer = T::replay(self, kept)?;
             let reason = format!("replayed the answer of request {} (same Idempotency-Key)", first.request_id);
@@ -374,7 +374,7 @@ impl Vault {
     fn idempotency_record(&self, slot: &[u8; 32]) -> Result<Option<Stored>, VaultError> {
         let found = self.store.get(Space::Idempotency, &record_key(slot))?;
         Ok(found
-            .map(|v| serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "record" }))
+            .map(|v| serde_json::from_slice::<Stored>(&v).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "record" }))
             .transpose()?)
     }
 

@@ -175,7 +175,7 @@ impl audit::Release for WriteHold {
 }
 
 /// The result of a write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WriteOutcome {
     pub created: bool,
     pub version: u64,
