@@ -91,7 +91,8 @@ impl Modify for ProblemResponses {
             r
         };
         for item in openapi.paths.paths.values_mut() {
-            let ops = [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete), (true, &mut item.patch)];
+            let ops =
+                [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete), (true, &mut item.patch)];
             for (mutating, op) in ops.into_iter().filter_map(|(m, op)| op.as_mut().map(|op| (m, op))) {
                 for (code, response) in op.responses.responses.iter_mut() {
                     let utoipa::openapi::RefOr::T(response) = response else { continue };
@@ -124,6 +125,7 @@ impl Modify for ProblemResponses {
                 if mutating {
                     op.parameters.get_or_insert_with(Vec::new).push(idempotency_key_parameter());
                     extra.extend([
+                        ("400", "a malformed Idempotency-Key"),
                         ("409", "a request with this Idempotency-Key is still in flight (idempotency-key-in-flight; see Retry-After)"),
                         ("422", "this Idempotency-Key was used for a different request (idempotency-key-reused)"),
                     ]);

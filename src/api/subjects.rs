@@ -217,7 +217,12 @@ pub async fn disclose(
         abroad: body.abroad,
     };
     let (record, values) = run(&state.vault, move |v| v.disclose(&ctx, &s, &req)).await?;
-    Ok(replayed.mark(Json(DisclosureResponse { subject: subj, purpose: "third_party_transfer".into(), fields: values, disclosure: record.into() })))
+    Ok(replayed.mark(Json(DisclosureResponse {
+        subject: subj,
+        purpose: "third_party_transfer".into(),
+        fields: values,
+        disclosure: record.into(),
+    })))
 }
 
 /// Everything the vault holds on the subject (role website; right of access).
@@ -244,12 +249,7 @@ pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String
     responses((status = 202, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn request_erasure(
-    state: App,
-    Authed(ctx): Authed,
-    idem: IdemKey,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Response, ApiError> {
+pub async fn request_erasure(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &());
     let r = run(&state.vault, move |v| {

@@ -214,6 +214,9 @@ fn time_key(created_at: i64, slot: &[u8; 32]) -> Vec<u8> {
     k
 }
 
+/// A time-index entry past retention: its key, the record's creation time, slot and scope.
+type Due = (Vec<u8>, i64, [u8; 32], Vec<u8>);
+
 /// An operation's answer, as its idempotency record keeps it and as a replay gives it back.
 pub(super) trait Replayable: Sized {
     /// What the record keeps: nothing secret, no field values.
@@ -334,8 +337,8 @@ impl Vault {
                 );
                 return Err(self.refuse(ctx, action, scope, None, vec![], err));
             }
-            let kept: T::Kept = serde_json::from_value(first.outcome)
-                .map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
+            let kept: T::Kept =
+                serde_json::from_value(first.outcome).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
             let answer = T::replay(self, kept)?;
             let reason = format!("replayed the answer of request {} (same Idempotency-Key)", first.request_id);
             self.audit.record(self.draft(ctx, action, scope, reason))?;
@@ -409,7 +412,8 @@ impl Vault {
         let before = (self.clock.now() - RETENTION).unix_timestamp();
         let mut end = vec![b't'];
         end.extend_from_slice(&before.to_be_bytes());
-        let mut due: Vec<(Vec<u8>, i64, [u8; 32], Vec<u8>)> = Vec::new();
+        // (time-index key, creation time, slot, scope) of each record due.
+        let mut due: Vec<Due> = Vec::new();
         self.store.scan(Space::Idempotency, b"t", &end, |k, v| {
             if let (Some(at), Some(slot)) = (k.get(1..9), k.get(9..41)) {
                 let at = i64::from_be_bytes(at.try_into().expect("8 bytes"));
@@ -437,5 +441,41 @@ impl Vault {
             self.store.write(&batch)?;
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_bounded_printable_ascii_and_never_shown() {
+        for good in ["a", "550e8400-e29b-41d4-a716-446655440000", "with space ~!", &"x".repeat(MAX_KEY_LEN)] {
+            assert!(IdempotencyKey::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "tab\t", "nul\0", "ключ", &"x".repeat(MAX_KEY_LEN + 1)] {
+            assert!(matches!(IdempotencyKey::parse(bad), Err(VaultError::Invalid(_))), "{bad:?}");
+        }
+        assert_eq!(format!("{:?}", IdempotencyKey::parse("secret-ish").unwrap()), "IdempotencyKey(<10 chars>)");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[{"d":2,"c":1}],"x":"\u00e9"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"é","y":[{"c":1,"d":2}]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(String::from_utf8(canonical_json(&a)).unwrap(), r#"{"a":{"x":"é","y":[{"c":1,"d":2}]},"b":1}"#);
+        let c: Value = serde_json::from_str(r#"{"b":2,"a":{"x":"é","y":[{"c":1,"d":2}]}}"#).unwrap();
+        assert_ne!(canonical_json(&a), canonical_json(&c));
+    }
+
+    #[test]
+    fn fingerprints_and_slots_keep_their_parts_apart() {
+        // Length prefixes: moving a byte from one part to the next changes the fingerprint.
+        assert_ne!(Idempotency::fingerprint("POST", "/a", "/ab", b"{}"), Idempotency::fingerprint("POST", "/a/", "ab", b"{}"));
+        assert_eq!(Idempotency::fingerprint("PUT", "/r", "/p", b"1"), Idempotency::fingerprint("PUT", "/r", "/p", b"1"));
+        let k = |key: &str| Idempotency::new(IdempotencyKey::parse(key).unwrap(), [0; 32]);
+        assert_ne!(k("key").slot("caller-a"), k("key").slot("caller-b"), "per caller");
+        assert_eq!(k("key").slot("a"), k("key").slot("a"));
     }
 }

@@ -279,11 +279,13 @@ async fn a_replayed_disclosure_discloses_nothing_again() {
     let export = app.get("/v1/subjects/id-d/export", "website").await;
     assert_eq!(export.body["disclosures"].as_array().unwrap().len(), 1, "one disclosure recorded");
     let mut values = Vec::new();
-    app.vault.store().scan(Space::Idempotency, b"", b"\xff", |_, v| {
-        values.push(String::from_utf8_lossy(v).into_owned());
-        true
-    })
-    .unwrap();
+    app.vault
+        .store()
+        .scan(Space::Idempotency, b"", b"\xff", |_, v| {
+            values.push(String::from_utf8_lossy(v).into_owned());
+            true
+        })
+        .unwrap();
     assert!(values.iter().all(|v| !v.contains("DISCLOSEMARK") && !v.contains("dis-1")), "{values:?}");
 }
 
@@ -325,11 +327,13 @@ async fn an_erasure_removes_the_subjects_records() {
     // Left: id-keep's record and the erasure's own (its receipt, kept forever anyway).
     assert_eq!(records_with_prefix(&app, b'k'), 2);
     let mut scopes = Vec::new();
-    app.vault.store().scan_prefix(Space::Idempotency, b"s", |k, _| {
-        scopes.push(String::from_utf8_lossy(&k[1..k.iter().position(|b| *b == 0).unwrap()]).into_owned());
-        true
-    })
-    .unwrap();
+    app.vault
+        .store()
+        .scan_prefix(Space::Idempotency, b"s", |k, _| {
+            scopes.push(String::from_utf8_lossy(&k[1..k.iter().position(|b| *b == 0).unwrap()]).into_owned());
+            true
+        })
+        .unwrap();
     scopes.sort();
     assert_eq!(scopes, ["id-e", "id-keep"]);
     // The erased subject's write, retried with its key: done anew, refused as erased.
@@ -354,6 +358,29 @@ async fn records_are_kept_a_day_then_swept() {
     assert_eq!((after.body["version"].clone(), replayed(&after)), (json!(2), false), "a new request once the record is gone");
 }
 
+/// The OpenAPI document names the header on every mutating operation, and its refusals.
+#[tokio::test]
+async fn the_openapi_document_names_the_key_on_every_mutating_operation() {
+    let app = spawn_app().await;
+    let doc = app.call(Method::GET, "/openapi.json", None, None).await.body;
+    let mut mutating = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let has_key = op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header");
+            if ["put", "post", "patch", "delete"].contains(&method.as_str()) {
+                mutating += 1;
+                assert!(has_key, "{method} {path}");
+                for code in ["400", "409", "422"] {
+                    assert!(op["responses"].get(code).is_some(), "{method} {path} documents no {code}");
+                }
+            } else {
+                assert!(!has_key, "{method} {path}: reads take no key");
+            }
+        }
+    }
+    assert_eq!(mutating, 13, "the mutating operations of docs/api.md");
+}
+
 // ---------------------------------------------------------------------------------------
 // The clients, through a proxy that loses answers
 // ---------------------------------------------------------------------------------------
@@ -373,13 +400,16 @@ enum Fault {
 /// `Idempotency-Key` and `Qoima-Subject-Assertion` of every request it forwards or refuses.
 struct Proxy {
     addr: String,
-    seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
+
+/// A request the proxy saw: `METHOD path`, its idempotency key and its subject assertion.
+type Seen = (String, Option<String>, Option<String>);
 
 async fn proxy(upstream: &str, plan: Vec<Fault>) -> Proxy {
     let upstream = upstream.to_owned();
     let plan = Arc::new(Mutex::new(std::collections::VecDeque::from(plan)));
-    let seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let http = reqwest::Client::new();
     let log = seen.clone();
     let handler = move |req: Request| {
@@ -387,11 +417,17 @@ async fn proxy(upstream: &str, plan: Vec<Fault>) -> Proxy {
         async move {
             let (parts, body) = req.into_parts();
             let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            log.lock().unwrap().push((format!("{} {}", parts.method, parts.uri.path()), header("idempotency-key"), header("qoima-subject-assertion")));
+            log.lock().unwrap().push((
+                format!("{} {}", parts.method, parts.uri.path()),
+                header("idempotency-key"),
+                header("qoima-subject-assertion"),
+            ));
             let fault = if parts.method == Method::GET { None } else { plan.lock().unwrap().pop_front() };
             if let Some(Fault::Refuse) = fault {
-                let problem = json!({"type": "urn:qoima:problem:unavailable", "title": "Service Unavailable", "status": 503, "detail": "injected"});
-                return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/problem+json")], problem.to_string()).into_response();
+                let problem =
+                    json!({"type": "urn:qoima:problem:unavailable", "title": "Service Unavailable", "status": 503, "detail": "injected"});
+                return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/problem+json")], problem.to_string())
+                    .into_response();
             }
             let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
             let mut fwd = http.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
@@ -405,7 +441,8 @@ async fn proxy(upstream: &str, plan: Vec<Fault>) -> Proxy {
             let headers = res.headers().clone();
             let bytes = res.bytes().await.unwrap();
             if let Some(Fault::LoseAnswer) = fault {
-                let problem = json!({"type": "urn:qoima:problem:request-timeout", "title": "Request Timeout", "status": 408, "detail": "injected"});
+                let problem =
+                    json!({"type": "urn:qoima:problem:request-timeout", "title": "Request Timeout", "status": 408, "detail": "injected"});
                 return (StatusCode::REQUEST_TIMEOUT, [("content-type", "application/problem+json")], problem.to_string()).into_response();
             }
             let mut out = Response::new(Body::from(bytes));
@@ -442,7 +479,10 @@ async fn the_rust_client_retries_a_lost_answer_with_its_key_and_does_the_work_on
     let seen = p.seen.lock().unwrap().clone();
     let keys: Vec<&str> = seen.iter().map(|(_, k, _)| k.as_deref().expect("every mutating call sends a key")).collect();
     assert_eq!(seen.len(), 5, "{seen:?}");
-    assert!(keys[0] == keys[1] && keys[2] == keys[3] && keys[3] == keys[4] && keys[1] != keys[2], "a key per call, kept across its retries: {keys:?}");
+    assert!(
+        keys[0] == keys[1] && keys[2] == keys[3] && keys[3] == keys[4] && keys[1] != keys[2],
+        "a key per call, kept across its retries: {keys:?}"
+    );
     let opens = entries(&app, "cl-i", "contract.open").await;
     assert_eq!(opens.iter().filter(|(_, r)| r == "contract L-1 opened").count(), 1, "{opens:?}");
     assert_eq!(opens.len(), 2, "the retry is a replay: {opens:?}");
@@ -471,7 +511,8 @@ async fn the_rust_client_sends_a_fresh_subject_assertion_with_each_attempt() {
         let jti = format!("client-{}", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         Some(sign(&idp_keys()[0], "ed-1", &json!({"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": t, "exp": t + 120, "jti": jti})))
     });
-    let consent = ConsentBody { purpose: "advertising".into(), policy_version: None, valid_until: None, third_parties: None, abroad: false };
+    let consent =
+        ConsentBody { purpose: "advertising".into(), policy_version: None, valid_until: None, third_parties: None, abroad: false };
     assert_eq!(web.give_consent("cl-sa", &consent).await.unwrap().purpose, "advertising");
     assert_eq!(web.export("cl-sa").await.unwrap().consents.len(), 1, "one consent");
     let seen = p.seen.lock().unwrap().clone();
