@@ -342,6 +342,36 @@ async fn an_erasure_removes_the_subjects_records() {
     assert_eq!((again.status, &again.body, replayed(&again)), (StatusCode::ACCEPTED, &erased.body, true));
 }
 
+/// A settlement that ran a pending erasure, replayed: the same contract and erasure, with the
+/// purge's progress as it is now (it had failed the first time).
+#[tokio::test]
+async fn a_replayed_settlement_shows_the_erasure_as_it_is_now() {
+    let app = spawn_app().await;
+    app.put_fields("id-h", json!({"identity.full_name": "H"})).await;
+    app.open_contract("id-h", "L-1").await;
+    assert_eq!(app.erase("id-h").await.body["status"], "pending");
+    app.faults.set_purges_failing(true);
+    let path = "/v1/subjects/id-h/contracts/L-1";
+    let first = send(&app, Method::PATCH, path, "svc-all", Some("settle-1"), Some(json!({"status": "settled"}))).await;
+    app.faults.set_purges_failing(false);
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!((first.body["erasure"]["status"].clone(), first.body["erasure"]["purge_pending"].clone()), (json!("erased"), json!(true)));
+    // The background retry purges it.
+    for _ in 0..200 {
+        if app.get("/v1/subjects/id-h/erasure", "website").await.body["purge_pending"] == false {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = send(&app, Method::PATCH, path, "svc-all", Some("settle-1"), Some(json!({"status": "settled"}))).await;
+    assert_eq!((again.status, replayed(&again)), (StatusCode::OK, true), "{:?}", again.body);
+    assert_eq!(again.body["erasure"]["receipt"], first.body["erasure"]["receipt"]);
+    assert_eq!(again.body["erasure"]["purge_pending"], false, "as it is now");
+    let mut without = again.body.clone();
+    without["erasure"]["purge_pending"] = json!(true);
+    assert_eq!(without, first.body, "otherwise the first answer");
+}
+
 /// Records are kept 24 hours, then the retention sweep removes them.
 #[tokio::test]
 async fn records_are_kept_a_day_then_swept() {
