@@ -34,9 +34,10 @@ use super::keyring::KekInfo;
 use super::rewrap::{RewrapJob, RewrapProgress};
 use super::subjects::{FieldValues, WriteOutcome};
 use super::{Ctx, Vault, VaultError};
+use crate::audit::{Hold, Release};
 use crate::domain::hex_string;
 use crate::policy::Action;
-use crate::store::{Batch, Space, StoreError};
+use crate::store::{Batch, Space, StoreError, Tier};
 
 /// How long a record is kept at least; the retention sweep removes it after that.
 pub const RETENTION: time::Duration = time::Duration::hours(24);
@@ -147,25 +148,40 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
 
 /// Keys of requests in flight (digests, as [`Idempotency::slot`]).
 #[derive(Default)]
-pub(super) struct InFlight(Mutex<HashSet<[u8; 32]>>);
+pub(super) struct InFlight(Arc<Mutex<HashSet<[u8; 32]>>>);
 
-/// A claim on a key in flight, given up when dropped.
-struct Claim<'a> {
-    set: &'a InFlight,
+/// A claim on a key in flight, given up when dropped (by the request, or by the audit committer
+/// once an async write's batch is applied).
+pub(super) struct Claim {
+    set: Arc<Mutex<HashSet<[u8; 32]>>>,
     slot: [u8; 32],
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.set.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.slot);
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.slot);
     }
 }
 
 impl InFlight {
-    fn claim(&self, slot: [u8; 32]) -> Option<Claim<'_>> {
+    fn claim(&self, slot: [u8; 32]) -> Option<Claim> {
         let inserted = self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(slot);
         // Made only when the slot was free: a `Claim` dropped frees the slot.
-        inserted.then(|| Claim { set: self, slot })
+        inserted.then(|| Claim { set: self.0.clone(), slot })
+    }
+}
+
+/// An async write's hold, with its key's claim: the claim goes once the batch (which carries
+/// the record) is applied or refused, after the hold it wraps.
+struct Claimed {
+    hold: Hold,
+    _claim: Claim,
+}
+
+impl Release for Claimed {
+    fn release(self: Box<Self>, applied: bool) {
+        let Claimed { hold, _claim } = *self;
+        hold.release(applied);
     }
 }
 
@@ -355,6 +371,28 @@ impl Vault {
             self.audit.commit(Vec::new(), batch)?;
         }
         Ok(answer)
+    }
+
+    /// For the async write path ([`Vault::try_put_now`]), which never waits: `Some(None)` for a
+    /// request without a key; `Some(claim)` for a key that was free and has no record (as far as
+    /// memory tells); `None` otherwise (in flight, replayed, or not in memory), and the caller
+    /// takes the blocking path, which decides.
+    pub(super) fn try_claim_fresh(&self, ctx: &Ctx) -> Option<Option<Claim>> {
+        let Some(idem) = &ctx.idempotency else { return Some(None) };
+        let slot = idem.slot(ctx.caller.name.as_str());
+        let claim = self.in_flight.claim(slot)?;
+        match self.store.get_in(Tier::Memory, Space::Idempotency, &record_key(&slot)) {
+            Ok(None) => Some(Some(claim)),
+            _ => None,
+        }
+    }
+
+    /// `hold` keeping `claim` until the committer releases it.
+    pub(super) fn hold_claim(&self, hold: Hold, claim: Option<Claim>) -> Hold {
+        match claim {
+            Some(claim) => Box::new(Claimed { hold, _claim: claim }),
+            None => hold,
+        }
     }
 
     /// Adds the idempotency record of `ctx`'s key, keeping `kept` of the answer, to `batch`:

@@ -314,27 +314,29 @@ impl Vault {
     /// audit queue; otherwise it returns `None` having changed nothing, and the caller runs
     /// `put_fields` on a blocking thread, which also records every refusal. The subject's lock
     /// goes with the batch to the audit committer, which releases it once the batch is
-    /// written: the next writer reads this one's entry even if no one awaits the result. A
+    /// written: the next writer reads this one's entry even if no one awaits the result (and so
+    /// does the claim on an idempotency key, whose record rides in the batch). A
     /// new subject's DEK is not cached here (the cache is filled on its first read), so an
     /// erasure that purges the cache cannot race an insert after it.
     pub fn try_put_now(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Option<Audited<WriteOutcome>> {
-        // A write with an idempotency key takes the blocking path, which checks and records it.
-        if ctx.idempotency.is_some() {
-            return None;
-        }
         let encoded = self.encode_fields(fields).ok()?;
         // Refused writes go to the blocking path, which records them.
         self.write_decision(ctx, Action::PutFields, &encoded).ok()?;
+        // An idempotency key is claimed here and must have no record (a replay, a key in flight:
+        // the blocking path); the claim goes with the lock, once the batch with the record is.
+        let claim = self.try_claim_fresh(ctx)?;
         let s = subject.as_str();
         let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
         let lock = self.locks.try_lock_owned(s)?;
-        let WritePlan::Ready { batch, draft, outcome, next_view, .. } =
+        let WritePlan::Ready { mut batch, draft, outcome, next_view, .. } =
             self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, names, true).ok()?
         else {
             return None;
         };
+        self.remember(ctx, Some(s), &mut batch, &outcome).ok()?;
         let next = next_view.map(|n| (self.views.clone(), s.to_owned(), n));
-        let pending = self.audit.try_submit(vec![draft], batch, Some(Box::new(WriteHold { lock, next })))?;
+        let hold = self.hold_claim(Box::new(WriteHold { lock, next }), claim);
+        let pending = self.audit.try_submit(vec![draft], batch, Some(hold))?;
         self.paths.writes.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: outcome, pending })
     }

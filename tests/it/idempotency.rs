@@ -84,12 +84,15 @@ fn records_with_prefix(app: &TestApp, prefix: u8) -> usize {
 async fn a_retry_with_the_same_key_gets_the_first_answer_and_does_nothing_twice() {
     let app = spawn_app().await;
     let body = json!({ "fields": { "identity.full_name": "Aigerim" } });
+    let fast = || app.vault.paths().writes.in_memory.load(std::sync::atomic::Ordering::SeqCst);
     let first = send(&app, Method::PUT, "/v1/subjects/id-1", "svc-all", Some("put-1"), Some(body.clone())).await;
     assert_eq!((first.status, first.body["version"].clone(), replayed(&first)), (StatusCode::CREATED, json!(1), false));
+    assert_eq!(fast(), 1, "a keyed write of a subject in memory takes the async path, its record in its batch");
     let again = send(&app, Method::PUT, "/v1/subjects/id-1", "svc-all", Some("put-1"), Some(body.clone())).await;
     assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
     assert_eq!(again.body, first.body, "the same answer: created, version 1");
     assert!(replayed(&again));
+    assert_eq!(fast(), 1, "a replay is the blocking path's");
     // The same body in another key order is the same request.
     let reordered: Value = serde_json::from_str(r#"{"fields":{"identity.full_name":"Aigerim"}}"#).unwrap();
     assert!(replayed(&send(&app, Method::PUT, "/v1/subjects/id-1", "svc-all", Some("put-1"), Some(reordered)).await));
@@ -258,6 +261,22 @@ async fn concurrent_retries_do_the_work_once() {
     assert!(!bodies.is_empty() && bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
     let opened: Vec<_> = entries(&app, "id-c", "contract.open").await.into_iter().filter(|(_, r)| r == "contract L-1 opened").collect();
     assert_eq!(opened.len(), 1, "one contract opened");
+
+    // Writes too, on both write paths: one of them writes, once.
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (http, base) = (app.client.clone(), app.addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = Some(json!({ "fields": { "identity.phone": "+77011234567" } }));
+            send_to(&http, &base, Method::PUT, "/v1/subjects/id-c", "svc-all", Some("burst-put"), body).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!((r.status == StatusCode::OK && r.body["version"] == 2) || r.status == StatusCode::CONFLICT, "{}: {:?}", r.status, r.body);
+    }
+    let next = app.put_fields("id-c", json!({"identity.phone": "+77011234567"})).await;
+    assert_eq!(next.body["version"], 3, "one keyed write: {:?}", next.body);
 }
 
 /// A disclosure's record keeps the disclosure, not the values: a replay answers with the record
