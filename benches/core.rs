@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
     let mut settings = Settings::new(vdir.path().join("data"));
     settings.dek_cache_capacity = 64; // small, so the uncached read below misses
     let vault = Vault::open(settings, root, Arc::new(SystemClock), Default::default()).unwrap();
-    let ctx = Ctx { caller: caller().into(), request_id: RequestId::generate(), client_request_id: None, via: None };
+    let ctx = Ctx { caller: caller().into(), request_id: RequestId::generate(), client_request_id: None, via: None, idempotency: None };
     let fields: BTreeMap<String, Value> = [
         ("identity.full_name", json!("Aigerim Seitkali")),
         ("identity.iin", json!("900101300017")),

@@ -20,6 +20,7 @@ fn ctx(role: Role) -> Ctx {
         request_id: RequestId::generate(),
         client_request_id: None,
         via: None,
+        idempotency: None,
     }
 }
 

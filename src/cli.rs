@@ -483,6 +483,7 @@ fn cli_ctx() -> Ctx {
         request_id: RequestId::generate(),
         client_request_id: None,
         via: None,
+        idempotency: None,
     }
 }
 

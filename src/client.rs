@@ -2,6 +2,13 @@
 //! integration tests). Request and response types are the server's own wire types, so the two
 //! cannot drift apart; errors are the problem documents the server sends.
 //!
+//! Every mutating call sends an `Idempotency-Key` made for that call, and every call is
+//! retried after a 408, a 503 or a lost connection (bounded attempts, exponential backoff with
+//! jitter) with the same key and the same `X-Request-Id`: the vault answers a retry of a call
+//! that went through with the first answer, so a retry never does the work twice
+//! (docs/integrator-guide.md, "Retries and idempotency"). A website caller that must send
+//! subject assertions gives the client a source of them ([`Client::with_subject_assertions`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), qoima::client::ClientError> {
 //! use serde_json::json;
@@ -13,6 +20,8 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -70,10 +79,22 @@ impl ClientError {
     }
 
     /// Whether retrying the same call later is safe and may succeed: 503 and 429 mean nothing
-    /// was done (after a 429, wait [`ClientError::retry_after`]).
+    /// was done (after a 429, wait [`ClientError::retry_after`]). The client has retried 503s
+    /// itself before returning one (see [`Retry`]).
     pub fn retryable(&self) -> bool {
         matches!(self, ClientError::Problem(p) if p.status == 503 || p.status == 429)
             || matches!(self, ClientError::Transport(e) if e.is_timeout() || e.is_connect())
+    }
+
+    /// What the client retries by itself, with the call's idempotency key: 503 (nothing was
+    /// done), 408 and a lost answer (perhaps done: the vault then answers the retry with the
+    /// first answer), and 409 `idempotency-key-in-flight` (the first attempt still running).
+    fn retried(&self) -> bool {
+        match self {
+            ClientError::Problem(p) => matches!(p.status, 408 | 503) || self.slug() == Some("idempotency-key-in-flight"),
+            ClientError::Transport(e) => e.is_timeout() || e.is_connect() || e.is_request(),
+            ClientError::Unexpected { status, .. } => matches!(status, 408 | 503),
+        }
     }
 
     /// How long the vault asked to wait before the next call (429 `rate-limited`).
@@ -85,13 +106,60 @@ impl ClientError {
     }
 }
 
+/// How the client retries a call that got a 408, a 503 or no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included (1: never retry).
+    pub attempts: u32,
+    /// The backoff before the first retry; it doubles for each further one, up to `max_delay`.
+    /// Each wait is drawn at random between zero and that bound ("full jitter"), so callers
+    /// refused together do not come back together.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 4, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) }
+    }
+}
+
+impl Retry {
+    /// The wait before retry `n` (1 for the first): random in `[0, min(max, base · 2^(n-1))]`.
+    fn delay(&self, n: u32) -> Duration {
+        use ring::rand::SecureRandom;
+        let bound = self.base_delay.saturating_mul(1 << (n - 1).min(16)).min(self.max_delay);
+        let mut b = [0u8; 8];
+        // Without the OS random source the wait is the bound itself.
+        let r = ring::rand::SystemRandom::new().fill(&mut b).map(|_| u64::from_le_bytes(b) as f64 / u64::MAX as f64).unwrap_or(1.0);
+        bound.mul_f64(r)
+    }
+}
+
+/// Gives the subject assertion to send with a request about a subject (its id).
+type Assertions = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// A client for one caller (one bearer token).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    retry: Retry,
+    assertions: Option<Assertions>,
 }
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Client").field("base", &self.base).field("retry", &self.retry).finish_non_exhaustive()
+    }
+}
+
+/// The header a subject assertion travels in.
+pub const SUBJECT_ASSERTION_HEADER: &str = "qoima-subject-assertion";
+/// The header of a mutating call's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 impl Client {
     pub fn new(base_url: &str, token: &str) -> Self {
@@ -100,7 +168,23 @@ impl Client {
 
     /// With a configured `reqwest::Client` (TLS roots, client certificate, timeouts).
     pub fn with_http(http: reqwest::Client, base_url: &str, token: &str) -> Self {
-        Self { http, base: base_url.trim_end_matches('/').to_owned(), token: token.to_owned() }
+        Self { http, base: base_url.trim_end_matches('/').to_owned(), token: token.to_owned(), retry: Retry::default(), assertions: None }
+    }
+
+    /// With another retry policy (`Retry { attempts: 1, .. }` never retries).
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = Retry { attempts: retry.attempts.max(1), ..retry };
+        self
+    }
+
+    /// Sends a subject assertion (`Qoima-Subject-Assertion`, docs/integrator-guide.md) with every
+    /// request about a subject: `assertion(subject_id)` is asked once per attempt, and gives the
+    /// compact JWS the identity provider signed for the signed-in borrower, or `None` to send
+    /// none. Asked again for a retry: the vault accepts each assertion (`jti`) once, so a retry
+    /// needs a fresh one.
+    pub fn with_subject_assertions(mut self, assertion: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.assertions = Some(Arc::new(assertion));
+        self
     }
 
     async fn call<T: DeserializeOwned>(
@@ -109,9 +193,45 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let body = body.map(|b| serde_json::to_vec(b).expect("wire types serialise"));
+        // One key and one request id per logical call, the same for each of its attempts.
+        let key = (method != Method::GET).then(|| format!("rs-{}", crate::domain::random_hex::<16>()));
+        let request_id = format!("rs-{}", crate::domain::random_hex::<8>());
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&method, path, body.as_deref(), key.as_deref(), &request_id).await {
+                Err(e) if e.retried() && attempt < self.retry.attempts => {
+                    let wait = self.retry.delay(attempt);
+                    // The vault's own wait (an in-flight key's Retry-After), if longer.
+                    tokio::time::sleep(e.retry_after().map_or(wait, |w| w.max(wait))).await;
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&[u8]>,
+        key: Option<&str>,
+        request_id: &str,
+    ) -> Result<T, ClientError> {
+        let mut req =
+            self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(&self.token).header("x-request-id", request_id);
         if let Some(b) = body {
-            req = req.json(b);
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.to_vec());
+        }
+        if let Some(k) = key {
+            req = req.header(IDEMPOTENCY_KEY_HEADER, k);
+        }
+        let subject = path.strip_prefix("/v1/subjects/").map(|rest| rest.split(['/', '?']).next().unwrap_or_default());
+        if let (Some(assertions), Some(subject)) = (&self.assertions, subject) {
+            if let Some(jws) = assertions(subject) {
+                req = req.header(SUBJECT_ASSERTION_HEADER, jws);
+            }
         }
         let res = req.send().await?;
         let status = res.status();

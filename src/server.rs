@@ -203,6 +203,7 @@ pub mod admin {
                         request_id: RequestId::generate(),
                         client_request_id: None,
                         via: None,
+                        idempotency: None,
                     };
                     let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {
                         let text = match request {

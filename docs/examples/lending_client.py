@@ -5,10 +5,15 @@ Standard library only (urllib.request + json), Python 3.9 or later: copy this fi
 service. Every call names the borrower by an opaque subject id; reads name a purpose. Problem
 documents (application/problem+json) are raised as QoimaError subclasses carrying `type`,
 `status`, `title` and `detail`; a 429 (over the caller's reads per minute) is raised as
-RateLimited with the `retry_after` the vault names; a 503 ("nothing was done") is retried with backoff, and
-timeouts or lost connections are retried only for calls that are safe to repeat (see
-docs/integrator-guide.md, "Retries and idempotency"). A retried call keeps its X-Request-Id,
-so the vault's audit trail shows the retries as one intent.
+RateLimited with the `retry_after` the vault names.
+
+Every call that changes something sends an Idempotency-Key made for that call, and every call
+is retried after a 503 ("nothing was done"), a 408 or a lost connection, a bounded number of
+times with exponential backoff and jitter, with the same key and the same X-Request-Id: the
+vault answers a retry of a call that went through with the first answer, so a retry never
+does the work twice (see docs/integrator-guide.md, "Retries and idempotency"). A website
+caller that must send subject assertions passes `subject_assertion`: a function of the subject
+id giving a fresh assertion for each request (the vault accepts each one once).
 
 Run it as a script for a demonstration against a running vault:
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -32,9 +38,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 __all__ = [
     "BasisMissing",
@@ -45,6 +51,8 @@ __all__ = [
     "Erased",
     "Erasure",
     "Forbidden",
+    "IdempotencyKeyInFlight",
+    "IdempotencyKeyReused",
     "InvalidRequest",
     "KeyDestroyed",
     "NoAnswer",
@@ -111,6 +119,16 @@ class Conflict(QoimaError):
     """409: the contract exists already or is settled."""
 
 
+class IdempotencyKeyInFlight(QoimaError):
+    """409 idempotency-key-in-flight: this call's first attempt is still being processed; the
+    client retries it (after `retry_after`) and then gets its answer."""
+
+
+class IdempotencyKeyReused(QoimaError):
+    """422 idempotency-key-reused: the key was used for another request (a defect: each
+    logical call has its own key)."""
+
+
 class Erased(QoimaError):
     """410 erased: the borrower was crypto-shredded; `receipt` names the erasure. Final."""
 
@@ -139,6 +157,8 @@ _BY_SLUG = {
     "basis-missing": BasisMissing,
     "not-found": NotFound,
     "conflict": Conflict,
+    "idempotency-key-in-flight": IdempotencyKeyInFlight,
+    "idempotency-key-reused": IdempotencyKeyReused,
     "erased": Erased,
     "key-destroyed": KeyDestroyed,
     "unavailable": Unavailable,
@@ -217,15 +237,35 @@ def _contract(body: Mapping[str, Any]) -> Contract:
     return _make(Contract, body, erasure=_make(Erasure, erasure) if erasure else None)
 
 
-class QoimaClient:
-    """One caller of the vault (one bearer token)."""
+# A subject assertion (one compact JWS, good for one request), or a function giving a fresh
+# one for a subject id (or None to send none).
+SubjectAssertion = Union[str, Callable[[str], Union[str, None]]]
 
-    def __init__(self, base_url: str, token: str, timeout: float = 10.0, attempts: int = 4, backoff: float = 0.2):
+
+class QoimaClient:
+    """One caller of the vault (one bearer token).
+
+    `attempts` bounds the tries of one call (the first included); the wait before retry n is
+    random between 0 and min(`max_backoff`, `backoff` * 2**(n-1)) seconds. `subject_assertion`
+    is sent as Qoima-Subject-Assertion with every request about a subject."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        subject_assertion: SubjectAssertion | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._assertion = subject_assertion
 
     def __repr__(self) -> str:  # never show the token
         return f"QoimaClient({self.base_url!r})"
@@ -233,17 +273,15 @@ class QoimaClient:
     # --- subjects -------------------------------------------------------------------------
 
     def store(self, subject: str, fields: Mapping[str, Any]) -> WriteResult:
-        """PUT: creates the subject or merges these fields into it (safe to repeat)."""
-        return _make(
-            WriteResult, self._call("PUT", f"/v1/subjects/{_id(subject)}", {"fields": dict(fields)}, repeatable=True)
-        )
+        """PUT: creates the subject or merges these fields into it."""
+        return _make(WriteResult, self._call("PUT", f"/v1/subjects/{_id(subject)}", {"fields": dict(fields)}))
 
     def read(self, subject: str, purpose: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
         """The fields `purpose` allows (narrowed to `fields`), if its legal basis holds now."""
         query = {"purpose": purpose}
         if fields:
             query["fields"] = ",".join(fields)
-        body = self._call("GET", f"/v1/subjects/{_id(subject)}?{urllib.parse.urlencode(query)}", repeatable=True)
+        body = self._call("GET", f"/v1/subjects/{_id(subject)}?{urllib.parse.urlencode(query)}")
         return dict(body["fields"])
 
     # --- consents -------------------------------------------------------------------------
@@ -265,20 +303,17 @@ class QoimaClient:
             body["valid_until"] = valid_until
         if third_parties is not None:
             body["third_parties"] = third_parties
-        return _make(Consent, self._call("POST", f"/v1/subjects/{_id(subject)}/consents", body, repeatable=True))
+        return _make(Consent, self._call("POST", f"/v1/subjects/{_id(subject)}/consents", body))
 
     def withdraw_consent(self, subject: str, purpose: str) -> None:
-        """Withdraws a consent; effective on the next read (safe to repeat)."""
-        self._call("DELETE", f"/v1/subjects/{_id(subject)}/consents/{_id(purpose)}", repeatable=True)
+        """Withdraws a consent; effective on the next read."""
+        self._call("DELETE", f"/v1/subjects/{_id(subject)}/consents/{_id(purpose)}")
 
     # --- contracts ------------------------------------------------------------------------
 
     def open_contract(self, subject: str, contract: str) -> Contract:
-        """Opens a loan contract. After a lost answer a retry may meet 409 "already exists
-        (open)", which then means the first call went through."""
-        return _contract(
-            self._call("POST", f"/v1/subjects/{_id(subject)}/contracts", {"contract": contract}, repeatable=True)
-        )
+        """Opens a loan contract (409 Conflict if it exists already)."""
+        return _contract(self._call("POST", f"/v1/subjects/{_id(subject)}/contracts", {"contract": contract}))
 
     def settle_contract(self, subject: str, contract: str) -> Contract:
         """Settles a contract; if it was the last hold on a pending erasure, the erasure runs
@@ -290,7 +325,7 @@ class QoimaClient:
 
     def _set_contract(self, subject: str, contract: str, status: str) -> Contract:
         path = f"/v1/subjects/{_id(subject)}/contracts/{_id(contract)}"
-        return _contract(self._call("PATCH", path, {"status": status}, repeatable=True))
+        return _contract(self._call("PATCH", path, {"status": status}))
 
     # --- disclosures ----------------------------------------------------------------------
 
@@ -304,49 +339,54 @@ class QoimaClient:
         abroad: bool = False,
     ) -> Disclosure:
         """Discloses `fields` to a third party on `basis` ("consent", "legal_obligation" with a
-        `reference`, or "contract_breach"). Recorded and shown to the borrower, so it is NOT
-        repeated after a lost answer (only after a 503, when nothing was disclosed)."""
+        `reference`, or "contract_breach"). Recorded and shown to the borrower. If the answer was
+        lost and the retry finds the disclosure made, the vault answers with its record and no
+        values (they went out once): `values` is then empty."""
         body: dict[str, Any] = {"recipient": recipient, "basis": basis, "fields": list(fields), "abroad": abroad}
         if reference is not None:
             body["reference"] = reference
-        answer = self._call("POST", f"/v1/subjects/{_id(subject)}/disclosures", body, repeatable=False)
+        answer = self._call("POST", f"/v1/subjects/{_id(subject)}/disclosures", body)
         return _make(Disclosure, answer["disclosure"], values=dict(answer["fields"]))
 
     # --- erasure --------------------------------------------------------------------------
 
     def request_erasure(self, subject: str) -> Erasure:
         """Requests erasure (idempotent): "erased" at once, or "pending" while contracts hold it."""
-        return _make(Erasure, self._call("POST", f"/v1/subjects/{_id(subject)}/erasure", repeatable=True))
+        return _make(Erasure, self._call("POST", f"/v1/subjects/{_id(subject)}/erasure"))
 
     def erasure_status(self, subject: str) -> Erasure:
-        return _make(Erasure, self._call("GET", f"/v1/subjects/{_id(subject)}/erasure", repeatable=True))
+        return _make(Erasure, self._call("GET", f"/v1/subjects/{_id(subject)}/erasure"))
 
     # --- transport ------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None, *, repeatable: bool) -> Any:
-        request_id = f"py-{uuid.uuid4().hex[:16]}"  # one id for every attempt of this call
-        delay = self.backoff
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        # One id and (for a change) one idempotency key for every attempt of this call.
+        request_id = f"py-{uuid.uuid4().hex[:16]}"
+        key = None if method == "GET" else f"py-{uuid.uuid4().hex}"
         for attempt in range(1, self.attempts + 1):
             try:
-                return self._once(method, path, body, request_id)
-            except Unavailable:
-                # 503 means nothing was done: any call may be repeated.
+                return self._once(method, path, body, request_id, key)
+            except (Unavailable, NoAnswer, IdempotencyKeyInFlight) as e:
+                # 503: nothing was done. 408 or no answer: perhaps done, and then the retry,
+                # with the same key, gets the first answer. In flight: the first attempt is
+                # still running; the retry gets its answer.
                 if attempt == self.attempts:
                     raise
-            except NoAnswer:
-                # No answer (or 408) may hide a success: only calls safe to repeat are.
-                if attempt == self.attempts or not repeatable:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                bound = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                time.sleep(max(random.uniform(0, bound), e.retry_after or 0))
         raise AssertionError("unreachable")
 
-    def _once(self, method: str, path: str, body: Mapping[str, Any] | None, request_id: str) -> Any:
+    def _once(self, method: str, path: str, body: Mapping[str, Any] | None, request_id: str, key: str | None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self._token}")
         request.add_header("Accept", "application/json")
         request.add_header("X-Request-Id", request_id)
+        if key is not None:
+            request.add_header("Idempotency-Key", key)
+        assertion = self._subject_assertion(path)
+        if assertion:
+            request.add_header("Qoima-Subject-Assertion", assertion)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -360,6 +400,16 @@ class QoimaClient:
             raise NoAnswer(
                 PROBLEM_PREFIX + "no-answer", 0, "No answer", f"no answer from the vault: {reason}", request_id
             ) from None
+
+
+    def _subject_assertion(self, path: str) -> str | None:
+        """The assertion for a request about a subject, asked afresh for each attempt."""
+        if self._assertion is None or not path.startswith("/v1/subjects/"):
+            return None
+        if isinstance(self._assertion, str):
+            return self._assertion
+        subject = urllib.parse.unquote(path[len("/v1/subjects/") :].split("/")[0].split("?")[0])
+        return self._assertion(subject)
 
 
 def _id(segment: str) -> str:

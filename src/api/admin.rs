@@ -1,10 +1,11 @@
 //! Handlers for keys, audit, health and readiness.
 
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 
 use super::error::{ApiError, Problem};
-use super::extract::{run, ApiPath, ApiQuery, App, Authed, Scrape};
+use super::extract::{run, ApiPath, ApiQuery, App, Authed, IdemKey, Scrape};
 use super::wire::*;
 
 /// Every KEK generation with its state and how many DEKs it wraps (role security).
@@ -21,9 +22,10 @@ pub async fn keys(state: App, Authed(ctx): Authed) -> Result<Json<KeysResponse>,
     responses((status = 201, body = GenerationWire, description = "rotated; `escrow_pending` if the escrow copy is still to be written"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn rotate(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<GenerationWire>), ApiError> {
+pub async fn rotate(state: App, Authed(ctx): Authed, idem: IdemKey) -> Result<Response, ApiError> {
+    let (ctx, replayed) = idem.bind(ctx, &());
     let (info, escrow_pending) = run(&state.vault, move |v| v.rotate_kek(&ctx).map(|i| (i, v.escrow_pending()))).await?;
-    Ok((StatusCode::CREATED, Json(GenerationWire { escrow_pending, ..GenerationWire::new(info, 0) })))
+    Ok(replayed.mark((StatusCode::CREATED, Json(GenerationWire { escrow_pending, ..GenerationWire::new(info, 0) }))))
 }
 
 /// Set on a committed key change whose keyring escrow copy is still to be written (retried).
@@ -33,12 +35,13 @@ pub const ESCROW_PENDING_HEADER: &str = "qoima-escrow-pending";
 #[utoipa::path(post, path = "/v1/keys/rewrap", tag = "keys",
     responses((status = 202, body = RewrapResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn start_rewrap(state: App, Authed(ctx): Authed) -> Result<(StatusCode, Json<RewrapResponse>), ApiError> {
+pub async fn start_rewrap(state: App, Authed(ctx): Authed, idem: IdemKey) -> Result<Response, ApiError> {
+    let (ctx, replayed) = idem.bind(ctx, &());
     let vault = state.vault.clone();
     let p = tokio::task::spawn_blocking(move || vault.start_rewrap(&ctx))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "rewrap task failed"))??;
-    Ok((StatusCode::ACCEPTED, Json(p.into())))
+    Ok(replayed.mark((StatusCode::ACCEPTED, Json(RewrapResponse::from(p)))))
 }
 
 /// Progress of the rewrap: done/total, rate, ETA (role security).
@@ -58,18 +61,15 @@ pub async fn rewrap_progress(state: App, Authed(ctx): Authed) -> Result<Json<Rew
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn destroy(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(generation): ApiPath<String>,
-) -> Result<(StatusCode, axum::http::HeaderMap), ApiError> {
+pub async fn destroy(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(generation): ApiPath<String>) -> Result<Response, ApiError> {
     let g: u32 = generation.parse().map_err(|_| ApiError::bad_request("generation must be a number"))?;
+    let (ctx, replayed) = idem.bind(ctx, &());
     let escrow_pending = run(&state.vault, move |v| v.destroy_generation(&ctx, g).map(|_| v.escrow_pending())).await?;
     let mut headers = axum::http::HeaderMap::new();
     if escrow_pending {
         headers.insert(ESCROW_PENDING_HEADER, axum::http::HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::NO_CONTENT, headers))
+    Ok(replayed.mark((StatusCode::NO_CONTENT, headers)))
 }
 
 /// Audit entries (roles auditor, security).

@@ -31,7 +31,7 @@ pub struct ApiError {
     pub slug: &'static str,
     pub detail: String,
     pub receipt: Option<String>,
-    /// Seconds for `Retry-After`, on 429.
+    /// Seconds for `Retry-After`, on 429 (and 409 `idempotency-key-in-flight`).
     pub retry_after: Option<u64>,
 }
 
@@ -68,6 +68,10 @@ impl From<VaultError> for ApiError {
                 retry_after: None,
             },
             VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
+            VaultError::IdempotencyKeyReused(d) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", d),
+            VaultError::IdempotencyInFlight(d) => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::CONFLICT, "idempotency-key-in-flight", d) }
+            }
             e @ VaultError::RateLimited { retry_after_secs, .. } => {
                 Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string()) }
             }

@@ -4,16 +4,18 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::assertion::AssertionError;
 use crate::domain::RequestId;
-use crate::vault::{Ctx, Vault, VaultError};
+use crate::vault::{canonical_json, Ctx, Idempotency, IdempotencyKey, Vault, VaultError};
 
 fn request_id_of(parts: &Parts) -> RequestId {
     parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
@@ -49,14 +51,14 @@ impl FromRequestParts<AppState> for Authed {
         // A verified client certificate (HTTPS with a client CA) that a caller lists.
         if let Some(cert) = parts.extensions.get::<crate::tls::ClientCert>() {
             if let Some(caller) = state.callers.authenticate_certificate(&cert.0) {
-                let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None };
+                let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None, idempotency: None };
                 check_subject_assertion(parts, state, &ctx).await?;
                 return Ok(Authed(ctx));
             }
         }
         let token = bearer(parts);
         if let Some(caller) = token.and_then(|t| state.callers.authenticate(t)) {
-            let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None };
+            let ctx = Ctx { caller: caller.clone(), request_id, client_request_id, via: None, idempotency: None };
             check_subject_assertion(parts, state, &ctx).await?;
             return Ok(Authed(ctx));
         }
@@ -131,6 +133,60 @@ async fn check_subject_assertion(parts: &Parts, state: &AppState, ctx: &Ctx) -> 
         },
         why => ApiError::new(StatusCode::UNAUTHORIZED, "subject-assertion", why.to_string()),
     })
+}
+
+/// The request header naming an idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header marking the first answer to a key, given again.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// A mutating request's `Idempotency-Key`, if it sent one, with the method, route and path
+/// its fingerprint covers. A bad key (empty, over 255 characters, not printable ASCII, or sent
+/// twice) is 400, before anything is done.
+pub struct IdemKey(Option<(IdempotencyKey, String, String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut all = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        let value = match (all.next(), all.next()) {
+            (None, _) => return Ok(IdemKey(None)),
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("send at most one Idempotency-Key")),
+            (Some(v), None) => v,
+        };
+        // Not visible ASCII (`to_str` fails): as unprintable as a control character.
+        let key = IdempotencyKey::parse(value.to_str().unwrap_or("\0"))?;
+        let path = parts.uri.path().to_owned();
+        let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| path.clone());
+        Ok(IdemKey(Some((key, parts.method.as_str().to_owned(), route, path))))
+    }
+}
+
+impl IdemKey {
+    /// `ctx` carrying this key with the fingerprint of the request (method, route, path and
+    /// `body`, canonical), and the marker for the answer.
+    pub fn bind(self, mut ctx: Ctx, body: &impl Serialize) -> (Ctx, Replayed) {
+        let Some((key, method, route, path)) = self.0 else { return (ctx, Replayed(None)) };
+        let body = serde_json::to_value(body).map(|v| canonical_json(&v)).unwrap_or_default();
+        let idem = Idempotency::new(key, Idempotency::fingerprint(&method, &route, &path, &body));
+        ctx.idempotency = Some(idem.clone());
+        (ctx, Replayed(Some(idem)))
+    }
+}
+
+/// Marks an answer `Idempotent-Replayed: true` when the vault gave the first answer to the
+/// request's key again.
+pub struct Replayed(Option<Idempotency>);
+
+impl Replayed {
+    pub fn mark(self, answer: impl IntoResponse) -> Response {
+        let mut res = answer.into_response();
+        if self.0.is_some_and(|i| i.replayed()) {
+            res.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        res
+    }
 }
 
 /// Runs a blocking vault call off the async executor's threads.

@@ -76,7 +76,9 @@ impl Modify for BearerAuth {
 
 /// Errors are `application/problem+json`, and every operation can meet the middleware's
 /// refusals (431 headers too large, 408 timeout; 413 and 415 where a body is taken): the
-/// document says so, as schemathesis checks (tests/schemathesis/run.sh).
+/// document says so, as schemathesis checks (tests/schemathesis/run.sh). Every mutating
+/// operation takes an optional `Idempotency-Key` header, and can answer 409 (that key in
+/// flight) and 422 (that key used for another request).
 struct ProblemResponses;
 
 impl Modify for ProblemResponses {
@@ -89,7 +91,9 @@ impl Modify for ProblemResponses {
             r
         };
         for item in openapi.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+            let ops =
+                [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete), (true, &mut item.patch)];
+            for (mutating, op) in ops.into_iter().filter_map(|(m, op)| op.as_mut().map(|op| (m, op))) {
                 for (code, response) in op.responses.responses.iter_mut() {
                     let utoipa::openapi::RefOr::T(response) = response else { continue };
                     if code.as_str() >= "400" {
@@ -118,12 +122,38 @@ impl Modify for ProblemResponses {
                 if op.request_body.is_some() {
                     extra.extend([("413", "request body too large"), ("415", "not application/json")]);
                 }
+                if mutating {
+                    op.parameters.get_or_insert_with(Vec::new).push(idempotency_key_parameter());
+                    extra.extend([
+                        ("400", "a malformed Idempotency-Key"),
+                        ("409", "a request with this Idempotency-Key is still in flight (idempotency-key-in-flight; see Retry-After)"),
+                        ("422", "this Idempotency-Key was used for a different request (idempotency-key-reused)"),
+                    ]);
+                }
                 for (code, description) in extra {
                     op.responses.responses.entry(code.into()).or_insert_with(|| problem(description).into());
                 }
             }
         }
     }
+}
+
+/// The `Idempotency-Key` header of every mutating operation (docs/api.md, "Idempotency").
+fn idempotency_key_parameter() -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let schema =
+        ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255)).pattern(Some("^[!-~]([ -~]*[!-~])?$"));
+    ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(
+            "1 to 255 printable ASCII characters, new for each logical request and the same for its retries: a retry \
+             with the same key and request gets the first answer (marked Idempotent-Replayed: true); kept 24 h per caller",
+        ))
+        .schema(Some(schema))
+        .build()
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

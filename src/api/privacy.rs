@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, App, Authed};
+use super::extract::{ApiPath, App, Authed, IdemKey};
 use super::wire::ExportResponse;
 use super::AppState;
 use crate::domain::{rfc3339, FieldName, Purpose, RequestId, Role, SubjectId};
@@ -41,18 +41,16 @@ pub struct PrivacySessionResponse {
     responses((status = 201, body = PrivacySessionResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn create_session(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(id): ApiPath<String>,
-) -> Result<(StatusCode, Json<PrivacySessionResponse>), ApiError> {
+pub async fn create_session(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let subject = SubjectId::parse(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &());
     let caller = ctx.caller.name.clone();
     let expires_at = state.privacy.expiry(state.vault.now());
     let s = subject.clone();
-    super::extract::run(&state.vault, move |v| v.open_privacy_session(&ctx, &s, expires_at)).await?;
+    // A replay names the first request's session: its link was never kept, so a fresh one to it.
+    let expires_at = super::extract::run(&state.vault, move |v| v.open_privacy_session(&ctx, &s, expires_at)).await?;
     let issued = state.privacy.issue(&subject, &caller, expires_at);
-    Ok((StatusCode::CREATED, Json(PrivacySessionResponse { url: issued.url, expires_at: rfc3339(issued.expires_at) })))
+    Ok(replayed.mark((StatusCode::CREATED, Json(PrivacySessionResponse { url: issued.url, expires_at: rfc3339(issued.expires_at) }))))
 }
 
 /// Headers of every privacy-centre response: a strict CSP, no framing unless origins are
@@ -139,7 +137,7 @@ impl FromRequestParts<AppState> for Borrower {
                 match caller.filter(|c| c.has_role(Role::Website)) {
                     Some(c) => {
                         let client_request_id = super::extract::client_request_id_of(parts);
-                        let ctx = Ctx { caller: c.clone(), request_id, client_request_id, via: Some(VIA) };
+                        let ctx = Ctx { caller: c.clone(), request_id, client_request_id, via: Some(VIA), idempotency: None };
                         return Ok(Borrower { session, ctx, lang });
                     }
                     None => (

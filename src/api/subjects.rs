@@ -1,10 +1,11 @@
 //! Handlers for `/v1/subjects/…`: each extracts, calls the vault, maps the result.
 
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 
 use super::error::{ApiError, Problem};
-use super::extract::{run, ApiJson, ApiPath, ApiQuery, App, Authed};
+use super::extract::{run, ApiJson, ApiPath, ApiQuery, App, Authed, IdemKey};
 use super::wire::*;
 use crate::domain::SubjectId;
 use crate::vault::{ConsentRequest, DisclosureRequest};
@@ -24,10 +25,12 @@ fn subject(id: &str) -> Result<SubjectId, ApiError> {
 pub async fn put_subject(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<FieldsBody>,
-) -> Result<(StatusCode, Json<WriteResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
     // As for reads: a write whose subject is in memory and not locked is planned here; any
     // other goes to a blocking thread. Either way the answer waits for the durable commit.
@@ -36,10 +39,10 @@ pub async fn put_subject(
         None => run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?,
     };
     let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((
+    Ok(replayed.mark((
         status,
         Json(WriteResponse { subject: subj, version: out.version, created: out.created, missing_mandatory: out.missing_mandatory }),
-    ))
+    )))
 }
 
 /// Read a subject's fields for a purpose (role service): only the fields the purpose allows,
@@ -79,13 +82,15 @@ pub async fn read_subject(
 pub async fn rectify(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<FieldsBody>,
-) -> Result<Json<WriteResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
     let out = run(&state.vault, move |v| v.rectify(&ctx, &s, &body.fields)).await?;
-    Ok(Json(WriteResponse { subject: subj, version: out.version, created: false, missing_mandatory: out.missing_mandatory }))
+    Ok(replayed.mark(Json(WriteResponse { subject: subj, version: out.version, created: false, missing_mandatory: out.missing_mandatory })))
 }
 
 /// Open a loan contract (role service).
@@ -97,13 +102,15 @@ pub async fn rectify(
 pub async fn open_contract(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ContractBody>,
-) -> Result<(StatusCode, Json<ContractResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
     let c = run(&state.vault, move |v| v.open_contract(&ctx, &s, &body.contract)).await?;
-    Ok((StatusCode::CREATED, Json(ContractResponse::new(&subj, c, None))))
+    Ok(replayed.mark((StatusCode::CREATED, Json(ContractResponse::new(&subj, c, None)))))
 }
 
 /// Settle or breach a contract (role service). Settling the last one runs a pending erasure.
@@ -115,10 +122,12 @@ pub async fn open_contract(
 pub async fn update_contract(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath((id, contract)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ContractUpdateBody>,
-) -> Result<Json<ContractResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
     let (c, erasure) = run(&state.vault, move |v| {
         let (c, e) = v.update_contract(&ctx, &s, &contract, &body.status)?;
@@ -131,7 +140,7 @@ pub async fn update_contract(
         ))
     })
     .await?;
-    Ok(Json(ContractResponse::new(&subj, c, erasure)))
+    Ok(replayed.mark(Json(ContractResponse::new(&subj, c, erasure))))
 }
 
 /// Record a consent with the policy version it is given under (roles website, service).
@@ -143,10 +152,12 @@ pub async fn update_contract(
 pub async fn give_consent(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ConsentBody>,
-) -> Result<(StatusCode, Json<ConsentResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let valid_until = body
         .valid_until
         .map(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339))
@@ -160,7 +171,7 @@ pub async fn give_consent(
         abroad: body.abroad,
     };
     let c = run(&state.vault, move |v| v.give_consent(&ctx, &s, &req)).await?;
-    Ok((StatusCode::CREATED, Json(c.into())))
+    Ok(replayed.mark((StatusCode::CREATED, Json(ConsentResponse::from(c)))))
 }
 
 /// Withdraw a consent; it takes effect on the next read (roles website, service).
@@ -172,11 +183,13 @@ pub async fn give_consent(
 pub async fn withdraw_consent(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath((id, purpose)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &());
     run(&state.vault, move |v| v.withdraw_consent(&ctx, &s, &purpose)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(replayed.mark(StatusCode::NO_CONTENT))
 }
 
 /// Disclose fields to a third party on a basis (role service); recorded for the subject.
@@ -189,10 +202,12 @@ pub async fn withdraw_consent(
 pub async fn disclose(
     state: App,
     Authed(ctx): Authed,
+    idem: IdemKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<DisclosureBody>,
-) -> Result<Json<DisclosureResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
     let req = DisclosureRequest {
         recipient: body.recipient,
@@ -202,7 +217,12 @@ pub async fn disclose(
         abroad: body.abroad,
     };
     let (record, values) = run(&state.vault, move |v| v.disclose(&ctx, &s, &req)).await?;
-    Ok(Json(DisclosureResponse { subject: subj, purpose: "third_party_transfer".into(), fields: values, disclosure: record.into() }))
+    Ok(replayed.mark(Json(DisclosureResponse {
+        subject: subj,
+        purpose: "third_party_transfer".into(),
+        fields: values,
+        disclosure: record.into(),
+    })))
 }
 
 /// Everything the vault holds on the subject (role website; right of access).
@@ -229,19 +249,16 @@ pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String
     responses((status = 202, body = ErasureResponse), (status = 400, body = Problem), (status = 401, body = Problem, description = "no valid bearer token (unauthenticated), or a missing or invalid subject assertion (subject-assertion)"), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn request_erasure(
-    state: App,
-    Authed(ctx): Authed,
-    ApiPath(id): ApiPath<String>,
-) -> Result<(StatusCode, Json<ErasureResponse>), ApiError> {
+pub async fn request_erasure(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &());
     let r = run(&state.vault, move |v| {
         let e = v.request_erasure(&ctx, &s)?;
         let st = v.erasure_statement(&e);
         Ok(ErasureResponse::new(e, st))
     })
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(r)))
+    Ok(replayed.mark((StatusCode::ACCEPTED, Json(r))))
 }
 
 /// Erasure status and receipt (roles website, service); 404 if never requested.
@@ -267,9 +284,10 @@ pub async fn erasure_status(state: App, Authed(ctx): Authed, ApiPath(id): ApiPat
     responses((status = 200, body = RekeyResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
-pub async fn rekey(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<RekeyResponse>, ApiError> {
+pub async fn rekey(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let s = subject(&id)?;
+    let (ctx, replayed) = idem.bind(ctx, &());
     let subj = s.to_string();
     let v = run(&state.vault, move |v| v.rekey(&ctx, &s)).await?;
-    Ok(Json(RekeyResponse { subject: subj, dek_version: v }))
+    Ok(replayed.mark(Json(RekeyResponse { subject: subj, dek_version: v })))
 }

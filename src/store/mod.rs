@@ -51,10 +51,13 @@ pub enum Space {
     /// Per-subject access summaries (`subject\0`), kept by the audit committer with merges
     /// ([`crate::audit::summary`]).
     Access,
+    /// Idempotency records of mutating requests (src/vault/idempotency.rs): by a digest of
+    /// caller and key, with a subject index (for erasure) and a time index (for the sweep).
+    Idempotency,
 }
 
 impl Space {
-    pub const ALL: [Space; 11] = [
+    pub const ALL: [Space; 12] = [
         Space::Keyring,
         Space::Subjects,
         Space::Records,
@@ -66,6 +69,7 @@ impl Space {
         Space::Expiry,
         Space::Jobs,
         Space::Access,
+        Space::Idempotency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Space {
             Space::Expiry => "expiry",
             Space::Jobs => "jobs",
             Space::Access => "access",
+            Space::Idempotency => "idempotency",
         }
     }
 

@@ -34,9 +34,11 @@ impl Vault {
     /// Once committed, the rotation is answered as done; if the escrow copy then fails,
     /// [`Vault::escrow_pending`] says so and it is retried in the background.
     pub fn rotate_kek(&self, ctx: &Ctx) -> Result<KekInfo, VaultError> {
-        self.gate(ctx, Action::KeysManage, None)?;
-        let _admin = self.keyring.admin();
-        self.rotate_locked(ctx, "")
+        self.once(ctx, Action::KeysManage, None, || {
+            self.gate(ctx, Action::KeysManage, None)?;
+            let _admin = self.keyring.admin();
+            self.rotate_locked(ctx, "")
+        })
     }
 
     /// The rotation the wrap limit calls for (the vault's own, from the background follow-ups),
@@ -55,7 +57,8 @@ impl Vault {
 
     /// Rotates; the caller holds [`super::Keyring::admin`].
     fn rotate_locked(&self, ctx: &Ctx, why: &str) -> Result<KekInfo, VaultError> {
-        let (batch, kek, info, old) = self.keyring.prepare_rotate(self.clock.now())?;
+        let (mut batch, kek, info, old) = self.keyring.prepare_rotate(self.clock.now())?;
+        self.remember(ctx, None, &mut batch, &info)?;
         let reason = format!("KEK generation {} created and activated{why}", info.generation);
         let draft = self.draft(ctx, Action::KeysManage, None, reason);
         self.audit.commit(vec![draft.named("keys.rotate")], batch)?;
@@ -88,6 +91,10 @@ impl Vault {
     /// any DEK; otherwise its key bytes are deleted from the store and the escrow file, the
     /// in-memory key is dropped (zeroized), and the deletion is forced down to disk.
     pub fn destroy_generation(&self, ctx: &Ctx, generation: u32) -> Result<KekInfo, VaultError> {
+        self.once(ctx, Action::KeysManage, None, || self.destroy_generation_now(ctx, generation))
+    }
+
+    fn destroy_generation_now(&self, ctx: &Ctx, generation: u32) -> Result<KekInfo, VaultError> {
         self.gate(ctx, Action::KeysManage, None)?;
         let _admin = self.keyring.admin();
         let g = Generation(generation);
@@ -130,6 +137,7 @@ impl Vault {
         // Owed from this commit on, until done: the deletion forced out of the store files.
         batch.put(Space::Jobs, KEYRING_PURGE_KEY.to_vec(), vec![1]);
         let reason = format!("KEK generation {generation} destroyed");
+        self.remember(ctx, None, &mut batch, &info)?;
         self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.destroy")], batch)?;
         self.keyring.forget(info.clone());
         // Committed: answered as destroyed; the escrow copy and the purge are retried if they fail

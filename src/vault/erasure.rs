@@ -211,6 +211,10 @@ impl Vault {
     /// breached contracts it is recorded as pending and runs when the last one is settled;
     /// otherwise it runs now.
     pub fn request_erasure(&self, ctx: &Ctx, subject: &SubjectId) -> Result<ErasureRecord, VaultError> {
+        self.once(ctx, Action::RequestErasure, Some(subject.as_str()), || self.request_erasure_now(ctx, subject))
+    }
+
+    fn request_erasure_now(&self, ctx: &Ctx, subject: &SubjectId) -> Result<ErasureRecord, VaultError> {
         let s = subject.as_str();
         self.gate(ctx, Action::RequestErasure, Some(s))?;
         let record = {
@@ -246,6 +250,8 @@ impl Vault {
                 ("requested", format!("erasure pending: held by {}", holds.join(", ")))
             };
             let receipt = record.receipt.clone();
+            // After the shred's deletes in the batch: this request's own record stays.
+            self.remember(ctx, Some(s), &mut batch, &record)?;
             self.commit_journaled(s, event, now, &receipt, vec![self.draft(ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             if record.status == ErasureStatus::Erased {
                 self.cache.purge(s);
@@ -321,6 +327,7 @@ impl Vault {
         for space in [Space::Records, Space::Facts, Space::Disclosures, Space::Access] {
             batch.delete_prefix(space, &subject_prefix(s));
         }
+        self.forget_idempotency_of(s, batch)?;
         batch.add(Space::Keyring, dek_count_key(generation), -1);
         record.status = ErasureStatus::Erased;
         record.erased_at = Some(now);

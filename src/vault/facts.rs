@@ -36,6 +36,10 @@ impl Vault {
     /// Opens a loan contract: a legal basis for issuance and monitoring, and a hold on
     /// erasure until it is settled.
     pub fn open_contract(&self, ctx: &Ctx, subject: &SubjectId, contract: &str) -> Result<ContractRecord, VaultError> {
+        self.once(ctx, Action::OpenContract, Some(subject.as_str()), || self.open_contract_now(ctx, subject, contract))
+    }
+
+    fn open_contract_now(&self, ctx: &Ctx, subject: &SubjectId, contract: &str) -> Result<ContractRecord, VaultError> {
         let s = subject.as_str();
         let c = ContractId::parse(contract)?;
         self.gate(ctx, Action::OpenContract, Some(s))?;
@@ -49,6 +53,7 @@ impl Vault {
         let record = ContractRecord { contract: c.to_string(), status: ContractStatus::Open, opened_at: now, updated_at: now };
         let mut batch = Batch::default();
         batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
+        self.remember(ctx, Some(s), &mut batch, &record)?;
         self.audit.commit(vec![self.draft(ctx, Action::OpenContract, Some(s), format!("contract {c} opened"))], batch)?;
         Ok(record)
     }
@@ -56,6 +61,16 @@ impl Vault {
     /// Settles or breaches a contract. Settling the last contract that holds a pending
     /// erasure runs the erasure in the same atomic write.
     pub fn update_contract(
+        &self,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        contract: &str,
+        status: &str,
+    ) -> Result<(ContractRecord, Option<ErasureRecord>), VaultError> {
+        self.once(ctx, Action::UpdateContract, Some(subject.as_str()), || self.update_contract_now(ctx, subject, contract, status))
+    }
+
+    fn update_contract_now(
         &self,
         ctx: &Ctx,
         subject: &SubjectId,
@@ -118,6 +133,8 @@ impl Vault {
                 }
                 other => other,
             };
+            // After the shred's deletes in the batch: this request's own record stays.
+            self.remember(ctx, Some(s), &mut batch, &(&record, &erasure))?;
             match &erasure {
                 Some(e) if e.status == ErasureStatus::Erased => {
                     self.commit_journaled(s, "erased", now, &e.receipt.clone(), drafts, batch)?
@@ -142,6 +159,10 @@ impl Vault {
 
     /// Records a consent, with the policy version it was given under (P1).
     pub fn give_consent(&self, ctx: &Ctx, subject: &SubjectId, req: &ConsentRequest) -> Result<ConsentRecord, VaultError> {
+        self.once(ctx, Action::GiveConsent, Some(subject.as_str()), || self.give_consent_now(ctx, subject, req))
+    }
+
+    fn give_consent_now(&self, ctx: &Ctx, subject: &SubjectId, req: &ConsentRequest) -> Result<ConsentRecord, VaultError> {
         let s = subject.as_str();
         let purpose = Purpose::parse(&req.purpose)?;
         if self.settings.purposes.get(&purpose).is_none() {
@@ -171,12 +192,17 @@ impl Vault {
         let mut batch = Batch::default();
         batch.put(Space::Facts, consent_key(s, purpose.as_str()), serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("consent given under policy {}", record.policy_version);
+        self.remember(ctx, Some(s), &mut batch, &record)?;
         self.audit.commit(vec![self.draft(ctx, Action::GiveConsent, Some(s), reason).purpose(Some(purpose.as_str()))], batch)?;
         Ok(record)
     }
 
     /// Withdraws a consent; the next read for that purpose is refused.
     pub fn withdraw_consent(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str) -> Result<ConsentRecord, VaultError> {
+        self.once(ctx, Action::WithdrawConsent, Some(subject.as_str()), || self.withdraw_consent_now(ctx, subject, purpose))
+    }
+
+    fn withdraw_consent_now(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str) -> Result<ConsentRecord, VaultError> {
         let s = subject.as_str();
         let purpose = Purpose::parse(purpose)?;
         // Before anything is recorded: a refusal naming any well-formed purpose would let a
@@ -203,6 +229,7 @@ impl Vault {
         record.withdrawn_at = Some(self.clock.now());
         let mut batch = Batch::default();
         batch.put(Space::Facts, key, serde_json::to_vec(&record).expect("serialises"));
+        self.remember(ctx, Some(s), &mut batch, &record)?;
         self.audit
             .commit(vec![self.draft(ctx, Action::WithdrawConsent, Some(s), "consent withdrawn").purpose(Some(purpose.as_str()))], batch)?;
         Ok(record)

@@ -18,6 +18,7 @@ pub mod codec;
 mod erasure;
 mod facts;
 mod followup;
+mod idempotency;
 pub mod keyring;
 mod privacy;
 pub mod rewrap;
@@ -35,6 +36,7 @@ pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use erasure::{ErasureJournal, JournalEntry};
 pub use facts::ConsentRequest;
+pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use subjects::{AccessSummary, Audited, DisclosureRequest, Export, FieldText, FieldTexts, FieldValues, WriteOutcome};
 pub use views::{SubjectView, SubjectViews};
@@ -139,6 +141,9 @@ pub struct Ctx {
     /// How the caller came, when that is not its own request: e.g. the privacy centre acting
     /// for the subject ([`crate::privacy::VIA`]). Appended to every audit reason.
     pub via: Option<&'static str>,
+    /// The caller's `Idempotency-Key` for this (mutating) request, if it sent one: a retry
+    /// gets the first answer ([`idempotency`]).
+    pub idempotency: Option<Idempotency>,
 }
 
 impl Ctx {
@@ -153,6 +158,7 @@ impl Ctx {
             request_id: RequestId::generate(),
             client_request_id: None,
             via: None,
+            idempotency: None,
         }
     }
 }
@@ -174,6 +180,12 @@ pub enum VaultError {
     Erased { subject: String, receipt: String },
     #[error("{0}")]
     Conflict(String),
+    /// The caller used this `Idempotency-Key` before for a different request: nothing was done.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    /// A request with this `Idempotency-Key` is still being processed: nothing was done; retry.
+    #[error("{0}")]
+    IdempotencyInFlight(String),
     /// The caller is over its `max_reads_per_minute`: nothing was read.
     #[error("caller {caller} is over its limit of {per_minute} reads of personal data per minute; retry in {retry_after_secs} s")]
     RateLimited { caller: String, per_minute: u32, retry_after_secs: u64 },
@@ -253,6 +265,8 @@ pub struct Vault {
     paths: Paths,
     /// The schema's mandatory fields, listed once (every write reports the missing ones).
     mandatory: Vec<FieldName>,
+    /// Idempotency keys of requests being processed (one at a time per caller and key).
+    in_flight: idempotency::InFlight,
 }
 
 /// How reads and writes were answered: on the async thread from memory
@@ -329,6 +343,7 @@ impl Vault {
             follow_ups: Default::default(),
             faults,
             paths: Default::default(),
+            in_flight: Default::default(),
         };
         vault.write_escrow()?;
         vault.resume_erasures()?;

@@ -107,6 +107,11 @@ impl Vault {
         self.progress()
     }
 
+    /// The job's progress now (also the answer to a replayed start).
+    pub(super) fn rewrap_progress_now(&self) -> Result<RewrapProgress, VaultError> {
+        self.progress()
+    }
+
     fn progress(&self) -> Result<RewrapProgress, VaultError> {
         let job = self.rewrap_job()?;
         let rate = match *self.rewrap.meter.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -138,6 +143,10 @@ impl Vault {
     /// Starts the rewrap towards the active generation, or resumes a stored one; returns at
     /// once (role security). The work runs on a background thread.
     pub fn start_rewrap(self: &Arc<Self>, ctx: &Ctx) -> Result<RewrapProgress, VaultError> {
+        self.once(ctx, Action::KeysManage, None, || self.start_rewrap_now(ctx))
+    }
+
+    fn start_rewrap_now(self: &Arc<Self>, ctx: &Ctx) -> Result<RewrapProgress, VaultError> {
         self.gate(ctx, Action::KeysManage, None)?;
         let _admin = self.keyring.admin();
         if !self.rewrap.running() {
@@ -154,6 +163,7 @@ impl Vault {
             };
             let mut b = Batch::default();
             b.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
+            self.remember(ctx, None, &mut b, &job)?;
             self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.rewrap")], b)?;
             self.spawn_rewrap(job.done);
         }

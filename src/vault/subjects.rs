@@ -178,7 +178,7 @@ impl audit::Release for WriteHold {
 }
 
 /// The result of a write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WriteOutcome {
     pub created: bool,
     pub version: u64,
@@ -287,19 +287,23 @@ impl Vault {
     /// Stores or merges fields of a subject (role service). A new subject gets a new DEK
     /// wrapped by the active KEK generation.
     pub fn put_fields(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
-        let encoded = self.encode_fields(fields)?;
-        self.gate(ctx, Action::PutFields, Some(subject.as_str()))?;
-        self.write_gate(ctx, Action::PutFields, subject.as_str(), &encoded)?;
-        self.write_fields(ctx, Action::PutFields, subject, encoded, true)
+        self.once(ctx, Action::PutFields, Some(subject.as_str()), || {
+            let encoded = self.encode_fields(fields)?;
+            self.gate(ctx, Action::PutFields, Some(subject.as_str()))?;
+            self.write_gate(ctx, Action::PutFields, subject.as_str(), &encoded)?;
+            self.write_fields(ctx, Action::PutFields, subject, encoded, true)
+        })
     }
 
     /// Corrects fields (role website, P6): always allowed for a live subject, even under a
     /// hold. The new value gets a new record version; the old ciphertext is deleted.
     pub fn rectify(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
-        let encoded = self.encode_fields(fields)?;
-        self.gate(ctx, Action::Rectify, Some(subject.as_str()))?;
-        self.write_gate(ctx, Action::Rectify, subject.as_str(), &encoded)?;
-        self.write_fields(ctx, Action::Rectify, subject, encoded, false)
+        self.once(ctx, Action::Rectify, Some(subject.as_str()), || {
+            let encoded = self.encode_fields(fields)?;
+            self.gate(ctx, Action::Rectify, Some(subject.as_str()))?;
+            self.write_gate(ctx, Action::Rectify, subject.as_str(), &encoded)?;
+            self.write_fields(ctx, Action::Rectify, subject, encoded, false)
+        })
     }
 
     /// The policy's write decision for this caller (both write paths ask it, before any
@@ -331,7 +335,8 @@ impl Vault {
         let _lock = self.locks.lock(s);
         match self.plan_write(Tier::Any, ctx, action, s, &fields, names, create)? {
             WritePlan::Refused { err, names } => Err(self.refuse(ctx, action, Some(s), None, names, err)),
-            WritePlan::Ready { batch, draft, outcome, new_dek, next_view } => {
+            WritePlan::Ready { mut batch, draft, outcome, new_dek, next_view } => {
+                self.remember(ctx, Some(s), &mut batch, &outcome)?;
                 self.audit.commit(vec![draft], batch)?;
                 if let Some(dek) = new_dek {
                     self.cache.insert(s, dek);
@@ -350,23 +355,29 @@ impl Vault {
     /// audit queue; otherwise it returns `None` having changed nothing, and the caller runs
     /// `put_fields` on a blocking thread, which also records every refusal. The subject's lock
     /// goes with the batch to the audit committer, which releases it once the batch is
-    /// written: the next writer reads this one's entry even if no one awaits the result. A
+    /// written: the next writer reads this one's entry even if no one awaits the result (and so
+    /// does the claim on an idempotency key, whose record rides in the batch). A
     /// new subject's DEK is not cached here (the cache is filled on its first read), so an
     /// erasure that purges the cache cannot race an insert after it.
     pub fn try_put_now(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Option<Audited<WriteOutcome>> {
         let encoded = self.encode_fields(fields).ok()?;
         // Refused writes go to the blocking path, which records them.
         self.write_decision(ctx, Action::PutFields, &encoded).ok()?;
+        // An idempotency key is claimed here and must have no record (a replay, a key in flight:
+        // the blocking path); the claim goes with the lock, once the batch with the record is.
+        let claim = self.try_claim_fresh(ctx)?;
         let s = subject.as_str();
         let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
         let lock = self.locks.try_lock_owned(s)?;
-        let WritePlan::Ready { batch, draft, outcome, next_view, .. } =
+        let WritePlan::Ready { mut batch, draft, outcome, next_view, .. } =
             self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, names, true).ok()?
         else {
             return None;
         };
+        self.remember(ctx, Some(s), &mut batch, &outcome).ok()?;
         let next = next_view.map(|n| (self.views.clone(), s.to_owned(), n));
-        let pending = self.audit.try_submit(vec![draft], batch, Some(Box::new(WriteHold { lock, next })))?;
+        let hold = self.hold_claim(Box::new(WriteHold { lock, next }), claim);
+        let pending = self.audit.try_submit(vec![draft], batch, Some(hold))?;
         self.paths.writes.in_memory.fetch_add(1, Ordering::Relaxed);
         Some(Audited { value: outcome, pending })
     }
@@ -535,6 +546,10 @@ impl Vault {
 
     /// Re-encrypts a subject's fields under a fresh DEK, atomically (role security).
     pub fn rekey(&self, ctx: &Ctx, subject: &SubjectId) -> Result<u32, VaultError> {
+        self.once(ctx, Action::Rekey, Some(subject.as_str()), || self.rekey_now(ctx, subject))
+    }
+
+    fn rekey_now(&self, ctx: &Ctx, subject: &SubjectId) -> Result<u32, VaultError> {
         self.gate(ctx, Action::Rekey, Some(subject.as_str()))?;
         let s = subject.as_str();
         let _lock = self.locks.lock(s);
@@ -544,6 +559,7 @@ impl Vault {
         meta.updated_at = self.clock.now().unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
         let reason = format!("DEK rotated to version {}", meta.dek_version);
+        self.remember(ctx, Some(s), &mut batch, &meta.dek_version.0)?;
         self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), reason)], batch)?;
         self.cache.purge(s);
         self.cache.insert(s, dek);
@@ -882,6 +898,10 @@ impl Vault {
     /// Discloses fields to a third party on a basis (P10), records the disclosure, and returns
     /// the disclosed values.
     pub fn disclose(&self, ctx: &Ctx, subject: &SubjectId, req: &DisclosureRequest) -> Result<(DisclosureRecord, FieldValues), VaultError> {
+        self.once(ctx, Action::Disclose, Some(subject.as_str()), || self.disclose_now(ctx, subject, req))
+    }
+
+    fn disclose_now(&self, ctx: &Ctx, subject: &SubjectId, req: &DisclosureRequest) -> Result<(DisclosureRecord, FieldValues), VaultError> {
         let s = subject.as_str();
         let recipient = req.recipient.trim();
         if recipient.is_empty() || recipient.chars().count() > 200 || recipient.chars().any(char::is_control) {
@@ -943,8 +963,9 @@ impl Vault {
         let mut batch = Batch::default();
         batch.put(Space::Disclosures, key, serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);
-        // Queued under the lock: an erasure that takes it next is committed after this record,
-        // and deletes it with the rest.
+        // The record only: a replay discloses no values. Queued under the lock: an erasure
+        // that takes it next is committed after this record, and deletes it with the rest.
+        self.remember(ctx, Some(s), &mut batch, &record)?;
         let queued =
             self.audit.queue(vec![self.draft(ctx, Action::Disclose, Some(s), reason).purpose(p).fields(record.fields.clone())], batch)?;
         drop(lock);
@@ -1006,6 +1027,7 @@ impl Vault {
     /// Removes fields whose retention has passed (technical data, P3), as of the vault's
     /// clock. Returns how many fields were removed.
     pub fn sweep_expired(&self) -> Result<usize, VaultError> {
+        self.sweep_idempotency()?;
         let now = self.clock.now().unix_timestamp();
         let mut due: Vec<(Vec<u8>, String, String, u64)> = Vec::new();
         self.store.scan(Space::Expiry, &[], &(now + 1).to_be_bytes(), |k, v| {

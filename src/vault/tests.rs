@@ -24,6 +24,7 @@ fn ctx(role: Role) -> Ctx {
         request_id: RequestId::generate(),
         client_request_id: None,
         via: None,
+        idempotency: None,
     }
 }
 
@@ -296,6 +297,7 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
         request_id: RequestId::generate(),
         client_request_id: None,
         via: None,
+        idempotency: None,
     };
     let a = SubjectId::parse("a").unwrap();
     // As the server reads: in memory if it can, else on the blocking path (which also records
@@ -452,6 +454,7 @@ fn caller(name: &str, role: Role, purposes: &[&str]) -> Ctx {
         request_id: RequestId::generate(),
         client_request_id: None,
         via: None,
+        idempotency: None,
     }
 }
 

@@ -152,7 +152,8 @@ async fn the_fast_write_path_decides_as_the_blocking_one() {
     // Read it so it is in memory: the fast path would take the write.
     assert_eq!(app.read("g-4", "svc-all", "loan_issuance").await.status, StatusCode::OK);
     let caller = |name: &str| app.config.callers.entries().iter().find(|e| e.caller.name.as_str() == name).unwrap().caller.clone();
-    let ctx = |name: &str| Ctx { caller: caller(name), request_id: RequestId::generate(), client_request_id: None, via: None };
+    let ctx =
+        |name: &str| Ctx { caller: caller(name), request_id: RequestId::generate(), client_request_id: None, via: None, idempotency: None };
     let s = SubjectId::parse("g-4").unwrap();
     let planted = [("identity.address".to_string(), json!("Planted fast"))].into();
     assert!(app.vault.try_put_now(&ctx("svc-marketing"), &s, &planted).is_none(), "the fast path refuses what the policy refuses");
@@ -168,11 +169,11 @@ async fn the_fast_write_path_decides_as_the_blocking_one() {
 // Subject assertions
 // ---------------------------------------------------------------------------------------
 
-const ISSUER: &str = "https://id.100tenge.example";
-const AUDIENCE: &str = "qoima";
+pub(crate) const ISSUER: &str = "https://id.100tenge.example";
+pub(crate) const AUDIENCE: &str = "qoima";
 
 /// A signing key of the test identity provider: its JWK (public) and its signer.
-struct IdpKey {
+pub(crate) struct IdpKey {
     kid: &'static str,
     alg: Algorithm,
     encoding: EncodingKey,
@@ -184,7 +185,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Ed25519, P-256 and RSA-2048 keys, made once per test binary (RSA takes a moment).
-fn idp_keys() -> &'static [IdpKey] {
+pub(crate) fn idp_keys() -> &'static [IdpKey] {
     static KEYS: OnceLock<Vec<IdpKey>> = OnceLock::new();
     KEYS.get_or_init(|| {
         use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -219,7 +220,7 @@ fn idp_keys() -> &'static [IdpKey] {
 }
 
 /// A compact JWS of `claims` signed with `key` (the header names `kid`).
-fn sign(key: &IdpKey, kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(key: &IdpKey, kid: &str, claims: &Value) -> String {
     let mut h = Header::new(key.alg);
     h.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&h, claims, &key.encoding).unwrap()
@@ -227,7 +228,7 @@ fn sign(key: &IdpKey, kid: &str, claims: &Value) -> String {
 
 /// A vault with the website caller `web-idp` configured for assertions (JWKS in `jwks_dir`),
 /// on a hand-moved clock.
-async fn asserted_app(jwks_dir: &Path) -> TestApp {
+pub(crate) async fn asserted_app(jwks_dir: &Path) -> TestApp {
     let jwks = jwks_dir.join("jwks.json");
     let keys: Vec<Value> = idp_keys().iter().map(|k| k.jwk.clone()).collect();
     // An encryption key and a symmetric one are passed over, not accepted.

@@ -19,6 +19,7 @@ mod faults;
 mod grants;
 mod hostile;
 mod hygiene;
+mod idempotency;
 mod keys;
 mod privacy;
 mod rights;

@@ -528,7 +528,7 @@ async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
     let vault = std::sync::Arc::new(vault);
     let entries = config.callers.entries().to_vec();
     let svc = entries.iter().find(|e| e.caller.name.as_str() == "svc-all").unwrap().caller.clone();
-    let ctx = qoima::vault::Ctx { caller: svc, request_id: RequestId::generate(), client_request_id: None, via: None };
+    let ctx = qoima::vault::Ctx { caller: svc, request_id: RequestId::generate(), client_request_id: None, via: None, idempotency: None };
     let subject = SubjectId::parse("pc-role").unwrap();
     let fields = application("PCR").as_object().unwrap().clone().into_iter().collect();
     vault.put_fields(&ctx, &subject, &fields).unwrap();

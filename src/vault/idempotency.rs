@@ -1,0 +1,519 @@
+//! Idempotency keys (issue #23): a caller that sends `Idempotency-Key` with a mutating request
+//! and retries it (after a 408, a lost connection, a 503) gets the first answer again instead
+//! of a second effect.
+//!
+//! **Invariants.**
+//! - A record is kept per caller: the store key is a digest of the caller's name and its key,
+//!   so caller A's key never finds caller B's record.
+//! - A success's record rides in the same write batch as the operation's changes and its audit
+//!   entry ([`Vault::remember`]): "committed" and "key recorded" cannot diverge. A success that
+//!   changed nothing is recorded on its own afterwards (there is nothing to diverge from).
+//! - Only successes are recorded; a refusal or failure leaves the key unused, so a retry runs
+//!   the request again.
+//! - A record holds the request's fingerprint, the first request id and what the answer needs
+//!   to be given again: ids, statuses, times, field *names*. Never field values (a disclosure's
+//!   record keeps the disclosure record, not the values disclosed) and never a credential (a
+//!   privacy-session record keeps the session's expiry, not its link).
+//! - Same-key requests of one caller run one at a time: a second one while the first is in
+//!   flight is refused ([`VaultError::IdempotencyInFlight`], 409), never run beside it.
+//! - Records are kept at least [`RETENTION`] (24 h), then removed by the retention sweep; an
+//!   erasure removes the subject's records in its shred batch.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ring::digest;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
+use super::keyring::KekInfo;
+use super::rewrap::{RewrapJob, RewrapProgress};
+use super::subjects::{FieldValues, WriteOutcome};
+use super::{Ctx, Vault, VaultError};
+use crate::audit::{Hold, Release};
+use crate::domain::hex_string;
+use crate::policy::Action;
+use crate::store::{Batch, Space, StoreError, Tier};
+
+/// How long a record is kept at least; the retention sweep removes it after that.
+pub const RETENTION: time::Duration = time::Duration::hours(24);
+
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// A caller's `Idempotency-Key`: 1 to [`MAX_KEY_LEN`] printable ASCII characters (space to
+/// `~`). `Debug` shows its length only: the key is the caller's text, kept nowhere in plain.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(key: &str) -> Result<Self, VaultError> {
+        let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
+            return Err(VaultError::Invalid(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters")));
+        }
+        Ok(Self(key.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdempotencyKey(<{} chars>)", self.0.len())
+    }
+}
+
+/// The idempotency key of a request and the fingerprint of what it asks
+/// ([`Idempotency::fingerprint`]); carried by [`Ctx`]. Clones share one flag that says whether
+/// the answer was a replay, for the HTTP layer to mark it.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    key: IdempotencyKey,
+    fingerprint: [u8; 32],
+    replayed: Arc<AtomicBool>,
+}
+
+impl Idempotency {
+    pub fn new(key: IdempotencyKey, fingerprint: [u8; 32]) -> Self {
+        Self { key, fingerprint, replayed: Arc::default() }
+    }
+
+    /// SHA-256 of the method, the route, the path (its parameters) and the canonical body
+    /// ([`canonical_json`]), each length-prefixed so no two requests' parts run together.
+    pub fn fingerprint(method: &str, route: &str, path: &str, body: &[u8]) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [method.as_bytes(), route.as_bytes(), path.as_bytes(), body] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+
+    /// Whether the vault answered this request with the first answer to its key.
+    pub fn replayed(&self) -> bool {
+        self.replayed.load(Ordering::SeqCst)
+    }
+
+    /// The store key of the caller's record: a digest, so neither the key nor the caller is
+    /// kept in plain, and callers never share a record.
+    fn slot(&self, caller: &str) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"qoima.idempotency.v1\0");
+        ctx.update(caller.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.key.0.as_bytes());
+        ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+}
+
+/// JSON with every object's keys sorted and no whitespace: two bodies that mean the same get
+/// the same bytes (and so the same fingerprint).
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k).expect("a string serialises");
+                    out.push(b':');
+                    write(&m[k], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(a) => {
+                out.push(b'[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(x, out);
+                }
+                out.push(b']');
+            }
+            other => serde_json::to_writer(&mut *out, other).expect("a value serialises"),
+        }
+    }
+    let mut out = Vec::new();
+    write(v, &mut out);
+    out
+}
+
+/// Keys of requests in flight (digests, as [`Idempotency::slot`]).
+#[derive(Default)]
+pub(super) struct InFlight(Arc<Mutex<HashSet<[u8; 32]>>>);
+
+/// A claim on a key in flight, given up when dropped (by the request, or by the audit committer
+/// once an async write's batch is applied).
+pub(super) struct Claim {
+    set: Arc<Mutex<HashSet<[u8; 32]>>>,
+    slot: [u8; 32],
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.slot);
+    }
+}
+
+impl InFlight {
+    fn claim(&self, slot: [u8; 32]) -> Option<Claim> {
+        let inserted = self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(slot);
+        // Made only when the slot was free: a `Claim` dropped frees the slot.
+        inserted.then(|| Claim { set: self.0.clone(), slot })
+    }
+}
+
+/// An async write's hold, with its key's claim: the claim goes once the batch (which carries
+/// the record) is applied or refused, after the hold it wraps.
+struct Claimed {
+    hold: Hold,
+    _claim: Claim,
+}
+
+impl Release for Claimed {
+    fn release(self: Box<Self>, applied: bool) {
+        let Claimed { hold, _claim } = *self;
+        hold.release(applied);
+    }
+}
+
+/// A record as stored (`k` + slot).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// Hex SHA-256 of the first request ([`Idempotency::fingerprint`]).
+    fingerprint: String,
+    created_at: i64,
+    /// The first request's id, named in the audit entry of a replay.
+    request_id: String,
+    /// The subject the request was about ("" for none): the index erasure removes.
+    scope: String,
+    /// What [`Replayable::kept`] kept of the answer.
+    outcome: Value,
+}
+
+fn record_key(slot: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(b'k');
+    k.extend_from_slice(slot);
+    k
+}
+
+/// `s` + subject + NUL: the subject's index entries start with this.
+fn scope_prefix(scope: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(scope.len() + 2);
+    k.push(b's');
+    k.extend_from_slice(scope.as_bytes());
+    k.push(0);
+    k
+}
+
+fn scope_key(scope: &str, slot: &[u8; 32]) -> Vec<u8> {
+    let mut k = scope_prefix(scope);
+    k.extend_from_slice(slot);
+    k
+}
+
+/// `t` + creation time (seconds, big-endian, so the sweep scans oldest first) + slot.
+fn time_key(created_at: i64, slot: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(b't');
+    k.extend_from_slice(&created_at.to_be_bytes());
+    k.extend_from_slice(slot);
+    k
+}
+
+/// A time-index entry past retention: its key, the record's creation time, slot and scope.
+type Due = (Vec<u8>, i64, [u8; 32], Vec<u8>);
+
+/// An operation's answer, as its idempotency record keeps it and as a replay gives it back.
+pub(super) trait Replayable: Sized {
+    /// What the record keeps: nothing secret, no field values.
+    type Kept: Serialize + DeserializeOwned;
+    fn kept(&self) -> Self::Kept;
+    /// The answer to a replay, from what was kept.
+    fn replay(vault: &Vault, kept: Self::Kept) -> Result<Self, VaultError>;
+}
+
+macro_rules! kept_as_is {
+    ($($t:ty),*) => {$(
+        impl Replayable for $t {
+            type Kept = $t;
+            fn kept(&self) -> $t {
+                self.clone()
+            }
+            fn replay(_: &Vault, kept: $t) -> Result<$t, VaultError> {
+                Ok(kept)
+            }
+        }
+    )*};
+}
+
+kept_as_is!(WriteOutcome, ContractRecord, ConsentRecord, KekInfo, u32);
+
+impl Replayable for ErasureRecord {
+    type Kept = ErasureRecord;
+    fn kept(&self) -> ErasureRecord {
+        self.clone()
+    }
+    /// The first answer, with the purge's progress as it is now (`purge_pending` is a
+    /// follow-up's state, not part of the outcome).
+    fn replay(vault: &Vault, mut kept: ErasureRecord) -> Result<ErasureRecord, VaultError> {
+        if kept.status == ErasureStatus::Erased && !kept.purged {
+            if let Some(now) = vault.erasure(&kept.subject)?.filter(|e| e.receipt == kept.receipt) {
+                kept.purged = now.purged;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+impl Replayable for (ContractRecord, Option<ErasureRecord>) {
+    type Kept = (ContractRecord, Option<ErasureRecord>);
+    fn kept(&self) -> Self::Kept {
+        self.clone()
+    }
+    fn replay(vault: &Vault, (c, e): Self::Kept) -> Result<Self, VaultError> {
+        Ok((c, e.map(|e| ErasureRecord::replay(vault, e)).transpose()?))
+    }
+}
+
+/// A disclosure's record keeps the disclosure record only: the values went out once, with the
+/// first answer, and a replay gives the record with no values (nothing is disclosed twice).
+impl Replayable for (DisclosureRecord, FieldValues) {
+    type Kept = DisclosureRecord;
+    fn kept(&self) -> DisclosureRecord {
+        self.0.clone()
+    }
+    fn replay(_: &Vault, kept: DisclosureRecord) -> Result<Self, VaultError> {
+        Ok((kept, FieldValues::new()))
+    }
+}
+
+/// A privacy session's record keeps its expiry, never its link (a credential): a replay is
+/// answered with a fresh link to the same session (same subject, same expiry), or refused once
+/// that session has expired.
+impl Replayable for OffsetDateTime {
+    type Kept = OffsetDateTime;
+    fn kept(&self) -> OffsetDateTime {
+        *self
+    }
+    fn replay(vault: &Vault, kept: OffsetDateTime) -> Result<OffsetDateTime, VaultError> {
+        if kept <= vault.now() {
+            return Err(VaultError::Conflict(
+                "the privacy session this Idempotency-Key opened has expired; open a new one with a new key".into(),
+            ));
+        }
+        Ok(kept)
+    }
+}
+
+/// A rewrap's start is answered with the job's progress as it is now.
+impl Replayable for RewrapProgress {
+    type Kept = RewrapJob;
+    fn kept(&self) -> RewrapJob {
+        self.job.clone()
+    }
+    fn replay(vault: &Vault, _: RewrapJob) -> Result<Self, VaultError> {
+        vault.rewrap_progress_now()
+    }
+}
+
+impl Vault {
+    /// Runs `op` at most once per idempotency key of the caller (`ctx.idempotency`; without
+    /// one, `op` simply runs). A key seen before with the same fingerprint gets the first
+    /// answer back (audited as a replay); with another fingerprint, a refusal (422); while a
+    /// request with the key is in flight, a refusal (409). `op` records its success in its own
+    /// commit with [`Vault::remember`]; a success that committed nothing is recorded here.
+    pub(super) fn once<T: Replayable>(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        scope: Option<&str>,
+        op: impl FnOnce() -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let Some(idem) = &ctx.idempotency else { return op() };
+        self.gate(ctx, action, scope)?;
+        let slot = idem.slot(ctx.caller.name.as_str());
+        let Some(_claim) = self.in_flight.claim(slot) else {
+            let err = VaultError::IdempotencyInFlight("a request with this Idempotency-Key is still in flight; retry shortly".into());
+            return Err(self.refuse(ctx, action, scope, None, vec![], err));
+        };
+        if let Some(first) = self.idempotency_record(&slot)? {
+            if first.fingerprint != hex_string(&idem.fingerprint) {
+                let err = VaultError::IdempotencyKeyReused(
+                    "this Idempotency-Key was used for a different request (method, path or body); use a new key for a new request".into(),
+                );
+                return Err(self.refuse(ctx, action, scope, None, vec![], err));
+            }
+            let kept: T::Kept =
+                serde_json::from_value(first.outcome).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
+            let answer = T::replay(self, kept)?;
+            let reason = format!("replayed the answer of request {} (same Idempotency-Key)", first.request_id);
+            self.audit.record(self.draft(ctx, action, scope, reason))?;
+            idem.replayed.store(true, Ordering::SeqCst);
+            return Ok(answer);
+        }
+        let answer = op()?;
+        if self.idempotency_record(&slot)?.is_none() {
+            // Nothing was committed with it (an operation that had nothing to change).
+            let mut batch = Batch::default();
+            self.remember(ctx, scope, &mut batch, &answer.kept())?;
+            // Through the committer like every other write (one group each: what the tests
+            // count to see that an operation's record rode in its own batch).
+            self.audit.commit(Vec::new(), batch)?;
+        }
+        Ok(answer)
+    }
+
+    /// For the async write path ([`Vault::try_put_now`]), which never waits: `Some(None)` for a
+    /// request without a key; `Some(claim)` for a key that was free and has no record (as far as
+    /// memory tells); `None` otherwise (in flight, replayed, or not in memory), and the caller
+    /// takes the blocking path, which decides.
+    pub(super) fn try_claim_fresh(&self, ctx: &Ctx) -> Option<Option<Claim>> {
+        let Some(idem) = &ctx.idempotency else { return Some(None) };
+        let slot = idem.slot(ctx.caller.name.as_str());
+        let claim = self.in_flight.claim(slot)?;
+        match self.store.get_in(Tier::Memory, Space::Idempotency, &record_key(&slot)) {
+            Ok(None) => Some(Some(claim)),
+            _ => None,
+        }
+    }
+
+    /// `hold` keeping `claim` until the committer releases it.
+    pub(super) fn hold_claim(&self, hold: Hold, claim: Option<Claim>) -> Hold {
+        match claim {
+            Some(claim) => Box::new(Claimed { hold, _claim: claim }),
+            None => hold,
+        }
+    }
+
+    /// Adds the idempotency record of `ctx`'s key, keeping `kept` of the answer, to `batch`:
+    /// called by an operation just before it commits its changes in `batch`, with the subject
+    /// it is about (whose erasure removes the record). Without a key, nothing.
+    pub(super) fn remember(&self, ctx: &Ctx, scope: Option<&str>, batch: &mut Batch, kept: &impl Serialize) -> Result<(), VaultError> {
+        let Some(idem) = &ctx.idempotency else { return Ok(()) };
+        let slot = idem.slot(ctx.caller.name.as_str());
+        let created_at = self.clock.now().unix_timestamp();
+        let scope = scope.unwrap_or_default();
+        let stored = Stored {
+            fingerprint: hex_string(&idem.fingerprint),
+            created_at,
+            request_id: ctx.request_id.as_str().to_owned(),
+            scope: scope.to_owned(),
+            outcome: serde_json::to_value(kept).map_err(|_| VaultError::Internal("an outcome does not serialise".into()))?,
+        };
+        batch.put(Space::Idempotency, record_key(&slot), serde_json::to_vec(&stored).expect("serialises"));
+        batch.put(Space::Idempotency, scope_key(scope, &slot), Vec::new());
+        batch.put(Space::Idempotency, time_key(created_at, &slot), scope.as_bytes().to_vec());
+        Ok(())
+    }
+
+    fn idempotency_record(&self, slot: &[u8; 32]) -> Result<Option<Stored>, VaultError> {
+        let found = self.store.get(Space::Idempotency, &record_key(slot))?;
+        Ok(found
+            .map(|v| serde_json::from_slice::<Stored>(&v).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "record" }))
+            .transpose()?)
+    }
+
+    /// Adds the deletion of every idempotency record about `subject` to `batch` (an erasure's
+    /// shred; the caller holds the subject's lock). Their time-index entries hold only the
+    /// subject id and go with the next sweep.
+    pub(super) fn forget_idempotency_of(&self, subject: &str, batch: &mut Batch) -> Result<(), VaultError> {
+        let prefix = scope_prefix(subject);
+        let mut slots = Vec::new();
+        self.store.scan_prefix(Space::Idempotency, &prefix, |k, _| {
+            if let Some(slot) = k.get(prefix.len()..) {
+                slots.push(slot.to_vec());
+            }
+            true
+        })?;
+        for slot in slots {
+            let mut k = vec![b'k'];
+            k.extend_from_slice(&slot);
+            batch.delete(Space::Idempotency, k);
+        }
+        batch.delete_prefix(Space::Idempotency, &prefix);
+        Ok(())
+    }
+
+    /// Removes idempotency records older than [`RETENTION`] (part of the retention sweep).
+    /// Returns how many were removed.
+    pub fn sweep_idempotency(&self) -> Result<usize, VaultError> {
+        let before = (self.clock.now() - RETENTION).unix_timestamp();
+        let mut end = vec![b't'];
+        end.extend_from_slice(&before.to_be_bytes());
+        // (time-index key, creation time, slot, scope) of each record due.
+        let mut due: Vec<Due> = Vec::new();
+        self.store.scan(Space::Idempotency, b"t", &end, |k, v| {
+            if let (Some(at), Some(slot)) = (k.get(1..9), k.get(9..41)) {
+                let at = i64::from_be_bytes(at.try_into().expect("8 bytes"));
+                due.push((k.to_vec(), at, slot.try_into().expect("32 bytes"), v.to_vec()));
+            }
+            due.len() < 10_000
+        })?;
+        let mut batch = Batch::default();
+        let mut removed = 0;
+        for (tk, at, slot, scope) in due {
+            batch.delete(Space::Idempotency, tk);
+            // Only the record this entry was written with (a key used again after an erasure
+            // removed the first record has a record of its own).
+            if self.idempotency_record(&slot)?.is_some_and(|r| r.created_at == at) {
+                batch.delete(Space::Idempotency, record_key(&slot));
+                let mut sk = vec![b's'];
+                sk.extend_from_slice(&scope);
+                sk.push(0);
+                sk.extend_from_slice(&slot);
+                batch.delete(Space::Idempotency, sk);
+                removed += 1;
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write(&batch)?;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_bounded_printable_ascii_and_never_shown() {
+        for good in ["a", "550e8400-e29b-41d4-a716-446655440000", "with space ~!", &"x".repeat(MAX_KEY_LEN)] {
+            assert!(IdempotencyKey::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "tab\t", "nul\0", "ключ", &"x".repeat(MAX_KEY_LEN + 1)] {
+            assert!(matches!(IdempotencyKey::parse(bad), Err(VaultError::Invalid(_))), "{bad:?}");
+        }
+        assert_eq!(format!("{:?}", IdempotencyKey::parse("secret-ish").unwrap()), "IdempotencyKey(<10 chars>)");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[{"d":2,"c":1}],"x":"\u00e9"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"é","y":[{"c":1,"d":2}]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(String::from_utf8(canonical_json(&a)).unwrap(), r#"{"a":{"x":"é","y":[{"c":1,"d":2}]},"b":1}"#);
+        let c: Value = serde_json::from_str(r#"{"b":2,"a":{"x":"é","y":[{"c":1,"d":2}]}}"#).unwrap();
+        assert_ne!(canonical_json(&a), canonical_json(&c));
+    }
+
+    #[test]
+    fn fingerprints_and_slots_keep_their_parts_apart() {
+        // Length prefixes: moving a byte from one part to the next changes the fingerprint.
+        assert_ne!(Idempotency::fingerprint("POST", "/a", "/ab", b"{}"), Idempotency::fingerprint("POST", "/a/", "ab", b"{}"));
+        assert_eq!(Idempotency::fingerprint("PUT", "/r", "/p", b"1"), Idempotency::fingerprint("PUT", "/r", "/p", b"1"));
+        let k = |key: &str| Idempotency::new(IdempotencyKey::parse(key).unwrap(), [0; 32]);
+        assert_ne!(k("key").slot("caller-a"), k("key").slot("caller-b"), "per caller");
+        assert_eq!(k("key").slot("a"), k("key").slot("a"));
+    }
+}
