@@ -90,7 +90,8 @@ impl Modify for ProblemResponses {
             r.content.insert(PROBLEM.into(), Content::new(Some(Ref::from_schema_name("Problem"))));
             r
         };
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let about_a_subject = path.starts_with("/v1/subjects/{id}");
             let ops =
                 [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete), (true, &mut item.patch)];
             for (mutating, op) in ops.into_iter().filter_map(|(m, op)| op.as_mut().map(|op| (m, op))) {
@@ -122,6 +123,10 @@ impl Modify for ProblemResponses {
                 if op.request_body.is_some() {
                     extra.extend([("413", "request body too large"), ("415", "not application/json")]);
                 }
+                let has = |op: &utoipa::openapi::path::Operation, name: &str| op.parameters.iter().flatten().any(|p| p.name.eq_ignore_ascii_case(name));
+                if about_a_subject && !has(op, crate::assertion::HEADER) {
+                    op.parameters.get_or_insert_with(Vec::new).push(subject_assertion_parameter());
+                }
                 if mutating {
                     op.parameters.get_or_insert_with(Vec::new).push(idempotency_key_parameter());
                     extra.extend([
@@ -136,6 +141,23 @@ impl Modify for ProblemResponses {
             }
         }
     }
+}
+
+/// The `Qoima-Subject-Assertion` header of every operation about a subject: required of a
+/// caller configured with `subject_assertion` (docs/configuration.md, "Subject assertions").
+fn subject_assertion_parameter() -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ParameterBuilder::new()
+        .name("Qoima-Subject-Assertion")
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(
+            "a JWT (compact JWS) the lender's identity provider signed for this subject; required (else 401 \
+             subject-assertion) when the calling website is configured with subject_assertion",
+        ))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
 }
 
 /// The `Idempotency-Key` header of every mutating operation (docs/api.md, "Idempotency").

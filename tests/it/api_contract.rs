@@ -231,6 +231,18 @@ async fn health_readiness_and_openapi() {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
     assert!(doc.body["paths"]["/v1/subjects/{id}"]["put"]["requestBody"].is_object());
+    // Every operation about a subject names the subject assertion a website may be held to.
+    let mut about_subjects = 0;
+    for (path, item) in paths.iter().filter(|(p, _)| p.starts_with("/v1/subjects/{id}")) {
+        for (method, op) in item.as_object().unwrap() {
+            let names: Vec<String> =
+                op["parameters"].as_array().into_iter().flatten().map(|p| p["name"].as_str().unwrap().to_ascii_lowercase()).collect();
+            assert!(names.contains(&"qoima-subject-assertion".to_string()), "{method} {path}: {names:?}");
+            assert_eq!(names.iter().filter(|n| *n == "qoima-subject-assertion").count(), 1, "{method} {path}");
+            about_subjects += 1;
+        }
+    }
+    assert!(about_subjects >= 12, "{about_subjects}");
 }
 
 #[tokio::test]
