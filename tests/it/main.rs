@@ -9,6 +9,7 @@ mod authz_matrix;
 mod backups;
 mod binary;
 mod client;
+mod connections;
 mod core_hardening;
 mod crash;
 mod docs;
