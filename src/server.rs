@@ -582,39 +582,43 @@ const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
 /// load balancer stops sending first. The C API has no `Resume`, so beyond that only a
 /// restart (reopen) clears the error state.
 const REFUSING_GRACE: Duration = Duration::from_secs(3);
+/// The same for a full disk: RocksDB resumes by itself once space returns (tests/it/faults.rs)
+/// and a restart cannot help while the disk is full, so the vault waits, not ready, this long.
+const NO_SPACE_GRACE: Duration = Duration::from_secs(300);
 /// How long writes may stall before the store counts as stuck (flushes stopped on an error
 /// leave writes stalled for ever; under load stalls last well under this).
 const STALL_GRACE: Duration = Duration::from_secs(60);
 
 /// Watches whether the store takes writes; returns, with what to report, once it has refused
-/// them for [`REFUSING_GRACE`] (or stalled them for [`STALL_GRACE`]). The server then stops
-/// and the process exits non-zero, so the supervisor restarts it.
+/// or stalled them for longer than RocksDB could recover by itself. The server then stops and
+/// the process exits non-zero, so the supervisor restarts it (reopening clears the error).
 async fn store_watchdog(vault: Arc<Vault>) -> String {
     use crate::store::WriteState;
     let mut tick = tokio::time::interval(WATCHDOG_EVERY);
-    let mut failing_since: Option<(tokio::time::Instant, bool)> = None;
+    let mut failing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tick.tick().await;
         let store = vault.store().clone();
         let Ok(state) = tokio::task::spawn_blocking(move || store.write_state()).await else { continue };
-        let (stalled, what) = match state {
+        let (grace, what) = match state {
             WriteState::Accepting => {
-                if failing_since.take().is_some() {
+                if failing.take().is_some() {
                     tracing::info!("the store takes writes again");
                 }
                 continue;
             }
-            WriteState::Stalled => (true, "RocksDB has stalled writes".to_string()),
-            WriteState::Refused(e) => (false, format!("RocksDB refuses writes ({e})")),
+            WriteState::Stalled => (STALL_GRACE, "RocksDB has stalled writes".to_string()),
+            WriteState::Refused(e) if e.contains("No space left on device") => (NO_SPACE_GRACE, format!("RocksDB refuses writes ({e})")),
+            WriteState::Refused(e) => (REFUSING_GRACE, format!("RocksDB refuses writes ({e})")),
         };
-        let (since, _) = match failing_since {
-            Some((at, was_stalled)) if was_stalled == stalled => (at, stalled),
+        let since = match failing {
+            Some((at, g)) if g == grace => at,
             _ => {
-                tracing::error!(stalled, "{what}; /readyz reports not ready");
-                *failing_since.insert((tokio::time::Instant::now(), stalled))
+                tracing::error!(grace_secs = grace.as_secs(), "{what}; /readyz reports not ready");
+                failing.insert((tokio::time::Instant::now(), grace)).0
             }
         };
-        if since.elapsed() >= if stalled { STALL_GRACE } else { REFUSING_GRACE } {
+        if since.elapsed() >= grace {
             tracing::error!("{what} for {} s; stopping so the supervisor restarts the vault (reopening clears it)", since.elapsed().as_secs());
             return format!("{what}; a restart reopens the store");
         }
