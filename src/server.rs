@@ -79,6 +79,8 @@ pub const MIN_CONNECTIONS: usize = 16;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idled-out connection may take to close by itself before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a graceful shutdown waits for open connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -485,15 +487,20 @@ async fn drive<I>(
     // HTTP/1.1: closes now (nothing in flight); HTTP/2: GOAWAY, then closes once its streams end.
     conn.as_mut().graceful_shutdown();
     if idled {
-        let _ = tokio::time::timeout(limits.header_read, conn).await;
+        // Nothing is in flight: an HTTP/2 client that does not answer the GOAWAY's ping
+        // within a second loses only the courtesy.
+        let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn).await;
     } else {
         let _ = conn.await;
     }
 }
 
 /// What a connection is doing: requests in flight, whether it has served one, and since when
-/// it has had none in flight.
-struct Activity(std::sync::Mutex<ActivityState>);
+/// it has had none in flight; `changed` wakes [`Activity::idle_out`] when a request ends.
+struct Activity {
+    state: std::sync::Mutex<ActivityState>,
+    changed: tokio::sync::Notify,
+}
 
 struct ActivityState {
     in_flight: usize,
@@ -503,11 +510,16 @@ struct ActivityState {
 
 impl Activity {
     fn new() -> Self {
-        Self(std::sync::Mutex::new(ActivityState { in_flight: 0, served: false, since: tokio::time::Instant::now() }))
+        let state = ActivityState { in_flight: 0, served: false, since: tokio::time::Instant::now() };
+        Self { state: std::sync::Mutex::new(state), changed: tokio::sync::Notify::new() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).in_flight += 1;
+        self.state().in_flight += 1;
         Busy(self.clone())
     }
 
@@ -517,8 +529,12 @@ impl Activity {
     /// response. (hyper also bounds each HTTP/1.1 head, from when it starts waiting for it.)
     async fn idle_out(&self, limits: ConnectionLimits) {
         loop {
+            // Registered before the state is read, so a request ending in between still wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let deadline = {
-                let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                let s = self.state();
                 match (s.in_flight, s.served) {
                     (0, false) => Some(s.since + limits.header_read),
                     (0, true) => Some(s.since + limits.idle),
@@ -527,9 +543,13 @@ impl Activity {
             };
             match deadline {
                 Some(d) if tokio::time::Instant::now() >= d => return,
-                Some(d) => tokio::time::sleep_until(d).await,
-                // Busy: look again later; a request ending only moves the deadline later.
-                None => tokio::time::sleep(limits.idle).await,
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
             }
         }
     }
@@ -540,12 +560,15 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut s = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        s.in_flight -= 1;
-        if s.in_flight == 0 {
-            s.served = true;
-            s.since = tokio::time::Instant::now();
+        {
+            let mut s = self.0.state();
+            s.in_flight -= 1;
+            if s.in_flight == 0 {
+                s.served = true;
+                s.since = tokio::time::Instant::now();
+            }
         }
+        self.0.changed.notify_waiters();
     }
 }
 
