@@ -208,6 +208,16 @@ fn serve_child(config: &Path, nofile: Option<u64>) -> (Child, String, Arc<Mutex<
     (child, addr, lines)
 }
 
+/// Kills the child when dropped, so a failing test leaves no vault running.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -230,18 +240,27 @@ async fn a_connection_flood_is_capped_below_the_descriptor_limit_and_writes_go_o
     let nofile = qoima::store::DESCRIPTOR_RESERVE + qoima::server::DESCRIPTOR_MARGIN + cap;
     let (_dir, config) = vault_dir("[limits]\nheader_read_timeout_secs = 2\nidle_timeout_secs = 2\n");
     // One descriptor less and it refuses to start, saying why in one line.
-    let refused = Command::new(env!("CARGO_BIN_EXE_qoima"))
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_qoima"))
         .args(["serve", "--config"])
         .arg(&config)
         .env("QOIMA_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .pre_exec_limit(nofile - 1)
-        .output()
+        .spawn()
         .unwrap();
+    let start = Instant::now();
+    while refused.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = refused.kill();
+    let refused = refused.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(4), "{err}");
     assert!(err.trim().lines().count() == 1 && err.contains("descriptor limit"), "{err}");
-    let (mut child, addr, lines) = serve_child(&config, Some(nofile));
-    let pid = child.id();
+    let (child, addr, lines) = serve_child(&config, Some(nofile));
+    let mut child = Reap(child);
+    let pid = child.0.id();
     let addr = host(&addr).to_string();
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("max_connections lowered")), "{:?}", lines.lock().unwrap());
     let mut first = TcpStream::connect(&addr).await.unwrap();
@@ -269,16 +288,15 @@ async fn a_connection_flood_is_capped_below_the_descriptor_limit_and_writes_go_o
     assert!(start.elapsed() < Duration::from_secs(5), "served {:?} after the flood ended", start.elapsed());
     let (status, body) = request(&mut after, "GET", "/readyz", None, None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(child.try_wait().unwrap(), None, "the vault is still running");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert_eq!(child.0.try_wait().unwrap(), None, "the vault is still running");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a_restart() {
     let (_dir, config) = vault_dir("");
-    let (mut child, addr, lines) = serve_child(&config, None);
-    let pid = child.id();
+    let (child, addr, lines) = serve_child(&config, None);
+    let mut child = Reap(child);
+    let pid = child.0.id();
     let mut conn = TcpStream::connect(host(&addr)).await.unwrap();
     assert_eq!(request(&mut conn, "PUT", "/v1/subjects/victim", Some(&token("svc-all")), Some(PUT)).await.0, 201);
     assert_eq!(request(&mut conn, "GET", "/readyz", None, None).await.0, 200);
@@ -302,16 +320,19 @@ async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a
     let (status, body) = request(&mut conn, "GET", "/readyz", None, None).await;
     assert_eq!(status, 503, "/readyz while the store refuses every write: {body}");
     assert!(body.contains("not ready"), "{body}");
+    // Where the answer names its checks, the store's is among those failing (not only the
+    // audit log's).
+    if let Some(store) = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|b| b["checks"]["store"].as_str().map(str::to_owned)) {
+        assert!(!store.starts_with("ok"), "{body}");
+    }
 
     // Then the vault exits non-zero, for its supervisor to restart it.
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         if start.elapsed() > Duration::from_secs(15) {
-            child.kill().unwrap();
-            child.wait().unwrap();
             panic!("the vault stayed up with a store that refuses writes: {:?}", lines.lock().unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -320,10 +341,9 @@ async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("refuses writes")), "{:?}", lines.lock().unwrap());
 
     // The restart reopens the store: writes are served and the erasure's purge completes.
-    let (mut child, addr, _) = serve_child(&config, None);
+    let (child, addr, _) = serve_child(&config, None);
+    let _child = Reap(child);
     let mut conn = TcpStream::connect(host(&addr)).await.unwrap();
     assert_eq!(request(&mut conn, "PUT", "/v1/subjects/other", Some(&token("svc-all")), Some(PUT)).await.0, 201);
     assert_eq!(request(&mut conn, "GET", "/readyz", None, None).await.0, 200);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
