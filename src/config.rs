@@ -450,7 +450,9 @@ impl Config {
         {
             return Err(ConfigError(format!("{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)")));
         }
-        for (key, secs) in [("header_read_timeout_secs", raw.limits.header_read_timeout_secs), ("idle_timeout_secs", raw.limits.idle_timeout_secs)] {
+        for (key, secs) in
+            [("header_read_timeout_secs", raw.limits.header_read_timeout_secs), ("idle_timeout_secs", raw.limits.idle_timeout_secs)]
+        {
             if secs == 0 || secs > MAX_CONNECTION_TIMEOUT_SECS {
                 return Err(ConfigError(format!("{name}: limits.{key} must be between 1 and {MAX_CONNECTION_TIMEOUT_SECS}")));
             }

@@ -128,7 +128,10 @@ fn raise_descriptor_limit() -> u64 {
                 }
             }
         }
-        r.rlim_cur as u64
+        // rlim_t is u64 on Linux, not on every Unix.
+        #[allow(clippy::unnecessary_cast)]
+        let soft = r.rlim_cur as u64;
+        soft
     }
     #[cfg(not(unix))]
     u64::MAX
@@ -642,7 +645,10 @@ async fn store_watchdog(vault: Arc<Vault>) -> String {
             }
         };
         if since.elapsed() >= grace {
-            tracing::error!("{what} for {} s; stopping so the supervisor restarts the vault (reopening clears it)", since.elapsed().as_secs());
+            tracing::error!(
+                "{what} for {} s; stopping so the supervisor restarts the vault (reopening clears it)",
+                since.elapsed().as_secs()
+            );
             return format!("{what}; a restart reopens the store");
         }
     }

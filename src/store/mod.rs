@@ -489,13 +489,7 @@ impl Store {
 
     fn new(db: DB, path: &Path) -> Self {
         let errors = db.property_int_value("rocksdb.background-errors").ok().flatten().unwrap_or(0);
-        Self {
-            db,
-            path: path.to_path_buf(),
-            purge_lock: Mutex::new(()),
-            observer: OnceLock::new(),
-            background: Mutex::new((errors, None)),
-        }
+        Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new(), background: Mutex::new((errors, None)) }
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading

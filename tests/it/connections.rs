@@ -50,8 +50,7 @@ async fn request(s: &mut TcpStream, method: &str, path: &str, bearer: Option<&st
     loop {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let text = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len: usize =
-                text.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
+            let len: usize = text.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
             if got.len() >= end + 4 + len {
                 let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
                 return (status, String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned());
@@ -125,9 +124,9 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let app = spawn_with("[limits]\nheader_read_timeout_secs = 30\nidle_timeout_secs = 1\n", None).await;
     let mut s = TcpStream::connect(host(&app.addr)).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
-    // GET /healthz: :method GET (static 2), :scheme http (6), :path (literal, name 4),
-    // :authority (literal, name 1); END_STREAM | END_HEADERS.
+    // SETTINGS (empty), then GET /healthz: :method GET (static 2), :scheme http (6), :path
+    // (literal, name 4), :authority (literal, name 1); END_STREAM | END_HEADERS.
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
     let mut block = vec![0x82, 0x86, 0x04, 8];
     block.extend(b"/healthz");
     block.extend([0x01, 5]);
@@ -137,14 +136,17 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     // Read frames until the response's end of stream on stream 1 (acknowledging SETTINGS).
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
+    // Where the next whole frame starts: each frame is looked at once (a second SETTINGS ACK
+    // would be a protocol error).
+    let mut at = 0;
     let answered = 'read: loop {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
-        assert!(n > 0, "closed before answering");
+        assert!(n > 0, "closed before answering; got {got:?}");
         got.extend_from_slice(&buf[..n]);
-        let mut at = 0;
         while got.len() >= at + 9 {
             let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
-            let (kind, flags, stream) = (got[at + 3], got[at + 4], u32::from_be_bytes(got[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff);
+            let (kind, flags, stream) =
+                (got[at + 3], got[at + 4], u32::from_be_bytes(got[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff);
             if got.len() < at + 9 + len {
                 break;
             }
@@ -159,7 +161,10 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     };
     let closed = closed_within(&mut s, Duration::from_secs(5)).await;
     let idle = answered.elapsed();
-    assert!(closed.is_some() && idle >= Duration::from_millis(700) && idle < Duration::from_secs(3), "idle for {idle:?}, closed {closed:?}");
+    assert!(
+        closed.is_some() && idle >= Duration::from_millis(700) && idle < Duration::from_secs(3),
+        "idle for {idle:?}, closed {closed:?}"
+    );
 }
 
 /// Sets a child's descriptor limit (soft and hard) before it runs.
@@ -322,7 +327,9 @@ async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a
     assert!(body.contains("not ready"), "{body}");
     // Where the answer names its checks, the store's is among those failing (not only the
     // audit log's).
-    if let Some(store) = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|b| b["checks"]["store"].as_str().map(str::to_owned)) {
+    if let Some(store) =
+        serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|b| b["checks"]["store"].as_str().map(str::to_owned))
+    {
         assert!(!store.starts_with("ok"), "{body}");
     }
 
