@@ -1053,6 +1053,24 @@ mod tests {
         assert!(left.is_empty(), "purged values still in files at the end: {left:?}");
     }
 
+    /// The readiness probe is a real write through RocksDB's write path that leaves nothing:
+    /// a healthy store takes it, a read-only one (which refuses writes) does not.
+    #[test]
+    fn the_write_probe_tells_a_store_that_takes_writes_from_one_that_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Keyring, b"k".to_vec(), b"v".to_vec());
+        store.write(&b).unwrap();
+        let seq = store.db.latest_sequence_number();
+        assert_eq!(store.write_state(), WriteState::Accepting);
+        store.ready().unwrap();
+        assert_eq!(store.db.latest_sequence_number(), seq, "the probe wrote something");
+        let beside = Store::open_read_only(dir.path()).unwrap();
+        assert!(matches!(beside.write_state(), WriteState::Refused(_)), "{:?}", beside.write_state());
+        assert!(beside.ready().unwrap_err().to_string().contains("refuses writes"));
+    }
+
     #[test]
     fn second_open_is_refused_as_locked() {
         let dir = tempfile::tempdir().unwrap();
