@@ -304,8 +304,17 @@ pub mod admin {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, vault.clone()));
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(stream, vault.clone()));
+                    }
+                    // EMFILE and the like pass; ending the loop would end the admin socket.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed; pausing");
+                        tokio::time::sleep(super::ACCEPT_BACKOFF).await;
+                    }
+                }
             }
         });
         Ok(Handle { task, path })
