@@ -336,8 +336,9 @@ pub struct Store {
 #[non_exhaustive]
 pub enum WriteState {
     Accepting,
-    /// Writes wait for flushes or compactions to catch up (a write stall): transient under
-    /// load, permanent if background work has stopped on an error.
+    /// Writes are stopped until flushes or compactions catch up (a write stall; a mere
+    /// slowdown counts as accepting): transient under load, permanent if background work has
+    /// stopped on an error.
     Stalled,
     /// RocksDB is in its background-error state and refuses every write with this error.
     /// The C API has no `Resume`, so only reopening the store clears it.
@@ -698,7 +699,11 @@ impl Store {
         wo.set_no_slowdown(true);
         match self.db.write_opt(WriteBatch::default(), &wo) {
             Ok(()) => WriteState::Accepting,
-            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => WriteState::Stalled,
+            // Slowed down (writes still go through, later) or stopped: only a stop counts.
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => match self.db.property_int_value("rocksdb.is-write-stopped") {
+                Ok(Some(0)) => WriteState::Accepting,
+                _ => WriteState::Stalled,
+            },
             Err(e) => WriteState::Refused(e.into_string()),
         }
     }
