@@ -116,13 +116,35 @@ pub struct Limits {
     /// seconds' worth); beyond it they are counted into summary entries, so a client that can
     /// reach the port cannot grow the audit trail without bound.
     pub audited_auth_failures_per_second: u32,
+    /// A connection waiting for a request head (from accept, or since its last response) is
+    /// closed when the head has not fully arrived after this long.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike).
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; more wait in the kernel's accept queue until one closes.
+    /// Lowered at start-up (with a warning) to fit the descriptor limit with RocksDB's reserve.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, request_timeout_secs: 30, max_concurrent_requests: 512, audited_auth_failures_per_second: 20 }
+        Self {
+            max_body_bytes: 256 * 1024,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 512,
+            audited_auth_failures_per_second: 20,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+        }
     }
 }
+
+/// The most `limits.header_read_timeout_secs` and `limits.idle_timeout_secs` may be: a day.
+pub const MAX_CONNECTION_TIMEOUT_SECS: u64 = 86_400;
+/// The most `limits.max_connections` may be (Linux's default `fs.nr_open`).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// The most `keys.rotation_days` and `keys.backup_retention_days` may be: a hundred years.
 pub const MAX_KEY_DAYS: u32 = 36_500;
@@ -428,6 +450,16 @@ impl Config {
         {
             return Err(ConfigError(format!("{name}: [limits] values are too small (max_body_bytes ≥ 1024, others ≥ 1)")));
         }
+        for (key, secs) in
+            [("header_read_timeout_secs", raw.limits.header_read_timeout_secs), ("idle_timeout_secs", raw.limits.idle_timeout_secs)]
+        {
+            if secs == 0 || secs > MAX_CONNECTION_TIMEOUT_SECS {
+                return Err(ConfigError(format!("{name}: limits.{key} must be between 1 and {MAX_CONNECTION_TIMEOUT_SECS}")));
+            }
+        }
+        if raw.limits.max_connections == 0 || raw.limits.max_connections > MAX_CONNECTIONS {
+            return Err(ConfigError(format!("{name}: limits.max_connections must be between 1 and {MAX_CONNECTIONS}")));
+        }
         if raw.keys.rewrap_batch == 0 || raw.keys.rewrap_batch > 100_000 {
             return Err(ConfigError(format!("{name}: keys.rewrap_batch must be between 1 and 100000")));
         }
@@ -650,6 +682,24 @@ purposes     = ["loan_issuance"]
         assert_eq!(parse(&five).unwrap().vault_settings().audited_auth_failures_per_second, 5);
         let none = GOOD.to_string() + "\n[limits]\naudited_auth_failures_per_second = 0\n";
         assert!(parse(&none).unwrap_err().to_string().contains("too small"));
+    }
+
+    #[test]
+    fn the_connection_limits() {
+        let l = parse(GOOD).unwrap().limits;
+        assert_eq!((l.header_read_timeout_secs, l.idle_timeout_secs, l.max_connections), (10, 60, 1024));
+        let set = GOOD.to_string() + "\n[limits]\nheader_read_timeout_secs = 2\nidle_timeout_secs = 5\nmax_connections = 64\n";
+        let l = parse(&set).unwrap().limits;
+        assert_eq!((l.header_read_timeout_secs, l.idle_timeout_secs, l.max_connections), (2, 5, 64));
+        for (bad, says) in [
+            ("header_read_timeout_secs = 0", "limits.header_read_timeout_secs must be between 1 and 86400"),
+            ("idle_timeout_secs = 86401", "limits.idle_timeout_secs must be between 1 and 86400"),
+            ("max_connections = 0", "limits.max_connections must be between 1 and 1048576"),
+            ("max_connections = 1048577", "limits.max_connections must be between 1 and 1048576"),
+        ] {
+            let e = parse(&(GOOD.to_string() + "\n[limits]\n" + bad + "\n")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

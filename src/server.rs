@@ -1,5 +1,13 @@
 //! Start-up and shutdown: build the vault from a configuration, bind the listener (port 0 in
 //! tests), serve until told to stop, then drain the audit log.
+//!
+//! One accept loop serves plain HTTP and TLS alike (issue #23): at most
+//! `limits.max_connections` connections at once (more wait in the kernel's accept queue),
+//! each closed when its request head is late (`limits.header_read_timeout_secs`) or when it
+//! has had no request in flight for `limits.idle_timeout_secs`. The cap is kept below the
+//! descriptor limit with RocksDB's reserve free, and a watchdog exits the process when the
+//! store stops taking writes, so the supervisor restarts it instead of a vault that refuses
+//! everything staying up.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +33,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Descriptors(String),
 }
 
 /// Things tests pass in: the clock and fault switches. Production uses the defaults.
@@ -47,6 +57,84 @@ pub struct Application {
     router: axum::Router,
     sweep_every: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
+    connections: ConnectionLimits,
+}
+
+/// The listener's per-connection limits ([`crate::config::Limits`], cap fitted to the
+/// descriptor limit).
+#[derive(Clone, Copy, Debug)]
+struct ConnectionLimits {
+    max: usize,
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// Descriptors kept free beyond RocksDB's reserve: the listener, the admin socket, the
+/// runtime's epoll and event descriptors, standard streams, the erasure journal and escrow
+/// file, TLS and configuration files read at start, and a client or two of the admin socket.
+pub const DESCRIPTOR_MARGIN: u64 = 64;
+/// Fewer connections than this and the vault refuses to start rather than lower the cap.
+pub const MIN_CONNECTIONS: usize = 16;
+/// How long an accept error (EMFILE, ENFILE, ENOBUFS…) pauses the accept loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idled-out connection may take to close by itself before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a graceful shutdown waits for open connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Raises the soft descriptor limit (RLIMIT_NOFILE) to the hard one, then fits `wanted`
+/// connections below it with RocksDB's reserve and a margin kept free: lowered with a
+/// warning when they do not fit, refused (one line) when not even [`MIN_CONNECTIONS`] do.
+pub fn fit_connections(wanted: usize) -> Result<usize, StartError> {
+    let limit = raise_descriptor_limit();
+    let reserved = crate::store::DESCRIPTOR_RESERVE + DESCRIPTOR_MARGIN;
+    let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
+    if wanted <= room {
+        return Ok(wanted);
+    }
+    if room < MIN_CONNECTIONS {
+        return Err(StartError::Descriptors(format!(
+            "the descriptor limit ({limit}) leaves room for {room} connections after RocksDB's {} and {DESCRIPTOR_MARGIN} more; at least {MIN_CONNECTIONS} are needed: raise it (systemd LimitNOFILE=, ulimit -n)",
+            crate::store::DESCRIPTOR_RESERVE
+        )));
+    }
+    tracing::warn!(
+        wanted,
+        allowed = room,
+        descriptor_limit = limit,
+        "limits.max_connections lowered to fit the descriptor limit with RocksDB's reserve kept free; raise the limit (systemd LimitNOFILE=, ulimit -n) to allow more"
+    );
+    Ok(room)
+}
+
+/// The soft RLIMIT_NOFILE after raising it as far as the hard limit allows.
+fn raise_descriptor_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls with a valid pointer to a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return 1024;
+            }
+            if r.rlim_cur < r.rlim_max {
+                // An unlimited hard limit is still capped by the kernel (fs.nr_open).
+                let target = if r.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { r.rlim_max };
+                let raised = libc::rlimit { rlim_cur: target.max(r.rlim_cur), rlim_max: r.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    r.rlim_cur = raised.rlim_cur;
+                }
+            }
+        }
+        // rlim_t is u64 on Linux, not on every Unix.
+        #[allow(clippy::unnecessary_cast)]
+        let soft = r.rlim_cur as u64;
+        soft
+    }
+    #[cfg(not(unix))]
+    u64::MAX
 }
 
 /// Opens the vault described by `config` (blocking: RocksDB open and start-up work).
@@ -76,7 +164,24 @@ impl Application {
         let privacy = crate::privacy::Sessions::new(&config.privacy, fallback);
         let state = AppState::new(vault.clone(), config.callers.clone(), privacy);
         let router = api::router(state, &config.limits);
-        Ok(Self { listener, vault, router, sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)), tls })
+        let connections = ConnectionLimits {
+            max: fit_connections(config.limits.max_connections)?,
+            header_read: Duration::from_secs(config.limits.header_read_timeout_secs),
+            idle: Duration::from_secs(config.limits.idle_timeout_secs),
+        };
+        Ok(Self {
+            listener,
+            vault,
+            router,
+            sweep_every: Duration::from_secs(config.retention.sweep_interval_secs.max(1)),
+            tls,
+            connections,
+        })
+    }
+
+    /// Connections served at once (`limits.max_connections`, fitted to the descriptor limit).
+    pub fn max_connections(&self) -> usize {
+        self.connections.max
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -101,21 +206,41 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the
-    /// audit log.
+    /// audit log. Fails (the binary then exits non-zero) when the store stops taking writes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_loop(self.vault.clone(), self.sweep_every));
         let summariser = tokio::spawn(auth_failure_summary_loop(self.vault.clone()));
         let admin = admin::listen(self.vault.clone())?;
-        let served = match self.tls {
-            Some(tls) => serve_tls(self.listener, self.router, tls, shutdown).await,
-            None => axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(shutdown).await,
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
+        let watchdog = tokio::spawn({
+            let vault = self.vault.clone();
+            async move {
+                let _ = failed_tx.send(store_watchdog(vault).await);
+            }
+        });
+        let failure = Arc::new(std::sync::OnceLock::new());
+        let stop = {
+            let failure = failure.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    Ok(e) = failed => {
+                        let _ = failure.set(e);
+                    }
+                }
+            }
         };
+        let served = serve(self.listener, self.router, self.tls, self.connections, stop).await;
+        watchdog.abort();
         sweeper.abort();
         summariser.abort();
         admin.stop();
         let vault = self.vault;
         let _ = tokio::task::spawn_blocking(move || vault.close()).await;
-        served
+        match Arc::try_unwrap(failure).ok().and_then(|f| f.into_inner()) {
+            Some(e) => Err(std::io::Error::other(e)),
+            None => served,
+        }
     }
 }
 
@@ -179,8 +304,17 @@ pub mod admin {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, vault.clone()));
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(stream, vault.clone()));
+                    }
+                    // EMFILE and the like pass; ending the loop would end the admin socket.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed; pausing");
+                        tokio::time::sleep(super::ACCEPT_BACKOFF).await;
+                    }
+                }
             }
         });
         Ok(Handle { task, path })
@@ -244,57 +378,291 @@ pub mod admin {
     }
 }
 
-/// Serves HTTPS: each connection is a TLS handshake (bounded in time), then HTTP/1.1 or HTTP/2;
-/// a verified client certificate's fingerprint rides into every request of the connection.
-async fn serve_tls(
+/// The accept loop, for plain HTTP and TLS alike. A connection is accepted only with a free
+/// slot: over the cap the loop waits (backpressure) and new connections queue in the kernel's
+/// accept backlog, costing the process no descriptor, and are served as slots free. (Accepting
+/// and closing at once would cost a descriptor and a wake-up per attempt and refuse honest
+/// clients as fast as a flood's.)
+async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use tower::ServiceExt;
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Without a timer hyper's header-read timeout never fires (issue #23).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(s) => s,
+                Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like: retrying at once would spin on the same error.
+                    tracing::warn!(error = %e, "accept failed; pausing the accept loop");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                _ => return,
-            };
-            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::ClientCert::of(c.as_ref()));
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(c) = cert {
-                    req.extensions_mut().insert(c);
-                }
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let builder = Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
+        tokio::spawn(connection(stream, acceptor.clone(), builder.clone(), router.clone(), limits, slot, stop_rx.clone()));
     }
-    tokio::select! {
-        _ = graceful.shutdown() => {},
-        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("connections still open after 30 s; closing"),
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Each connection holds its slot until it ends: every slot back means every one closed.
+    let max = u32::try_from(limits.max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(max)).await.is_err() {
+        tracing::warn!("connections still open after 30 s; closing");
     }
     Ok(())
+}
+
+/// One connection, holding its `slot` until it ends: the TLS handshake (bounded in time) if
+/// any, then HTTP/1.1 or HTTP/2; a verified client certificate's fingerprint rides into every
+/// request of the connection.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::TokioIo;
+    match acceptor {
+        None => drive(TokioIo::new(stream), None, &builder, router, limits, stop).await,
+        Some(acceptor) => {
+            let tls = tokio::select! {
+                tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match tls {
+                    Ok(Ok(s)) => s,
+                    _ => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::ClientCert::of(c.as_ref()));
+            drive(TokioIo::new(tls), cert, &builder, router, limits, stop).await
+        }
+    }
+}
+
+/// Serves HTTP on `io` until the client closes, the connection idles out, or the server stops.
+async fn drive<I>(
+    io: I,
+    cert: Option<crate::tls::ClientCert>,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+
+    let activity = Arc::new(Activity::new());
+    let a = activity.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let busy = a.begin();
+        if let Some(c) = cert {
+            req.extensions_mut().insert(c);
+        }
+        let call = router.clone().oneshot(req.map(axum::body::Body::new));
+        async move {
+            let response = call.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| axum::body::Body::new(Tracked { body, _busy: busy })))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idled = tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = activity.idle_out(limits) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    // HTTP/1.1: closes now (nothing in flight); HTTP/2: GOAWAY, then closes once its streams end.
+    conn.as_mut().graceful_shutdown();
+    if idled {
+        // Nothing is in flight: an HTTP/2 client that does not answer the GOAWAY's ping
+        // within a second loses only the courtesy.
+        let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn).await;
+    } else {
+        let _ = conn.await;
+    }
+}
+
+/// What a connection is doing: requests in flight, whether it has served one, and since when
+/// it has had none in flight; `changed` wakes [`Activity::idle_out`] when a request ends.
+struct Activity {
+    state: std::sync::Mutex<ActivityState>,
+    changed: tokio::sync::Notify,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    served: bool,
+    since: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        let state = ActivityState { in_flight: 0, served: false, since: tokio::time::Instant::now() };
+        Self { state: std::sync::Mutex::new(state), changed: tokio::sync::Notify::new() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.state().in_flight += 1;
+        Busy(self.clone())
+    }
+
+    /// Completes when the connection has had no request in flight for too long: its first
+    /// request head is due within the header-read timeout of the accept (for HTTP/2 too, and
+    /// before the protocol is even known), later ones within the idle timeout of the last
+    /// response. (hyper also bounds each HTTP/1.1 head, from when it starts waiting for it.)
+    async fn idle_out(&self, limits: ConnectionLimits) {
+        loop {
+            // Registered before the state is read, so a request ending in between still wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = {
+                let s = self.state();
+                match (s.in_flight, s.served) {
+                    (0, false) => Some(s.since + limits.header_read),
+                    (0, true) => Some(s.since + limits.idle),
+                    _ => None,
+                }
+            };
+            match deadline {
+                Some(d) if tokio::time::Instant::now() >= d => return,
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// A request in flight, until its response body has been sent (or dropped).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.state();
+            s.in_flight -= 1;
+            if s.in_flight == 0 {
+                s.served = true;
+                s.since = tokio::time::Instant::now();
+            }
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How often the watchdog asks RocksDB whether it takes writes.
+const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
+/// How long a refusing store is given before the process exits: RocksDB recovers some errors
+/// itself (retryable I/O errors, about once a second); meanwhile /readyz says not ready, so a
+/// load balancer stops sending first. The C API has no `Resume`, so beyond that only a
+/// restart (reopen) clears the error state.
+const REFUSING_GRACE: Duration = Duration::from_secs(3);
+/// The same for a full disk: RocksDB resumes by itself once space returns (tests/it/faults.rs)
+/// and a restart cannot help while the disk is full, so the vault waits, not ready, this long.
+const NO_SPACE_GRACE: Duration = Duration::from_secs(300);
+/// How long writes may stall before the store counts as stuck (flushes stopped on an error
+/// leave writes stalled for ever; under load stalls last well under this).
+const STALL_GRACE: Duration = Duration::from_secs(60);
+
+/// Watches whether the store takes writes; returns, with what to report, once it has refused
+/// or stalled them for longer than RocksDB could recover by itself. The server then stops and
+/// the process exits non-zero, so the supervisor restarts it (reopening clears the error).
+async fn store_watchdog(vault: Arc<Vault>) -> String {
+    use crate::store::WriteState;
+    let mut tick = tokio::time::interval(WATCHDOG_EVERY);
+    let mut failing: Option<(tokio::time::Instant, Duration)> = None;
+    loop {
+        tick.tick().await;
+        let store = vault.store().clone();
+        let Ok(state) = tokio::task::spawn_blocking(move || store.write_state()).await else { continue };
+        let (grace, what) = match state {
+            WriteState::Accepting => {
+                if failing.take().is_some() {
+                    tracing::info!("the store takes writes again");
+                }
+                continue;
+            }
+            WriteState::Stalled => (STALL_GRACE, "RocksDB has stalled writes".to_string()),
+            WriteState::Refused(e) if e.contains("No space left on device") => (NO_SPACE_GRACE, format!("RocksDB refuses writes ({e})")),
+            WriteState::Refused(e) => (REFUSING_GRACE, format!("RocksDB refuses writes ({e})")),
+        };
+        let since = match failing {
+            Some((at, g)) if g == grace => at,
+            _ => {
+                tracing::error!(grace_secs = grace.as_secs(), "{what}; /readyz reports not ready");
+                failing.insert((tokio::time::Instant::now(), grace)).0
+            }
+        };
+        if since.elapsed() >= grace {
+            tracing::error!(
+                "{what} for {} s; stopping so the supervisor restarts the vault (reopening clears it)",
+                since.elapsed().as_secs()
+            );
+            return format!("{what}; a restart reopens the store");
+        }
+    }
 }
 
 /// Removes expired technical data on a timer (P3).

@@ -9,8 +9,14 @@
 //!   versions of an overwritten key);
 //! - WAL recycling is off and WAL TTL/size limits are 0, so a flushed WAL is deleted, not kept;
 //! - [`Store::purge`] flushes every column family and compacts the given ranges with forced
-//!   bottommost compaction, then checks `rocksdb.background-errors`, because `compact_range`
-//!   itself reports none.
+//!   bottommost compaction, then checks that `rocksdb.background-errors` did not rise meanwhile,
+//!   because `compact_range` itself reports none;
+//! - RocksDB keeps at most [`MAX_OPEN_FILES`] table files open, so its descriptors fit in
+//!   [`DESCRIPTOR_RESERVE`] and the listener's connection cap can be set below the process
+//!   limit with them kept free (src/server.rs);
+//! - [`Store::ready`] says whether RocksDB takes writes *now*: a probe write, not the
+//!   cumulative error counter alone (a store that stopped on a background error refuses every
+//!   write until reopened; the server's watchdog then exits so the supervisor restarts it).
 
 mod keys;
 
@@ -19,6 +25,7 @@ pub use keys::{prefix_end, subject_key, subject_prefix};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions, DBCompressionType, FlushOptions,
@@ -340,7 +347,27 @@ pub struct Store {
     /// Purges run one at a time (the vault groups concurrent erasures into one pass).
     purge_lock: Mutex<()>,
     observer: OnceLock<Arc<dyn WriteObserver>>,
+    /// `rocksdb.background-errors` as last seen, and when it last rose.
+    background: Mutex<(u64, Option<Instant>)>,
 }
+
+/// Whether RocksDB takes writes now ([`Store::write_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteState {
+    Accepting,
+    /// Writes are stopped until flushes or compactions catch up (a write stall; a mere
+    /// slowdown counts as accepting): transient under load, permanent if background work has
+    /// stopped on an error.
+    Stalled,
+    /// RocksDB is in its background-error state and refuses every write with this error.
+    /// The C API has no `Resume`, so only reopening the store clears it.
+    Refused(String),
+}
+
+/// How long a rise of `rocksdb.background-errors` keeps the store not ready: RocksDB retries a
+/// failed flush or compaction about once a second, so a failure that persists keeps it rising.
+const BACKGROUND_ERROR_WINDOW: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -451,8 +478,17 @@ fn db_options() -> Options {
     // All memtables together stay under 128 MiB (ten column families could otherwise hold
     // 2 × 64 MiB each): with the 64 MiB block cache this bounds RocksDB's memory.
     o.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET, false));
+    // Bounded (RocksDB's default is unbounded: one descriptor per table file, for ever), so
+    // what RocksDB needs can be kept free of the listener's connections (issue #23).
+    o.set_max_open_files(MAX_OPEN_FILES);
     o
 }
+
+/// Table files RocksDB keeps open at most (its table cache; reopened on demand beyond it).
+pub const MAX_OPEN_FILES: i32 = 512;
+/// Descriptors kept free for RocksDB: its table cache, plus WALs, the MANIFEST, LOCK and info
+/// log, the outputs of [`BACKGROUND_JOBS`] flushes and compactions, and checkpoints.
+pub const DESCRIPTOR_RESERVE: u64 = MAX_OPEN_FILES as u64 + 64;
 
 /// The memtable budget shared by every column family, and the block cache's size.
 pub const MEMTABLE_BUDGET: usize = 128 << 20;
@@ -485,7 +521,12 @@ impl Store {
                 StoreError::Io(text)
             }
         })?;
-        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new() })
+        Ok(Self::new(db, path))
+    }
+
+    fn new(db: DB, path: &Path) -> Self {
+        let errors = db.property_int_value("rocksdb.background-errors").ok().flatten().unwrap_or(0);
+        Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new(), background: Mutex::new((errors, None)) }
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading
@@ -497,7 +538,7 @@ impl Store {
         let cache = Cache::new_lru_cache(8 << 20);
         let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, cfs, false)?;
-        Ok(Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), observer: OnceLock::new() })
+        Ok(Self::new(db, path))
     }
 
     /// Opens for reading: exclusively when no vault runs on it, else read-only beside the
@@ -661,6 +702,7 @@ impl Store {
         ranges: impl IntoIterator<Item = (Space, Option<&'a [u8]>, Option<&'a [u8]>)>,
     ) -> Result<(), StoreError> {
         let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let errors_before = self.background_errors()?;
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         let all: Vec<_> = Space::ALL.iter().map(|s| self.cf(*s)).collect();
@@ -673,14 +715,33 @@ impl Store {
         for (space, from, to) in ranges {
             self.db.compact_range_cf_opt(self.cf(space), from, to, &co);
         }
-        self.check_background_errors()
+        // `compact_range` reports no error; RocksDB counts them instead. The count is
+        // cumulative, so what matters is whether it rose during this purge.
+        match self.background_errors()? - errors_before {
+            0 => Ok(()),
+            n => Err(StoreError::Io(format!("{n} background error(s) in RocksDB during the purge"))),
+        }
     }
 
-    /// `compact_range` reports no error; RocksDB counts them here instead.
-    pub fn check_background_errors(&self) -> Result<(), StoreError> {
-        match self.db.property_int_value("rocksdb.background-errors")? {
-            Some(0) | None => Ok(()),
-            Some(n) => Err(StoreError::Io(format!("{n} background error(s) in RocksDB"))),
+    /// RocksDB's cumulative count of failed background flushes and compactions.
+    fn background_errors(&self) -> Result<u64, StoreError> {
+        Ok(self.db.property_int_value("rocksdb.background-errors")?.unwrap_or(0))
+    }
+
+    /// Whether RocksDB takes writes now: an empty, unlogged write that must not wait. It goes
+    /// through RocksDB's write path, which answers a stopped store's background error.
+    pub fn write_state(&self) -> WriteState {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        wo.set_no_slowdown(true);
+        match self.db.write_opt(WriteBatch::default(), &wo) {
+            Ok(()) => WriteState::Accepting,
+            // Slowed down (writes still go through, later) or stopped: only a stop counts.
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => match self.db.property_int_value("rocksdb.is-write-stopped") {
+                Ok(Some(0)) => WriteState::Accepting,
+                _ => WriteState::Stalled,
+            },
+            Err(e) => WriteState::Refused(e.into_string()),
         }
     }
 
@@ -703,10 +764,28 @@ impl Store {
         Ok(self.db.property_int_value_cf(self.cf(space), name)?)
     }
 
-    /// Whether the store answers reads.
+    /// Whether the store answers reads and takes writes now, and no background flush or
+    /// compaction failed in the last [`BACKGROUND_ERROR_WINDOW`]. Truthful at any moment:
+    /// `rocksdb.background-errors` only ever grows (and some errors, a WAL that cannot be
+    /// created among them, do not count there), so it is read for its rises only.
     pub fn ready(&self) -> Result<(), StoreError> {
         self.get(Space::Keyring, b"")?;
-        self.check_background_errors()
+        match self.write_state() {
+            WriteState::Accepting => {}
+            WriteState::Stalled => return Err(StoreError::Io("RocksDB is stalling writes".into())),
+            WriteState::Refused(e) => return Err(StoreError::Io(format!("RocksDB refuses writes: {e}"))),
+        }
+        let now = self.background_errors()?;
+        let mut seen = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        if now > seen.0 {
+            *seen = (now, Some(Instant::now()));
+        }
+        match seen.1 {
+            Some(at) if at.elapsed() < BACKGROUND_ERROR_WINDOW => {
+                Err(StoreError::Io(format!("a RocksDB background flush or compaction failed {} s ago", at.elapsed().as_secs())))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -832,6 +911,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         assert!(lines.contains(&format!("bytes_per_sync={BYTES_PER_SYNC}").as_str()), "bytes_per_sync not set");
         assert!(lines.contains(&format!("max_background_jobs={BACKGROUND_JOBS}").as_str()), "max_background_jobs not set");
+        assert!(lines.contains(&format!("max_open_files={MAX_OPEN_FILES}").as_str()), "max_open_files not bounded");
         for setting in ["WAL_ttl_seconds=0", "WAL_size_limit_MB=0", "recycle_log_file_num=0"] {
             assert!(lines.contains(&setting), "{setting} not set");
         }
@@ -1013,6 +1093,24 @@ mod tests {
         assert!(on_disk(&value("live-000000")), "the scan must find a live value");
         let left: Vec<&String> = gone.iter().filter(|k| on_disk(&value(k))).collect();
         assert!(left.is_empty(), "purged values still in files at the end: {left:?}");
+    }
+
+    /// The readiness probe is a real write through RocksDB's write path that leaves nothing:
+    /// a healthy store takes it, a read-only one (which refuses writes) does not.
+    #[test]
+    fn the_write_probe_tells_a_store_that_takes_writes_from_one_that_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Keyring, b"k".to_vec(), b"v".to_vec());
+        store.write(&b).unwrap();
+        let seq = store.db.latest_sequence_number();
+        assert_eq!(store.write_state(), WriteState::Accepting);
+        store.ready().unwrap();
+        assert_eq!(store.db.latest_sequence_number(), seq, "the probe wrote something");
+        let beside = Store::open_read_only(dir.path()).unwrap();
+        assert!(matches!(beside.write_state(), WriteState::Refused(_)), "{:?}", beside.write_state());
+        assert!(beside.ready().unwrap_err().to_string().contains("refuses writes"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod backups;
 mod binary;
 mod client;
 mod compat;
+mod connections;
 mod core_hardening;
 mod crash;
 mod docs;
