@@ -123,7 +123,9 @@ impl Modify for ProblemResponses {
                 if op.request_body.is_some() {
                     extra.extend([("413", "request body too large"), ("415", "not application/json")]);
                 }
-                let has = |op: &utoipa::openapi::path::Operation, name: &str| op.parameters.iter().flatten().any(|p| p.name.eq_ignore_ascii_case(name));
+                let has = |op: &utoipa::openapi::path::Operation, name: &str| {
+                    op.parameters.iter().flatten().any(|p| p.name.eq_ignore_ascii_case(name))
+                };
                 if about_a_subject && !has(op, crate::assertion::HEADER) {
                     op.parameters.get_or_insert_with(Vec::new).push(subject_assertion_parameter());
                 }
