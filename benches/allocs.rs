@@ -58,7 +58,7 @@ fn main() {
         let fallback = qoima::privacy::PublicUrl::parse("http://127.0.0.1:1").unwrap();
         let state =
             qoima::api::AppState::new(vault.clone(), config.callers.clone(), qoima::privacy::Sessions::new(&config.privacy, fallback));
-        let router = qoima::api::router(state, &config.limits);
+        let router = qoima::api::router(state, (&config.limits).into());
         let fields = serde_json::json!({"fields": {
             "identity.full_name": "Aigerim Seitkali", "identity.iin": "900101300017", "identity.phone": "+77011234567",
             "identity.address": "x".repeat(900), "questionnaire.monthly_income": 350000}});

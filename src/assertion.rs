@@ -31,9 +31,14 @@ pub const REPLAY_CAPACITY: usize = 100_000;
 /// Longest `jti` accepted (the digest is kept, but the claim is parsed first).
 const MAX_JTI: usize = 256;
 
-/// `[[callers]] subject_assertion = { … }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// The `max_age_secs` of a `subject_assertion` that names none.
+pub const DEFAULT_MAX_AGE_SECS: u32 = 300;
+
+/// The `subject_claim` of a `subject_assertion` that names none.
+pub const DEFAULT_SUBJECT_CLAIM: &str = "sub";
+
+/// How a website caller's subject assertions are checked (`[[callers]] subject_assertion`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AssertionSettings {
     /// The identity provider's public keys (a JWKS document, RFC 7517).
     pub jwks_file: std::path::PathBuf,
@@ -42,19 +47,9 @@ pub struct AssertionSettings {
     /// The `aud` the assertions must carry (the vault, as the provider names it).
     pub audience: String,
     /// Longest lifetime accepted: `exp` no later than `iat` + this.
-    #[serde(default = "default_max_age")]
     pub max_age_secs: u32,
     /// The claim that names the subject.
-    #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
-}
-
-fn default_max_age() -> u32 {
-    300
-}
-
-fn default_subject_claim() -> String {
-    "sub".into()
 }
 
 /// Why an assertion was refused. The texts go into the 401's detail and the audit entry; they

@@ -11,8 +11,8 @@ use crate::domain::{CallerName, ContractId, FieldRef, Purpose, Role};
 use crate::schema::Schema;
 
 /// The legal basis a purpose needs (design §4, policy clauses P9–P10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BasisRule {
     /// The subject's application data, or a contract (`loan_issuance`).
     ApplicationOrContract,
@@ -26,8 +26,7 @@ pub enum BasisRule {
 }
 
 /// A configured purpose: its basis and the fields it may read (patterns `cat.name`/`cat.*`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurposeDef {
     pub name: Purpose,
     pub basis: BasisRule,

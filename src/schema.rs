@@ -3,15 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::macros::format_description;
 
 use crate::domain::{push_json_str, FieldName, FieldRef};
 
 /// The type of a field's value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FieldType {
     /// Free text up to 1,024 characters.
     Text,
@@ -34,31 +33,23 @@ pub enum FieldType {
 }
 
 /// One field of the schema.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldSpec {
-    #[serde(rename = "type")]
     pub ty: FieldType,
     /// Mandatory for a loan application (P2).
-    #[serde(default)]
     pub mandatory: bool,
 }
 
 /// A category of fields (`identity`, `questionnaire`, `technical`, `contract`, …).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Category {
     /// Fields of this category are removed this many days after they were written.
-    #[serde(default)]
     pub retention_days: Option<u32>,
     /// Counts as application data for the `loan_issuance` basis.
-    #[serde(default)]
     pub application: bool,
     /// If set, any well-formed field name in this category is accepted with this type
     /// (for lenders' own questionnaires); listed fields keep their own spec.
-    #[serde(default)]
     pub open: Option<FieldType>,
-    #[serde(default)]
     pub fields: BTreeMap<String, FieldSpec>,
 }
 
@@ -74,8 +65,7 @@ pub enum SchemaError {
 }
 
 /// The whole schema, keyed by category name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schema {
     pub categories: BTreeMap<String, Category>,
 }

@@ -60,6 +60,17 @@ pub struct Application {
     connections: ConnectionLimits,
 }
 
+/// The router's limits from `[limits]`: the api takes its own small type, not the config's.
+impl From<&crate::config::Limits> for api::HttpLimits {
+    fn from(l: &crate::config::Limits) -> Self {
+        Self {
+            max_body_bytes: l.max_body_bytes,
+            request_timeout: Duration::from_secs(l.request_timeout_secs),
+            max_concurrent_requests: l.max_concurrent_requests,
+        }
+    }
+}
+
 /// The listener's per-connection limits ([`crate::config::Limits`], cap fitted to the
 /// descriptor limit).
 #[derive(Clone, Copy, Debug)]
@@ -163,7 +174,7 @@ impl Application {
         let fallback = crate::privacy::PublicUrl::parse(&format!("{scheme}://{own}")).expect("a socket address is a valid URL authority");
         let privacy = crate::privacy::Sessions::new(&config.privacy, fallback);
         let state = AppState::new(vault.clone(), config.callers.clone(), privacy);
-        let router = api::router(state, &config.limits);
+        let router = api::router(state, (&config.limits).into());
         let connections = ConnectionLimits {
             max: fit_connections(config.limits.max_connections)?,
             header_read: Duration::from_secs(config.limits.header_read_timeout_secs),

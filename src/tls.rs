@@ -10,18 +10,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use serde::Deserialize;
 
-/// `[tls]` in the configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// HTTPS for the listener (`[tls]` in the configuration), paths resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
     /// PEM certificate chain of the listener.
     pub cert_file: PathBuf,
     /// PEM private key of the listener (refused unless mode 0600/0400).
     pub key_file: PathBuf,
     /// PEM CA certificates: clients may present a certificate signed by one of them.
-    #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
 }
 

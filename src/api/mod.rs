@@ -27,7 +27,6 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::Callers;
-use crate::config::Limits;
 use crate::privacy::Sessions;
 use crate::vault::Vault;
 use error::ApiError;
@@ -192,8 +191,19 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route")
 }
 
+/// What the router's middleware limits (from `[limits]`, built by the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// A request taking longer is answered 408.
+    pub request_timeout: Duration,
+    /// Requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+}
+
 /// The router with its middleware.
-pub fn router(state: AppState, limits: &Limits) -> Router {
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
     // The borrower's page: HTML, with its own security headers.
     let privacy_centre = Router::new()
         .route("/privacy/s/{token}", get(privacy::show))
@@ -238,7 +248,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
     let stack = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(state.http.clone(), edge::edge))
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(limits.request_timeout_secs)))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
         }))

@@ -509,7 +509,7 @@ async fn get_with(
         privacy: sessions.clone(),
     };
     let req = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
-    let res = qoima::api::router(state, limits).oneshot(req).await.unwrap();
+    let res = qoima::api::router(state, limits.into()).oneshot(req).await.unwrap();
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
     let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())

@@ -1,0 +1,208 @@
+//! The file format: `qoima.toml` exactly as TOML reads it (docs/configuration.md). These
+//! shapes only say which keys exist and what type each holds (an unknown key is refused
+//! here); the section parsers turn them into the settings and domain types and check the
+//! rules. Nothing outside `config` sees them, so the core's types are not a file format.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::error::{line_of, ConfigError};
+use crate::domain::{CallerName, Purpose, Role};
+
+/// The whole file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub erasure_journal: Option<PathBuf>,
+    pub keyring_escrow: Option<PathBuf>,
+    pub policy_version: Option<String>,
+    pub lock_memory: Option<bool>,
+    pub root_key: Option<Spanned<RawRootKey>>,
+    #[serde(default)]
+    pub callers: Vec<Spanned<RawCaller>>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub keys: RawKeys,
+    #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub purposes: Vec<Spanned<RawPurpose>>,
+    #[serde(default)]
+    pub schema: BTreeMap<String, RawCategory>,
+    pub tls: Option<RawTls>,
+    pub privacy: Option<Spanned<RawPrivacy>>,
+}
+
+impl RawConfig {
+    /// Reads `text` as the file format; an error names the line (`name:line: message`).
+    pub fn read(text: &str, name: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Format {
+            file: name.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().trim().replace('\n', " "),
+        })
+    }
+}
+
+/// `[root_key]`: exactly one of the three (checked by the parser, which names the line).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRootKey {
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// One `[[callers]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCaller {
+    pub name: CallerName,
+    pub token_sha256: Option<Spanned<String>>,
+    pub client_cert_sha256: Option<Spanned<String>>,
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub purposes: Vec<Spanned<Purpose>>,
+    pub max_reads_per_minute: Option<Spanned<u32>>,
+    /// Field patterns it may write; leave out for what its purposes read.
+    pub writes: Option<Spanned<Vec<String>>>,
+    pub subject_assertion: Option<Spanned<RawAssertion>>,
+}
+
+/// `[[callers]] subject_assertion = { … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAssertion {
+    pub jwks_file: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub max_age_secs: Option<u32>,
+    pub subject_claim: Option<String>,
+}
+
+/// `[limits]`; a key left out takes its default ([`super::Limits`]).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_concurrent_requests: Option<usize>,
+    pub audited_auth_failures_per_second: Option<u32>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+/// `[keys]`; a key left out takes its default ([`super::KeySettings`]).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeys {
+    pub dek_seal_limit: Option<u64>,
+    pub kek_wrap_limit: Option<u64>,
+    pub dek_cache_capacity: Option<usize>,
+    pub rotation_days: Option<u32>,
+    pub backup_retention_days: Option<u32>,
+    pub rewrap_batch: Option<usize>,
+    pub rewrap_pause_ms: Option<u64>,
+}
+
+/// `[retention]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub sweep_interval_secs: Option<u64>,
+}
+
+/// `[cache]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub subjects_mib: Option<usize>,
+}
+
+/// One `[[purposes]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPurpose {
+    pub name: Purpose,
+    pub basis: RawBasis,
+    pub fields: Vec<String>,
+}
+
+/// `basis = "…"` of a purpose ([`crate::policy::BasisRule`]).
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawBasis {
+    ApplicationOrContract,
+    OpenContract,
+    Consent,
+    ConsentObligationOrBreach,
+}
+
+/// `[schema.<category>]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCategory {
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    #[serde(default)]
+    pub application: bool,
+    #[serde(default)]
+    pub open: Option<RawFieldType>,
+    #[serde(default)]
+    pub fields: BTreeMap<String, RawFieldSpec>,
+}
+
+/// `[schema.<category>.fields] <name> = { type = "…", mandatory = … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFieldSpec {
+    #[serde(rename = "type")]
+    pub ty: RawFieldType,
+    #[serde(default)]
+    pub mandatory: bool,
+}
+
+/// A field's `type = "…"` ([`crate::schema::FieldType`]), in the same order.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawFieldType {
+    Text,
+    Iin,
+    Date,
+    Timestamp,
+    Phone,
+    Email,
+    Number,
+    Integer,
+    Ip,
+}
+
+/// `[tls]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[privacy]`: the borrower's privacy centre (docs/privacy-centre.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrivacy {
+    pub public_url: Option<String>,
+    pub session_minutes: Option<u32>,
+    #[serde(default)]
+    pub frame_ancestors: Vec<String>,
+    pub default_language: Option<String>,
+}
