@@ -7,7 +7,7 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::error::{ConfigError, Source};
-use super::file::{RawAssertion, RawCaller};
+use super::file::{self, RawCaller};
 use super::paths::resolve;
 use crate::assertion::{AssertionSettings, SubjectAssertions, DEFAULT_MAX_AGE_SECS, DEFAULT_SUBJECT_CLAIM};
 use crate::auth::{CallerEntry, Callers};
@@ -119,7 +119,7 @@ fn writes(raw: Spanned<Vec<String>>, name: &CallerName, roles: &BTreeSet<Role>, 
 /// `subject_assertion`: for website callers; its JWKS file is read now, so a bad one stops
 /// start-up rather than every request.
 fn assertion(
-    raw: Spanned<RawAssertion>,
+    raw: Spanned<file::AssertionSettings>,
     name: &CallerName,
     roles: &BTreeSet<Role>,
     base: &Path,

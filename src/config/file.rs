@@ -2,6 +2,8 @@
 //! shapes only say which keys exist and what type each holds (an unknown key is refused
 //! here); the section parsers turn them into the settings and domain types and check the
 //! rules. Nothing outside `config` sees them, so the core's types are not a file format.
+//! Serde's errors name a shape by its type ("expected struct FieldSpec"), so these keep the
+//! names the errors have always shown; elsewhere in `config` they are `file::FieldSpec` etc.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,18 +28,18 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub callers: Vec<Spanned<RawCaller>>,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub limits: Limits,
     #[serde(default)]
-    pub keys: RawKeys,
+    pub keys: KeySettings,
     #[serde(default)]
-    pub retention: RawRetention,
+    pub retention: RetentionSettings,
     #[serde(default)]
-    pub cache: RawCache,
+    pub cache: CacheSettings,
     #[serde(default)]
-    pub purposes: Vec<Spanned<RawPurpose>>,
+    pub purposes: Vec<Spanned<PurposeDef>>,
     #[serde(default)]
-    pub schema: BTreeMap<String, RawCategory>,
-    pub tls: Option<RawTls>,
+    pub schema: BTreeMap<String, Category>,
+    pub tls: Option<TlsSettings>,
     pub privacy: Option<Spanned<RawPrivacy>>,
 }
 
@@ -74,13 +76,13 @@ pub(super) struct RawCaller {
     pub max_reads_per_minute: Option<Spanned<u32>>,
     /// Field patterns it may write; leave out for what its purposes read.
     pub writes: Option<Spanned<Vec<String>>>,
-    pub subject_assertion: Option<Spanned<RawAssertion>>,
+    pub subject_assertion: Option<Spanned<AssertionSettings>>,
 }
 
 /// `[[callers]] subject_assertion = { … }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAssertion {
+pub(super) struct AssertionSettings {
     pub jwks_file: PathBuf,
     pub issuer: String,
     pub audience: String,
@@ -91,7 +93,7 @@ pub(super) struct RawAssertion {
 /// `[limits]`; a key left out takes its default ([`super::Limits`]).
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawLimits {
+pub(super) struct Limits {
     pub max_body_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,
     pub max_concurrent_requests: Option<usize>,
@@ -104,7 +106,7 @@ pub(super) struct RawLimits {
 /// `[keys]`; a key left out takes its default ([`super::KeySettings`]).
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawKeys {
+pub(super) struct KeySettings {
     pub dek_seal_limit: Option<u64>,
     pub kek_wrap_limit: Option<u64>,
     pub dek_cache_capacity: Option<usize>,
@@ -117,30 +119,30 @@ pub(super) struct RawKeys {
 /// `[retention]`.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRetention {
+pub(super) struct RetentionSettings {
     pub sweep_interval_secs: Option<u64>,
 }
 
 /// `[cache]`.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawCache {
+pub(super) struct CacheSettings {
     pub subjects_mib: Option<usize>,
 }
 
 /// One `[[purposes]]` entry.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawPurpose {
+pub(super) struct PurposeDef {
     pub name: Purpose,
-    pub basis: RawBasis,
+    pub basis: BasisRule,
     pub fields: Vec<String>,
 }
 
 /// `basis = "…"` of a purpose ([`crate::policy::BasisRule`]).
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum RawBasis {
+pub(super) enum BasisRule {
     ApplicationOrContract,
     OpenContract,
     Consent,
@@ -150,23 +152,23 @@ pub(super) enum RawBasis {
 /// `[schema.<category>]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawCategory {
+pub(super) struct Category {
     #[serde(default)]
     pub retention_days: Option<u32>,
     #[serde(default)]
     pub application: bool,
     #[serde(default)]
-    pub open: Option<RawFieldType>,
+    pub open: Option<FieldType>,
     #[serde(default)]
-    pub fields: BTreeMap<String, RawFieldSpec>,
+    pub fields: BTreeMap<String, FieldSpec>,
 }
 
 /// `[schema.<category>.fields] <name> = { type = "…", mandatory = … }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawFieldSpec {
+pub(super) struct FieldSpec {
     #[serde(rename = "type")]
-    pub ty: RawFieldType,
+    pub ty: FieldType,
     #[serde(default)]
     pub mandatory: bool,
 }
@@ -174,7 +176,7 @@ pub(super) struct RawFieldSpec {
 /// A field's `type = "…"` ([`crate::schema::FieldType`]), in the same order.
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum RawFieldType {
+pub(super) enum FieldType {
     Text,
     Iin,
     Date,
@@ -189,7 +191,7 @@ pub(super) enum RawFieldType {
 /// `[tls]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
+pub(super) struct TlsSettings {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     #[serde(default)]

@@ -8,7 +8,7 @@ use qoima_keys::RootKeySource;
 use toml::Spanned;
 
 use super::error::{ConfigError, Source};
-use super::file::{RawRootKey, RawTls};
+use super::file::{self, RawRootKey};
 use super::Env;
 use crate::tls::TlsSettings;
 use crate::vault::{default_journal_path, sibling};
@@ -90,7 +90,7 @@ pub(super) fn root_key(
 }
 
 /// `[tls]`: its paths resolved; the files are read when the listener starts.
-pub(super) fn tls(raw: Option<RawTls>, base: &Path) -> Option<TlsSettings> {
+pub(super) fn tls(raw: Option<file::TlsSettings>, base: &Path) -> Option<TlsSettings> {
     raw.map(|t| TlsSettings {
         cert_file: resolve(base, t.cert_file),
         key_file: resolve(base, t.key_file),

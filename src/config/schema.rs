@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use toml::Spanned;
 
 use super::error::{ConfigError, Source};
-use super::file::{RawBasis, RawCategory, RawFieldSpec, RawFieldType, RawPurpose};
+use super::file;
 use crate::domain::FieldName;
 use crate::policy::{BasisRule, PurposeDef, Purposes};
 use crate::schema::{Category, FieldSpec, FieldType, Schema};
 
 /// `[schema.<category>]` sections over the shipped default: a category named in the file
 /// replaces the default's; names are snake case (they become `category.field` names).
-pub(super) fn schema(raw: BTreeMap<String, RawCategory>, src: Source<'_>) -> Result<Schema, ConfigError> {
+pub(super) fn schema(raw: BTreeMap<String, file::Category>, src: Source<'_>) -> Result<Schema, ConfigError> {
     let mut schema = Schema::default();
     for (cat, def) in raw {
         if FieldName::parse(&format!("{cat}.x")).is_err() {
@@ -29,46 +29,46 @@ pub(super) fn schema(raw: BTreeMap<String, RawCategory>, src: Source<'_>) -> Res
     Ok(schema)
 }
 
-fn category(raw: RawCategory) -> Category {
+fn category(raw: file::Category) -> Category {
     Category {
         retention_days: raw.retention_days,
         application: raw.application,
         open: raw.open.map(field_type),
-        fields: raw.fields.into_iter().map(|(name, RawFieldSpec { ty, mandatory })| (name, FieldSpec { ty: field_type(ty), mandatory })).collect(),
+        fields: raw.fields.into_iter().map(|(name, file::FieldSpec { ty, mandatory })| (name, FieldSpec { ty: field_type(ty), mandatory })).collect(),
     }
 }
 
-fn field_type(raw: RawFieldType) -> FieldType {
+fn field_type(raw: file::FieldType) -> FieldType {
     match raw {
-        RawFieldType::Text => FieldType::Text,
-        RawFieldType::Iin => FieldType::Iin,
-        RawFieldType::Date => FieldType::Date,
-        RawFieldType::Timestamp => FieldType::Timestamp,
-        RawFieldType::Phone => FieldType::Phone,
-        RawFieldType::Email => FieldType::Email,
-        RawFieldType::Number => FieldType::Number,
-        RawFieldType::Integer => FieldType::Integer,
-        RawFieldType::Ip => FieldType::Ip,
+        file::FieldType::Text => FieldType::Text,
+        file::FieldType::Iin => FieldType::Iin,
+        file::FieldType::Date => FieldType::Date,
+        file::FieldType::Timestamp => FieldType::Timestamp,
+        file::FieldType::Phone => FieldType::Phone,
+        file::FieldType::Email => FieldType::Email,
+        file::FieldType::Number => FieldType::Number,
+        file::FieldType::Integer => FieldType::Integer,
+        file::FieldType::Ip => FieldType::Ip,
     }
 }
 
-fn basis(raw: RawBasis) -> BasisRule {
+fn basis(raw: file::BasisRule) -> BasisRule {
     match raw {
-        RawBasis::ApplicationOrContract => BasisRule::ApplicationOrContract,
-        RawBasis::OpenContract => BasisRule::OpenContract,
-        RawBasis::Consent => BasisRule::Consent,
-        RawBasis::ConsentObligationOrBreach => BasisRule::ConsentObligationOrBreach,
+        file::BasisRule::ApplicationOrContract => BasisRule::ApplicationOrContract,
+        file::BasisRule::OpenContract => BasisRule::OpenContract,
+        file::BasisRule::Consent => BasisRule::Consent,
+        file::BasisRule::ConsentObligationOrBreach => BasisRule::ConsentObligationOrBreach,
     }
 }
 
 /// `[[purposes]]` over the shipped default: each named once, reading at least one field, and
 /// only fields the schema has. The defaults kept must still fit a schema the file changed.
-pub(super) fn purposes(raw: Vec<Spanned<RawPurpose>>, schema: &Schema, src: Source<'_>) -> Result<Purposes, ConfigError> {
+pub(super) fn purposes(raw: Vec<Spanned<file::PurposeDef>>, schema: &Schema, src: Source<'_>) -> Result<Purposes, ConfigError> {
     let mut purposes = Purposes::default();
     let mut seen = BTreeSet::new();
     for p in raw {
         let span = p.span();
-        let RawPurpose { name, basis: rule, fields } = p.into_inner();
+        let file::PurposeDef { name, basis: rule, fields } = p.into_inner();
         if !seen.insert(name.clone()) {
             return Err(src.at(span.start, format!("purpose {name} is defined twice")));
         }

@@ -2,7 +2,7 @@
 //! the file leaves out, and the range of each value.
 
 use super::error::{ConfigError, Source};
-use super::file::{RawCache, RawKeys, RawLimits, RawRetention};
+use super::file;
 
 /// The most `limits.header_read_timeout_secs` and `limits.idle_timeout_secs` may be: a day.
 pub const MAX_CONNECTION_TIMEOUT_SECS: u64 = 86_400;
@@ -115,7 +115,7 @@ impl Default for CacheSettings {
 }
 
 /// `[limits]`: large enough to serve a request, and connection timeouts within a day.
-pub(super) fn limits(raw: RawLimits, src: Source<'_>) -> Result<Limits, ConfigError> {
+pub(super) fn limits(raw: file::Limits, src: Source<'_>) -> Result<Limits, ConfigError> {
     let d = Limits::default();
     let l = Limits {
         max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
@@ -141,7 +141,7 @@ pub(super) fn limits(raw: RawLimits, src: Source<'_>) -> Result<Limits, ConfigEr
 }
 
 /// `[keys]`: usage limits within NIST SP 800-38D's, and periods receipts can add to a date.
-pub(super) fn keys(raw: RawKeys, src: Source<'_>) -> Result<KeySettings, ConfigError> {
+pub(super) fn keys(raw: file::KeySettings, src: Source<'_>) -> Result<KeySettings, ConfigError> {
     let d = KeySettings::default();
     let k = KeySettings {
         dek_seal_limit: raw.dek_seal_limit.unwrap_or(d.dek_seal_limit),
@@ -172,12 +172,12 @@ pub(super) fn keys(raw: RawKeys, src: Source<'_>) -> Result<KeySettings, ConfigE
 }
 
 /// `[retention]`: the sweep interval as written.
-pub(super) fn retention(raw: RawRetention) -> RetentionSettings {
+pub(super) fn retention(raw: file::RetentionSettings) -> RetentionSettings {
     RetentionSettings { sweep_interval_secs: raw.sweep_interval_secs.unwrap_or(RetentionSettings::default().sweep_interval_secs) }
 }
 
 /// `[cache]`: at most 16 GiB of subjects.
-pub(super) fn cache(raw: RawCache, src: Source<'_>) -> Result<CacheSettings, ConfigError> {
+pub(super) fn cache(raw: file::CacheSettings, src: Source<'_>) -> Result<CacheSettings, ConfigError> {
     let subjects_mib = raw.subjects_mib.unwrap_or(CacheSettings::default().subjects_mib);
     if subjects_mib > MAX_SUBJECT_CACHE_MIB {
         return Err(src.rule("cache.subjects_mib must be at most 16384 (0 turns the cache off)"));
