@@ -202,6 +202,7 @@ impl<'de> Deserialize<'de> for FieldName {
 /// What a caller is allowed to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Role {
     /// Lending services: store, read for a purpose, contracts, consents, disclosures.
     Service,

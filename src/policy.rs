@@ -74,6 +74,7 @@ impl Purposes {
 /// The state of a loan contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ContractStatus {
     Open,
     Settled,
@@ -171,6 +172,7 @@ impl Caller {
 
 /// Everything a caller can ask the vault to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     PutFields,
     Read,
@@ -234,11 +236,15 @@ impl Action {
 
 /// Why a request is refused. The texts go into audit entries and problem details.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Denial {
+    /// The caller has none of the roles the action needs ([`Action::roles`]).
     #[error("caller {caller} lacks the role for {action} (needs one of: {needed})")]
     Role { caller: String, action: &'static str, needed: String },
+    /// The purpose exists, but this caller's `purposes` do not list it.
     #[error("purpose {0} is not granted to this caller")]
     PurposeNotGranted(Purpose),
+    /// The purpose's basis does not hold for this subject now; `missing` says what is absent.
     #[error("legal basis missing for {purpose}: {missing}")]
     BasisMissing { purpose: Purpose, missing: String },
     /// Fields outside the caller's write grant (names only, never values).
@@ -339,6 +345,7 @@ pub fn decide_read(caller: &Caller, purpose: &PurposeDef, facts: &SubjectFacts, 
 /// The basis a disclosure to a third party claims (P10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DisclosureBasis {
     Consent,
     LegalObligation,

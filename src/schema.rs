@@ -55,11 +55,15 @@ pub struct Category {
 
 /// Why a field or value was refused. Messages name the field and the rule, never the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchemaError {
+    /// No category of that name.
     #[error("unknown category `{0}`")]
     UnknownCategory(String),
+    /// The category exists, is not open, and does not list the field.
     #[error("unknown field `{0}`")]
     UnknownField(String),
+    /// The value is not of the field's type; `rule` says what it must be.
     #[error("field `{field}`: {rule}")]
     BadValue { field: String, rule: &'static str },
 }

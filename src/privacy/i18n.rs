@@ -6,6 +6,7 @@
 
 /// A language of the page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Lang {
     Kk,
     Ru,
@@ -67,6 +68,7 @@ macro_rules! texts {
     ($($key:ident => [$kk:literal, $ru:literal, $en:literal $(,)?],)*) => {
         /// A message of the privacy centre.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
         pub enum T { $($key,)* }
 
         impl T {

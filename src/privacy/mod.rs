@@ -171,9 +171,12 @@ pub struct Issued {
 /// Why a link is refused. Says nothing about which check failed beyond what the borrower
 /// needs: expired links name their subject only because their signature held.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
+    /// Too long, malformed, or not signed by this process's key (links do not outlive a restart).
     #[error("privacy-centre link not valid")]
     Invalid,
+    /// Genuine but past its expiry; the subject is named so the refusal can be audited.
     #[error("privacy-centre link expired")]
     Expired { subject: SubjectId },
 }

@@ -50,6 +50,7 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
 
 /// A short notice shown after an action (the `notice` query parameter after a redirect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Notice {
     Rectified,
     RectifyInvalid,
@@ -606,11 +607,17 @@ pub fn erased_page(c: &PageCtx<'_>, r: &ErasureRecord, statement: &str) -> Strin
 
 /// Why a page is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refusal {
+    /// The link is not valid, its caller lost the website role, or its subject is gone.
     LinkInvalid,
+    /// The link was issued but has expired.
     LinkExpired,
+    /// Not from the vault's own page (origin, CSRF field), or a form it cannot take.
     RequestRefused,
+    /// The vault cannot serve it now (503).
     Unavailable,
+    /// Anything else that went wrong.
     Failed,
 }
 
