@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use crate::domain::{CallerName, ContractId, FieldRef, Purpose, Role};
 use crate::schema::Schema;
 
-/// The legal basis a purpose needs (design §4, policy clauses P9–P10).
+/// The legal basis a purpose needs (policy clauses P9–P10, docs/privacy-policy-map.md; the
+/// shipped purposes' bases are the table in docs/api.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BasisRule {
@@ -44,7 +45,7 @@ impl PurposeDef {
 pub struct Purposes(pub BTreeMap<Purpose, PurposeDef>);
 
 impl Default for Purposes {
-    /// The shipped default of design.md §4.
+    /// The shipped default: the table "Purposes and their legal bases" in docs/api.md.
     fn default() -> Self {
         let def = |name: &str, basis, fields: &[&str]| PurposeDef {
             name: Purpose::parse(name).expect("default purpose names are valid"),

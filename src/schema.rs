@@ -77,7 +77,7 @@ pub struct Schema {
 const MAX_TEXT_CHARS: usize = 1024;
 
 impl Default for Schema {
-    /// The shipped default of design.md §6.
+    /// The shipped default (listed in docs/integrator-guide.md; `*` there = mandatory).
     fn default() -> Self {
         use FieldType::*;
         let cat = |retention_days, application, fields: &[(&str, FieldType, bool)]| Category {

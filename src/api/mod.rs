@@ -1,4 +1,4 @@
-//! The HTTP API (design §6): a thin axum layer over the vault core. Handlers extract, call
+//! The HTTP API (docs/api.md): a thin axum layer over the vault core. Handlers extract, call
 //! the vault off the async threads, and map the result; they hold no policy of their own.
 //!
 //! **Invariant:** the API knows no RocksDB and makes no decision; authorisation, audit and

@@ -1,4 +1,4 @@
-//! The JSON shapes of the HTTP contract (design §6). Kept apart from the core's types so the
+//! The JSON shapes of the HTTP contract (docs/api.md). Kept apart from the core's types so the
 //! contract changes only on purpose; `From` impls map one to the other.
 
 use std::collections::BTreeMap;

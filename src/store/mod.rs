@@ -32,7 +32,7 @@ use rocksdb::{
     MergeOperands, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
-/// A kind of thing the vault stores; one column family each (design §7).
+/// A kind of thing the vault stores; one column family each (docs/ARCHITECTURE.md, `src/store/`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Space {
     /// KEK generations (wrapped), counters, audit chain head, settings.
@@ -460,7 +460,7 @@ fn db_options() -> Options {
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     // A flushed WAL is deleted at once: no TTL, no size-based archive, no recycling, so a
-    // shredded key does not linger in an old log (design §3).
+    // shredded key does not linger in an old log (docs/erasure-and-backups.md, "The shred").
     o.set_wal_ttl_seconds(0);
     o.set_wal_size_limit_mb(0);
     o.set_recycle_log_file_num(0);

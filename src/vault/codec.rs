@@ -145,7 +145,7 @@ pub struct ContractRecord {
     pub updated_at: OffsetDateTime,
 }
 
-/// A consent as stored (design §4, Law 94-V art. 8): the policy version it was given under,
+/// A consent as stored (Law 94-V art. 8, docs/privacy-policy-map.md): the policy version it was given under,
 /// its validity, and whether it covers transfer to third parties and abroad.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentRecord {
@@ -196,7 +196,7 @@ pub enum ErasureStatus {
     Erased,
 }
 
-/// The erasure record: no personal data, kept forever (design §3).
+/// The erasure record: no personal data, kept forever (docs/erasure-and-backups.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErasureRecord {
     pub subject: String,

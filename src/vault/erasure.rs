@@ -1,4 +1,4 @@
-//! Erasure is crypto-shredding (design §3, policy clause P7): the subject's wrapped DEK and
+//! Erasure is crypto-shredding (policy clause P7; docs/erasure-and-backups.md): the subject's wrapped DEK and
 //! every ciphertext are deleted in one batch, cached keys purged, then the key ranges are
 //! flushed and compacted so no live store file holds the wrapped DEK. An erasure record stays
 //! forever, and every erasure is also appended to a journal outside the data directory so a
