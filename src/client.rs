@@ -30,7 +30,6 @@ use serde_json::Value;
 
 pub use crate::api::error::Problem;
 pub use crate::api::wire::*;
-pub use crate::policy::DisclosureBasis;
 
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]

@@ -344,8 +344,7 @@ pub fn decide_read(caller: &Caller, purpose: &PurposeDef, facts: &SubjectFacts, 
 }
 
 /// The basis a disclosure to a third party claims (P10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DisclosureBasis {
     Consent,

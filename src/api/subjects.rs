@@ -211,7 +211,7 @@ pub async fn disclose(
     let subj = s.to_string();
     let req = DisclosureRequest {
         recipient: body.recipient,
-        basis: body.basis,
+        basis: body.basis.into(),
         reference: body.reference,
         fields: body.fields,
         abroad: body.abroad,

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::rfc3339;
+use crate::policy;
 use crate::vault::{self, KekInfo};
 
 /// `PUT /v1/subjects/{id}` and `PATCH …/rectify`.
@@ -138,13 +139,36 @@ impl From<vault::ConsentRecord> for ConsentResponse {
     }
 }
 
+/// The basis a disclosure claims, as the request body spells it ([`policy::DisclosureBasis`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DisclosureBasis {
+    /// `consent`: a consent for the transfer purpose on record (covering abroad if `abroad`).
+    Consent,
+    /// `legal_obligation`: required by law; `reference` cites it.
+    LegalObligation,
+    /// `contract_breach`: a breached contract on record.
+    ContractBreach,
+}
+
+impl From<DisclosureBasis> for policy::DisclosureBasis {
+    fn from(b: DisclosureBasis) -> Self {
+        match b {
+            DisclosureBasis::Consent => policy::DisclosureBasis::Consent,
+            DisclosureBasis::LegalObligation => policy::DisclosureBasis::LegalObligation,
+            DisclosureBasis::ContractBreach => policy::DisclosureBasis::ContractBreach,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureBody {
     pub recipient: String,
     /// `consent`, `legal_obligation` or `contract_breach`.
     #[schema(value_type = String)]
-    pub basis: crate::policy::DisclosureBasis,
+    pub basis: DisclosureBasis,
     /// The legal reference (required for legal_obligation).
     pub reference: Option<String>,
     pub fields: Vec<String>,
