@@ -84,7 +84,9 @@ fn caller(raw: Spanned<RawCaller>, known: &Known<'_>, taken: &mut Taken, src: So
     }
     let max_reads_per_minute = match c.max_reads_per_minute {
         Some(m) if *m.get_ref() == 0 => {
-            return Err(src.at(m.span().start, format!("caller {name}: max_reads_per_minute must be at least 1 (leave it out for no limit)")))
+            return Err(
+                src.at(m.span().start, format!("caller {name}: max_reads_per_minute must be at least 1 (leave it out for no limit)"))
+            )
         }
         m => m.map(|m| m.into_inner()),
     };
@@ -103,7 +105,13 @@ fn caller(raw: Spanned<RawCaller>, known: &Known<'_>, taken: &mut Taken, src: So
 
 /// `writes`: patterns as in purposes, checked by the same rule; contract fields only for a
 /// service (the website never writes them).
-fn writes(raw: Spanned<Vec<String>>, name: &CallerName, roles: &BTreeSet<Role>, schema: &Schema, src: Source<'_>) -> Result<Vec<String>, ConfigError> {
+fn writes(
+    raw: Spanned<Vec<String>>,
+    name: &CallerName,
+    roles: &BTreeSet<Role>,
+    schema: &Schema,
+    src: Source<'_>,
+) -> Result<Vec<String>, ConfigError> {
     let at = raw.span().start;
     let w = raw.into_inner();
     if let Some(bad) = w.iter().find(|f| !schema.pattern_is_known(f)) {

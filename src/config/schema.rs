@@ -34,7 +34,11 @@ fn category(raw: file::Category) -> Category {
         retention_days: raw.retention_days,
         application: raw.application,
         open: raw.open.map(field_type),
-        fields: raw.fields.into_iter().map(|(name, file::FieldSpec { ty, mandatory })| (name, FieldSpec { ty: field_type(ty), mandatory })).collect(),
+        fields: raw
+            .fields
+            .into_iter()
+            .map(|(name, file::FieldSpec { ty, mandatory })| (name, FieldSpec { ty: field_type(ty), mandatory }))
+            .collect(),
     }
 }
 

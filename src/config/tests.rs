@@ -110,11 +110,7 @@ fn errors_name_the_line() {
         (GOOD.replace("[\"loan_issuance\"]", "[\"spying\"]"), 12, "unknown purpose spying"),
         (GOOD.replace("9f86d0", "zz86d0"), 10, "64 hex"),
         (GOOD.replace("listen ", "lisen "), 2, "lisen"),
-        (
-            GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n",
-            14,
-            "not in the schema",
-        ),
+        (GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"identity.shoe\"]\n", 14, "not in the schema"),
         // Found by the config fuzz target: a name quoted into the message held a newline.
         (
             GOOD.to_string() + "\n[[purposes]]\nname = \"x\"\nbasis = \"consent\"\nfields = [\"\\nidentity\\u001b[2J\"]\n",
@@ -150,10 +146,7 @@ fn env_overrides_and_root_key_rules() {
     let off = |k: &str| (k == "QOIMA_LOCK_MEMORY").then(|| "false".to_string());
     assert!(!Config::parse(&locked, "x", Path::new("/"), &off).unwrap().lock_memory);
     let bad = |k: &str| (k == "QOIMA_LOCK_MEMORY").then(|| "yes".to_string());
-    assert!(Config::parse(GOOD, "x", Path::new("/"), &bad)
-        .unwrap_err()
-        .to_string()
-        .contains("QOIMA_LOCK_MEMORY must be true or false"));
+    assert!(Config::parse(GOOD, "x", Path::new("/"), &bad).unwrap_err().to_string().contains("QOIMA_LOCK_MEMORY must be true or false"));
     let cred = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"qoima-root-key\"");
     assert_eq!(parse(&cred).unwrap().root_key, RootKeySource::Credential(qoima_keys::CredentialName::parse("qoima-root-key").unwrap()));
     let escape = GOOD.replace("file = \"/etc/qoima/root.key\"", "credential = \"../root.key\"");
@@ -210,4 +203,45 @@ fn embedded_default_creates_key_and_callers_once() {
     assert!(!files.contains(token.as_str()), "tokens are never written");
     let (_, again) = Config::embedded_default(dir.path(), &no_env).unwrap();
     assert!(again.root_key_created.is_none() && again.new_tokens.is_empty());
+}
+
+#[test]
+fn every_field_type_and_basis_reaches_the_core_types() {
+    use crate::policy::BasisRule;
+    use crate::schema::FieldType;
+    let types = [
+        ("text", FieldType::Text),
+        ("iin", FieldType::Iin),
+        ("date", FieldType::Date),
+        ("timestamp", FieldType::Timestamp),
+        ("phone", FieldType::Phone),
+        ("email", FieldType::Email),
+        ("number", FieldType::Number),
+        ("integer", FieldType::Integer),
+        ("ip", FieldType::Ip),
+    ];
+    let bases = [
+        ("application_or_contract", BasisRule::ApplicationOrContract),
+        ("open_contract", BasisRule::OpenContract),
+        ("consent", BasisRule::Consent),
+        ("consent_obligation_or_breach", BasisRule::ConsentObligationOrBreach),
+    ];
+    let mut text = GOOD.to_string() + "\n[schema.extra]\nretention_days = 7\nopen = \"date\"\n[schema.extra.fields]\n";
+    for (i, (name, _)) in types.iter().enumerate() {
+        text += &format!("f_{name} = {{ type = \"{name}\", mandatory = {} }}\n", i % 2 == 0);
+    }
+    for (name, _) in bases {
+        text += &format!("\n[[purposes]]\nname = \"p_{name}\"\nbasis = \"{name}\"\nfields = [\"extra.*\"]\n");
+    }
+    let c = parse(&text).unwrap();
+    let extra = c.schema.category("extra").unwrap();
+    assert_eq!((extra.retention_days, extra.application, extra.open), (Some(7), false, Some(FieldType::Date)));
+    for (i, (name, ty)) in types.iter().enumerate() {
+        let spec = &extra.fields[&format!("f_{name}")];
+        assert_eq!((spec.ty, spec.mandatory), (*ty, i % 2 == 0), "{name}");
+    }
+    for (name, basis) in bases {
+        let p = c.purposes.get(&crate::domain::Purpose::parse(&format!("p_{name}")).unwrap()).unwrap();
+        assert_eq!((p.basis, p.fields.clone()), (basis, vec!["extra.*".to_string()]), "{name}");
+    }
 }
