@@ -72,7 +72,8 @@ impl Purposes {
     }
 }
 
-/// The state of a loan contract.
+/// The state of a loan contract. Its serde form (lowercase) is how a contract's status is
+/// stored (`vault/codec.rs` `ContractRecord`): part of the on-disk format, not a file shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
