@@ -14,7 +14,7 @@ pub(super) struct Session {
     pub(super) replace: Vec<(String, String)>,
     /// Caller name → the variable its token goes into, when a step prints a new token.
     pub(super) token_vars: BTreeMap<String, String>,
-    pub(super) server: Option<std::process::Child>,
+    pub(super) server: Option<BinaryVault>,
     /// Everything each block printed, by block name.
     pub(super) printed: BTreeMap<String, String>,
 }
@@ -93,57 +93,24 @@ impl Session {
 
     /// Starts `qoima serve ARGS` as printed, on a free port, and waits until it listens.
     pub(super) fn start_server(&mut self, block: &str, args: &[String]) {
-        use std::io::{BufRead, BufReader};
         self.stop_server();
         let home = self.home.path().display().to_string();
         let args: Vec<String> =
             args.iter().map(|a| a.strip_prefix("~/").map(|r| format!("{home}/{r}")).unwrap_or_else(|| a.clone())).collect();
         let mut cmd = self.command(env!("CARGO_BIN_EXE_qoima"));
         cmd.arg("serve").args(&args).env("QOIMA_LISTEN", "127.0.0.1:0");
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("qoima starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        self.server = Some(child);
-        let mut printed = String::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("{block}: `qoima serve {}` did not start:\n{printed}", args.join(" ")));
-            printed.push_str(&line);
-            printed.push('\n');
-            if let Some(addr) = line.strip_prefix("qoima: listening on ") {
-                self.use_base_url(addr.trim());
-                break;
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let server = BinaryVault::start(cmd);
+        self.use_base_url(&server.addr);
+        let printed = server.startup.clone();
+        self.server = Some(server);
         self.learn_tokens(&printed);
         self.printed.insert(block.to_string(), printed);
     }
 
     pub(super) fn stop_server(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            // SAFETY: sending SIGTERM to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            for _ in 0..100 {
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "the vault stopped with {status}");
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the vault did not stop within 10 s of SIGTERM");
+        if let Some(mut server) = self.server.take() {
+            let status = server.stop(libc::SIGTERM);
+            assert!(status.success(), "the vault stopped with {status}");
         }
     }
 
@@ -187,10 +154,8 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// The vault stops before its home directory is removed.
     fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.take();
     }
 }

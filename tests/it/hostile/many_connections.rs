@@ -47,13 +47,11 @@ async fn fifteen_hundred_connections_do_not_exhaust_the_server() {
     // The server holds one descriptor per connection, this process one more; plus slack.
     assert!(limit >= (3 * EACH as u64) + 512, "RLIMIT_NOFILE hard limit {limit} is too low for this test: raise it (ulimit -Hn)");
 
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let config = dir.path().join("qoima.toml");
     // A cap above the 1,500 (the default is 1,024; tests/it/connections.rs covers the cap).
-    std::fs::write(&config, config_text(dir.path(), "[limits]\nmax_connections = 2048\n")).unwrap();
-    let (mut child, base) = spawn_binary(&config);
-    let pid = child.id();
+    let (_dir, config) = vault_files("[limits]\nmax_connections = 2048\n");
+    let mut child = spawn_binary(&config);
+    let base = child.addr.clone();
+    let pid = child.pid();
     let addr = base.trim_start_matches("http://").to_owned();
     timed_health(&addr).await;
     let rss_before = proc_status(pid, "VmRSS:");
@@ -117,7 +115,7 @@ async fn fifteen_hundred_connections_do_not_exhaust_the_server() {
         3 * EACH,
         opened.as_secs_f64()
     );
-    kill_hard(&mut child);
+    child.kill();
     assert!(fds_during >= fds_before + 3 * EACH - 10, "the server did not hold the connections open: {fds_during} fds");
     assert!(during < Duration::from_secs(2) && while_slow < Duration::from_secs(2), "/healthz slowed down: {during:?} {while_slow:?}");
     assert!(after < Duration::from_secs(2), "/healthz slow after: {after:?}");
