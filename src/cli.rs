@@ -235,21 +235,25 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Keys(KeysCmd::Rotate) => {
             let (config, _) = load_config(&cli.config)?;
-            let info: KekInfo = match target(&config)? {
-                Target::Offline(v) => finish(&v, v.rotate_kek(&cli_ctx()))?,
-                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Rotate)?)?,
-            };
+            let (info, escrow): (KekInfo, EscrowCopy) = key_change(&config, &admin::Request::Rotate, |v| v.rotate_kek(&cli_ctx()))?;
             println!("KEK generation {} created and active; run `qoima keys rewrap` to move existing DEKs onto it", info.generation);
+            escrow.say();
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::Rewrap) => rewrap(&cli.config),
         Command::Keys(KeysCmd::Destroy { generation }) => {
             let (config, _) = load_config(&cli.config)?;
-            let _: KekInfo = match target(&config)? {
-                Target::Offline(v) => finish(&v, v.destroy_generation(&cli_ctx(), generation))?,
-                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Destroy { generation })?)?,
-            };
-            println!("KEK generation {generation} destroyed: its key bytes are gone from the store and the keyring escrow");
+            let (_, escrow): (KekInfo, EscrowCopy) =
+                key_change(&config, &admin::Request::Destroy { generation }, |v| v.destroy_generation(&cli_ctx(), generation))?;
+            match escrow {
+                EscrowCopy::Written => {
+                    println!("KEK generation {generation} destroyed: its key bytes are gone from the store and the keyring escrow")
+                }
+                pending => {
+                    println!("KEK generation {generation} destroyed: its key bytes are gone from the store");
+                    pending.say();
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::RotateRoot { new_root_key }) => {
@@ -349,7 +353,55 @@ fn finish<T>(vault: &Vault, result: Result<T, crate::vault::VaultError>) -> Resu
     result.map_err(|e| Failure(4, e.to_string()))
 }
 
+/// Whether a committed key change's keyring escrow copy is written.
+enum EscrowCopy {
+    Written,
+    /// Not yet: the running vault retries it in the background.
+    RetriedByTheVault,
+    /// Not yet: this offline run could not write it; the vault writes it when it opens.
+    AtTheNextStart,
+}
+
+impl EscrowCopy {
+    /// One line when the copy is behind; nothing when it is written.
+    fn say(&self) {
+        match self {
+            EscrowCopy::Written => {}
+            EscrowCopy::RetriedByTheVault => println!(
+                "the change is committed; its keyring escrow copy is not written yet and the vault retries it in the background (metric qoima_keyring_escrow_pending)"
+            ),
+            EscrowCopy::AtTheNextStart => {
+                println!("the change is committed; its keyring escrow copy could not be written and the vault writes it when it next starts")
+            }
+        }
+    }
+}
+
+/// A KEK rotation or destruction, offline or through the running vault's admin socket, with
+/// the state of its escrow copy.
+fn key_change<T: serde::de::DeserializeOwned>(
+    config: &Config,
+    request: &admin::Request,
+    offline: impl FnOnce(&Vault) -> Result<T, crate::vault::VaultError>,
+) -> Result<(T, EscrowCopy), Failure> {
+    match target(config)? {
+        Target::Offline(v) => {
+            let r = offline(&v).map(|t| (t, if v.escrow_pending() { EscrowCopy::AtTheNextStart } else { EscrowCopy::Written }));
+            finish(&v, r)
+        }
+        Target::Online(rt) => {
+            let answer = ask_for(&rt, config, request)?;
+            let escrow = if answer.escrow_pending { EscrowCopy::RetriedByTheVault } else { EscrowCopy::Written };
+            Ok((parse_answer(answer.message)?, escrow))
+        }
+    }
+}
+
 fn ask(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) -> Result<String, Failure> {
+    ask_for(rt, config, request).map(|a| a.message)
+}
+
+fn ask_for(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) -> Result<admin::Response, Failure> {
     let answer = rt.block_on(admin::call(&config.data_dir, request)).map_err(|e| {
         Failure(
             4,
@@ -357,7 +409,7 @@ fn ask(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) 
         )
     })?;
     if answer.ok {
-        Ok(answer.message)
+        Ok(answer)
     } else {
         Err(Failure(4, answer.message))
     }
