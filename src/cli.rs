@@ -147,7 +147,68 @@ pub enum CallersCmd {
         /// Reads of personal data (read, disclose, export) allowed per minute; beyond, 429.
         #[arg(long)]
         max_reads_per_minute: Option<u32>,
+        #[command(flatten)]
+        subject_assertion: SubjectAssertionArgs,
     },
+}
+
+/// `callers add … --role website`: require a subject assertion (all of jwks, issuer and
+/// audience, or none), written as the entry's `subject_assertion = { … }`.
+#[derive(clap::Args, Debug)]
+pub struct SubjectAssertionArgs {
+    /// The identity provider's public keys (a JWKS file); checked now.
+    #[arg(long = "subject-assertion-jwks", value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// The `iss` the assertions must carry.
+    #[arg(long = "subject-assertion-issuer", value_name = "ISS")]
+    issuer: Option<String>,
+    /// The `aud` the assertions must carry.
+    #[arg(long = "subject-assertion-audience", value_name = "AUD")]
+    audience: Option<String>,
+    /// Longest assertion lifetime accepted, in seconds [default: 300].
+    #[arg(long = "subject-assertion-max-age", value_name = "SECS")]
+    max_age: Option<u32>,
+    /// The claim that names the subject [default: sub].
+    #[arg(long = "subject-assertion-claim", value_name = "CLAIM")]
+    claim: Option<String>,
+}
+
+impl SubjectAssertionArgs {
+    /// The `subject_assertion = { … }` line, once the JWKS file has been read; `None` without
+    /// the options.
+    fn entry_line(&self, roles: &[String]) -> Result<Option<String>, Failure> {
+        let (jwks, issuer, audience) =
+            match (&self.jwks, &self.issuer, &self.audience) {
+                (None, None, None) if self.max_age.is_none() && self.claim.is_none() => return Ok(None),
+                (Some(j), Some(i), Some(a)) => (j, i, a),
+                _ => return Err(Failure(
+                    2,
+                    "--subject-assertion-jwks, --subject-assertion-issuer and --subject-assertion-audience go together (all three or none)"
+                        .into(),
+                )),
+            };
+        if !roles.iter().any(|r| r == "website") {
+            return Err(Failure(2, "--subject-assertion-* is for a caller with role website".into()));
+        }
+        let settings = crate::assertion::AssertionSettings {
+            jwks_file: absolute(jwks)?,
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            max_age_secs: self.max_age.unwrap_or(300),
+            subject_claim: self.claim.clone().unwrap_or_else(|| "sub".into()),
+        };
+        crate::assertion::SubjectAssertions::load(settings.clone())
+            .map_err(|msg| Failure(2, format!("--subject-assertion-jwks {}: {msg}", jwks.display())))?;
+        let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+        Ok(Some(format!(
+            "subject_assertion = {{ jwks_file = {}, issuer = {}, audience = {}, max_age_secs = {}, subject_claim = {} }}\n",
+            s(&settings.jwks_file.to_string_lossy()),
+            s(&settings.issuer),
+            s(&settings.audience),
+            settings.max_age_secs,
+            s(&settings.subject_claim)
+        )))
+    }
 }
 
 /// A failed command: what to print, and the exit code.
@@ -297,8 +358,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Callers(CallersCmd::Add { name, roles, purposes, max_reads_per_minute }) => {
-            add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute)
+        Command::Callers(CallersCmd::Add { name, roles, purposes, max_reads_per_minute, subject_assertion }) => {
+            let assertion = subject_assertion.entry_line(&roles)?;
+            add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute, assertion)
         }
         Command::Backup(BackupCmd::Create { dir }) => backup_create(&cli.config, &dir),
         Command::Backup(BackupCmd::Restore { dir, to, erasure_journal, keyring_escrow }) => {
@@ -558,6 +620,7 @@ fn add_caller(
     roles: &[String],
     purposes: &[String],
     max_reads_per_minute: Option<u32>,
+    subject_assertion: Option<String>,
 ) -> Result<ExitCode, Failure> {
     let name = CallerName::parse(name).map_err(|e| Failure(2, e.to_string()))?;
     let token = crate::config::new_token();
@@ -571,6 +634,7 @@ fn add_caller(
     if let Some(n) = max_reads_per_minute {
         block.push_str(&format!("max_reads_per_minute = {n}\n"));
     }
+    block.push_str(subject_assertion.as_deref().unwrap_or_default());
     match config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;
