@@ -355,6 +355,13 @@ pub fn spawn_binary_with_env<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr
     BinaryVault::start(cmd)
 }
 
+/// The real binary on a fresh vault ([`vault_files`]) with tracing at its most verbose, for
+/// the tests that read its log for secrets.
+pub fn spawn_traced_binary() -> (TempDir, BinaryVault) {
+    let (dir, config) = vault_files("");
+    (dir, spawn_binary_with_env(&config, [("QOIMA_LOG", "trace"), ("RUST_LOG", "trace")]))
+}
+
 /// A temp directory holding a root key and a `qoima.toml` with the test callers and `extra`,
 /// for the real binary.
 pub fn vault_files(extra: &str) -> (TempDir, PathBuf) {

@@ -10,12 +10,11 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_most_verbose_logs_hold_no_plaintext_tokens_or_keys() {
-    let (dir, cfg) = vault_files("");
-    let mut child = spawn_binary_with_env(&cfg, [("QOIMA_LOG", "trace"), ("RUST_LOG", "trace")]);
-    let addr = child.addr.clone();
-    let c = reqwest::Client::new();
     let marker = format!("HYGIENE{}", qoima::domain::random_hex::<6>());
     let body = json!({"fields": {"identity.full_name": format!("Aigerim {marker}"), "identity.iin": "900101300017", "identity.phone": "+77011234567"}});
+    let (dir, mut child) = spawn_traced_binary();
+    let addr = child.addr.clone();
+    let c = reqwest::Client::new();
     let send = |req: reqwest::RequestBuilder| async move { req.send().await.unwrap() };
     assert!(send(c.put(format!("{addr}/v1/subjects/h1")).bearer_auth(token("svc-all")).json(&body)).await.status().is_success());
     send(c.put(format!("{addr}/v1/subjects/h2")).bearer_auth(token("svc-all")).json(&body)).await;

@@ -564,8 +564,7 @@ async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_link_and_form_values_never_reach_the_log() {
-    let (_dir, cfg) = vault_files("");
-    let mut child = spawn_binary_with_env(&cfg, [("QOIMA_LOG", "trace"), ("RUST_LOG", "trace")]);
+    let (_dir, mut child) = spawn_traced_binary();
     let addr = child.addr.clone();
     let c = reqwest::Client::new();
     let marker = format!("PCLOG{}", qoima::domain::random_hex::<6>());
