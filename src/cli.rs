@@ -156,7 +156,8 @@ pub enum CallersCmd {
 /// audience, or none), written as the entry's `subject_assertion = { … }`.
 #[derive(clap::Args, Debug)]
 pub struct SubjectAssertionArgs {
-    /// The identity provider's public keys (a JWKS file); checked now.
+    /// Website callers: every request about a subject must carry an assertion signed by one
+    /// of these keys (the identity provider's JWKS file, checked now).
     #[arg(long = "subject-assertion-jwks", value_name = "FILE")]
     jwks: Option<PathBuf>,
     /// The `iss` the assertions must carry.
@@ -197,8 +198,8 @@ impl SubjectAssertionArgs {
             max_age_secs: self.max_age.unwrap_or(300),
             subject_claim: self.claim.clone().unwrap_or_else(|| "sub".into()),
         };
-        crate::assertion::SubjectAssertions::load(settings.clone())
-            .map_err(|msg| Failure(2, format!("--subject-assertion-jwks {}: {msg}", jwks.display())))?;
+        // The loader's messages name the key and the file (`subject_assertion.jwks_file …`).
+        crate::assertion::SubjectAssertions::load(settings.clone()).map_err(|msg| Failure(2, msg))?;
         let s = |v: &str| toml::Value::String(v.to_string()).to_string();
         Ok(Some(format!(
             "subject_assertion = {{ jwks_file = {}, issuer = {}, audience = {}, max_age_secs = {}, subject_claim = {} }}\n",

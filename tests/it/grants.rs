@@ -488,6 +488,7 @@ fn callers_add_turns_subject_assertions_on_for_a_website_caller() {
         ("w-role", "service", all(j), "role website"),
         ("w-hs", "website", all(h), "no usable key"),
         ("w-missing", "website", all(&missing), "cannot read"),
+        ("w-long", "website", [all(j), vec!["--subject-assertion-max-age", "86400"]].concat(), "max_age_secs must be between 1 and 3600"),
     ] {
         let (ok, out) = add(name, role, &flags);
         assert!(!ok && out.trim().lines().count() == 1 && out.contains(needle), "{name}: {out}");
