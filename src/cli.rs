@@ -178,16 +178,13 @@ impl SubjectAssertionArgs {
     /// The `subject_assertion = { … }` line, once the JWKS file has been read; `None` without
     /// the options.
     fn entry_line(&self, roles: &[String]) -> Result<Option<String>, Failure> {
-        let (jwks, issuer, audience) =
-            match (&self.jwks, &self.issuer, &self.audience) {
-                (None, None, None) if self.max_age.is_none() && self.claim.is_none() => return Ok(None),
-                (Some(j), Some(i), Some(a)) => (j, i, a),
-                _ => return Err(Failure(
-                    2,
-                    "--subject-assertion-jwks, --subject-assertion-issuer and --subject-assertion-audience go together (all three or none)"
-                        .into(),
-                )),
-            };
+        const TOGETHER: &str =
+            "--subject-assertion-jwks, --subject-assertion-issuer and --subject-assertion-audience go together (all three or none)";
+        let (jwks, issuer, audience) = match (&self.jwks, &self.issuer, &self.audience) {
+            (None, None, None) if self.max_age.is_none() && self.claim.is_none() => return Ok(None),
+            (Some(j), Some(i), Some(a)) => (j, i, a),
+            _ => return Err(Failure(2, TOGETHER.into())),
+        };
         if !roles.iter().any(|r| r == "website") {
             return Err(Failure(2, "--subject-assertion-* is for a caller with role website".into()));
         }
