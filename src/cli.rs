@@ -147,7 +147,66 @@ pub enum CallersCmd {
         /// Reads of personal data (read, disclose, export) allowed per minute; beyond, 429.
         #[arg(long)]
         max_reads_per_minute: Option<u32>,
+        #[command(flatten)]
+        subject_assertion: SubjectAssertionArgs,
     },
+}
+
+/// `callers add … --role website`: require a subject assertion (all of jwks, issuer and
+/// audience, or none), written as the entry's `subject_assertion = { … }`.
+#[derive(clap::Args, Debug)]
+pub struct SubjectAssertionArgs {
+    /// Website callers: every request about a subject must carry an assertion signed by one
+    /// of these keys (the identity provider's JWKS file, checked now).
+    #[arg(long = "subject-assertion-jwks", value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// The `iss` the assertions must carry.
+    #[arg(long = "subject-assertion-issuer", value_name = "ISS")]
+    issuer: Option<String>,
+    /// The `aud` the assertions must carry.
+    #[arg(long = "subject-assertion-audience", value_name = "AUD")]
+    audience: Option<String>,
+    /// Longest assertion lifetime accepted, in seconds [default: 300].
+    #[arg(long = "subject-assertion-max-age", value_name = "SECS")]
+    max_age: Option<u32>,
+    /// The claim that names the subject [default: sub].
+    #[arg(long = "subject-assertion-claim", value_name = "CLAIM")]
+    claim: Option<String>,
+}
+
+impl SubjectAssertionArgs {
+    /// The `subject_assertion = { … }` line, once the JWKS file has been read; `None` without
+    /// the options.
+    fn entry_line(&self, roles: &[String]) -> Result<Option<String>, Failure> {
+        const TOGETHER: &str =
+            "--subject-assertion-jwks, --subject-assertion-issuer and --subject-assertion-audience go together (all three or none)";
+        let (jwks, issuer, audience) = match (&self.jwks, &self.issuer, &self.audience) {
+            (None, None, None) if self.max_age.is_none() && self.claim.is_none() => return Ok(None),
+            (Some(j), Some(i), Some(a)) => (j, i, a),
+            _ => return Err(Failure(2, TOGETHER.into())),
+        };
+        if !roles.iter().any(|r| r == "website") {
+            return Err(Failure(2, "--subject-assertion-* is for a caller with role website".into()));
+        }
+        let settings = crate::assertion::AssertionSettings {
+            jwks_file: absolute(jwks)?,
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            max_age_secs: self.max_age.unwrap_or(300),
+            subject_claim: self.claim.clone().unwrap_or_else(|| "sub".into()),
+        };
+        // The loader's messages name the key and the file (`subject_assertion.jwks_file …`).
+        crate::assertion::SubjectAssertions::load(settings.clone()).map_err(|msg| Failure(2, msg))?;
+        let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+        Ok(Some(format!(
+            "subject_assertion = {{ jwks_file = {}, issuer = {}, audience = {}, max_age_secs = {}, subject_claim = {} }}\n",
+            s(&settings.jwks_file.to_string_lossy()),
+            s(&settings.issuer),
+            s(&settings.audience),
+            settings.max_age_secs,
+            s(&settings.subject_claim)
+        )))
+    }
 }
 
 /// A failed command: what to print, and the exit code.
@@ -235,21 +294,25 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Keys(KeysCmd::Rotate) => {
             let (config, _) = load_config(&cli.config)?;
-            let info: KekInfo = match target(&config)? {
-                Target::Offline(v) => finish(&v, v.rotate_kek(&cli_ctx()))?,
-                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Rotate)?)?,
-            };
+            let (info, escrow): (KekInfo, EscrowCopy) = key_change(&config, &admin::Request::Rotate, |v| v.rotate_kek(&cli_ctx()))?;
             println!("KEK generation {} created and active; run `qoima keys rewrap` to move existing DEKs onto it", info.generation);
+            escrow.say();
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::Rewrap) => rewrap(&cli.config),
         Command::Keys(KeysCmd::Destroy { generation }) => {
             let (config, _) = load_config(&cli.config)?;
-            let _: KekInfo = match target(&config)? {
-                Target::Offline(v) => finish(&v, v.destroy_generation(&cli_ctx(), generation))?,
-                Target::Online(rt) => parse_answer(ask(&rt, &config, &admin::Request::Destroy { generation })?)?,
-            };
-            println!("KEK generation {generation} destroyed: its key bytes are gone from the store and the keyring escrow");
+            let (_, escrow): (KekInfo, EscrowCopy) =
+                key_change(&config, &admin::Request::Destroy { generation }, |v| v.destroy_generation(&cli_ctx(), generation))?;
+            match escrow {
+                EscrowCopy::Written => {
+                    println!("KEK generation {generation} destroyed: its key bytes are gone from the store and the keyring escrow")
+                }
+                pending => {
+                    println!("KEK generation {generation} destroyed: its key bytes are gone from the store");
+                    pending.say();
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::RotateRoot { new_root_key }) => {
@@ -293,8 +356,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Callers(CallersCmd::Add { name, roles, purposes, max_reads_per_minute }) => {
-            add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute)
+        Command::Callers(CallersCmd::Add { name, roles, purposes, max_reads_per_minute, subject_assertion }) => {
+            let assertion = subject_assertion.entry_line(&roles)?;
+            add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute, assertion)
         }
         Command::Backup(BackupCmd::Create { dir }) => backup_create(&cli.config, &dir),
         Command::Backup(BackupCmd::Restore { dir, to, erasure_journal, keyring_escrow }) => {
@@ -349,7 +413,55 @@ fn finish<T>(vault: &Vault, result: Result<T, crate::vault::VaultError>) -> Resu
     result.map_err(|e| Failure(4, e.to_string()))
 }
 
+/// Whether a committed key change's keyring escrow copy is written.
+enum EscrowCopy {
+    Written,
+    /// Not yet: the running vault retries it in the background.
+    RetriedByTheVault,
+    /// Not yet: this offline run could not write it; the vault writes it when it opens.
+    AtTheNextStart,
+}
+
+impl EscrowCopy {
+    /// One line when the copy is behind; nothing when it is written.
+    fn say(&self) {
+        match self {
+            EscrowCopy::Written => {}
+            EscrowCopy::RetriedByTheVault => println!(
+                "the change is committed; its keyring escrow copy is not written yet and the vault retries it in the background (metric qoima_keyring_escrow_pending)"
+            ),
+            EscrowCopy::AtTheNextStart => {
+                println!("the change is committed; its keyring escrow copy could not be written and the vault writes it when it next starts")
+            }
+        }
+    }
+}
+
+/// A KEK rotation or destruction, offline or through the running vault's admin socket, with
+/// the state of its escrow copy.
+fn key_change<T: serde::de::DeserializeOwned>(
+    config: &Config,
+    request: &admin::Request,
+    offline: impl FnOnce(&Vault) -> Result<T, crate::vault::VaultError>,
+) -> Result<(T, EscrowCopy), Failure> {
+    match target(config)? {
+        Target::Offline(v) => {
+            let r = offline(&v).map(|t| (t, if v.escrow_pending() { EscrowCopy::AtTheNextStart } else { EscrowCopy::Written }));
+            finish(&v, r)
+        }
+        Target::Online(rt) => {
+            let answer = ask_for(&rt, config, request)?;
+            let escrow = if answer.escrow_pending { EscrowCopy::RetriedByTheVault } else { EscrowCopy::Written };
+            Ok((parse_answer(answer.message)?, escrow))
+        }
+    }
+}
+
 fn ask(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) -> Result<String, Failure> {
+    ask_for(rt, config, request).map(|a| a.message)
+}
+
+fn ask_for(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) -> Result<admin::Response, Failure> {
     let answer = rt.block_on(admin::call(&config.data_dir, request)).map_err(|e| {
         Failure(
             4,
@@ -357,7 +469,7 @@ fn ask(rt: &tokio::runtime::Runtime, config: &Config, request: &admin::Request) 
         )
     })?;
     if answer.ok {
-        Ok(answer.message)
+        Ok(answer)
     } else {
         Err(Failure(4, answer.message))
     }
@@ -506,6 +618,7 @@ fn add_caller(
     roles: &[String],
     purposes: &[String],
     max_reads_per_minute: Option<u32>,
+    subject_assertion: Option<String>,
 ) -> Result<ExitCode, Failure> {
     let name = CallerName::parse(name).map_err(|e| Failure(2, e.to_string()))?;
     let token = crate::config::new_token();
@@ -519,6 +632,7 @@ fn add_caller(
     if let Some(n) = max_reads_per_minute {
         block.push_str(&format!("max_reads_per_minute = {n}\n"));
     }
+    block.push_str(subject_assertion.as_deref().unwrap_or_default());
     match config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Failure(3, format!("{}: {e}", path.display())))?;

@@ -291,6 +291,16 @@ pub mod admin {
     pub struct Response {
         pub ok: bool,
         pub message: String,
+        /// A key change committed whose keyring escrow copy is still to be written (retried in
+        /// the background), as `escrow_pending` in the HTTP answers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub escrow_pending: bool,
+    }
+
+    impl Response {
+        fn refused(message: String) -> Self {
+            Self { ok: false, message, escrow_pending: false }
+        }
     }
 
     pub struct Handle {
@@ -350,26 +360,27 @@ pub mod admin {
                         via: None,
                         idempotency: None,
                     };
-                    let answer = tokio::task::spawn_blocking(move || -> Result<String, crate::vault::VaultError> {
-                        let text = match request {
-                            Request::Backup { dir } => serde_json::to_string(&vault.create_backup(&ctx, &dir)?),
-                            Request::Rotate => serde_json::to_string(&vault.rotate_kek(&ctx)?),
-                            Request::RewrapStart => serde_json::to_string(&vault.start_rewrap(&ctx)?),
-                            Request::RewrapProgress => serde_json::to_string(&vault.rewrap_progress(&ctx)?),
-                            Request::Destroy { generation } => serde_json::to_string(&vault.destroy_generation(&ctx, generation)?),
+                    let answer = tokio::task::spawn_blocking(move || -> Result<Response, crate::vault::VaultError> {
+                        let (text, key_change) = match request {
+                            Request::Backup { dir } => (serde_json::to_string(&vault.create_backup(&ctx, &dir)?), false),
+                            Request::Rotate => (serde_json::to_string(&vault.rotate_kek(&ctx)?), true),
+                            Request::RewrapStart => (serde_json::to_string(&vault.start_rewrap(&ctx)?), false),
+                            Request::RewrapProgress => (serde_json::to_string(&vault.rewrap_progress(&ctx)?), false),
+                            Request::Destroy { generation } => (serde_json::to_string(&vault.destroy_generation(&ctx, generation)?), true),
                         };
-                        Ok(text.unwrap_or_default())
+                        let escrow_pending = key_change && vault.escrow_pending();
+                        Ok(Response { ok: true, message: text.unwrap_or_default(), escrow_pending })
                     })
                     .await;
                     match answer {
-                        Ok(Ok(message)) => Response { ok: true, message },
-                        Ok(Err(e)) => Response { ok: false, message: e.to_string() },
-                        Err(e) => Response { ok: false, message: format!("task failed: {e}") },
+                        Ok(Ok(response)) => response,
+                        Ok(Err(e)) => Response::refused(e.to_string()),
+                        Err(e) => Response::refused(format!("task failed: {e}")),
                     }
                 }
-                Err(e) => Response { ok: false, message: format!("bad request: {e}") },
+                Err(e) => Response::refused(format!("bad request: {e}")),
             },
-            Err(e) => Response { ok: false, message: format!("cannot read request: {e}") },
+            Err(e) => Response::refused(format!("cannot read request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');

@@ -1,59 +1,23 @@
 //! The `qoima` binary itself: the README's first command starts a vault that answers
 //! /healthz on the embedded default, and SIGTERM/SIGINT shut it down cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-/// Starts `qoima serve` in `cwd`; returns the child, its address and everything it printed
-/// on stderr up to "listening". The caller reaps the child (`stop`).
-#[allow(clippy::zombie_processes)]
-fn serve(cwd: &std::path::Path) -> (Child, String, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .arg("serve")
-        .current_dir(cwd)
-        .env("QOIMA_LISTEN", "127.0.0.1:0")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the vault starts");
-        printed.push_str(&line);
-        printed.push('\n');
-        if let Some(addr) = line.strip_prefix("qoima: listening on ") {
-            return (child, addr.to_string(), printed, rx);
-        }
-    }
-}
+use crate::helpers::{config_text, files_containing, qoima_command, spawn_binary, spawn_binary_with_env, token, vault_files, BinaryVault};
 
-fn stop(mut child: Child, signal: i32) -> std::process::ExitStatus {
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, signal) };
-    for _ in 0..100 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    panic!("the vault did not stop within 10 s");
+/// Starts `qoima serve` in `cwd`, with no configuration: the embedded default.
+fn serve(cwd: &std::path::Path) -> BinaryVault {
+    let mut cmd = qoima_command();
+    cmd.arg("serve").current_dir(cwd).env("QOIMA_LISTEN", "127.0.0.1:0");
+    BinaryVault::start(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedded_default_starts_answers_and_stops_cleanly() {
     use std::os::unix::fs::PermissionsExt;
     let cwd = tempfile::tempdir().unwrap();
-    let (child, addr, printed, _rx) = serve(cwd.path());
+    let mut child = serve(cwd.path());
+    let (addr, printed) = (child.addr.clone(), child.startup.clone());
     assert!(printed.contains("WARNING: DEVELOPMENT MODE"), "{printed}");
     let tokens: Vec<&str> = printed.split_whitespace().filter(|w| w.starts_with("qv1_")).collect();
     assert_eq!(tokens.len(), 4, "{printed}");
@@ -71,15 +35,16 @@ async fn the_embedded_default_starts_answers_and_stops_cleanly() {
     let key = cwd.path().join(".qoima-dev/root.key");
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(cwd.path().join("data/CURRENT").exists());
-    assert!(tokens.iter().all(|t| crate::helpers::files_containing(cwd.path(), t.as_bytes()).is_empty()), "a token reached the disk");
-    assert!(stop(child, libc::SIGTERM).success());
+    assert!(tokens.iter().all(|t| files_containing(cwd.path(), t.as_bytes()).is_empty()), "a token reached the disk");
+    assert!(child.stop(libc::SIGTERM).success());
 
     // A second start prints no tokens, keeps the data, and stops on SIGINT.
-    let (child, addr, printed, _rx) = serve(cwd.path());
+    let mut child = serve(cwd.path());
+    let (addr, printed) = (child.addr.clone(), child.startup.clone());
     assert!(!printed.contains("qv1_"), "tokens are shown once: {printed}");
     let r = client.get(format!("{addr}/v1/subjects/first?purpose=loan_issuance")).bearer_auth(tokens[0]).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(stop(child, libc::SIGINT).success());
+    assert!(child.stop(libc::SIGINT).success());
 }
 
 #[test]
@@ -91,7 +56,7 @@ fn config_check_names_the_line_and_exits_3() {
         "data_dir = \"/tmp/x\"\n[root_key]\nfile = \"/etc/k\"\n[[callers]]\nname = \"a\"\ntoken_sha256 = \"00\"\nroles = [\"service\"]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    let out = qoima_command().args(["config", "check"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:6:") && err.contains("64 hex"), "{err}");
@@ -104,12 +69,12 @@ fn config_check_checks_the_root_key_too() {
     let dir = tempfile::tempdir().unwrap();
     qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
     let f = dir.path().join("q.toml");
-    std::fs::write(&f, crate::helpers::config_text(dir.path(), "")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    std::fs::write(&f, config_text(dir.path(), "")).unwrap();
+    let out = qoima_command().args(["config", "check"]).arg(&f).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("root key "), "{}", String::from_utf8_lossy(&out.stdout));
     std::fs::set_permissions(dir.path().join("root.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_qoima")).args(["config", "check"]).arg(&f).output().unwrap();
+    let out = qoima_command().args(["config", "check"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be 0600 or 0400"));
 }
@@ -126,43 +91,34 @@ async fn the_root_key_can_be_a_systemd_credential() {
     std::fs::create_dir(&creds).unwrap();
     qoima_keys::RootKey::generate_file(&creds.join("qoima-root-key")).unwrap();
     std::fs::set_permissions(creds.join("qoima-root-key"), std::fs::Permissions::from_mode(0o440)).unwrap();
-    let mut text = crate::helpers::config_text(dir.path(), "");
+    let mut text = config_text(dir.path(), "");
     let file_line = format!("file = \"{}\"", dir.path().join("root.key").display());
     assert!(text.contains(&file_line));
     text = text.replace(&file_line, "credential = \"qoima-root-key\"");
     let config = dir.path().join("qoima.toml");
     std::fs::write(&config, text).unwrap();
 
-    let check = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["config", "check"])
-        .arg(&config)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
+    let check = qoima_command().args(["config", "check"]).arg(&config).env_remove("CREDENTIALS_DIRECTORY").output().unwrap();
     let said = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success() && said.contains("root key not present on this machine (systemd credential qoima-root-key)"), "{said}");
-    let refused = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
+    let refused = qoima_command().args(["serve", "--config"]).arg(&config).env_remove("CREDENTIALS_DIRECTORY").output().unwrap();
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && why.contains("CREDENTIALS_DIRECTORY is not set"), "{why}");
 
-    let (mut child, addr) = crate::helpers::spawn_binary_with_env(&config, &[("CREDENTIALS_DIRECTORY", &creds)]);
+    let mut child = spawn_binary_with_env(&config, [("CREDENTIALS_DIRECTORY", &creds)]);
+    let addr = child.addr.clone();
     let client = reqwest::Client::new();
     let ready = client.get(format!("{addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let put = client
         .put(format!("{addr}/v1/subjects/cred-1"))
-        .bearer_auth(crate::helpers::token("svc-all"))
+        .bearer_auth(token("svc-all"))
         .json(&serde_json::json!({"fields": {"identity.full_name": "Aliya"}}))
         .send()
         .await
         .unwrap();
     assert_eq!(put.status(), 201);
-    crate::helpers::kill_hard(&mut child);
+    child.kill();
 }
 
 fn locked_kib(pid: u32) -> u64 {
@@ -177,25 +133,23 @@ fn locked_kib(pid: u32) -> u64 {
 /// CAP_IPC_LOCK for the refusal.
 #[tokio::test(flavor = "multi_thread")]
 async fn locked_memory_is_locked_or_the_vault_does_not_start() {
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let config = dir.path().join("qoima.toml");
-    std::fs::write(&config, crate::helpers::config_text(dir.path(), "lock_memory = true\n")).unwrap();
-    let (mut child, addr) = crate::helpers::spawn_binary(&config);
+    let (dir, config) = vault_files("lock_memory = true\n");
+    let mut child = spawn_binary(&config);
+    let addr = child.addr.clone();
     assert_eq!(reqwest::get(format!("{addr}/readyz")).await.unwrap().status(), 200);
-    let locked = locked_kib(child.id());
-    crate::helpers::kill_hard(&mut child);
+    let locked = locked_kib(child.pid());
+    child.kill();
     assert!(locked > 1024, "expected the touched pages locked, VmLck {locked} kB");
 
     // Unlocked by default.
-    std::fs::write(&config, crate::helpers::config_text(dir.path(), "")).unwrap();
-    let (mut child, _) = crate::helpers::spawn_binary(&config);
-    let locked = locked_kib(child.id());
-    crate::helpers::kill_hard(&mut child);
+    std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+    let mut child = spawn_binary(&config);
+    let locked = locked_kib(child.pid());
+    child.kill();
     assert_eq!(locked, 0);
 
     // A 64 KiB limit and no CAP_IPC_LOCK (dropped even for root): start refused, in one line.
-    std::fs::write(&config, crate::helpers::config_text(dir.path(), "lock_memory = true\n")).unwrap();
+    std::fs::write(&config, config_text(dir.path(), "lock_memory = true\n")).unwrap();
     let out = Command::new("prlimit")
         .args(["--memlock=65536", "setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock"])
         .arg(env!("CARGO_BIN_EXE_qoima"))

@@ -3,16 +3,14 @@
 //! store that stops taking writes is reported not ready and the process exits non-zero (so
 //! its supervisor restarts it) instead of staying up refusing everything.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{config_text, spawn_with, token};
+use crate::helpers::{serve_command, spawn_with, token, vault_files, BinaryVault};
 
 fn host(addr: &str) -> &str {
     addr.trim_start_matches("http://")
@@ -189,50 +187,17 @@ impl LimitDescriptors for Command {
 }
 
 /// `qoima serve` as a child with its descriptor limit set to `nofile` (soft and hard) when
-/// given; returns it, its address and its stderr lines so far (more keep arriving).
-fn serve_child(config: &Path, nofile: Option<u64>) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qoima"));
-    cmd.args(["serve", "--config"]).arg(config).stderr(Stdio::piped()).stdout(Stdio::null());
+/// given.
+fn serve_child(config: &Path, nofile: Option<u64>) -> BinaryVault {
+    let mut cmd = serve_command(config);
     if let Some(n) = nofile {
         cmd.pre_exec_limit(n);
     }
-    let mut child = cmd.spawn().expect("qoima starts");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let keep = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("qoima: listening on ") {
-                let _ = tx.send(addr.to_string());
-            }
-            keep.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("the vault starts: {:?}", lines.lock().unwrap()));
-    (child, addr, lines)
-}
-
-/// Kills the child when dropped, so a failing test leaves no vault running.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    BinaryVault::start(cmd)
 }
 
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-fn vault_dir(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let config = dir.path().join("qoima.toml");
-    std::fs::write(&config, config_text(dir.path(), extra)).unwrap();
-    (dir, config)
 }
 
 const PUT: &str = r#"{"fields":{"identity.full_name":"Flood Test"}}"#;
@@ -243,11 +208,9 @@ async fn a_connection_flood_is_capped_below_the_descriptor_limit_and_writes_go_o
     // default cap (1024) is lowered to fit, with a warning.
     let cap = qoima::server::MIN_CONNECTIONS as u64;
     let nofile = qoima::store::DESCRIPTOR_RESERVE + qoima::server::DESCRIPTOR_MARGIN + cap;
-    let (_dir, config) = vault_dir("[limits]\nheader_read_timeout_secs = 2\nidle_timeout_secs = 2\n");
+    let (_dir, config) = vault_files("[limits]\nheader_read_timeout_secs = 2\nidle_timeout_secs = 2\n");
     // One descriptor less and it refuses to start, saying why in one line.
-    let mut refused = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["serve", "--config"])
-        .arg(&config)
+    let mut refused = serve_command(&config)
         .env("QOIMA_LOG", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -263,9 +226,9 @@ async fn a_connection_flood_is_capped_below_the_descriptor_limit_and_writes_go_o
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(4), "{err}");
     assert!(err.trim().lines().count() == 1 && err.contains("descriptor limit"), "{err}");
-    let (child, addr, lines) = serve_child(&config, Some(nofile));
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    let mut child = serve_child(&config, Some(nofile));
+    let (addr, lines) = (child.addr.clone(), child.stderr.clone());
+    let pid = child.pid();
     let addr = host(&addr).to_string();
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("max_connections lowered")), "{:?}", lines.lock().unwrap());
     let mut first = TcpStream::connect(&addr).await.unwrap();
@@ -293,15 +256,15 @@ async fn a_connection_flood_is_capped_below_the_descriptor_limit_and_writes_go_o
     assert!(start.elapsed() < Duration::from_secs(5), "served {:?} after the flood ended", start.elapsed());
     let (status, body) = request(&mut after, "GET", "/readyz", None, None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(child.0.try_wait().unwrap(), None, "the vault is still running");
+    assert_eq!(child.child.try_wait().unwrap(), None, "the vault is still running");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a_restart() {
-    let (_dir, config) = vault_dir("");
-    let (child, addr, lines) = serve_child(&config, None);
-    let mut child = Reap(child);
-    let pid = child.0.id();
+    let (_dir, config) = vault_files("");
+    let mut child = serve_child(&config, None);
+    let (addr, lines) = (child.addr.clone(), child.stderr.clone());
+    let pid = child.pid();
     let mut conn = TcpStream::connect(host(&addr)).await.unwrap();
     assert_eq!(request(&mut conn, "PUT", "/v1/subjects/victim", Some(&token("svc-all")), Some(PUT)).await.0, 201);
     assert_eq!(request(&mut conn, "GET", "/readyz", None, None).await.0, 200);
@@ -336,7 +299,7 @@ async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a
     // Then the vault exits non-zero, for its supervisor to restart it.
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
+        if let Some(s) = child.child.try_wait().unwrap() {
             break s;
         }
         if start.elapsed() > Duration::from_secs(15) {
@@ -348,8 +311,8 @@ async fn a_store_that_stops_taking_writes_is_not_ready_and_the_vault_exits_for_a
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("refuses writes")), "{:?}", lines.lock().unwrap());
 
     // The restart reopens the store: writes are served and the erasure's purge completes.
-    let (child, addr, _) = serve_child(&config, None);
-    let _child = Reap(child);
+    let child = serve_child(&config, None);
+    let addr = child.addr.clone();
     let mut conn = TcpStream::connect(host(&addr)).await.unwrap();
     assert_eq!(request(&mut conn, "PUT", "/v1/subjects/other", Some(&token("svc-all")), Some(PUT)).await.0, 201);
     assert_eq!(request(&mut conn, "GET", "/readyz", None, None).await.0, 200);

@@ -134,6 +134,40 @@ async fn key_changes_whose_escrow_copy_fails_are_answered_done_with_the_escrow_p
     assert!(r.headers.get("qoima-escrow-pending").is_none());
 }
 
+/// `qoima keys rotate` / `destroy` through the running vault's admin socket say it too: one line,
+/// the change committed and the escrow copy retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_says_when_a_key_change_committed_with_its_escrow_copy_pending() {
+    let app = spawn_app().await;
+    let cfg = app.dir.path().join("qoima.toml");
+    let cfg = cfg.to_str().unwrap();
+    let escrow = app.config.keyring_escrow.clone();
+    let blocker = escrow.with_extension("tmp");
+    let pending_lines = |out: &str| out.lines().filter(|l| l.contains("escrow copy is not written yet")).count();
+
+    std::fs::create_dir(&blocker).unwrap();
+    let (ok, out) = cli_async(&["keys", "rotate", "--config", cfg]).await;
+    assert!(ok && out.contains("KEK generation 2 created and active"), "{out}");
+    assert_eq!(pending_lines(&out), 1, "{out}");
+    assert!(out.contains("the change is committed") && out.contains("retries it in the background"), "{out}");
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually("the escrow copy is written", || async { escrow_generations(&escrow).len() == 2 }).await;
+    let (ok, out) = cli_async(&["keys", "rotate", "--config", cfg]).await;
+    assert!(ok && out.contains("KEK generation 3 created and active"), "{out}");
+    assert!(!out.contains("escrow"), "a written escrow copy is not mentioned: {out}");
+
+    std::fs::create_dir(&blocker).unwrap();
+    let (ok, out) = cli_async(&["keys", "destroy", "1", "--config", cfg]).await;
+    assert!(ok && out.contains("KEK generation 1 destroyed"), "{out}");
+    assert_eq!(pending_lines(&out), 1, "{out}");
+    assert!(!out.contains("and the keyring escrow"), "the escrow still holds it: {out}");
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually("the escrow forgets generation 1", || async { escrow_generations(&escrow)[0]["wrapped"].is_null() }).await;
+    let (ok, out) = cli_async(&["keys", "destroy", "2", "--config", cfg]).await;
+    assert!(ok && out.contains("gone from the store and the keyring escrow"), "{out}");
+    assert_eq!(pending_lines(&out), 0, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_kek_generation_wraps_more_than_its_limit() {
     const LIMIT: i64 = 4;

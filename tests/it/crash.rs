@@ -114,7 +114,8 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let (mut acked_writes, mut acked_erasures, mut kills) = (0u64, 0u64, 0u64);
 
     for cycle in 0..=cycles {
-        let (mut child, addr) = spawn_binary(&cfg);
+        let mut child = spawn_binary(&cfg);
+        let addr = child.addr.clone();
         // Check everything written before the last kill.
         let mut snapshot = models.lock().unwrap().clone();
         let live = verify(&client, &addr, &mut snapshot).await;
@@ -126,7 +127,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             client.get(format!("{addr}/v1/audit/verify")).bearer_auth(token("auditor")).send().await.unwrap().json().await.unwrap();
         assert_eq!(v["ok"], true, "cycle {cycle}: {v}");
         if cycle == cycles {
-            kill_hard(&mut child);
+            child.kill();
             break;
         }
 
@@ -193,7 +194,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             let _ = client.post(format!("{addr}/v1/keys/rewrap")).bearer_auth(token("security")).send().await;
         }
         tokio::time::sleep(Duration::from_millis(100 + rng.below(500))).await;
-        kill_hard(&mut child);
+        child.kill();
         kills += 1;
         for t in tasks {
             let (w, e) = t.await.unwrap();

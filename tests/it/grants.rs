@@ -458,6 +458,63 @@ fn a_bad_subject_assertion_configuration_stops_start_up() {
     }
 }
 
+/// `qoima callers add NAME --role website --subject-assertion-*` turns assertions on in one
+/// command: the entry gets its `subject_assertion` table and the configuration checks. Half the
+/// options, another role, or a JWKS file without a usable key are refused in one line, with
+/// nothing written.
+#[test]
+fn callers_add_turns_subject_assertions_on_for_a_website_caller() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("qoima.toml");
+    std::fs::write(&cfg, config_text(d.path(), "")).unwrap();
+    let jwks = d.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [idp_keys()[0].jwk.clone()]}).to_string()).unwrap();
+    let hs = d.path().join("hs.json");
+    std::fs::write(&hs, json!({"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}).to_string()).unwrap();
+    let (c, j, h) = (cfg.to_str().unwrap(), jwks.to_str().unwrap(), hs.to_str().unwrap());
+    let add = |name: &str, role: &str, flags: &[&str]| {
+        let mut args = vec!["callers", "add", name, "--role", role, "--config", c];
+        args.extend_from_slice(flags);
+        cli(&args)
+    };
+    fn all(jwks: &str) -> Vec<&str> {
+        vec!["--subject-assertion-jwks", jwks, "--subject-assertion-issuer", ISSUER, "--subject-assertion-audience", AUDIENCE]
+    }
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    let missing = j.replace("jwks.json", "missing.json");
+    for (name, role, flags, needle) in [
+        ("w-half", "website", all(j)[..4].to_vec(), "all three or none"),
+        ("w-age", "website", vec!["--subject-assertion-max-age", "60"], "all three or none"),
+        ("w-role", "service", all(j), "role website"),
+        ("w-hs", "website", all(h), "no usable key"),
+        ("w-missing", "website", all(&missing), "cannot read"),
+        ("w-long", "website", [all(j), vec!["--subject-assertion-max-age", "86400"]].concat(), "max_age_secs must be between 1 and 3600"),
+    ] {
+        let (ok, out) = add(name, role, &flags);
+        assert!(!ok && out.trim().lines().count() == 1 && out.contains(needle), "{name}: {out}");
+    }
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), before, "a refused add writes nothing");
+
+    let mut flags = all(j);
+    flags.extend(["--subject-assertion-max-age", "120"]);
+    let (ok, out) = add("web-asserted", "website", &flags);
+    assert!(ok && out.contains("token for web-asserted"), "{out}");
+    let (ok, out) = cli(&["config", "check", c]);
+    assert!(ok, "{out}");
+    let config = qoima::config::Config::load(&cfg, &|_| None).unwrap();
+    let entry = config.callers.entries().iter().find(|e| e.caller.name.as_str() == "web-asserted").expect("the entry");
+    assert!(entry.subject_assertion.is_some());
+    let text: toml::Value = std::fs::read_to_string(&cfg).unwrap().parse().unwrap();
+    let table = text["callers"].as_array().unwrap().iter().find(|e| e["name"].as_str() == Some("web-asserted")).unwrap();
+    let expected: toml::Value = format!(
+        "jwks_file = {}\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nmax_age_secs = 120\nsubject_claim = \"sub\"\n",
+        toml::Value::String(j.to_string())
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(table["subject_assertion"], expected);
+}
+
 /// The privacy centre's rectify goes through the same grant: a website caller whose `writes`
 /// names only the phone gets "not editable" back for anything else, with nothing stored.
 #[tokio::test]

@@ -289,7 +289,7 @@ pub fn wrapped_dek(vault: &Vault, subject: &str) -> Vec<u8> {
 
 /// Runs the `qoima` binary with `args`; returns (success, stdout + stderr).
 pub fn cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qoima")).args(args).output().expect("qoima runs");
+    let out = qoima_command().args(args).output().expect("qoima runs");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -328,41 +328,139 @@ pub fn now() -> time::OffsetDateTime {
     SystemClock.now()
 }
 
-/// The real `qoima serve --config FILE` as a child process; returns it and its base URL.
-pub fn spawn_binary(config: &Path) -> (std::process::Child, String) {
-    spawn_binary_with_env(config, &[])
+/// The `qoima` binary under test, to add arguments, environment and limits to.
+pub fn qoima_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qoima"))
+}
+
+/// `qoima serve --config FILE`, not started yet (see [`BinaryVault::start`]).
+pub fn serve_command(config: &Path) -> std::process::Command {
+    let mut cmd = qoima_command();
+    cmd.args(["serve", "--config"]).arg(config);
+    cmd
+}
+
+/// The real `qoima serve --config FILE` as a child process, listening.
+pub fn spawn_binary(config: &Path) -> BinaryVault {
+    BinaryVault::start(serve_command(config))
 }
 
 /// [`spawn_binary`] with extra environment variables.
-pub fn spawn_binary_with_env(config: &Path, env: &[(&str, &Path)]) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("qoima starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(addr) = line.strip_prefix("qoima: listening on ") {
-                    let _ = tx.send(addr.to_string());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the vault prints its address");
-    (child, addr)
+pub fn spawn_binary_with_env<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    config: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> BinaryVault {
+    let mut cmd = serve_command(config);
+    cmd.envs(env);
+    BinaryVault::start(cmd)
 }
 
-/// `kill -9`.
-pub fn kill_hard(child: &mut std::process::Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
+/// The real binary on a fresh vault ([`vault_files`]) with tracing at its most verbose, for
+/// the tests that read its log for secrets.
+pub fn spawn_traced_binary() -> (TempDir, BinaryVault) {
+    let (dir, config) = vault_files("");
+    (dir, spawn_binary_with_env(&config, [("QOIMA_LOG", "trace"), ("RUST_LOG", "trace")]))
+}
+
+/// A temp directory holding a root key and a `qoima.toml` with the test callers and `extra`,
+/// for the real binary.
+pub fn vault_files(extra: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let config = dir.path().join("qoima.toml");
+    std::fs::write(&config, config_text(dir.path(), extra)).unwrap();
+    (dir, config)
+}
+
+/// A `qoima serve` child process that has said where it listens. Its stderr is read to the
+/// end (so it never blocks on a full pipe) and kept; dropping it kills the child, so a failing
+/// test leaves no vault running.
+pub struct BinaryVault {
+    pub child: std::process::Child,
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub addr: String,
+    /// What it printed on stderr up to and including its "listening on" line.
+    pub startup: String,
+    /// Every stderr line so far; more keep arriving while it runs.
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BinaryVault {
+    /// Spawns `cmd` (a `qoima serve …`) with stderr piped and stdout discarded, and waits
+    /// until it prints `qoima: listening on ADDR`.
+    pub fn start(mut cmd: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let what = format!("{cmd:?}");
+        let mut child = cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().expect("qoima starts");
+        let pipe = child.stderr.take().expect("stderr piped");
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut startup = Some(String::new());
+            // Bytes, not `lines()`: a line that is not UTF-8 must not stop the reading.
+            for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if let Some(printed) = startup.as_mut() {
+                    printed.push_str(&line);
+                    printed.push('\n');
+                    if let Some(addr) = line.strip_prefix("qoima: listening on ") {
+                        let _ = tx.send((addr.trim().to_string(), startup.take().unwrap_or_default()));
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut vault = Self { child, addr: String::new(), startup: String::new(), stderr, reader: Some(reader) };
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok((addr, startup)) => {
+                vault.addr = addr;
+                vault.startup = startup;
+                vault
+            }
+            Err(_) => panic!("{what} did not say where it listens; it printed:\n{}", vault.stderr_text()),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().iter().fold(String::new(), |t, l| t + l + "\n")
+    }
+
+    /// Sends `signal` and waits up to 10 s for it to exit.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("the vault did not stop within 10 s of signal {signal}");
+    }
+
+    /// `kill -9`; returns everything it printed on stderr.
+    pub fn kill(&mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.stderr_text()
+    }
+}
+
+impl Drop for BinaryVault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

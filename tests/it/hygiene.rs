@@ -2,8 +2,6 @@
 //! export, erase, rotate, rewrap, destroy) logs none of the plaintext markers, tokens or key
 //! bytes; the process refuses core dumps.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -12,34 +10,11 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_most_verbose_logs_hold_no_plaintext_tokens_or_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let cfg = dir.path().join("qoima.toml");
-    std::fs::write(&cfg, config_text(dir.path(), "")).unwrap();
-    let log_path = dir.path().join("log.txt");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("QOIMA_LOG", "trace")
-        .env("RUST_LOG", "trace")
-        .stderr(Stdio::from(log))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut addr = String::new();
-    for _ in 0..300 {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("qoima: listening on ")) {
-            addr = line.to_string();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!addr.is_empty(), "the vault did not start");
-    let c = reqwest::Client::new();
     let marker = format!("HYGIENE{}", qoima::domain::random_hex::<6>());
     let body = json!({"fields": {"identity.full_name": format!("Aigerim {marker}"), "identity.iin": "900101300017", "identity.phone": "+77011234567"}});
+    let (dir, mut child) = spawn_traced_binary();
+    let addr = child.addr.clone();
+    let c = reqwest::Client::new();
     let send = |req: reqwest::RequestBuilder| async move { req.send().await.unwrap() };
     assert!(send(c.put(format!("{addr}/v1/subjects/h1")).bearer_auth(token("svc-all")).json(&body)).await.status().is_success());
     send(c.put(format!("{addr}/v1/subjects/h2")).bearer_auth(token("svc-all")).json(&body)).await;
@@ -66,13 +41,11 @@ async fn the_most_verbose_logs_hold_no_plaintext_tokens_or_keys() {
     assert_eq!(send(c.delete(format!("{addr}/v1/keys/1")).bearer_auth(token("security"))).await.status(), 204);
 
     // The process refuses core dumps.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.pid())).unwrap();
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
     assert!(core.split_whitespace().filter(|w| *w == "0").count() >= 2, "{core}");
 
-    kill_hard(&mut child);
-    let mut logs = String::new();
-    std::fs::File::open(&log_path).unwrap().read_to_string(&mut logs).unwrap();
+    let logs = child.kill();
     assert!(logs.lines().count() > 20, "trace logging is on: {} lines", logs.lines().count());
     let root_hex = std::fs::read_to_string(dir.path().join("root.key")).unwrap().trim().to_string();
     let mut secrets = vec![

@@ -283,7 +283,8 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
     let cfg = dir.path().join("qoima.toml");
     std::fs::write(&cfg, config_text(dir.path(), "[keys]\nrewrap_batch = 10\nrewrap_pause_ms = 15\n")).unwrap();
     let client = reqwest::Client::new();
-    let (mut child, addr) = spawn_binary(&cfg);
+    let mut child = spawn_binary(&cfg);
+    let addr = child.addr.clone();
     for i in 0..300 {
         let r = client
             .put(format!("{addr}/v1/subjects/k9-{i}"))
@@ -305,7 +306,7 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    kill_hard(&mut child);
+    child.kill();
 
     // Killed mid-way: the job is stored as running, part done.
     let data = dir.path().join("data");
@@ -324,7 +325,8 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
     assert!((60..300).contains(&done_at_kill), "{job}");
 
     // Restart: it resumes by itself and finishes.
-    let (mut child, addr) = spawn_binary(&cfg);
+    let mut child = spawn_binary(&cfg);
+    let addr = child.addr.clone();
     let mut finished = Value::Null;
     for _ in 0..600 {
         let p: Value =
@@ -352,5 +354,5 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
     assert_eq!((k["generations"][0]["deks"].as_i64(), k["generations"][1]["deks"].as_i64()), (Some(0), Some(300)));
     let v: Value = client.get(format!("{addr}/v1/audit/verify")).bearer_auth(token("auditor")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["ok"], true, "{v}");
-    kill_hard(&mut child);
+    child.kill();
 }

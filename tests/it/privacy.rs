@@ -564,31 +564,8 @@ async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_link_and_form_values_never_reach_the_log() {
-    use std::process::{Command, Stdio};
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let cfg = dir.path().join("qoima.toml");
-    std::fs::write(&cfg, config_text(dir.path(), "")).unwrap();
-    let log_path = dir.path().join("log.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qoima"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("QOIMA_LOG", "trace")
-        .env("RUST_LOG", "trace")
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut addr = String::new();
-    for _ in 0..300 {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("qoima: listening on ")) {
-            addr = line.to_string();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(!addr.is_empty(), "the vault did not start");
+    let (_dir, mut child) = spawn_traced_binary();
+    let addr = child.addr.clone();
     let c = reqwest::Client::new();
     let marker = format!("PCLOG{}", qoima::domain::random_hex::<6>());
     let mut fields = application(&marker);
@@ -609,10 +586,7 @@ async fn the_link_and_form_values_never_reach_the_log() {
     assert_eq!(browser().get(format!("{url}/export")).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(get_page(&format!("{url}x"), None).await.status, StatusCode::FORBIDDEN);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let logs = child.kill();
     assert!(logs.contains("/privacy/s/…"), "requests to the privacy centre are logged, without their token");
     let token = url.rsplit('/').next().unwrap();
     let (payload, tag) = token.split_once('.').unwrap();

@@ -1,0 +1,86 @@
+//! The Python example client against a live vault.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_example_runs_its_demo_against_a_live_vault() {
+    let app = spawn_app().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/lending_client.py");
+    // -I -S: no user or site packages, so the example needs nothing but the standard library.
+    let run = tokio::process::Command::new("python3")
+        .arg("-I")
+        .arg("-S")
+        .arg(&script)
+        .env("QOIMA_URL", &app.addr)
+        .env("QOIMA_SERVICE_TOKEN", token("svc-all"))
+        .env("QOIMA_WEBSITE_TOKEN", token("website"))
+        .env("QOIMA_DEMO_SUBJECT", "python-demo-1")
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(120), run).await.expect("the demo finishes within 2 minutes") {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("python3 is not installed: the Python example (docs/examples/lending_client.py) cannot be tested; install python3")
+        }
+        Err(e) => panic!("python3 did not start: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the demo failed ({}):\n{stdout}\n{stderr}", out.status);
+    for line in [
+        "stored python-demo-1: version 1, created True, missing []",
+        "read for loan_issuance: ['identity.birth_date', 'identity.email', 'identity.full_name', 'identity.iin', 'identity.phone', 'questionnaire.monthly_income']",
+        "advertising refused: 403 basis-missing: legal basis missing for advertising: no consent for advertising on record",
+        "consent for advertising given under policy 2019-01-29",
+        "read for advertising: ['identity.email', 'identity.full_name', 'identity.phone']",
+        "read for loan_monitoring: ['identity.phone']",
+        "disclosed ['identity.full_name', 'identity.iin'] to First Credit Bureau on consent (dis_",
+        "erasure pending, held by ['L-",
+        "settled; erasure erased (KEK generation 1)",
+        "read after erasure: 410 erased, receipt rcpt_",
+        "demo complete",
+    ] {
+        assert!(stdout.contains(line), "the demo did not print `{line}`:\n{stdout}");
+    }
+    // What the vault recorded matches what the demo says it did.
+    let audit = app.get("/v1/audit?subject=python-demo-1&limit=1000", "auditor").await;
+    let entries = audit.body["entries"].as_array().expect("entries");
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["subject.put", "subject.read", "consent.give", "contract.open", "subject.disclose", "erasure.request", "contract.update"]
+    {
+        assert!(actions.contains(&action), "no {action} in {actions:?}");
+    }
+    // Every call carried the client's own request id, kept beside the vault's.
+    let mut by_client = entries.iter().filter(|e| e["caller"] != "qoima");
+    assert!(by_client.all(|e| e["client_request_id"].as_str().is_some_and(|r| r.starts_with("py-"))), "{entries:#?}");
+    let erasure = app.get("/v1/subjects/python-demo-1/erasure", "website").await;
+    assert_eq!(erasure.body["status"], "erased");
+    // The demo printed no personal data it read.
+    assert!(!stdout.contains("900101300017") && !stdout.contains("Demo Borrower"), "{stdout}");
+}
+
+/// The Python example turns a 429 into `RateLimited` with the wait the vault names.
+#[tokio::test]
+async fn the_python_example_reports_a_rate_limit_with_its_wait() {
+    let app = spawn_with(&limited_caller(1), Some(qoima::domain::ManualClock::new(now()))).await;
+    app.put_fields("py-rl-1", application("PYMARK")).await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");
+    let snippet = "import os, sys\n\
+        sys.path.insert(0, os.environ['EXAMPLES'])\n\
+        import lending_client as q\n\
+        c = q.QoimaClient(os.environ['QOIMA_URL'], os.environ['TOKEN'])\n\
+        c.read('py-rl-1', 'loan_issuance')\n\
+        try:\n    c.read('py-rl-1', 'loan_issuance')\n\
+        except q.RateLimited as e:\n    print('rate limited', e.status, e.slug, e.retry_after)\n";
+    let out = tokio::process::Command::new("python3")
+        .args(["-I", "-S", "-c", snippet])
+        .env("EXAMPLES", &dir)
+        .env("QOIMA_URL", &app.addr)
+        .env("TOKEN", token("svc-limited"))
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "rate limited 429 rate-limited 60.0");
+}
