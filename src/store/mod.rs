@@ -1,8 +1,8 @@
 //! Storage behind an engine boundary. Everything above this module speaks in [`Space`]s, byte
 //! keys and [`Batch`]es through [`Store`]; what an engine must do is the [`Engine`] trait, each
 //! method with its contract. Engines:
-//! - [`rocks`]: RocksDB, what the vault runs on; **the only file in `src/` that names
-//!   `rocksdb`** (its tuning notes are in its module doc);
+//! - [`rocks`]: RocksDB, what the vault runs on; **the only file in `src/` that uses the
+//!   RocksDB crate** (its tuning notes are in its module doc);
 //! - [`memory`]: a `BTreeMap` per space behind one lock, for unit tests;
 //!
 //! and one conformance suite (`conformance.rs`) that every engine passes.
