@@ -8,10 +8,14 @@ use std::sync::Arc;
 
 use super::{prefix_end, subject_key, subject_prefix, Batch, Engine, Space, Store, StoreError, Tier, WriteState};
 
+/// One check: a fresh store, and the folder it lives in (for backups and file inspection).
+type Check = fn(&Store, &Path);
+
 /// Runs every check, each on a fresh engine that `make` opens in the (empty or absent) folder
 /// it is given.
+
 pub fn run<E: Engine>(make: impl Fn(&Path) -> E) {
-    let checks: [(&str, fn(&Store, &Path)); 9] = [
+    let checks: [(&str, Check); 9] = [
         ("point and multi-get", point_and_multi_get),
         ("scans in order and within bounds", scans_in_order_and_bounds),
         ("ops of a batch apply in order", ops_apply_in_order),
