@@ -13,7 +13,6 @@ type Check = fn(&Store, &Path);
 
 /// Runs every check, each on a fresh engine that `make` opens in the (empty or absent) folder
 /// it is given.
-
 pub fn run<E: Engine>(make: impl Fn(&Path) -> E) {
     let checks: [(&str, Check); 9] = [
         ("point and multi-get", point_and_multi_get),
