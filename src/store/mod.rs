@@ -17,11 +17,12 @@
 //! for the vault, the audit, the cli and the benches, and no type parameter through them. The
 //! hot path is a read (a few point gets and a prefix scan per request at ~100 µs), so a vtable
 //! call per op does not show: callgrind (`benches/instructions.sh`, which counts instructions
-//! and repeats) gave 1,793,349 instructions per create + fetch + cached fetch before the
-//! boundary and 1,793,487 with it (+138, +0.008 %; a dev build with the qoima crates
-//! optimised, docs/performance.md), and the same allocations per request. A type parameter
-//! would buy at most those 138 instructions, about 0.1 µs in ~100 µs per request, and cost a
-//! `Store<E>` through the vault, the audit, the cli and the benches.
+//! and repeats) gave 1,793,349 and 1,791,836 instructions per create + fetch + cached fetch
+//! before the boundary, 1,793,487 and 1,792,668 with it (at most +0.05 %, inside the 1,500
+//! the same binary moved between runs; a dev build with the qoima crates optimised,
+//! docs/performance.md), and the same allocations per request. A type parameter would buy
+//! at most those few hundred instructions, well under a microsecond in ~100 µs per request,
+//! and cost a `Store<E>` through the vault, the audit, the cli and the benches.
 
 mod engine;
 mod keys;
