@@ -605,8 +605,8 @@ fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
 
 fn open_vault_offline(config: &Config) -> Result<Vault, Failure> {
     server::open_vault(config, &Options::default()).map_err(|e| match e {
-        server::StartError::Vault(crate::vault::VaultError::Unavailable(m)) if m.contains("in use") => {
-            Failure(4, format!("{m}; this command runs offline, or use the HTTP API of the running vault"))
+        server::StartError::Vault(e @ crate::vault::VaultError::InUse(_)) => {
+            Failure(4, format!("{e}; this command runs offline, or use the HTTP API of the running vault"))
         }
         e => Failure(4, e.to_string()),
     })

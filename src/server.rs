@@ -657,8 +657,8 @@ async fn store_watchdog(vault: Arc<Vault>) -> String {
     let mut failing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tick.tick().await;
-        let store = vault.store().clone();
-        let Ok(state) = tokio::task::spawn_blocking(move || store.write_state()).await else { continue };
+        let v = vault.clone();
+        let Ok(state) = tokio::task::spawn_blocking(move || v.store_write_state()).await else { continue };
         let (grace, what) = match state {
             WriteState::Accepting => {
                 if failing.take().is_some() {
@@ -667,7 +667,7 @@ async fn store_watchdog(vault: Arc<Vault>) -> String {
                 continue;
             }
             WriteState::Stalled => (STALL_GRACE, "RocksDB has stalled writes".to_string()),
-            WriteState::Refused(e) if e.contains("No space left on device") => (NO_SPACE_GRACE, format!("RocksDB refuses writes ({e})")),
+            WriteState::NoSpace(e) => (NO_SPACE_GRACE, format!("RocksDB refuses writes ({e})")),
             WriteState::Refused(e) => (REFUSING_GRACE, format!("RocksDB refuses writes ({e})")),
         };
         let since = match failing {

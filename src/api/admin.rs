@@ -129,7 +129,7 @@ impl Health {
     pub async fn of(vault: &std::sync::Arc<crate::vault::Vault>) -> Option<Health> {
         let vault = vault.clone();
         tokio::task::spawn_blocking(move || Health {
-            store: vault.store().ready().map_err(|e| e.to_string()),
+            store: vault.store_ready().map_err(|e| e.to_string()),
             audit: vault.audit_healthy(),
             active_generation: vault.keyring().active_generation().0,
         })

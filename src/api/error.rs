@@ -80,6 +80,14 @@ impl From<VaultError> for ApiError {
                 tracing::warn!(detail = %d, "write refused at the KEK wrap limit");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d)
             }
+            e @ VaultError::InUse(_) => {
+                tracing::error!(detail = %e, "vault unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the vault cannot durably record this request right now; nothing was done and nothing is returned",
+                )
+            }
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
                 Self::new(

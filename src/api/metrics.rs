@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use super::extract::Scrape;
 use super::AppState;
 use crate::metrics::{header as help, label_text, Buckets};
-use crate::store::Space;
 
 /// HTTP request counters and latencies, by route template (and method and status). Recording
 /// one request takes one lock and, once a route has been seen, no allocation.
@@ -214,23 +213,24 @@ pub async fn render(State(state): State<AppState>, scrape: Scrape) -> Response {
             let _ = writeln!(o, "{name} {value}");
         }
 
-        let store = v.store();
-        for (name, prop, what) in [
-            ("qoima_rocksdb_estimate_keys", "rocksdb.estimate-num-keys", "Estimated keys per column family."),
-            ("qoima_rocksdb_live_sst_bytes", "rocksdb.live-sst-files-size", "Live SST bytes per column family."),
-            ("qoima_rocksdb_memtable_bytes", "rocksdb.cur-size-all-mem-tables", "Memtable bytes per column family."),
+        let stats = v.engine_stats();
+        type Of = fn(&crate::vault::SpaceStats) -> Option<u64>;
+        for (name, of, what) in [
+            ("qoima_rocksdb_estimate_keys", (|s| s.keys) as Of, "Estimated keys per column family."),
+            ("qoima_rocksdb_live_sst_bytes", |s| s.live_bytes, "Live SST bytes per column family."),
+            ("qoima_rocksdb_memtable_bytes", |s| s.memtable_bytes, "Memtable bytes per column family."),
         ] {
             help(&mut o, name, "gauge", what);
-            for space in Space::ALL {
-                if let Ok(Some(n)) = store.property_of(space, prop) {
-                    let _ = writeln!(o, "{name}{{cf=\"{}\"}} {n}", space.name());
+            for space in &stats.spaces {
+                if let Some(n) = of(space) {
+                    let _ = writeln!(o, "{name}{{cf=\"{}\"}} {n}", space.space.name());
                 }
             }
         }
         help(&mut o, "qoima_rocksdb_background_errors", "gauge", "RocksDB background errors (non-zero: writes refused).");
-        let _ = writeln!(o, "qoima_rocksdb_background_errors {}", store.property("rocksdb.background-errors").ok().flatten().unwrap_or(0));
+        let _ = writeln!(o, "qoima_rocksdb_background_errors {}", stats.background_errors);
         help(&mut o, "qoima_rocksdb_block_cache_bytes", "gauge", "Block cache usage.");
-        let _ = writeln!(o, "qoima_rocksdb_block_cache_bytes {}", store.property("rocksdb.block-cache-usage").ok().flatten().unwrap_or(0));
+        let _ = writeln!(o, "qoima_rocksdb_block_cache_bytes {}", stats.cache_bytes.unwrap_or(0));
         if let Some(rss) = resident_bytes() {
             help(&mut o, "qoima_process_resident_memory_bytes", "gauge", "Resident memory of the vault process.");
             let _ = writeln!(o, "qoima_process_resident_memory_bytes {rss}");

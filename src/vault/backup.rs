@@ -91,9 +91,9 @@ impl Vault {
             return Err(VaultError::Invalid(format!("{} already exists; a backup goes into a new folder", dir.display())));
         }
         std::fs::create_dir_all(dir).map_err(|e| VaultError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        self.store().checkpoint(&dir.join(DB_DIR))?;
+        self.store.backup(&dir.join(DB_DIR))?;
         // Read the position from the copy itself, so the manifest describes exactly it.
-        let copy = Store::open(&dir.join(DB_DIR))?;
+        let copy = self.store.open_backup(&dir.join(DB_DIR))?;
         strip_keyring(&copy)?;
         let audit_seq = copy.last(Space::Audit)?.map(|(k, _)| k.try_into().map(u64::from_be_bytes).unwrap_or(0)).unwrap_or(0);
         let kek_generations = super::keyring::read_infos(&copy)?

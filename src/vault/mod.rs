@@ -20,6 +20,7 @@ mod facts;
 mod followup;
 mod idempotency;
 pub mod keyring;
+mod layout;
 mod privacy;
 pub mod rewrap;
 mod subjects;
@@ -32,6 +33,8 @@ use std::sync::Arc;
 use qoima_keys::{Dek, RootKey};
 use time::OffsetDateTime;
 
+/// The storage engine's statistics, as [`Vault::engine_stats`] gives them.
+pub use crate::store::{EngineStats, SpaceStats};
 pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use erasure::{ErasureJournal, JournalEntry};
@@ -45,7 +48,7 @@ use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
 use crate::domain::{CallerName, Clock, FieldName, InvalidId, RequestId, SubjectId};
 use crate::policy::{Action, Caller, Denial, Purposes, SubjectFacts};
 use crate::schema::{Schema, SchemaError};
-use crate::store::{Space, Store, StoreError, Tier};
+use crate::store::{Space, Store, StoreError, Tier, WriteState};
 
 use codec::SubjectMeta;
 
@@ -200,6 +203,9 @@ pub enum VaultError {
     /// Storage or audit cannot take writes: nothing was done, nothing is returned.
     #[error("{0}")]
     Unavailable(String),
+    /// The data directory is open in another process (a running vault): nothing was done.
+    #[error("data directory {0} is in use by another process (is the vault running?)")]
+    InUse(PathBuf),
     /// The root key does not open the keyring.
     #[error("{0}")]
     RootKey(String),
@@ -212,6 +218,7 @@ impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { .. } => VaultError::Internal(e.to_string()),
+            StoreError::Locked(path) => VaultError::InUse(path),
             _ => VaultError::Unavailable(e.to_string()),
         }
     }
@@ -370,8 +377,27 @@ impl Vault {
         Ok(())
     }
 
+    /// The raw store, for the integration tests that inspect or tamper with stored bytes.
+    /// Not an API: nothing outside the vault in `src/` calls it (they use the narrow methods
+    /// below).
+    #[doc(hidden)]
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The storage engine's statistics (for `/metrics`).
+    pub fn engine_stats(&self) -> EngineStats {
+        self.store.stats()
+    }
+
+    /// Whether the store answers reads and takes writes now (readiness); blocks briefly.
+    pub fn store_ready(&self) -> Result<(), StoreError> {
+        self.store.ready()
+    }
+
+    /// Whether the store takes writes now (the server's watchdog); does not wait.
+    pub fn store_write_state(&self) -> WriteState {
+        self.store.write_state()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -596,3 +596,32 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
     assert!(raced >= 20, "only {raced} of {i} rounds raced");
     v.close();
 }
+
+/// The cli tells a running vault from a broken store by this variant, not by its text.
+#[test]
+fn a_data_directory_open_elsewhere_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path(), Arc::default());
+    let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+    let second = Vault::open(Settings::new(dir.path().join("data")), root, Arc::new(SystemClock), Arc::default());
+    assert!(matches!(second, Err(VaultError::InUse(ref p)) if *p == dir.path().join("data")), "{second:?}");
+    v.close();
+}
+
+/// The vault runs over any engine: here the in-memory one, through a write, a read and an
+/// erasure.
+#[test]
+fn the_vault_runs_over_the_memory_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+    let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+    let store = Arc::new(Store::in_memory());
+    let v = Vault::with_store(store, Settings::new(dir.path().join("data")), root, Arc::new(SystemClock), Arc::default()).unwrap();
+    put(&v, "m");
+    let c = ctx(Role::Service);
+    let read = v.read(&c, &SubjectId::parse("m").unwrap(), "loan_issuance", None).unwrap();
+    assert!(format!("{read:?}").contains("identity.full_name"), "{read:?}");
+    v.request_erasure(&ctx(Role::Website), &SubjectId::parse("m").unwrap()).unwrap();
+    assert!(matches!(v.read(&c, &SubjectId::parse("m").unwrap(), "loan_issuance", None), Err(VaultError::Erased { .. })));
+    v.close();
+}

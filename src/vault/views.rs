@@ -4,7 +4,7 @@
 //!
 //! Coherence does not depend on every write path remembering it: the store tells the cache
 //! of every write once it is applied ([`WriteObserver`]), and the cache drops the subjects it
-//! touched. A view read from the store while such a write lands is not kept: each shard counts
+//! touched (read from the write's keys by [`super::layout`]). A view read from the store while such a write lands is not kept: each shard counts
 //! the writes it has been told of, a reader notes the count before it reads, and the view goes
 //! in only if the count has not moved.
 
@@ -18,7 +18,7 @@ use super::codec::{Record, SubjectMeta};
 use super::VaultError;
 use crate::domain::{FieldName, FieldRef};
 use crate::policy::SubjectFacts;
-use crate::store::{Space, WriteObserver};
+use crate::store::{Op, Space, WriteObserver};
 
 /// Each shard has an even share of the budget and evicts within it, so the shards' uneven
 /// fill (hashing) wastes some of it: with 64 shards, 10,000 hot subjects put about 1.2 times
@@ -398,6 +398,12 @@ impl SubjectViews {
 }
 
 impl WriteObserver for SubjectViews {
+    fn written(&self, ops: &[Op]) {
+        super::layout::touched(ops, self);
+    }
+}
+
+impl super::layout::Touched for SubjectViews {
     fn subject_written(&self, space: Space, subject: &[u8]) {
         // What a read looks at; the audit index and disclosures do not change what it finds.
         if matches!(space, Space::Subjects | Space::Records | Space::Facts | Space::Erasures) {
@@ -412,6 +418,7 @@ impl WriteObserver for SubjectViews {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::Touched;
     use super::*;
     use qoima_keys::{DekVersion, WrappedDek};
 
