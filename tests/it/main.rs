@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api_contract;
+mod architecture;
 mod audit_completeness;
 mod audit_trail;
 mod authz_matrix;
