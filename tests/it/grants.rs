@@ -258,18 +258,8 @@ fn claims(app: &TestApp, subject: &str) -> Value {
 
 /// `method path` as `web-idp`, with the assertion if one is given.
 async fn as_web(app: &TestApp, method: Method, path: &str, assertion: Option<&str>, body: Option<Value>) -> Resp {
-    let mut req = app.client.request(method, format!("{}{path}", app.addr)).bearer_auth(token("web-idp"));
-    if let Some(a) = assertion {
-        req = req.header("Qoima-Subject-Assertion", a);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap_or_default();
-    Resp { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    let headers: Vec<_> = assertion.map(|a| ("Qoima-Subject-Assertion", a)).into_iter().collect();
+    send_request(&app.client, method, &format!("{}{path}", app.addr), Some("web-idp"), &headers, body).await
 }
 
 fn assert_refused(r: &Resp, case: &str) {

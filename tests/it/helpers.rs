@@ -46,6 +46,33 @@ pub struct TestApp {
 }
 
 /// A response: status, headers and JSON body (Null if none).
+/// `method url` as `caller` (its test token), with extra `headers` and a JSON `body`.
+pub async fn send_request(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    caller: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Resp {
+    let mut req = http.request(method, url);
+    if let Some(c) = caller {
+        req = req.bearer_auth(token(c));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap_or_default();
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    Resp { status, headers, body }
+}
+
 pub struct Resp {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,
@@ -146,19 +173,7 @@ impl TestApp {
     }
 
     pub async fn call(&self, method: Method, path: &str, caller: Option<&str>, body: Option<Value>) -> Resp {
-        let mut req = self.client.request(method, format!("{}{path}", self.addr));
-        if let Some(c) = caller {
-            req = req.bearer_auth(token(c));
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("request sent");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let text = res.text().await.unwrap_or_default();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Resp { status, headers, body }
+        send_request(&self.client, method, &format!("{}{path}", self.addr), caller, &[], body).await
     }
 
     /// `/metrics` in detail, as a scraper with role monitoring sees it.

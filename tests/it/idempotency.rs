@@ -32,19 +32,8 @@ async fn send_to(
     key: Option<&str>,
     body: Option<Value>,
 ) -> Resp {
-    let mut req = http.request(method, format!("{base}{path}")).bearer_auth(token(caller));
-    if let Some(k) = key {
-        req = req.header("Idempotency-Key", k);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap_or_default();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    Resp { status, headers, body }
+    let headers: Vec<_> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+    send_request(http, method, &format!("{base}{path}"), Some(caller), &headers, body).await
 }
 
 fn replayed(r: &Resp) -> bool {
