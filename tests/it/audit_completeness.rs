@@ -54,13 +54,7 @@ async fn a_read_that_meets_a_destroyed_key_is_audited() {
     // The subject's entry as generation 1 wrapped it, as an older backup holds it.
     let old_meta = app.vault.store().get(Space::Subjects, b"kd-1").unwrap().unwrap();
     app.call(Method::POST, "/v1/keys/rotate", Some("security"), None).await;
-    app.call(Method::POST, "/v1/keys/rewrap", Some("security"), None).await;
-    for _ in 0..200 {
-        if app.get("/v1/keys/rewrap", "security").await.body["state"] == "complete" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.rewrap_to_completion().await;
     assert_eq!(app.call(Method::DELETE, "/v1/keys/1", Some("security"), None).await.status, StatusCode::NO_CONTENT);
     // It comes back (a restore of that backup would bring it), its key no longer cached.
     let mut b = Batch::default();

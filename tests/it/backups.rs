@@ -107,13 +107,7 @@ async fn kek_destruction_closes_old_backups_even_without_the_journal() {
     // The subject is erased, its generation retired, rewrapped away and destroyed.
     app.erase("early").await;
     app.call(Method::POST, "/v1/keys/rotate", Some("security"), None).await;
-    app.call(Method::POST, "/v1/keys/rewrap", Some("security"), None).await;
-    for _ in 0..200 {
-        if app.get("/v1/keys/rewrap", "security").await.body["state"] == "complete" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.rewrap_to_completion().await;
     assert_eq!(app.call(Method::DELETE, "/v1/keys/1", Some("security"), None).await.status, StatusCode::NO_CONTENT);
     app.stop().await;
     let TestApp { dir, config, vault, .. } = app;

@@ -176,6 +176,21 @@ impl TestApp {
         send_request(&self.client, method, &format!("{}{path}", self.addr), caller, &[], body).await
     }
 
+    /// Starts the online rewrap (as the security team) and waits until it is complete; its
+    /// last progress report.
+    pub async fn rewrap_to_completion(&self) -> Value {
+        let r = self.call(Method::POST, "/v1/keys/rewrap", Some("security"), None).await;
+        assert_eq!(r.status, reqwest::StatusCode::ACCEPTED, "{:?}", r.body);
+        for _ in 0..600 {
+            let p = self.get("/v1/keys/rewrap", "security").await;
+            if p.body["state"] == "complete" {
+                return p.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("rewrap did not finish");
+    }
+
     /// `/metrics` in detail, as a scraper with role monitoring sees it.
     pub async fn metrics(&self) -> String {
         let res = self.client.get(format!("{}/metrics", self.addr)).bearer_auth(token("monitoring")).send().await.unwrap();

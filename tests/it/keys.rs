@@ -22,19 +22,6 @@ async fn keys(app: &TestApp) -> Vec<Value> {
     r.body["generations"].as_array().unwrap().clone()
 }
 
-async fn rewrap_to_completion(app: &TestApp) -> Value {
-    let r = app.call(Method::POST, "/v1/keys/rewrap", Some("security"), None).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-    for _ in 0..600 {
-        let p = app.get("/v1/keys/rewrap", "security").await;
-        if p.body["state"] == "complete" {
-            return p.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("rewrap did not finish");
-}
-
 async fn create_many(app: &TestApp, prefix: &str, n: usize) {
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -97,7 +84,7 @@ async fn rewrap_moves_every_dek_then_the_old_generation_can_be_destroyed() {
     assert_eq!(app.call(Method::DELETE, "/v1/keys/9", Some("security"), None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(app.call(Method::DELETE, "/v1/keys/x", Some("security"), None).await.status, StatusCode::BAD_REQUEST);
 
-    let done = rewrap_to_completion(&app).await;
+    let done = app.rewrap_to_completion().await;
     assert_eq!((done["done"].as_u64(), done["total"].as_u64(), done["target_generation"].as_u64()), (Some(150), Some(150), Some(2)));
     let k = keys(&app).await;
     assert_eq!((k[0]["deks"].as_i64(), k[1]["deks"].as_i64()), (Some(0), Some(150)));
