@@ -31,8 +31,9 @@ use time::OffsetDateTime;
 
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 use super::keyring::KekInfo;
+use super::read::FieldValues;
 use super::rewrap::{RewrapJob, RewrapProgress};
-use super::subjects::{FieldValues, WriteOutcome};
+use super::write::WriteOutcome;
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{Hold, Release};
 use crate::domain::hex_string;

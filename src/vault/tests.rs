@@ -257,7 +257,7 @@ fn concurrent_writes_to_one_subject_lose_no_update() {
 
 #[test]
 fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
-    use super::subjects::ReadLookup;
+    use super::read::ReadLookup;
     let dir = tempfile::tempdir().unwrap();
     let v = vault(dir.path(), Arc::default());
     put(&v, "a");

@@ -1,0 +1,66 @@
+//! Expiring technical data whose retention has passed (P3).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::codec::Record;
+use super::{Ctx, Vault, VaultError};
+use crate::policy::Action;
+use crate::store::{subject_key, Batch, Space};
+
+impl Vault {
+    /// Removes fields whose retention has passed (technical data, P3), as of the vault's
+    /// clock. Returns how many fields were removed.
+    pub fn sweep_expired(&self) -> Result<usize, VaultError> {
+        self.sweep_idempotency()?;
+        let now = self.clock.now().unix_timestamp();
+        let mut due: Vec<(Vec<u8>, String, String, u64)> = Vec::new();
+        self.store.scan(Space::Expiry, &[], &(now + 1).to_be_bytes(), |k, v| {
+            let rest = &k[9..];
+            if let (Some(zero), Ok(version)) = (rest.iter().position(|b| *b == 0), v.try_into().map(u64::from_be_bytes)) {
+                let subject = String::from_utf8_lossy(&rest[..zero]).into_owned();
+                let field = String::from_utf8_lossy(&rest[zero + 1..]).into_owned();
+                due.push((k.to_vec(), subject, field, version));
+            }
+            due.len() < 10_000
+        })?;
+        let mut by_subject: BTreeMap<String, Vec<(Vec<u8>, String, u64)>> = BTreeMap::new();
+        for (k, s, f, v) in due {
+            by_subject.entry(s).or_default().push((k, f, v));
+        }
+        let ctx = Ctx::system();
+        let mut removed = 0;
+        for (s, entries) in by_subject {
+            let _lock = self.locks.lock(&s);
+            let mut batch = Batch::default();
+            let mut meta = self.meta(&s)?;
+            let mut names = BTreeSet::new();
+            for (k, f, v) in entries {
+                batch.delete(Space::Expiry, k);
+                let key = subject_key(&s, &f);
+                // Only the write that set this deadline expires; a newer write has its own.
+                let current = self.store.get(Space::Records, &key)?.map(|r| Record::decode(&r)).transpose()?;
+                if let (Some(r), Some(m)) = (current, meta.as_mut()) {
+                    if r.version == v {
+                        batch.delete(Space::Records, key);
+                        if let Some(n) = m.categories.get_mut(f.split('.').next().unwrap_or_default()) {
+                            *n = n.saturating_sub(1);
+                        }
+                        names.insert(f);
+                    }
+                }
+            }
+            if names.is_empty() {
+                self.store.write(&batch)?;
+                continue;
+            }
+            if let Some(m) = &meta {
+                batch.put(Space::Subjects, s.as_bytes().to_vec(), m.encode());
+            }
+            removed += names.len();
+            let draft = self.draft(&ctx, Action::Rectify, Some(&s), "retention period passed").fields(names.into_iter().collect());
+            let draft = draft.named("retention.expire");
+            self.audit.commit(vec![draft], batch)?;
+        }
+        Ok(removed)
+    }
+}
