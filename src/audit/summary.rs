@@ -262,7 +262,13 @@ pub fn backfill(store: &Store, erased: impl Fn(&str) -> bool) -> Result<u64, Sto
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::audit::summary;
+    use crate::audit::test_support::{draft, log_with};
+    use crate::audit::{AuditLog, Draft};
+    use crate::domain::SystemClock;
 
     fn access(seq: u64, caller: &str, purpose: &str, fields: &[&str]) -> Summary {
         Summary::of(Access {
@@ -316,5 +322,58 @@ mod tests {
         let s = Summary::decode(&merged).unwrap();
         assert_eq!(s.groups.len(), 1);
         assert_eq!(s.groups[0].count, 1);
+    }
+
+    #[test]
+    fn refusals_never_push_accesses_out_of_the_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
+        log.record(draft("s", "first read")).unwrap();
+        // Refusals, other actions and reads naming no field are not accesses.
+        let refusals: Vec<Draft> = (0..1000).map(|i| draft("s", &format!("no {i}")).deny()).collect();
+        log.commit(refusals, Batch::default()).unwrap();
+        log.record(draft("s", "put").named("subject.put")).unwrap();
+        log.record(draft("s", "empty").fields(vec![])).unwrap();
+        let other = Draft { caller: "svc-2".into(), ..draft("s", "second read") }.fields(vec!["identity.iin".into()]);
+        log.record(other).unwrap();
+        log.record(draft("s", "third read").fields(vec!["identity.email".into()])).unwrap();
+        log.shutdown();
+        let s = summary::load(&store, "s").unwrap();
+        let groups: Vec<(&str, u64, &[String])> = s.groups.iter().map(|g| (g.caller.as_str(), g.count, g.fields.as_slice())).collect();
+        assert_eq!(
+            groups,
+            [
+                ("svc", 2, ["identity.email".to_string(), "identity.phone".to_string()].as_slice()),
+                ("svc-2", 1, ["identity.iin".to_string()].as_slice())
+            ]
+        );
+        assert_eq!(s.recent.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 1004, 1005]);
+        assert_eq!(summary::load(&store, "t").unwrap(), summary::Summary::default());
+    }
+
+    #[test]
+    fn a_store_from_before_the_summaries_is_backfilled_once() {
+        let (_d, store) = log_with(30);
+        let kept: Vec<summary::Summary> = ["s0", "s1", "s2"].iter().map(|s| summary::load(&store, s).unwrap()).collect();
+        assert_eq!(kept.iter().map(|s| s.groups[0].count).sum::<u64>(), 30);
+        // As an older vault left it: entries, no summaries, no progress.
+        let mut b = Batch::default();
+        for s in ["s0", "s1", "s2"] {
+            b.delete(Space::Access, summary::key(s));
+        }
+        b.delete(Space::Jobs, b"audit/access_summary".to_vec());
+        store.write(&b).unwrap();
+        assert_eq!(summary::load(&store, "s1").unwrap(), summary::Summary::default());
+        // Restarted: the committer owes nothing before its start, the backfill everything.
+        let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
+        log.record(draft("s1", "after")).unwrap();
+        assert_eq!(summary::backfill(&store, |s| s == "s2").unwrap(), 30);
+        assert_eq!(summary::backfill(&store, |_| false).unwrap(), 0, "once");
+        log.shutdown();
+        assert_eq!(summary::load(&store, "s0").unwrap(), kept[0]);
+        let s1 = summary::load(&store, "s1").unwrap();
+        assert_eq!(s1.groups[0].count, kept[1].groups[0].count + 1);
+        assert_eq!(summary::load(&store, "s2").unwrap(), summary::Summary::default(), "an erased subject gets none");
     }
 }
