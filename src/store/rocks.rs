@@ -24,7 +24,7 @@
 //! Tuning (measured in docs/performance.md, not invariants):
 //! - RocksDB keeps at most [`MAX_OPEN_FILES`] table files open, so its descriptors fit in
 //!   [`DESCRIPTOR_RESERVE`] and the listener's connection cap can be set below the process
-//!   limit with them kept free (src/server.rs);
+//!   limit with them kept free (src/server/listener.rs);
 //! - one shared 64 MiB block cache ([`BLOCK_CACHE`]) and a 128 MiB write-buffer manager over
 //!   every memtable ([`MEMTABLE_BUDGET`]) bound RocksDB's memory;
 //! - four background jobs ([`BACKGROUND_JOBS`]): a purge's forced compaction queues in the
