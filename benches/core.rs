@@ -12,7 +12,7 @@ use qoima::audit::{AuditLog, Decision, Draft};
 use qoima::domain::{CallerName, Purpose, RequestId, Role, SubjectId, SystemClock};
 use qoima::policy::{self, Caller, Purposes, SubjectFacts};
 use qoima::store::{Batch, Space, Store};
-use qoima::vault::{Ctx, Settings, Vault};
+use qoima::vault::{Ctx, Mode, Settings, Vault};
 use qoima_keys::{Dek, DekVersion, Generation, Kek};
 use serde_json::{json, Value};
 
@@ -84,15 +84,17 @@ fn bench(c: &mut Criterion) {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for n in 0..1000 {
-        vault.put_fields(&ctx, &SubjectId::parse(&format!("b{n}")).unwrap(), &fields).unwrap();
+        vault.put_fields(Mode::Wait, &ctx, &SubjectId::parse(&format!("b{n}")).unwrap(), &fields).wait().unwrap();
     }
     let hot = SubjectId::parse("b1").unwrap();
-    c.bench_function("vault_read_1KiB_cached_dek", |b| b.iter(|| vault.read(&ctx, &hot, "loan_issuance", None).unwrap()));
+    c.bench_function("vault_read_1KiB_cached_dek", |b| {
+        b.iter(|| vault.read(Mode::Wait, &ctx, &hot, "loan_issuance", None).wait().unwrap())
+    });
     let mut k = 0usize;
     c.bench_function("vault_read_1KiB_uncached_dek", |b| {
         b.iter(|| {
             k = (k + 97) % 1000;
-            vault.read(&ctx, &SubjectId::parse(&format!("b{k}")).unwrap(), "loan_issuance", None).unwrap()
+            vault.read(Mode::Wait, &ctx, &SubjectId::parse(&format!("b{k}")).unwrap(), "loan_issuance", None).wait().unwrap()
         })
     });
     vault.close();

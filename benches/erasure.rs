@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use qoima::domain::{CallerName, RequestId, Role, SubjectId, SystemClock};
 use qoima::policy::Caller;
-use qoima::vault::{Ctx, Settings, Vault};
+use qoima::vault::{Ctx, Mode, Settings, Vault};
 use serde_json::{json, Value};
 
 fn ctx(role: Role) -> Ctx {
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
                 for i in (t..20_000).step_by(16) {
                     let fields: BTreeMap<String, Value> =
                         [("identity.full_name".to_string(), json!(format!("Neighbour {i} {filler}")))].into();
-                    vault.put_fields(svc, &SubjectId::parse(&format!("n-{i}")).unwrap(), &fields).unwrap();
+                    vault.put_fields(Mode::Wait, svc, &SubjectId::parse(&format!("n-{i}")).unwrap(), &fields).wait().unwrap();
                 }
             });
         }
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
                     for chunk in (0..n).collect::<Vec<_>>().chunks(2_500) {
                         let fields: BTreeMap<String, Value> =
                             chunk.iter().map(|i| (format!("survey.q{i:05}"), json!(format!("answer {i}")))).collect();
-                        vault.put_fields(&svc, &id, &fields).unwrap();
+                        vault.put_fields(Mode::Wait, &svc, &id, &fields).wait().unwrap();
                     }
                     id
                 },

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use qoima::domain::{CallerName, Purpose, RequestId, Role, SubjectId, SystemClock};
 use qoima::policy::Caller;
 use qoima::vault::rewrap::RewrapState;
-use qoima::vault::{Ctx, Settings, Vault};
+use qoima::vault::{Ctx, Mode, Settings, Vault};
 use serde_json::{json, Value};
 
 fn ctx(role: Role) -> Ctx {
@@ -63,7 +63,7 @@ fn reads(vault: &Arc<Vault>, n: usize, threads: usize, stop: &Arc<AtomicBool>) -
                     x ^= x << 17;
                     let id = SubjectId::parse(&format!("s{:07}", x as usize % n)).unwrap();
                     let t0 = Instant::now();
-                    vault.read(&c, &id, "loan_issuance", None).unwrap();
+                    vault.read(Mode::Wait, &c, &id, "loan_issuance", None).wait().unwrap();
                     lat.push(t0.elapsed());
                 }
                 lat
@@ -104,7 +104,7 @@ fn main() {
                         ("questionnaire.monthly_income".to_string(), json!(i)),
                     ]
                     .into();
-                    vault.put_fields(&c, &SubjectId::parse(&format!("s{i:07}")).unwrap(), &fields).unwrap();
+                    vault.put_fields(Mode::Wait, &c, &SubjectId::parse(&format!("s{i:07}")).unwrap(), &fields).wait().unwrap();
                 }
             })
         })

@@ -308,12 +308,42 @@ pub struct Grant {
     pub basis: String,
 }
 
-/// May `caller` read for `purpose` about a subject with these facts, now?
+/// May `caller` read for `purpose` about a subject with these facts, now? The two halves of
+/// [`permit_read`] and [`ReadPermit::basis`] in one call.
 pub fn decide_read(caller: &Caller, purpose: &PurposeDef, facts: &SubjectFacts, now: OffsetDateTime) -> Result<Grant, Denial> {
+    permit_read(caller, purpose)?.basis(facts, now)
+}
+
+/// The first half of a read's decision, made before any subject is looked up: the caller has
+/// the role and is granted the purpose. A caller refused here learns nothing about the subject,
+/// not even whether it exists. The only way to a read's [`Grant`] is through one of these.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPermit<'a> {
+    purpose: &'a PurposeDef,
+}
+
+/// May `caller` read for `purpose` at all (role, purpose granted)?
+pub fn permit_read<'a>(caller: &Caller, purpose: &'a PurposeDef) -> Result<ReadPermit<'a>, Denial> {
     may(caller, Action::Read)?;
     if !caller.purposes.contains(&purpose.name) {
         return Err(Denial::PurposeNotGranted(purpose.name.clone()));
     }
+    Ok(ReadPermit { purpose })
+}
+
+impl<'a> ReadPermit<'a> {
+    /// The purpose permitted.
+    pub fn purpose(&self) -> &'a PurposeDef {
+        self.purpose
+    }
+
+    /// The second half: does the purpose's legal basis hold for a subject with these facts, now?
+    pub fn basis(&self, facts: &SubjectFacts, now: OffsetDateTime) -> Result<Grant, Denial> {
+        basis(self.purpose, facts, now)
+    }
+}
+
+fn basis(purpose: &PurposeDef, facts: &SubjectFacts, now: OffsetDateTime) -> Result<Grant, Denial> {
     let missing = |missing: String| Denial::BasisMissing { purpose: purpose.name.clone(), missing };
     let basis = match purpose.basis {
         BasisRule::ApplicationOrContract => {

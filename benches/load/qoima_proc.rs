@@ -105,9 +105,9 @@ impl Home {
                         // Built from `system()` so fields added to Ctx later keep their defaults.
                         let mut ctx = Ctx::system();
                         ctx.caller = caller.clone();
-                        let r = SubjectId::parse(id)
-                            .map_err(|e| e.to_string())
-                            .and_then(|sid| vault.put_fields(&ctx, &sid, fields).map_err(|e| e.to_string()));
+                        let r = SubjectId::parse(id).map_err(|e| e.to_string()).and_then(|sid| {
+                            vault.put_fields(qoima::vault::Mode::Wait, &ctx, &sid, fields).wait().map_err(|e| e.to_string())
+                        });
                         if let Err(e) = r {
                             *failed.lock().unwrap() = Some(format!("preloading {id}: {e}"));
                             return;

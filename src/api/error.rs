@@ -96,7 +96,9 @@ impl From<VaultError> for ApiError {
                     "the vault cannot durably record this request right now; nothing was done and nothing is returned",
                 )
             }
-            e @ (VaultError::RootKey(_) | VaultError::Internal(_)) => {
+            // A NoWait attempt that would block is run again by `extract::answer`; one that
+            // got here is a defect, told as one.
+            e @ (VaultError::RootKey(_) | VaultError::Internal(_) | VaultError::WouldBlock) => {
                 tracing::error!(detail = %e, "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the request id identifies it in the vault's log")
             }

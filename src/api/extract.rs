@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::assertion::AssertionError;
 use crate::domain::RequestId;
-use crate::vault::{canonical_json, Ctx, Idempotency, IdempotencyKey, Vault, VaultError};
+use crate::vault::{canonical_json, Answer, Ctx, Idempotency, IdempotencyKey, Mode, Vault, VaultError};
 
 fn request_id_of(parts: &Parts) -> RequestId {
     parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
@@ -187,6 +187,19 @@ impl Replayed {
         }
         res
     }
+}
+
+/// Runs a vault operation that takes a [`Mode`]: first in [`Mode::NoWait`] here, on the async
+/// worker, and only if that would block, again in [`Mode::Wait`] on a blocking thread; then
+/// awaits its answer's durable audit entry without holding a thread (`vault::answer`).
+pub async fn answer<T, F>(vault: &Arc<Vault>, op: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Fn(&Vault, Mode) -> Answer<T> + Send + 'static,
+{
+    let first = op(vault, Mode::NoWait);
+    let answer = if first.would_block() { run(vault, move |v| Ok(op(v, Mode::Wait))).await? } else { first };
+    Ok(answer.durable().await?)
 }
 
 /// Runs a blocking vault call off the async executor's threads.

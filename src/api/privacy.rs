@@ -278,7 +278,7 @@ pub async fn rectify(state: App, b: Borrower, headers: HeaderMap, form: Result<F
     };
     let fields = BTreeMap::from([(field.to_string(), form_value(schema, &field, &f.value))]);
     let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
-    match core(&state.vault, move |v| v.rectify(&ctx, &s, &fields)).await {
+    match core(&state.vault, move |v| v.rectify(crate::vault::Mode::Wait, &ctx, &s, &fields).wait()).await {
         Ok(_) => b.back(&state, Some(Notice::Rectified), &[("field", field.as_str())]),
         Err(VaultError::Invalid(_)) => b.back(&state, Some(Notice::RectifyInvalid), &[("field", field.as_str())]),
         // Outside the website caller's write grant (its `writes`): not editable here.

@@ -5,7 +5,7 @@ use axum::response::Response;
 use axum::Json;
 
 use super::error::{ApiError, Problem};
-use super::extract::{run, ApiJson, ApiPath, ApiQuery, App, Authed, IdemKey};
+use super::extract::{answer, run, ApiJson, ApiPath, ApiQuery, App, Authed, IdemKey};
 use super::wire::*;
 use crate::domain::SubjectId;
 use crate::vault::{ConsentRequest, DisclosureRequest};
@@ -31,18 +31,8 @@ pub async fn put_subject(
 ) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &body);
-    let subj = s.to_string();
-    // As for reads: a write whose subject is in memory and not locked is planned here; any
-    // other goes to a blocking thread. Either way the answer waits for the durable commit.
-    let out = match state.vault.try_put_now(&ctx, &s, &body.fields) {
-        Some(pending) => pending.durable().await?,
-        None => run(&state.vault, move |v| v.put_fields(&ctx, &s, &body.fields)).await?,
-    };
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(replayed.mark((
-        status,
-        Json(WriteResponse { subject: subj, version: out.version, created: out.created, missing_mandatory: out.missing_mandatory }),
-    )))
+    let out = answer(&state.vault, move |v, mode| v.put_fields(mode, &ctx, &s, &body.fields)).await?;
+    Ok(replayed.mark(WriteResponse::of(id, out)))
 }
 
 /// Read a subject's fields for a purpose (role service): only the fields the purpose allows,
@@ -59,18 +49,10 @@ pub async fn read_subject(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<FieldsOut>, ApiError> {
-    let s = subject(&id)?;
-    let purpose = q.purpose.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
-    let fields: Option<Vec<String>> = q.fields.map(|f| f.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
-    let (subj, p) = (s.to_string(), purpose.clone());
-    // A read whose data is in memory is answered here; any other goes to a blocking thread.
-    // Either way the wait for the durable audit entry does not hold a thread.
-    let pending = match state.vault.try_read_now(&ctx, &s, &purpose, fields.as_deref()) {
-        Some(pending) => pending,
-        None => run(&state.vault, move |v| v.read_deferred(&ctx, &s, &purpose, fields.as_deref())).await?,
-    };
-    let values = pending.durable().await?;
-    Ok(Json(FieldsOut { subject: subj, purpose: p, fields: values }))
+    let (s, (purpose, fields)) = (subject(&id)?, q.parse()?);
+    let p = purpose.clone();
+    let values = answer(&state.vault, move |v, mode| v.read(mode, &ctx, &s, &p, fields.as_deref())).await?;
+    Ok(Json(FieldsOut { subject: id, purpose, fields: values }))
 }
 
 /// Correct fields (role website); allowed even under a hold (P6).
@@ -88,9 +70,8 @@ pub async fn rectify(
 ) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &body);
-    let subj = s.to_string();
-    let out = run(&state.vault, move |v| v.rectify(&ctx, &s, &body.fields)).await?;
-    Ok(replayed.mark(Json(WriteResponse { subject: subj, version: out.version, created: false, missing_mandatory: out.missing_mandatory })))
+    let out = answer(&state.vault, move |v, mode| v.rectify(mode, &ctx, &s, &body.fields)).await?;
+    Ok(replayed.mark(WriteResponse::of(id, out)))
 }
 
 /// Open a loan contract (role service).

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ApiError;
 use crate::domain::rfc3339;
 use crate::policy;
 use crate::vault::{self, KekInfo};
@@ -30,6 +31,14 @@ pub struct WriteResponse {
     pub missing_mandatory: Vec<String>,
 }
 
+impl WriteResponse {
+    /// A put's or rectify's answer about `subject`: 201 if it created the subject, else 200.
+    pub fn of(subject: String, out: crate::vault::WriteOutcome) -> (axum::http::StatusCode, axum::Json<Self>) {
+        let status = if out.created { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
+        (status, axum::Json(Self { subject, version: out.version, created: out.created, missing_mandatory: out.missing_mandatory }))
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -38,6 +47,16 @@ pub struct ReadQuery {
     pub purpose: Option<String>,
     /// Comma-separated field names to narrow the read.
     pub fields: Option<String>,
+}
+
+impl ReadQuery {
+    /// The purpose (required) and the field names asked for, if any.
+    pub fn parse(self) -> Result<(String, Option<Vec<String>>), ApiError> {
+        let purpose =
+            self.purpose.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("the purpose query parameter is required"))?;
+        let fields = self.fields.map(|f| f.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect());
+        Ok((purpose, fields))
+    }
 }
 
 /// Field values disclosed for a purpose.

@@ -41,19 +41,15 @@ struct Job {
     drafts: Vec<Draft>,
     batch: Batch,
     reply: Reply,
-    /// Held until the batch is applied (or refused), then dropped: a subject's lock taken by
-    /// an async writer, so the next writer reads what this one wrote.
-    hold: Option<Hold>,
+    /// Called once the batch is applied (`true`) or refused (`false`), before the reply.
+    after: Option<AfterCommit>,
 }
 
-/// Something the committer keeps until a job's batch is written or refused (see
-/// [`AuditLog::try_submit`]), then releases, saying which.
-pub type Hold = Box<dyn Release>;
-
-/// A [`Hold`]'s end, once its batch is written (`applied`) or refused.
-pub trait Release: Send {
-    fn release(self: Box<Self>, applied: bool);
-}
+/// What the committer calls once a job's batch is applied (`true`) or refused (`false`), on its
+/// own thread and before it answers the job: e.g. a writer's subject lock is let go here (so
+/// the next writer reads what this one wrote, even if no one awaits the answer) and the subject
+/// cache given the view the write left. It must not block.
+pub type AfterCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// A commit queued by [`AuditLog::queue`]; [`Queued::wait`] blocks until it is durable.
 #[must_use = "a queued commit is not durable until waited for"]
@@ -71,6 +67,11 @@ pub struct PendingCommit(tokio::sync::oneshot::Receiver<Outcome>);
 impl PendingCommit {
     pub async fn durable(self) -> Outcome {
         self.0.await.map_err(|_| AuditError::Unavailable("committer stopped".into()))?
+    }
+
+    /// [`PendingCommit::durable`] for a blocking thread (it panics on an async worker).
+    pub fn wait(self) -> Outcome {
+        self.0.blocking_recv().map_err(|_| AuditError::Unavailable("committer stopped".into()))?
     }
 }
 
@@ -154,25 +155,25 @@ impl AuditLog {
     /// with [`Queued::wait`] (e.g. once a subject's lock is let go).
     pub fn queue(&self, drafts: Vec<Draft>, batch: Batch) -> Result<Queued, AuditError> {
         let (reply, wait) = sync_channel(1);
-        self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply), hold: None })?;
+        self.enqueue(Job { drafts, batch, reply: Reply::Blocking(reply), after: None })?;
         Ok(Queued(wait))
     }
 
-    /// Hands `drafts` and `batch` to the committer and returns at once; await the result
-    /// before acting on the commit (the thread is free for other work meanwhile).
-    pub fn submit(&self, drafts: Vec<Draft>, batch: Batch) -> Result<PendingCommit, AuditError> {
+    /// Hands `drafts` and `batch` to the committer (waiting for room if the queue is full) and
+    /// returns; await or wait for the result before acting on the commit. `after` is called
+    /// once `batch` is written or refused, even if no one awaits the result.
+    pub fn submit(&self, drafts: Vec<Draft>, batch: Batch, after: Option<AfterCommit>) -> Result<PendingCommit, AuditError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
-        self.enqueue(Job { drafts, batch, reply: Reply::Async(reply), hold: None })?;
+        self.enqueue(Job { drafts, batch, reply: Reply::Async(reply), after })?;
         Ok(PendingCommit(wait))
     }
 
     /// [`AuditLog::submit`] that never waits: `None` if the queue is full or the committer has
-    /// stopped, and nothing was queued (the caller takes the blocking path, which waits or reports).
-    /// `hold` is dropped once `batch` is written or refused, even if no one awaits the result.
-    pub fn try_submit(&self, drafts: Vec<Draft>, batch: Batch, hold: Option<Hold>) -> Option<PendingCommit> {
+    /// stopped, and nothing was queued (`after` is dropped uncalled).
+    pub fn try_submit(&self, drafts: Vec<Draft>, batch: Batch, after: Option<AfterCommit>) -> Option<PendingCommit> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
         let (reply, wait) = tokio::sync::oneshot::channel();
-        tx.try_send(Job { drafts, batch, reply: Reply::Async(reply), hold }).ok()?;
+        tx.try_send(Job { drafts, batch, reply: Reply::Async(reply), after }).ok()?;
         Some(PendingCommit(wait))
     }
 
@@ -315,9 +316,9 @@ fn committer(
                 head = next;
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
-                    // Release first: whoever the reply wakes may write the same subject next.
-                    if let Some(hold) = job.hold {
-                        hold.release(true);
+                    // First: whoever the reply wakes may write the same subject next.
+                    if let Some(after) = job.after {
+                        after(true);
                     }
                     job.reply.send(Ok(s));
                 }
@@ -329,8 +330,8 @@ fn committer(
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
                 for job in group {
-                    if let Some(hold) = job.hold {
-                        hold.release(false);
+                    if let Some(after) = job.after {
+                        after(false);
                     }
                     job.reply.send(Err(AuditError::Unavailable(e.to_string())));
                 }

@@ -20,7 +20,7 @@ mod test_support;
 mod verify;
 
 pub use entry::{AuditEntry, Decision, Draft};
-pub use log::{AuditError, AuditLog, AuditStats, FaultSwitch, Hold, PendingCommit, Queued, Release};
+pub use log::{AfterCommit, AuditError, AuditLog, AuditStats, FaultSwitch, PendingCommit, Queued};
 pub use query::{query, Query};
 pub use verify::{verify, Broken, Verification};
 

@@ -117,6 +117,12 @@ impl SubjectLocks {
         self.stripes[self.stripe(subject)].try_lock()
     }
 
+    /// [`SubjectLocks::lock`] as a guard that can be sent to another thread (a writer's lock
+    /// goes with its batch to the audit committer).
+    pub fn lock_owned(&self, subject: &str) -> OwnedSubjectLock {
+        self.stripes[self.stripe(subject)].lock_arc()
+    }
+
     /// [`SubjectLocks::try_lock`] as a guard that can be sent to another thread.
     pub fn try_lock_owned(&self, subject: &str) -> Option<OwnedSubjectLock> {
         self.stripes[self.stripe(subject)].try_lock_arc()

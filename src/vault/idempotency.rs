@@ -29,13 +29,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::answer::{Answer, Mode, Refused};
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 use super::keyring::KekInfo;
 use super::read::FieldValues;
 use super::rewrap::{RewrapJob, RewrapProgress};
 use super::write::WriteOutcome;
 use super::{Ctx, Vault, VaultError};
-use crate::audit::{Hold, Release};
 use crate::domain::hex_string;
 use crate::policy::Action;
 use crate::store::{Batch, Space, StoreError, Tier};
@@ -172,18 +172,12 @@ impl InFlight {
     }
 }
 
-/// An async write's hold, with its key's claim: the claim goes once the batch (which carries
-/// the record) is applied or refused, after the hold it wraps.
-struct Claimed {
-    hold: Hold,
-    _claim: Claim,
-}
-
-impl Release for Claimed {
-    fn release(self: Box<Self>, applied: bool) {
-        let Claimed { hold, _claim } = *self;
-        hold.release(applied);
-    }
+/// What [`Vault::claim_key`] found for a request's idempotency key.
+pub(super) enum Keyed<T> {
+    /// No key, or a fresh one (with its claim): the operation runs.
+    Fresh(Option<Claim>),
+    /// A refusal or a replay: this is the answer, and the operation does not run.
+    Answered(Answer<T>),
 }
 
 /// A record as stored (`k` + slot).
@@ -329,10 +323,9 @@ impl Replayable for RewrapProgress {
 
 impl Vault {
     /// Runs `op` at most once per idempotency key of the caller (`ctx.idempotency`; without
-    /// one, `op` simply runs). A key seen before with the same fingerprint gets the first
-    /// answer back (audited as a replay); with another fingerprint, a refusal (422); while a
-    /// request with the key is in flight, a refusal (409). `op` records its success in its own
-    /// commit with [`Vault::remember`]; a success that committed nothing is recorded here.
+    /// one, `op` simply runs), on a blocking thread. A key seen before gets the first answer or
+    /// a refusal ([`Vault::claim_key`]). `op` records its success in its own commit with
+    /// [`Vault::remember`]; a success that committed nothing is recorded here.
     pub(super) fn once<T: Replayable>(
         &self,
         ctx: &Ctx,
@@ -342,28 +335,12 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let Some(idem) = &ctx.idempotency else { return op() };
         self.gate(ctx, action, scope)?;
-        let slot = idem.slot(ctx.caller.name.as_str());
-        let Some(_claim) = self.in_flight.claim(slot) else {
-            let err = VaultError::IdempotencyInFlight("a request with this Idempotency-Key is still in flight; retry shortly".into());
-            return Err(self.refuse(ctx, action, scope, None, vec![], err));
+        let _claim = match self.claim_key::<T>(Mode::Wait, ctx, action, scope)? {
+            Keyed::Answered(answer) => return answer.wait(),
+            Keyed::Fresh(claim) => claim,
         };
-        if let Some(first) = self.idempotency_record(&slot)? {
-            if first.fingerprint != hex_string(&idem.fingerprint) {
-                let err = VaultError::IdempotencyKeyReused(
-                    "this Idempotency-Key was used for a different request (method, path or body); use a new key for a new request".into(),
-                );
-                return Err(self.refuse(ctx, action, scope, None, vec![], err));
-            }
-            let kept: T::Kept =
-                serde_json::from_value(first.outcome).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
-            let answer = T::replay(self, kept)?;
-            let reason = format!("replayed the answer of request {} (same Idempotency-Key)", first.request_id);
-            self.audit.record(self.draft(ctx, action, scope, reason))?;
-            idem.replayed.store(true, Ordering::SeqCst);
-            return Ok(answer);
-        }
         let answer = op()?;
-        if self.idempotency_record(&slot)?.is_none() {
+        if self.idempotency_record(Tier::Any, &idem.slot(ctx.caller.name.as_str()))?.is_none() {
             // Nothing was committed with it (an operation that had nothing to change).
             let mut batch = Batch::default();
             self.remember(ctx, scope, &mut batch, &answer.kept())?;
@@ -374,26 +351,43 @@ impl Vault {
         Ok(answer)
     }
 
-    /// For the async write path ([`Vault::try_put_now`]), which never waits: `Some(None)` for a
-    /// request without a key; `Some(claim)` for a key that was free and has no record (as far as
-    /// memory tells); `None` otherwise (in flight, replayed, or not in memory), and the caller
-    /// takes the blocking path, which decides.
-    pub(super) fn try_claim_fresh(&self, ctx: &Ctx) -> Option<Option<Claim>> {
-        let Some(idem) = &ctx.idempotency else { return Some(None) };
+    /// Claims the caller's idempotency key for this request, in `mode`. Without a key, or with a
+    /// key free and never used, the operation runs ([`Keyed::Fresh`]), keeping the claim until
+    /// its batch (which carries the record, [`Vault::remember`]) is applied or refused. A key in
+    /// flight is refused (409); a key used for another request is refused (422); a key used for
+    /// this request gets the first answer again, audited as a replay. In [`Mode::NoWait`] a
+    /// used key would block: its record is read from the disk.
+    pub(super) fn claim_key<T: Replayable>(
+        &self,
+        mode: Mode,
+        ctx: &Ctx,
+        action: Action,
+        scope: Option<&str>,
+    ) -> Result<Keyed<T>, VaultError> {
+        let Some(idem) = &ctx.idempotency else { return Ok(Keyed::Fresh(None)) };
+        let refused = Refused { ctx, action, subject: scope, purpose: None, fields: vec![] };
         let slot = idem.slot(ctx.caller.name.as_str());
-        let claim = self.in_flight.claim(slot)?;
-        match self.store.get_in(Tier::Memory, Space::Idempotency, &record_key(&slot)) {
-            Ok(None) => Some(Some(claim)),
-            _ => None,
+        let Some(claim) = self.in_flight.claim(slot) else {
+            let err = VaultError::IdempotencyInFlight("a request with this Idempotency-Key is still in flight; retry shortly".into());
+            return Ok(Keyed::Answered(self.refusal(mode, refused, err)));
+        };
+        let Some(first) = self.idempotency_record(mode.tier(), &slot)? else { return Ok(Keyed::Fresh(Some(claim))) };
+        if mode == Mode::NoWait {
+            return Err(VaultError::WouldBlock);
         }
-    }
-
-    /// `hold` keeping `claim` until the committer releases it.
-    pub(super) fn hold_claim(&self, hold: Hold, claim: Option<Claim>) -> Hold {
-        match claim {
-            Some(claim) => Box::new(Claimed { hold, _claim: claim }),
-            None => hold,
+        if first.fingerprint != hex_string(&idem.fingerprint) {
+            let err = VaultError::IdempotencyKeyReused(
+                "this Idempotency-Key was used for a different request (method, path or body); use a new key for a new request".into(),
+            );
+            return Ok(Keyed::Answered(self.refusal(mode, refused, err)));
         }
+        let kept: T::Kept =
+            serde_json::from_value(first.outcome).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "outcome" })?;
+        let answer = T::replay(self, kept)?;
+        let reason = format!("replayed the answer of request {} (same Idempotency-Key)", first.request_id);
+        self.audit.record(self.draft(ctx, action, scope, reason))?;
+        idem.replayed.store(true, Ordering::SeqCst);
+        Ok(Keyed::Answered(Answer::now(Ok(answer))))
     }
 
     /// Adds the idempotency record of `ctx`'s key, keeping `kept` of the answer, to `batch`:
@@ -417,8 +411,8 @@ impl Vault {
         Ok(())
     }
 
-    fn idempotency_record(&self, slot: &[u8; 32]) -> Result<Option<Stored>, VaultError> {
-        let found = self.store.get(Space::Idempotency, &record_key(slot))?;
+    fn idempotency_record(&self, tier: Tier, slot: &[u8; 32]) -> Result<Option<Stored>, VaultError> {
+        let found = self.store.get_in(tier, Space::Idempotency, &record_key(slot))?;
         Ok(found
             .map(|v| serde_json::from_slice::<Stored>(&v).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "record" }))
             .transpose()?)
@@ -466,7 +460,7 @@ impl Vault {
             batch.delete(Space::Idempotency, tk);
             // Only the record this entry was written with (a key used again after an erasure
             // removed the first record has a record of its own).
-            if self.idempotency_record(&slot)?.is_some_and(|r| r.created_at == at) {
+            if self.idempotency_record(Tier::Any, &slot)?.is_some_and(|r| r.created_at == at) {
                 batch.delete(Space::Idempotency, record_key(&slot));
                 let mut sk = vec![b's'];
                 sk.extend_from_slice(&scope);

@@ -11,6 +11,7 @@
 //! - Nothing here logs a value, a token or key bytes.
 
 mod admin;
+mod answer;
 pub mod backup;
 mod budget;
 mod cache;
@@ -41,6 +42,7 @@ use time::OffsetDateTime;
 
 /// The storage engine's statistics, as [`Vault::engine_stats`] gives them.
 pub use crate::store::{EngineStats, SpaceStats};
+pub use answer::{Answer, Mode};
 pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use disclose::DisclosureRequest;
@@ -50,7 +52,6 @@ pub use facts::ConsentRequest;
 pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use read::{FieldText, FieldTexts, FieldValues};
-pub use records::Audited;
 pub use views::{SubjectView, SubjectViews};
 pub use write::WriteOutcome;
 
@@ -222,6 +223,10 @@ pub enum VaultError {
     /// A key or stored value failed to open: corruption or tampering.
     #[error("{0}")]
     Internal(String),
+    /// An operation in [`Mode::NoWait`] would have had to wait (data not in memory, the
+    /// subject's lock taken, the audit queue full): nothing was done; run it in [`Mode::Wait`].
+    #[error("the operation would wait")]
+    WouldBlock,
 }
 
 impl From<StoreError> for VaultError {
@@ -229,6 +234,7 @@ impl From<StoreError> for VaultError {
         match e {
             StoreError::Corrupt { .. } => VaultError::Internal(e.to_string()),
             StoreError::Locked(path) => VaultError::InUse(path),
+            StoreError::NotInMemory => VaultError::WouldBlock,
             _ => VaultError::Unavailable(e.to_string()),
         }
     }
@@ -263,7 +269,8 @@ pub struct Vault {
     store: Arc<Store>,
     audit: AuditLog,
     keyring: Keyring,
-    cache: DekCache,
+    /// Shared with the audit committer, which caches a new subject's DEK once it is written.
+    cache: Arc<DekCache>,
     /// What reads find, for hot subjects; the store drops a view when it writes the subject,
     /// and a field write then installs the one it leaves.
     views: Arc<views::SubjectViews>,
@@ -286,9 +293,9 @@ pub struct Vault {
     in_flight: idempotency::InFlight,
 }
 
-/// How reads and writes were answered: on the async thread from memory
-/// ([`Vault::try_read_now`], [`Vault::try_put_now`]), or on a blocking thread (refusals, data
-/// not in memory, a locked subject, a limited caller, a full audit queue).
+/// How reads and writes were answered: in [`Mode::NoWait`] on the async thread, from memory,
+/// or in [`Mode::Wait`] on a blocking thread (data not in memory, a locked subject, a limited
+/// caller, a full audit queue). Refusals count where they were answered.
 #[derive(Debug, Default)]
 pub struct Paths {
     pub reads: PathCounts,
@@ -299,6 +306,19 @@ pub struct Paths {
 pub struct PathCounts {
     pub in_memory: std::sync::atomic::AtomicU64,
     pub blocking: std::sync::atomic::AtomicU64,
+}
+
+impl PathCounts {
+    /// Counts `answer`, given in `mode` (an attempt that would block is counted when it is
+    /// answered in the other mode).
+    fn count<T>(&self, mode: Mode, answer: &Answer<T>) {
+        let n = match mode {
+            _ if answer.would_block() => return,
+            Mode::NoWait => &self.in_memory,
+            Mode::Wait => &self.blocking,
+        };
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -343,7 +363,7 @@ impl Vault {
         crate::audit::summary::backfill(&store, erased)?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
-            cache: DekCache::new(settings.dek_cache_capacity),
+            cache: Arc::new(DekCache::new(settings.dek_cache_capacity)),
             views,
             auth_failures: budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
             read_limits: budget::ReadLimits::new(settings.max_reads_per_minute.clone()),
@@ -462,8 +482,9 @@ impl Vault {
         }
     }
 
-    /// Records a refusal and returns the error to give the caller. If even the refusal cannot
-    /// be recorded, the caller gets 503 instead.
+    /// Records a refusal and returns the error to give the caller, blocking until the entry is
+    /// durable ([`Vault::refusal`] in either mode, for the read and the write). If even the
+    /// refusal cannot be recorded, the caller gets 503 instead.
     fn refuse(
         &self,
         ctx: &Ctx,
@@ -473,12 +494,8 @@ impl Vault {
         fields: Vec<String>,
         err: VaultError,
     ) -> VaultError {
-        let reason = match &err {
-            VaultError::Erased { .. } => "subject erased".to_string(),
-            VaultError::NotFound(_) => "unknown subject".to_string(),
-            e => e.to_string(),
-        };
-        match self.audit.record(self.draft(ctx, action, subject, reason).purpose(purpose).fields(fields).deny()) {
+        let draft = self.refusal_draft(answer::Refused { ctx, action, subject, purpose, fields }, &err);
+        match self.audit.record(draft) {
             Ok(_) => err,
             Err(e) => e.into(),
         }

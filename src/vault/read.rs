@@ -1,17 +1,15 @@
 //! Reading a subject's fields for a purpose, and opening sealed records (the read path).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use qoima_keys::{Dek, FieldContext};
 use serde_json::Value;
 
-use super::codec::SubjectMeta;
-use super::records::{Audited, VIEW_FIELDS};
+use super::answer::{Answer, Mode, Refused};
+use super::records::VIEW_FIELDS;
 use super::views::{SealedRecords, SealedRef, SubjectView};
 use super::{Ctx, Vault, VaultError};
-use crate::audit;
 use crate::domain::{FieldName, FieldRef, SubjectId};
 use crate::policy::{self, Action, Denial};
 use crate::store::{Batch, Tier};
@@ -82,7 +80,7 @@ fn not_json() -> VaultError {
     VaultError::Internal("a decrypted field is not JSON".into())
 }
 
-/// What [`Vault::look_up_read`] found.
+/// What a read finds under the subject's lock ([`Vault::look_up_read`]).
 pub(super) enum ReadLookup {
     /// With the subject's DEK, taken under the subject's lock: an erasure that runs before the
     /// records are opened has already purged the cache, and opening them adds nothing to it.
@@ -114,6 +112,21 @@ impl ReadRecords {
 
     pub(super) fn iter(&self) -> impl Iterator<Item = SealedRef<'_>> {
         self.chosen.iter().map(|i| self.view.records.get(*i))
+    }
+}
+
+/// One read's question, checked: which subject, for which permitted purpose, which fields.
+pub(super) struct ReadRequest<'a> {
+    pub(super) subject: &'a str,
+    pub(super) permit: policy::ReadPermit<'a>,
+    /// The fields asked for (`None`: all the purpose allows).
+    pub(super) requested: Option<&'a [FieldName]>,
+}
+
+impl ReadRequest<'_> {
+    /// Whether this read lets `f` out: the purpose allows it, and it was asked for (if any were).
+    fn wants(&self, f: FieldRef<'_>) -> bool {
+        self.permit.purpose().allows(f) && self.requested.is_none_or(|r| r.iter().any(|r| r.borrowed() == f))
     }
 }
 
@@ -159,88 +172,62 @@ impl Vault {
     }
 
     /// Reads a subject's fields for a purpose: only if the caller is granted the purpose and
-    /// its legal basis holds now, and only the fields the purpose allows (and the caller
-    /// asked for, if it asked). The audit entry is durable before the values are returned.
-    pub fn read(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Result<FieldTexts, VaultError> {
-        let (values, queued) = self.read_prepared(ctx, subject, purpose, requested, |d| self.audit.queue(vec![d], Batch::default()))?;
-        queued.wait()?;
-        Ok(values)
+    /// its legal basis holds now, and only the fields the purpose allows (and the caller asked
+    /// for, if it asked). The values come out of the [`Answer`] only once the read's audit
+    /// entry is durable; a refusal's error, once the refusal's is. In [`Mode::NoWait`] a read
+    /// by a caller with a read limit, of data not in memory or of a subject being written,
+    /// would block.
+    pub fn read(&self, mode: Mode, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Answer<FieldTexts> {
+        let answer: Answer<_> = self.read_in(mode, ctx, subject, purpose, requested).into();
+        self.paths.reads.count(mode, &answer);
+        answer
     }
 
-    /// [`Vault::read`] for async callers: the blocking part (decision, store reads, decryption)
-    /// runs now; the values come out of [`Audited::durable`] only once the audit entry is.
-    pub fn read_deferred(
+    fn read_in(
         &self,
+        mode: Mode,
         ctx: &Ctx,
         subject: &SubjectId,
         purpose: &str,
         requested: Option<&[String]>,
-    ) -> Result<Audited<FieldTexts>, VaultError> {
-        let (values, pending) = self.read_prepared(ctx, subject, purpose, requested, |d| self.audit.submit(vec![d], Batch::default()))?;
-        Ok(Audited { value: values, pending })
-    }
-
-    /// [`Vault::read_deferred`] without blocking, for async callers to try first: it saves the
-    /// hand-off to a blocking thread. It answers only an allowed read, by a caller without a
-    /// read limit, of a subject whose lock is free and whose entries are in memory (memtables
-    /// and block cache; `Tier::Memory`), with room in the audit queue. Otherwise it returns
-    /// `None` having changed nothing (no audit entry, no budget spent), and the caller runs
-    /// `read_deferred` on a blocking thread, which also records every refusal.
-    pub fn try_read_now(&self, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Option<Audited<FieldTexts>> {
-        let s = subject.as_str();
-        let purpose = self.purpose(purpose).ok()?;
-        let requested = self.parse_requested(requested).ok()?;
-        // decide_read checks these again; here they spare a refused caller the store reads.
-        let allowed_caller = policy::may(&ctx.caller, Action::Read).is_ok() && ctx.caller.purposes.contains(&purpose.name);
-        if !allowed_caller || self.read_limits.limits(ctx.caller.name.as_str()) {
-            return None;
-        }
-        // Decided, opened and submitted under the lock: an erasure waiting for it is committed
-        // after this read's entry (its durability is awaited after the lock is let go).
-        let lock = self.locks.try_lock(s)?;
-        let looked = self.look_up_read(Tier::Memory, ctx, s, purpose, requested.as_deref()).ok()?;
-        // A failure to open is the blocking path's to record.
-        let ReadLookup::Allowed { dek, records, grant } = looked else { return None };
-        let values = self.decrypt_texts(s, &dek, records.iter()).ok()?;
-        let names: Vec<String> = values.keys().cloned().collect();
-        let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(Some(purpose.name.as_str())).fields(names);
-        let pending = self.audit.try_submit(vec![draft], Batch::default(), None)?;
-        drop(lock);
-        self.paths.reads.in_memory.fetch_add(1, Ordering::Relaxed);
-        Some(Audited { value: values, pending })
-    }
-
-    /// The blocking read: decides, opens and hands the entry to `submit` under the subject's
-    /// lock (so an erasure that takes the lock next is committed after the entry), recording
-    /// every refusal and every failure to open.
-    fn read_prepared<P>(
-        &self,
-        ctx: &Ctx,
-        subject: &SubjectId,
-        purpose: &str,
-        requested: Option<&[String]>,
-        submit: impl FnOnce(audit::Draft) -> Result<P, audit::AuditError>,
-    ) -> Result<(FieldTexts, P), VaultError> {
-        self.paths.reads.blocking.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<Answer<FieldTexts>, VaultError> {
         let s = subject.as_str();
         let purpose = self.purpose(purpose)?;
         let requested = self.parse_requested(requested)?;
-        let asked: Vec<String> = requested.iter().flatten().map(|f| f.to_string()).collect();
         let p = Some(purpose.name.as_str());
-        self.gate(ctx, Action::Read, Some(s))?;
-        // A caller not granted the purpose learns nothing, not even whether the subject exists.
-        if !ctx.caller.purposes.contains(&purpose.name) {
-            return Err(self.refuse(ctx, Action::Read, Some(s), p, asked, Denial::PurposeNotGranted(purpose.name.clone()).into()));
+        let asked = || requested.iter().flatten().map(|f| f.to_string()).collect::<Vec<String>>();
+        let refused = |purpose, fields| Refused { ctx, action: Action::Read, subject: Some(s), purpose, fields };
+        // A caller refused here learns nothing, not even whether the subject exists.
+        let permit = match policy::permit_read(&ctx.caller, purpose) {
+            Ok(permit) => permit,
+            Err(d @ Denial::Role { .. }) => return Ok(self.refusal(mode, refused(None, vec![]), d.into())),
+            Err(d) => return Ok(self.refusal(mode, refused(p, asked()), d.into())),
+        };
+        let caller = ctx.caller.name.as_str();
+        // The budget is spent on the blocking path only, so a NoWait attempt that stops
+        // short has spent nothing.
+        if mode == Mode::NoWait && self.read_limits.limits(caller) {
+            return Err(VaultError::WouldBlock);
         }
-        self.read_budget(ctx, Action::Read, Some(s), p)?;
+        if let Err((per_minute, retry_after_secs)) = self.read_limits.admit(caller, self.clock.now()) {
+            let e = VaultError::RateLimited { caller: caller.to_owned(), per_minute, retry_after_secs };
+            return Ok(self.refusal(mode, refused(p, vec![]), e));
+        }
+        let req = ReadRequest { subject: s, permit, requested: requested.as_deref() };
         let looked = {
-            let _lock = self.locks.lock(s);
-            match self.look_up_read(Tier::Any, ctx, s, purpose, requested.as_deref())? {
+            // Decided, opened and submitted under the lock: an erasure waiting for it is
+            // committed after this read's entry (whose durability is awaited after the lock).
+            let _lock = match mode {
+                Mode::NoWait => self.locks.try_lock(s).ok_or(VaultError::WouldBlock)?,
+                Mode::Wait => self.locks.lock(s),
+            };
+            match self.look_up_read(mode.tier(), &req)? {
                 ReadLookup::Allowed { dek, records, grant } => match self.decrypt_texts(s, &dek, records.iter()) {
                     Ok(values) => {
                         let names: Vec<String> = values.keys().cloned().collect();
                         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
-                        return Ok((values, submit(draft)?));
+                        let commit = self.submit(mode, vec![draft], Batch::default(), None)?;
+                        return Ok(Answer::after(commit, Ok(values)));
                     }
                     Err(e) => ReadLookup::Failed(e),
                 },
@@ -248,31 +235,22 @@ impl Vault {
             }
         };
         // Refusals are recorded once the lock is let go: they hand nothing out.
-        match looked {
+        Ok(match looked {
             ReadLookup::Allowed { .. } => unreachable!("answered under the lock"),
-            ReadLookup::Failed(e) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, e)),
+            ReadLookup::Failed(e) => self.refusal(mode, refused(p, asked()), e),
             ReadLookup::Erased(e) => {
-                let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
-                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err))
+                self.refusal(mode, refused(None, vec![]), VaultError::Erased { subject: e.subject, receipt: e.receipt })
             }
-            ReadLookup::Unknown => {
-                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
-            }
-            ReadLookup::Denied(d) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
-        }
+            ReadLookup::Unknown => self.refusal(mode, refused(None, vec![]), VaultError::NotFound(format!("subject {s} not found"))),
+            ReadLookup::Denied(d) => self.refusal(mode, refused(p, asked()), d.into()),
+        })
     }
 
-    /// What a read finds, under the subject's lock (the caller's), with no side effect: the
-    /// subject's state, the policy's decision and, if it allows, the records the purpose lets
-    /// out. Both read paths decide through here.
-    pub(super) fn look_up_read(
-        &self,
-        tier: Tier,
-        ctx: &Ctx,
-        s: &str,
-        purpose: &policy::PurposeDef,
-        requested: Option<&[FieldName]>,
-    ) -> Result<ReadLookup, VaultError> {
+    /// What a read finds, under the subject's lock (the caller's), with no side effect but
+    /// filling the caches: the subject's state, the basis's decision and, if it holds, the
+    /// records the read lets out.
+    pub(super) fn look_up_read(&self, tier: Tier, req: &ReadRequest<'_>) -> Result<ReadLookup, VaultError> {
+        let s = req.subject;
         let view = match self.views.get(s) {
             Some(view) => view,
             None => {
@@ -285,22 +263,28 @@ impl Vault {
                 let Some(meta) = self.meta_in(tier, s)? else { return Ok(ReadLookup::Unknown) };
                 let (facts, _, _) = self.facts_in(tier, s, &meta)?;
                 let fields: u64 = meta.categories.values().map(|n| u64::from(*n)).sum();
-                if fields > VIEW_FIELDS {
-                    // Too many records to load them all for a few: only what this read may see.
-                    return self.read_uncached(tier, ctx, s, purpose, requested, meta, facts);
-                }
-                let records = self.load_sealed_in(tier, s, fields as usize)?;
-                let view = Arc::new(SubjectView { meta, facts, records });
-                // Kept only if RocksDB had it in memory (a read of the memory tier got this
-                // far): its block cache decides what is hot, so reads spread over a store far
-                // larger than the cache do not churn it, one view in and one out per read.
-                if tier == Tier::Memory {
-                    self.views.insert(s, since, view.clone());
-                }
+                let view = if fields > VIEW_FIELDS {
+                    // Too many records to load them all for a few: only what this read may
+                    // see, and nothing kept.
+                    let records = self.load_records_in(tier, s, req.requested, |f| req.permit.purpose().allows(f))?;
+                    let records = SealedRecords::pack(records.iter().map(SealedRef::from))?;
+                    Arc::new(SubjectView { meta, facts, records })
+                } else {
+                    let records = self.load_sealed_in(tier, s, fields as usize)?;
+                    let view = Arc::new(SubjectView { meta, facts, records });
+                    // Kept only if RocksDB had it in memory (a read of the memory tier got
+                    // this far): its block cache decides what is hot, so reads spread over a
+                    // store far larger than the cache do not churn it, one view in and one out
+                    // per read.
+                    if tier == Tier::Memory {
+                        self.views.insert(s, since, view.clone());
+                    }
+                    view
+                };
                 view
             }
         };
-        let grant = match policy::decide_read(&ctx.caller, purpose, &view.facts, self.clock.now()) {
+        let grant = match req.permit.basis(&view.facts, self.clock.now()) {
             Ok(g) => g,
             Err(d) => return Ok(ReadLookup::Denied(d)),
         };
@@ -309,33 +293,6 @@ impl Vault {
             Ok(d) => d,
             Err(e) => return Ok(ReadLookup::Failed(e)),
         };
-        let records = ReadRecords::new(view, |f| purpose.allows(f) && requested.is_none_or(|r| r.iter().any(|r| r.borrowed() == f)));
-        Ok(ReadLookup::Allowed { dek, records, grant })
-    }
-
-    /// [`Vault::look_up_read`] of a subject too large for the views: reads only the records
-    /// the purpose (and the request) let out, and keeps nothing.
-    #[allow(clippy::too_many_arguments)]
-    fn read_uncached(
-        &self,
-        tier: Tier,
-        ctx: &Ctx,
-        s: &str,
-        purpose: &policy::PurposeDef,
-        requested: Option<&[FieldName]>,
-        meta: SubjectMeta,
-        facts: policy::SubjectFacts,
-    ) -> Result<ReadLookup, VaultError> {
-        let grant = match policy::decide_read(&ctx.caller, purpose, &facts, self.clock.now()) {
-            Ok(g) => g,
-            Err(d) => return Ok(ReadLookup::Denied(d)),
-        };
-        let records = SealedRecords::pack(self.load_records_in(tier, s, requested, |f| purpose.allows(f))?.iter().map(SealedRef::from))?;
-        let dek = match self.dek(s, &meta) {
-            Ok(d) => d,
-            Err(e) => return Ok(ReadLookup::Failed(e)),
-        };
-        let records = ReadRecords::new(Arc::new(SubjectView { meta, facts, records }), |_| true);
-        Ok(ReadLookup::Allowed { dek, records, grant })
+        Ok(ReadLookup::Allowed { dek, records: ReadRecords::new(view, |f| req.wants(f)), grant })
     }
 }

@@ -3,24 +3,9 @@
 use super::codec::Record;
 use super::views::SealedRecords;
 use super::{Vault, VaultError};
-use crate::audit;
 use crate::domain::{FieldName, FieldRef, Purpose};
 use crate::policy::{self};
 use crate::store::{subject_key, subject_prefix, Space, StoreError, Tier};
-
-/// A result held back until its audit entry is durable (fail closed: the value is private,
-/// and the only way to it is [`Audited::durable`]).
-pub struct Audited<T> {
-    pub(super) value: T,
-    pub(super) pending: audit::PendingCommit,
-}
-
-impl<T> Audited<T> {
-    pub async fn durable(self) -> Result<T, VaultError> {
-        self.pending.durable().await?;
-        Ok(self.value)
-    }
-}
 
 /// Subjects with more fields than this are read field by field, never cached whole.
 pub(super) const VIEW_FIELDS: u64 = 256;

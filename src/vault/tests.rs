@@ -34,7 +34,7 @@ fn full_name(value: &str) -> BTreeMap<String, serde_json::Value> {
 }
 
 fn put(v: &Vault, s: &str) {
-    v.put_fields(&ctx(Role::Service), &SubjectId::parse(s).unwrap(), &full_name("N")).unwrap();
+    v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse(s).unwrap(), &full_name("N")).wait().unwrap();
 }
 
 #[test]
@@ -91,9 +91,15 @@ fn concurrent_erasures_are_all_purged_and_none_is_lost() {
     v.close();
 }
 
+/// A read in [`Mode::NoWait`], as the server tries it first: `None` if it would block.
+fn try_read_now(v: &Vault, c: &Ctx, s: &str, purpose: &str) -> Option<Result<FieldTexts, VaultError>> {
+    let answer = v.read(Mode::NoWait, c, &SubjectId::parse(s).unwrap(), purpose, None);
+    (!answer.would_block()).then(|| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(answer.durable()))
+}
+
+/// [`try_read_now`] of a read that is allowed if it does not block.
 fn read_now(v: &Vault, c: &Ctx, s: &str, purpose: &str) -> Option<FieldTexts> {
-    let pending = v.try_read_now(c, &SubjectId::parse(s).unwrap(), purpose, None)?;
-    Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
+    try_read_now(v, c, s, purpose).map(Result::unwrap)
 }
 
 fn entries(v: &Vault) -> u64 {
@@ -109,7 +115,7 @@ fn a_read_in_memory_is_answered_now_and_audited() {
     let before = entries(&v);
     let now = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
     assert_eq!(entries(&v), before + 1, "one audit entry, durable before the values came out");
-    assert_eq!(now, v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap());
+    assert_eq!(now, v.read(Mode::Wait, &c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap());
     assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
     v.close();
 }
@@ -126,12 +132,17 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
     put(&v, "gone");
     v.request_erasure(&ctx(Role::Website), &SubjectId::parse("gone").unwrap()).unwrap();
     let c = ctx(Role::Service);
+    // Refusals are answered where they stand, each with its entry: unknown, erased, not
+    // granted, wrong role.
     let before = entries(&v);
-    // Refusals are the blocking path's to record: unknown, erased, not granted, wrong role.
-    assert!(read_now(&v, &c, "nobody", "loan_issuance").is_none());
-    assert!(read_now(&v, &c, "gone", "loan_issuance").is_none());
-    assert!(read_now(&v, &c, "a", "advertising").is_none());
-    assert!(read_now(&v, &ctx(Role::Auditor), "a", "loan_issuance").is_none());
+    assert!(matches!(try_read_now(&v, &c, "nobody", "loan_issuance"), Some(Err(VaultError::NotFound(_)))));
+    assert!(matches!(try_read_now(&v, &c, "gone", "loan_issuance"), Some(Err(VaultError::Erased { .. }))));
+    assert!(matches!(try_read_now(&v, &c, "a", "advertising"), Some(Err(VaultError::Denied(_)))));
+    assert!(matches!(try_read_now(&v, &ctx(Role::Auditor), "a", "loan_issuance"), Some(Err(VaultError::Denied(_)))));
+    assert_eq!(entries(&v), before + 4, "each refusal recorded once");
+    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
+    // What would wait changes nothing.
+    let before = entries(&v);
     // A caller with a read limit spends its budget on the blocking path only.
     let mut limited = ctx(Role::Service);
     std::sync::Arc::make_mut(&mut limited.caller).name = CallerName::parse("limited").unwrap();
@@ -142,9 +153,9 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
         assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
     }
     assert_eq!(entries(&v), before, "no entry, nothing recorded");
-    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
     // The limited caller's one read a minute is still there.
-    v.read(&limited, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
+    v.read(Mode::Wait, &limited, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap();
     v.store().purge(&[]).unwrap();
     v.close();
     drop(v);
@@ -152,14 +163,20 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
     // Reopened, the subject is only in the files: not in memory until a blocking read.
     let v = Vault::open(settings, root(), Arc::new(SystemClock), Arc::default()).unwrap();
     assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
-    v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap();
+    v.read(Mode::Wait, &c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap();
     assert!(read_now(&v, &c, "a", "loan_issuance").is_some());
     v.close();
 }
 
+/// A write in [`Mode::NoWait`], as the server tries it first: `None` if it would block.
+fn try_put_now(v: &Vault, c: &Ctx, s: &str, fields: &BTreeMap<String, serde_json::Value>) -> Option<Result<WriteOutcome, VaultError>> {
+    let answer = v.put_fields(Mode::NoWait, c, &SubjectId::parse(s).unwrap(), fields);
+    (!answer.would_block()).then(|| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(answer.durable()))
+}
+
+/// [`try_put_now`] of the subject's name, a write that is allowed if it does not block.
 fn put_now(v: &Vault, c: &Ctx, s: &str, value: &str) -> Option<WriteOutcome> {
-    let pending = v.try_put_now(c, &SubjectId::parse(s).unwrap(), &full_name(value))?;
-    Some(tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap())
+    try_put_now(v, c, s, &full_name(value)).map(Result::unwrap)
 }
 
 #[test]
@@ -175,7 +192,7 @@ fn a_write_in_memory_is_planned_now_audited_and_its_lock_released() {
     assert!(v.locks.try_lock("n").is_some(), "the committer released the subject's lock");
     let updated = put_now(&v, &c, "n", "second").expect("an update in memory");
     assert_eq!((updated.created, updated.version), (false, 2));
-    let read = v.read(&c, &SubjectId::parse("n").unwrap(), "loan_issuance", None).unwrap();
+    let read = v.read(Mode::Wait, &c, &SubjectId::parse("n").unwrap(), "loan_issuance", None).wait().unwrap();
     assert_eq!(read["identity.full_name"], json!("second"));
     assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 2);
     v.close();
@@ -191,7 +208,9 @@ fn an_abandoned_write_keeps_its_subject_locked_until_it_is_applied() {
         let s = format!("n{i}");
         // The caller goes away at once (a client that hung up): the write still completes, and
         // the next writer of the subject waits for it rather than reading the store before it.
-        drop(v.try_put_now(&ctx(Role::Service), &SubjectId::parse(&s).unwrap(), &fields).expect("in memory"));
+        let answer = v.put_fields(Mode::NoWait, &ctx(Role::Service), &SubjectId::parse(&s).unwrap(), &fields);
+        assert!(!answer.would_block(), "in memory");
+        drop(answer);
         let _next = v.locks.lock(&s);
         assert!(v.meta(&s).unwrap().is_some(), "{s}: the lock was free before the write was applied");
     }
@@ -206,20 +225,28 @@ fn a_write_that_cannot_finish_now_changes_nothing() {
     put(&v, "gone");
     v.request_erasure(&ctx(Role::Website), &SubjectId::parse("gone").unwrap()).unwrap();
     let c = ctx(Role::Service);
+    // Refusals are answered where they stand, each with its entry: erased, wrong role; a
+    // malformed write is refused before anything is looked up, with none.
     let before = entries(&v);
-    // Refusals are the blocking path's to record: erased, wrong role, invalid fields.
-    assert!(put_now(&v, &c, "gone", "x").is_none());
-    assert!(put_now(&v, &ctx(Role::Auditor), "a", "x").is_none());
+    assert!(matches!(try_put_now(&v, &c, "gone", &full_name("x")), Some(Err(VaultError::Erased { .. }))));
+    assert!(matches!(try_put_now(&v, &ctx(Role::Auditor), "a", &full_name("x")), Some(Err(VaultError::Denied(_)))));
     let bad: BTreeMap<String, serde_json::Value> = [("no.such_field".to_string(), json!("x"))].into();
-    assert!(v.try_put_now(&c, &SubjectId::parse("a").unwrap(), &bad).is_none());
+    assert!(matches!(try_put_now(&v, &c, "a", &bad), Some(Err(VaultError::Invalid(_)))));
+    assert_eq!(entries(&v), before + 2);
+    let in_memory = v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed);
+    // What would wait changes nothing.
+    let before = entries(&v);
     // A subject being written is not waited for.
     {
         let _writer = v.locks.lock("a");
         assert!(put_now(&v, &c, "a", "x").is_none());
     }
     assert_eq!(entries(&v), before, "no entry, nothing recorded");
-    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert_eq!(v.read(&c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).unwrap()["identity.full_name"], json!("N"));
+    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), in_memory);
+    assert_eq!(
+        v.read(Mode::Wait, &c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap()["identity.full_name"],
+        json!("N")
+    );
     v.close();
 }
 
@@ -239,9 +266,10 @@ fn concurrent_writes_to_one_subject_lose_no_update() {
                 for i in 0..writes {
                     let fields = full_name(&format!("{t}-{i}"));
                     // Either path, as the handler would choose; each write must see the last.
-                    match v.try_put_now(&c, &s, &fields) {
-                        Some(pending) => rt.block_on(pending.durable()).unwrap(),
-                        None => v.put_fields(&c, &s, &fields).unwrap(),
+                    let answer = v.put_fields(Mode::NoWait, &c, &s, &fields);
+                    match answer.would_block() {
+                        false => rt.block_on(answer.durable()).unwrap(),
+                        true => v.put_fields(Mode::Wait, &c, &s, &fields).wait().unwrap(),
                     };
                 }
             });
@@ -267,7 +295,8 @@ fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
     // The read looks the subject up under its lock and lets go...
     let looked = {
         let _lock = v.locks.lock("a");
-        v.look_up_read(crate::store::Tier::Any, &c, "a", purpose, None).unwrap()
+        let permit = crate::policy::permit_read(&c.caller, purpose).unwrap();
+        v.look_up_read(crate::store::Tier::Any, &super::read::ReadRequest { subject: "a", permit, requested: None }).unwrap()
     };
     // ...the erasure runs (shreds the wrapped DEK, purges the cache)...
     v.request_erasure(&ctx(Role::Website), &SubjectId::parse("a").unwrap()).unwrap();
@@ -300,18 +329,17 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
         idempotency: None,
     };
     let a = SubjectId::parse("a").unwrap();
-    // As the server reads: in memory if it can, else on the blocking path (which also records
-    // refusals).
+    // As the server reads: in memory if it can, else on the blocking path.
     let name_for = |purpose: &str| -> Result<String, VaultError> {
-        let texts = match read_now(&v, &service, "a", purpose) {
-            Some(texts) => texts,
-            None => v.read(&service, &a, purpose, None)?,
+        let texts = match try_read_now(&v, &service, "a", purpose) {
+            Some(texts) => texts?,
+            None => v.read(Mode::Wait, &service, &a, purpose, None).wait()?,
         };
         Ok(texts["identity.full_name"].json().to_owned())
     };
     put(&v, "a");
     // A read that had to go past RocksDB's memory keeps no view: the block cache decides what is hot.
-    v.read(&service, &a, "loan_issuance", None).unwrap();
+    v.read(Mode::Wait, &service, &a, "loan_issuance", None).wait().unwrap();
     assert!(v.subject_views().is_empty(), "the blocking read kept a view");
     assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
     assert_eq!(v.subject_views().len(), 1, "the read in memory kept a view");
@@ -322,11 +350,11 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     // A field written again and rectified: each write leaves the view of what it wrote, so the
     // next read finds it there.
     let hits = || v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed);
-    v.put_fields(&service, &a, &full_name("M")).unwrap();
+    v.put_fields(Mode::Wait, &service, &a, &full_name("M")).wait().unwrap();
     let before = hits();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"M\"");
     assert_eq!(hits(), before + 1, "the write left no view");
-    v.rectify(&ctx(Role::Website), &a, &full_name("R")).unwrap();
+    v.rectify(Mode::Wait, &ctx(Role::Website), &a, &full_name("R")).wait().unwrap();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
     // On the async path too: the committer installs the view before it releases the lock.
     assert_eq!(put_now(&v, &service, "a", "Q").map(|o| o.created), Some(false));
@@ -335,14 +363,12 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     assert_eq!(hits(), before + 1, "the async write left no view");
     // A write that fails installs nothing: the reads find what is stored.
     faults.set(true);
-    assert!(v.put_fields(&service, &a, &full_name("F")).is_err());
-    assert!(v
-        .try_put_now(&service, &a, &full_name("G"))
-        .is_some_and(|p| { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(p.durable()).is_err() }));
+    assert!(v.put_fields(Mode::Wait, &service, &a, &full_name("F")).wait().is_err());
+    assert!(try_put_now(&v, &service, "a", &full_name("G")).is_some_and(|r| r.is_err()));
     faults.set(false);
     assert_eq!(name_for("loan_issuance").unwrap(), "\"Q\"");
-    assert_eq!(v.read(&service, &a, "loan_issuance", None).unwrap()["identity.full_name"].json(), "\"Q\"");
-    v.rectify(&ctx(Role::Website), &a, &full_name("R")).unwrap();
+    assert_eq!(v.read(Mode::Wait, &service, &a, "loan_issuance", None).wait().unwrap()["identity.full_name"].json(), "\"Q\"");
+    v.rectify(Mode::Wait, &ctx(Role::Website), &a, &full_name("R")).wait().unwrap();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"R\"");
 
     // A consent given, then withdrawn: the policy decides on the facts as they are now.
@@ -383,20 +409,20 @@ fn a_subject_too_large_for_a_view_is_read_without_one() {
     for i in 0..300 {
         fields.insert(format!("questionnaire.q{i}"), json!(format!("answer {i}")));
     }
-    v.put_fields(&c, &a, &fields).unwrap();
+    v.put_fields(Mode::Wait, &c, &a, &fields).wait().unwrap();
     let all = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
     assert_eq!(all.len(), fields.len());
     assert_eq!(all["questionnaire.q299"].json(), "\"answer 299\"");
     let asked = ["questionnaire.q7".to_string(), "identity.full_name".to_string()];
-    let some = v.read(&c, &a, "loan_issuance", Some(&asked)).unwrap();
+    let some = v.read(Mode::Wait, &c, &a, "loan_issuance", Some(&asked)).wait().unwrap();
     assert_eq!(some.keys().map(String::as_str).collect::<Vec<_>>(), ["identity.full_name", "questionnaire.q7"]);
     assert!(v.subject_views().is_empty(), "a view of {} fields was kept", fields.len());
     // Nor does a cached subject that a write takes past that size keep its view.
     let b = SubjectId::parse("b").unwrap();
-    v.put_fields(&c, &b, &full_name("N")).unwrap();
+    v.put_fields(Mode::Wait, &c, &b, &full_name("N")).wait().unwrap();
     read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed");
     assert_eq!(v.subject_views().len(), 1);
-    v.put_fields(&c, &b, &fields).unwrap();
+    v.put_fields(Mode::Wait, &c, &b, &fields).wait().unwrap();
     assert!(v.subject_views().is_empty(), "the write installed a view of {} fields", fields.len());
     assert_eq!(read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed").len(), fields.len());
     v.close();
@@ -421,16 +447,15 @@ fn a_write_planned_from_a_cached_view_matches_one_planned_from_the_store() {
             ("questionnaire.employer".into(), json!("E")),
         ]
         .into();
-        v.put_fields(&c, &a, &first).unwrap();
+        v.put_fields(Mode::Wait, &c, &a, &first).wait().unwrap();
         read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
         assert_eq!(v.subject_views().len(), usize::from(cache_bytes > 0), "the read's view");
         // One field stored before, one new; a mandatory one stored before, others missing.
         let second: BTreeMap<String, serde_json::Value> =
             [("identity.full_name".into(), json!("M")), ("identity.email".into(), json!("m@example.kz"))].into();
-        let pending = v.try_put_now(&c, &a, &second).expect("in memory, allowed");
-        let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(pending.durable()).unwrap();
+        let outcome = try_put_now(&v, &c, "a", &second).expect("in memory").expect("allowed");
         let meta = v.meta_in(Tier::Any, "a").unwrap().unwrap();
-        let read = v.read(&c, &a, "loan_issuance", None).unwrap();
+        let read = v.read(Mode::Wait, &c, &a, "loan_issuance", None).wait().unwrap();
         let values: Vec<(String, String)> = read.iter().map(|(k, t)| (k.clone(), t.json().to_owned())).collect();
         v.close();
         (outcome, meta.categories, meta.version, values)
@@ -483,8 +508,8 @@ fn the_access_summary_keeps_every_read_past_any_number_of_refusals() {
         v.audit.commit(refusals, crate::store::Batch::default()).unwrap();
     }
     let reader = ctx(Role::Service);
-    v.read(&reader, &b, "loan_issuance", None).unwrap();
-    v.read(&reader, &b, "loan_issuance", None).unwrap();
+    v.read(Mode::Wait, &reader, &b, "loan_issuance", None).wait().unwrap();
+    v.read(Mode::Wait, &reader, &b, "loan_issuance", None).wait().unwrap();
     let export = v.export(&ctx(Role::Website), &b).unwrap();
     let reads: Vec<&AccessSummary> = export.access.iter().filter(|a| a.action == "subject.read").collect();
     assert_eq!(reads.len(), 1, "{:?}", export.access);
@@ -534,7 +559,7 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
                 if i % 2 == 0 {
                     v.disclose(&bureau, &id, &req).unwrap();
                 } else {
-                    v.read(&bureau, &id, "loan_issuance", None).unwrap();
+                    v.read(Mode::Wait, &bureau, &id, "loan_issuance", None).wait().unwrap();
                 }
                 done.store(true, Ordering::SeqCst);
             });
@@ -619,9 +644,12 @@ fn the_vault_runs_over_the_memory_engine() {
     let v = Vault::with_store(store, Settings::new(dir.path().join("data")), root, Arc::new(SystemClock), Arc::default()).unwrap();
     put(&v, "m");
     let c = ctx(Role::Service);
-    let read = v.read(&c, &SubjectId::parse("m").unwrap(), "loan_issuance", None).unwrap();
+    let read = v.read(Mode::Wait, &c, &SubjectId::parse("m").unwrap(), "loan_issuance", None).wait().unwrap();
     assert!(format!("{read:?}").contains("identity.full_name"), "{read:?}");
     v.request_erasure(&ctx(Role::Website), &SubjectId::parse("m").unwrap()).unwrap();
-    assert!(matches!(v.read(&c, &SubjectId::parse("m").unwrap(), "loan_issuance", None), Err(VaultError::Erased { .. })));
+    assert!(matches!(
+        v.read(Mode::Wait, &c, &SubjectId::parse("m").unwrap(), "loan_issuance", None).wait(),
+        Err(VaultError::Erased { .. })
+    ));
     v.close();
 }

@@ -1,7 +1,6 @@
-//! Writing a subject's fields: put and rectify, blocking or without blocking.
+//! Writing a subject's fields: put and rectify, one write in either [`Mode`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use qoima_keys::{Dek, DekVersion, FieldContext};
@@ -9,13 +8,15 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::answer::{Answer, Mode, Refused};
 use super::cache::OwnedSubjectLock;
 use super::codec::{Record, SubjectMeta};
+use super::idempotency::{Claim, Keyed};
 use super::keyring::{dek_count_key, wrap_count_key};
-use super::records::{Audited, VIEW_FIELDS};
-use super::views::{SealedRecords, SubjectView, SubjectViews};
+use super::records::VIEW_FIELDS;
+use super::views::{SealedRecords, SubjectView};
 use super::{Ctx, Vault, VaultError};
-use crate::audit;
+use crate::audit::{self, AfterCommit};
 use crate::domain::{FieldName, SubjectId};
 use crate::policy::{self, Action, Denial};
 use crate::store::{subject_key, Batch, Space, Tier};
@@ -30,33 +31,26 @@ enum WritePlan {
         /// A cached subject's view as this write leaves it.
         next_view: Option<NextView>,
     },
-    /// Erased or unknown: the blocking path records the refusal (with the names it was given).
-    Refused { err: VaultError, names: Vec<String> },
+    /// Erased or unknown: a refusal to record.
+    Refused { err: VaultError },
 }
 
 /// The view of a cached subject as a planned write leaves it, to install once the write is
 /// applied, under the subject's lock (so the next read finds it instead of the store's scans).
 struct NextView {
-    /// [`SubjectViews::clears`] when the write was planned.
+    /// [`SubjectViews::clears`](super::views::SubjectViews::clears) when the write was planned.
     clears: u64,
     view: Arc<SubjectView>,
 }
 
-/// What an async write has the audit committer keep until its batch is applied or refused:
-/// the subject's lock, and the view to install if applied, before the lock goes.
-struct WriteHold {
-    lock: OwnedSubjectLock,
-    next: Option<(Arc<SubjectViews>, String, NextView)>,
-}
-
-impl audit::Release for WriteHold {
-    fn release(self: Box<Self>, applied: bool) {
-        let WriteHold { lock, next } = *self;
-        if let (true, Some((views, subject, next))) = (applied, next) {
-            views.install(&subject, next.clears, next.view);
-        }
-        drop(lock);
-    }
+/// One write's question, checked: who writes which parsed fields to which subject.
+struct WriteRequest<'a> {
+    ctx: &'a Ctx,
+    action: Action,
+    subject: &'a str,
+    fields: &'a [(FieldName, Vec<u8>)],
+    /// Whether an unknown subject is created (a put) or refused (a rectify).
+    create: bool,
 }
 
 /// The result of a write.
@@ -93,116 +87,106 @@ impl Vault {
 
     /// Stores or merges fields of a subject (role service). A new subject gets a new DEK
     /// wrapped by the active KEK generation.
-    pub fn put_fields(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
-        self.once(ctx, Action::PutFields, Some(subject.as_str()), || {
-            let encoded = self.encode_fields(fields)?;
-            self.gate(ctx, Action::PutFields, Some(subject.as_str()))?;
-            self.write_gate(ctx, Action::PutFields, subject.as_str(), &encoded)?;
-            self.write_fields(ctx, Action::PutFields, subject, encoded, true)
-        })
+    pub fn put_fields(&self, mode: Mode, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Answer<WriteOutcome> {
+        self.write(mode, Action::PutFields, ctx, subject, fields)
     }
 
     /// Corrects fields (role website, P6): always allowed for a live subject, even under a
     /// hold. The new value gets a new record version; the old ciphertext is deleted.
-    pub fn rectify(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Result<WriteOutcome, VaultError> {
-        self.once(ctx, Action::Rectify, Some(subject.as_str()), || {
-            let encoded = self.encode_fields(fields)?;
-            self.gate(ctx, Action::Rectify, Some(subject.as_str()))?;
-            self.write_gate(ctx, Action::Rectify, subject.as_str(), &encoded)?;
-            self.write_fields(ctx, Action::Rectify, subject, encoded, false)
+    pub fn rectify(&self, mode: Mode, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Answer<WriteOutcome> {
+        self.write(mode, Action::Rectify, ctx, subject, fields)
+    }
+
+    /// The write of both: the outcome comes out of the [`Answer`] once the batch with its
+    /// audit entry is durable. The subject's lock (and the claim on an idempotency key) go
+    /// with the batch to the audit committer, which lets them go once it is applied, after
+    /// installing what the write leaves in the caches: the next writer reads this one's entry
+    /// even if no one awaits the answer, and an erasure (which takes the lock) cannot race
+    /// the caching of a new subject's DEK. In [`Mode::NoWait`] a subject not in memory or
+    /// being written, a used idempotency key or a full audit queue would block.
+    fn write(&self, mode: Mode, action: Action, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Answer<WriteOutcome> {
+        let answer: Answer<_> = self.write_in(mode, action, ctx, subject, fields).into();
+        self.paths.writes.count(mode, &answer);
+        answer
+    }
+
+    fn write_in(
+        &self,
+        mode: Mode,
+        action: Action,
+        ctx: &Ctx,
+        subject: &SubjectId,
+        fields: &BTreeMap<String, Value>,
+    ) -> Result<Answer<WriteOutcome>, VaultError> {
+        let s = subject.as_str();
+        let encoded = self.encode_fields(fields)?;
+        let refused = |fields| Refused { ctx, action, subject: Some(s), purpose: None, fields };
+        let names = || encoded.iter().map(|(f, _)| f.to_string()).collect::<Vec<String>>();
+        if let Err(d) = policy::may(&ctx.caller, action) {
+            return Ok(self.refusal(mode, refused(vec![]), d.into()));
+        }
+        let claim = match self.claim_key::<WriteOutcome>(mode, ctx, action, Some(s))? {
+            Keyed::Answered(answer) => return Ok(answer),
+            Keyed::Fresh(claim) => claim,
+        };
+        if let Err(d) = self.write_decision(ctx, action, &encoded) {
+            return Ok(self.refusal(mode, refused(names()), d.into()));
+        }
+        let lock = match mode {
+            Mode::NoWait => self.locks.try_lock_owned(s).ok_or(VaultError::WouldBlock)?,
+            Mode::Wait => self.locks.lock_owned(s),
+        };
+        let req = WriteRequest { ctx, action, subject: s, fields: &encoded, create: action == Action::PutFields };
+        match self.plan_write(mode.tier(), &req)? {
+            WritePlan::Refused { err } => {
+                drop(lock);
+                Ok(self.refusal(mode, refused(names()), err))
+            }
+            WritePlan::Ready { mut batch, draft, outcome, new_dek, next_view } => {
+                self.remember(ctx, Some(s), &mut batch, &outcome)?;
+                let after = self.after_write(s, (lock, claim), new_dek, next_view);
+                let commit = self.submit(mode, vec![draft], batch, Some(after))?;
+                Ok(Answer::after(commit, Ok(outcome)))
+            }
+        }
+    }
+
+    /// What the committer does once a write's batch is applied or refused: caches what the
+    /// write left if applied (a new subject's DEK, a cached subject's next view), then lets the
+    /// subject's lock and the key's claim go.
+    fn after_write(
+        &self,
+        s: &str,
+        held: (OwnedSubjectLock, Option<Claim>),
+        new_dek: Option<Arc<Dek>>,
+        next: Option<NextView>,
+    ) -> AfterCommit {
+        let caches = (new_dek.is_some() || next.is_some()).then(|| (self.cache.clone(), self.views.clone(), s.to_owned()));
+        Box::new(move |applied| {
+            if let (true, Some((deks, views, subject))) = (applied, caches) {
+                if let Some(dek) = new_dek {
+                    deks.insert(&subject, dek);
+                }
+                if let Some(next) = next {
+                    views.install(&subject, next.clears, next.view);
+                }
+            }
+            drop(held);
         })
     }
 
-    /// The policy's write decision for this caller (both write paths ask it, before any
-    /// lookup): its grant, or what its purposes read.
+    /// The policy's write decision for this caller, before any lookup: its grant, or what its
+    /// purposes read.
     fn write_decision(&self, ctx: &Ctx, action: Action, fields: &[(FieldName, Vec<u8>)]) -> Result<(), Denial> {
         let writes = self.settings.write_grants.get(ctx.caller.name.as_str()).map(Vec::as_slice);
         policy::decide_write(&ctx.caller, action, writes, &self.settings.purposes, fields.iter().map(|(f, _)| f.borrowed()))
     }
 
-    /// [`Vault::write_decision`], recording a refusal with the field names (never values).
-    fn write_gate(&self, ctx: &Ctx, action: Action, s: &str, fields: &[(FieldName, Vec<u8>)]) -> Result<(), VaultError> {
-        self.write_decision(ctx, action, fields).map_err(|d| {
-            let names = fields.iter().map(|(f, _)| f.to_string()).collect();
-            self.refuse(ctx, action, Some(s), None, names, d.into())
-        })
-    }
-
-    fn write_fields(
-        &self,
-        ctx: &Ctx,
-        action: Action,
-        subject: &SubjectId,
-        fields: Vec<(FieldName, Vec<u8>)>,
-        create: bool,
-    ) -> Result<WriteOutcome, VaultError> {
-        self.paths.writes.blocking.fetch_add(1, Ordering::Relaxed);
-        let s = subject.as_str();
-        let names: Vec<String> = fields.iter().map(|(f, _)| f.to_string()).collect();
-        let _lock = self.locks.lock(s);
-        match self.plan_write(Tier::Any, ctx, action, s, &fields, names, create)? {
-            WritePlan::Refused { err, names } => Err(self.refuse(ctx, action, Some(s), None, names, err)),
-            WritePlan::Ready { mut batch, draft, outcome, new_dek, next_view } => {
-                self.remember(ctx, Some(s), &mut batch, &outcome)?;
-                self.audit.commit(vec![draft], batch)?;
-                if let Some(dek) = new_dek {
-                    self.cache.insert(s, dek);
-                }
-                if let Some(next) = next_view {
-                    self.views.install(s, next.clears, next.view);
-                }
-                Ok(outcome)
-            }
-        }
-    }
-
-    /// [`Vault::put_fields`] without blocking, for async callers to try first (as
-    /// [`Vault::try_read_now`] for reads). It answers only a valid write by a caller with the
-    /// role, to a subject whose lock is free and whose entries are in memory, with room in the
-    /// audit queue; otherwise it returns `None` having changed nothing, and the caller runs
-    /// `put_fields` on a blocking thread, which also records every refusal. The subject's lock
-    /// goes with the batch to the audit committer, which releases it once the batch is
-    /// written: the next writer reads this one's entry even if no one awaits the result (and so
-    /// does the claim on an idempotency key, whose record rides in the batch). A
-    /// new subject's DEK is not cached here (the cache is filled on its first read), so an
-    /// erasure that purges the cache cannot race an insert after it.
-    pub fn try_put_now(&self, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Option<Audited<WriteOutcome>> {
-        let encoded = self.encode_fields(fields).ok()?;
-        // Refused writes go to the blocking path, which records them.
-        self.write_decision(ctx, Action::PutFields, &encoded).ok()?;
-        // An idempotency key is claimed here and must have no record (a replay, a key in flight:
-        // the blocking path); the claim goes with the lock, once the batch with the record is.
-        let claim = self.try_claim_fresh(ctx)?;
-        let s = subject.as_str();
-        let names: Vec<String> = encoded.iter().map(|(f, _)| f.to_string()).collect();
-        let lock = self.locks.try_lock_owned(s)?;
-        let WritePlan::Ready { mut batch, draft, outcome, next_view, .. } =
-            self.plan_write(Tier::Memory, ctx, Action::PutFields, s, &encoded, names, true).ok()?
-        else {
-            return None;
-        };
-        self.remember(ctx, Some(s), &mut batch, &outcome).ok()?;
-        let next = next_view.map(|n| (self.views.clone(), s.to_owned(), n));
-        let hold = self.hold_claim(Box::new(WriteHold { lock, next }), claim);
-        let pending = self.audit.try_submit(vec![draft], batch, Some(hold))?;
-        self.paths.writes.in_memory.fetch_add(1, Ordering::Relaxed);
-        Some(Audited { value: outcome, pending })
-    }
-
-    /// What a write of `fields` to `s` would do, under the subject's lock (the caller's), with
-    /// no side effect but filling the DEK cache: the batch, its audit entry and the outcome,
-    /// or the refusal to record. Both write paths plan through here.
-    #[allow(clippy::too_many_arguments)]
-    fn plan_write(
-        &self,
-        tier: Tier,
-        ctx: &Ctx,
-        action: Action,
-        s: &str,
-        fields: &[(FieldName, Vec<u8>)],
-        names: Vec<String>,
-        create: bool,
-    ) -> Result<WritePlan, VaultError> {
+    /// What the write `req` would do, under the subject's lock (the caller's), with no side
+    /// effect but filling the DEK cache: the batch, its audit entry and the outcome, or the
+    /// refusal to record.
+    fn plan_write(&self, tier: Tier, req: &WriteRequest<'_>) -> Result<WritePlan, VaultError> {
+        let WriteRequest { ctx, action, subject: s, fields, create } = *req;
         let now = self.clock.now();
         let mut batch = Batch::default();
         // A cached view is the subject as stored (the caller holds its lock, as every writer
@@ -216,7 +200,7 @@ impl Vault {
         };
         let (mut meta, mut dek, created) = match looked_up {
             (Some(e), _) if e.status == super::ErasureStatus::Erased => {
-                return Ok(WritePlan::Refused { err: VaultError::Erased { subject: e.subject, receipt: e.receipt }, names });
+                return Ok(WritePlan::Refused { err: VaultError::Erased { subject: e.subject, receipt: e.receipt } });
             }
             (_, Some(m)) => {
                 let d = self.dek(s, &m)?;
@@ -226,7 +210,7 @@ impl Vault {
                 let (m, d) = self.new_subject(s, now, &mut batch)?;
                 (m, d, true)
             }
-            (_, None) => return Ok(WritePlan::Refused { err: VaultError::NotFound(format!("subject {s} not found")), names }),
+            (_, None) => return Ok(WritePlan::Refused { err: VaultError::NotFound(format!("subject {s} not found")) }),
         };
         let mut rekeyed = false;
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
@@ -269,6 +253,7 @@ impl Vault {
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
         batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
+        let names: Vec<String> = fields.iter().map(|(f, _)| f.to_string()).collect();
         let missing_mandatory = match &view {
             Some(v) => self.missing_mandatory_of(&names, |f| v.records.contains(f)),
             None => self.missing_mandatory(tier, (!created).then_some(s), &names)?,

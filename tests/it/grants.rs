@@ -10,7 +10,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use qoima::auth::token_digest;
 use qoima::domain::{ManualClock, RequestId, SubjectId};
-use qoima::vault::Ctx;
+use qoima::vault::{Ctx, Mode, VaultError};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -156,11 +156,13 @@ async fn the_fast_write_path_decides_as_the_blocking_one() {
         |name: &str| Ctx { caller: caller(name), request_id: RequestId::generate(), client_request_id: None, via: None, idempotency: None };
     let s = SubjectId::parse("g-4").unwrap();
     let planted = [("identity.address".to_string(), json!("Planted fast"))].into();
-    assert!(app.vault.try_put_now(&ctx("svc-marketing"), &s, &planted).is_none(), "the fast path refuses what the policy refuses");
+    let refused = app.vault.put_fields(Mode::NoWait, &ctx("svc-marketing"), &s, &planted);
+    assert!(!refused.would_block(), "a refusal is answered where it stands");
+    assert!(matches!(refused.durable().await, Err(VaultError::Denied(_))), "the fast path refuses what the policy refuses");
     let allowed = [("identity.email".to_string(), json!("fast@example.kz"))].into();
-    let pending =
-        app.vault.try_put_now(&ctx("svc-marketing"), &s, &allowed).expect("an allowed write of a cached subject is taken at once");
-    pending.durable().await.unwrap();
+    let answer = app.vault.put_fields(Mode::NoWait, &ctx("svc-marketing"), &s, &allowed);
+    assert!(!answer.would_block(), "an allowed write of a cached subject is taken at once");
+    answer.durable().await.unwrap();
     let s = stored(&app, "g-4").await;
     assert_eq!((s["identity.address"].clone(), s["identity.email"].clone()), (json!("Almaty, Abay 1, FAST"), json!("fast@example.kz")));
 }
