@@ -531,7 +531,7 @@ async fn a_link_stops_working_when_its_caller_loses_the_website_role() {
     let ctx = qoima::vault::Ctx { caller: svc, request_id: RequestId::generate(), client_request_id: None, via: None, idempotency: None };
     let subject = SubjectId::parse("pc-role").unwrap();
     let fields = application("PCR").as_object().unwrap().clone().into_iter().collect();
-    vault.put_fields(qoima::vault::Mode::Wait, &ctx, &subject, &fields).wait().unwrap();
+    vault.put_fields(qoima::vault::Mode::Wait, &ctx, &subject, &fields).durable().await.unwrap();
 
     let sessions =
         std::sync::Arc::new(qoima::privacy::Sessions::new(&config.privacy, qoima::privacy::PublicUrl::parse("http://vault.test").unwrap()));
