@@ -1,4 +1,5 @@
-//! Reading a subject's fields for a purpose, and opening sealed records (the read path).
+//! Reading a subject's fields for a purpose, and opening sealed records (the read path): one
+//! [`Vault::read`] in either [`Mode`]; what the fast mode bought is in [`super::answer`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

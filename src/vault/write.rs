@@ -1,4 +1,5 @@
-//! Writing a subject's fields: put and rectify, one write in either [`Mode`].
+//! Writing a subject's fields: put and rectify, one write in either [`Mode`]; what the fast mode
+//! bought is in [`super::answer`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
