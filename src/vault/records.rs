@@ -5,8 +5,9 @@ use super::views::SealedRecords;
 use super::{Vault, VaultError};
 use crate::audit;
 use crate::domain::{FieldName, FieldRef, Purpose};
+use crate::layout::{subject_key, subject_prefix};
 use crate::policy::{self};
-use crate::store::{subject_key, subject_prefix, Space, StoreError, Tier};
+use crate::store::{Space, StoreError, Tier};
 
 /// A result held back until its audit entry is durable (fail closed: the value is private,
 /// and the only way to it is [`Audited::durable`]).
