@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("policy_decide_read", |b| b.iter(|| policy::decide_read(&who, &p, &facts, now).unwrap()));
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("s")).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("s"), qoima::audit::summary::merge).unwrap());
     let value = vec![7u8; 1024];
     let mut i = 0u64;
     c.bench_function("store_put_1KiB_synced", |b| {

@@ -215,7 +215,7 @@ fn run(opts: &Opts) -> Result<(), String> {
 
     // The raw RocksDB baseline's store, prefilled so its get points have keys to read.
     let raw_store = if opts.wants("raw") {
-        let store = qoima::store::Store::open(&tmp.path().join("rawdb")).map_err(|e| e.to_string())?;
+        let store = qoima::store::Store::open(&tmp.path().join("rawdb"), qoima::audit::summary::merge).map_err(|e| e.to_string())?;
         baselines::prefill(&store, 20_000)?;
         Some(store)
     } else {

@@ -6,8 +6,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{index_key, summary, AuditEntry, Decision, Draft, Head, GENESIS, HEAD_KEY};
+use super::{summary, AuditEntry, Decision, Draft, Head, GENESIS};
 use crate::domain::{rfc3339, Clock};
+use crate::layout;
 use crate::store::{Batch, Space, Store, StoreError};
 
 /// Most jobs folded into one group commit.
@@ -219,7 +220,7 @@ impl Drop for AuditLog {
 
 fn load_head(store: &Store) -> Result<Head, StoreError> {
     let corrupt = |what| StoreError::Corrupt { space: "audit", what };
-    match store.get(Space::Keyring, HEAD_KEY)? {
+    match store.get(Space::Keyring, layout::AUDIT_HEAD)? {
         Some(v) => serde_json::from_slice(&v).map_err(|_| corrupt("chain head")),
         None => match store.last(Space::Audit)? {
             // A log without a head record: continue from its last entry.
@@ -289,19 +290,19 @@ fn committer(
                 }
                 tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {
-                    batch.put(Space::AuditIndex, index_key(s, e.seq), Vec::new());
+                    batch.put(Space::AuditIndex, layout::audit_index(s, e.seq), Vec::new());
                 }
                 // In the entry's batch: the summary has every access that is in the log.
                 if let Some((s, op)) = summary::operand(&e) {
                     batch.merge(Space::Access, summary::key(s), op);
                 }
-                batch.put(Space::Audit, e.seq.to_be_bytes().to_vec(), e.to_json());
+                batch.put(Space::Audit, layout::audit_entry(e.seq), e.to_json());
                 next = Head { seq: e.seq, hash: e.hash };
                 mine.push(next.seq);
             }
             seqs.push(mine);
         }
-        batch.put(Space::Keyring, HEAD_KEY.to_vec(), serde_json::to_vec(&next).expect("head serialises"));
+        batch.put(Space::Keyring, layout::AUDIT_HEAD.to_vec(), serde_json::to_vec(&next).expect("head serialises"));
         let started = std::time::Instant::now();
         let result = if faults.failing() { Err(StoreError::Io("injected audit write failure".into())) } else { store.write(&batch) };
         match result {
@@ -350,7 +351,7 @@ mod tests {
     #[test]
     fn decisions_are_counted_per_entry_within_a_group() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(dir.path(), summary::merge).unwrap());
         let log = AuditLog::start(store, Arc::new(SystemClock), Arc::default(), ["loan_issuance".to_owned()].into()).unwrap();
         let advertising = |d: Draft| Draft { purpose: Some("advertising".into()), ..d };
         // One job, so one group of five entries.
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn a_failed_write_applies_nothing_and_keeps_the_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(dir.path(), summary::merge).unwrap());
         let faults = Arc::new(FaultSwitch::default());
         let log = AuditLog::start(store.clone(), Arc::new(SystemClock), faults.clone(), Default::default()).unwrap();
         log.record(draft("a", "1")).unwrap();

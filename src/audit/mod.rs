@@ -9,8 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::subject_key;
-
 mod entry;
 mod log;
 mod query;
@@ -26,16 +24,9 @@ pub use verify::{verify, Broken, Verification};
 
 /// The hash before the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const HEAD_KEY: &[u8] = b"audit/head";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Head {
     seq: u64,
     hash: String,
-}
-
-fn index_key(subject: &str, seq: u64) -> Vec<u8> {
-    let mut k = subject_key(subject, "");
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }

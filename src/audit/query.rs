@@ -1,7 +1,8 @@
 //! Listing entries, by subject (through the index) or in sequence order.
 
-use super::{index_key, AuditEntry};
-use crate::store::{subject_key, Space, Store, StoreError};
+use super::AuditEntry;
+use crate::layout;
+use crate::store::{Space, Store, StoreError};
 
 /// Which entries to list.
 #[derive(Clone, Debug, Default)]
@@ -20,17 +21,14 @@ pub fn query(store: &Store, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
     let corrupt = || StoreError::Corrupt { space: "audit", what: "entry" };
     match &q.subject {
         Some(s) => {
-            let from = index_key(s, q.after.saturating_add(1));
-            let to = crate::store::prefix_end(&subject_key(s, ""));
+            let (from, to) = layout::audit_index_from(s, q.after.saturating_add(1));
             let mut seqs = Vec::new();
             store.scan(Space::AuditIndex, &from, &to, |k, _| {
-                if let Ok(b) = k[k.len() - 8..].try_into() {
-                    seqs.push(u64::from_be_bytes(b));
-                }
+                seqs.extend(layout::parse_audit_index(k));
                 true
             })?;
             for chunk in seqs.chunks(256) {
-                let keys: Vec<Vec<u8>> = chunk.iter().map(|s| s.to_be_bytes().to_vec()).collect();
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|s| layout::audit_entry(*s)).collect();
                 for v in store.get_many(Space::Audit, &keys)?.into_iter().flatten() {
                     let e: AuditEntry = serde_json::from_slice(&v).map_err(|_| corrupt())?;
                     if keep(&e) {
@@ -44,7 +42,7 @@ pub fn query(store: &Store, q: &Query) -> Result<Vec<AuditEntry>, StoreError> {
         }
         None => {
             let mut err = None;
-            store.scan(Space::Audit, &q.after.saturating_add(1).to_be_bytes(), &[0xff; 9], |_, v| {
+            store.scan(Space::Audit, &layout::audit_entry(q.after.saturating_add(1)), layout::AUDIT_END, |_, v| {
                 match serde_json::from_slice::<AuditEntry>(v) {
                     Ok(e) if keep(&e) => out.push(e),
                     Ok(_) => {}

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{AuditEntry, Decision};
-use crate::store::{subject_key, Batch, Space, Store, StoreError};
+use crate::layout;
+use crate::store::{Batch, Space, Store, StoreError};
 
 /// The accesses kept in full, newest last.
 pub const RECENT: usize = 20;
@@ -25,8 +26,6 @@ pub const RECENT: usize = 20;
 /// The actions that hand a subject's values out.
 pub const ACCESSES: [&str; 3] = ["subject.read", "subject.disclose", "subject.export"];
 
-/// Where [`backfill`] keeps its progress, in [`Space::Jobs`].
-const BACKFILL_KEY: &[u8] = b"audit/access_summary";
 /// Entries a backfill reads into memory before it writes what they add.
 const BACKFILL_CHUNK: usize = 20_000;
 
@@ -144,7 +143,7 @@ fn group_key(g: &Group) -> (&str, &str, Option<&str>) {
 
 /// The key of `subject`'s summary in [`Space::Access`].
 pub fn key(subject: &str) -> Vec<u8> {
-    subject_key(subject, "")
+    layout::access_summary(subject)
 }
 
 /// The merge operand `e` adds to its subject's summary, if it is an access: allowed, about a
@@ -172,17 +171,20 @@ struct AccessRef<'a> {
     fields: &'a [String],
 }
 
-/// The merge of a stored value and operands (RocksDB's full and partial merges alike). A piece
-/// that does not decode (a damaged file) is left out and reported, never fails the merge: a
-/// failing merge would fail the compaction holding it, and with it every write of the store.
-pub fn merge<'a>(existing: Option<&'a [u8]>, operands: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+/// The merge of a stored value and operands (RocksDB's full and partial merges alike): the
+/// [`MergeRule`](crate::store::MergeRule) the vault opens its store with. A piece that does
+/// not decode (a damaged file) is left out and reported, never fails the merge: a failing
+/// merge would fail the compaction holding it, and with it every write of the store.
+pub fn merge(existing: Option<&[u8]>, operands: &mut dyn Iterator<Item = &[u8]>) -> Vec<u8> {
     let mut out = Summary::default();
-    for piece in existing.into_iter().chain(operands) {
-        match Summary::decode(piece) {
-            Some(s) => out.absorb(s),
-            None => tracing::error!("an access summary record does not decode; left out (the audit trail has every entry)"),
-        }
+    let mut absorb = |piece: &[u8]| match Summary::decode(piece) {
+        Some(s) => out.absorb(s),
+        None => tracing::error!("an access summary record does not decode; left out (the audit trail has every entry)"),
+    };
+    if let Some(piece) = existing {
+        absorb(piece);
     }
+    operands.for_each(&mut absorb);
     out.encode()
 }
 
@@ -206,9 +208,9 @@ struct Progress {
 /// which entries the [`backfill`] owes (those up to `head`); every later one the committer
 /// summarises as it writes it.
 pub(super) fn note_start(store: &Store, head: u64) -> Result<(), StoreError> {
-    if store.get(Space::Jobs, BACKFILL_KEY)?.is_none() {
+    if store.get(Space::Jobs, layout::ACCESS_BACKFILL)?.is_none() {
         let mut b = Batch::default();
-        b.put(Space::Jobs, BACKFILL_KEY.to_vec(), serde_json::to_vec(&Progress { done: 0, upto: head }).expect("serialises"));
+        b.put(Space::Jobs, layout::ACCESS_BACKFILL.to_vec(), serde_json::to_vec(&Progress { done: 0, upto: head }).expect("serialises"));
         store.write(&b)?;
     }
     Ok(())
@@ -219,15 +221,15 @@ pub(super) fn note_start(store: &Store, head: u64) -> Result<(), StoreError> {
 /// Returns how many entries it read.
 pub fn backfill(store: &Store, erased: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
     let corrupt = |what| StoreError::Corrupt { space: "audit", what };
-    let Some(p) = store.get(Space::Jobs, BACKFILL_KEY)? else { return Ok(0) };
+    let Some(p) = store.get(Space::Jobs, layout::ACCESS_BACKFILL)? else { return Ok(0) };
     let mut p: Progress = serde_json::from_slice(&p).map_err(|_| corrupt("access summary progress"))?;
     let mut read = 0u64;
     while p.done < p.upto {
         let mut chunk: HashMap<String, Summary> = HashMap::new();
         let mut last = p.done;
         let mut bad = false;
-        let to = p.upto.saturating_add(1).to_be_bytes();
-        store.scan(Space::Audit, &(p.done + 1).to_be_bytes(), &to, |_, v| {
+        let (from, to) = (layout::audit_entry(p.done + 1), layout::audit_entry(p.upto.saturating_add(1)));
+        store.scan(Space::Audit, &from, &to, |_, v| {
             let Ok(e) = serde_json::from_slice::<AuditEntry>(v) else {
                 bad = true;
                 return false;
@@ -253,7 +255,7 @@ pub fn backfill(store: &Store, erased: impl Fn(&str) -> bool) -> Result<u64, Sto
             }
         }
         p.done = done;
-        b.put(Space::Jobs, BACKFILL_KEY.to_vec(), serde_json::to_vec(&p).expect("serialises"));
+        b.put(Space::Jobs, layout::ACCESS_BACKFILL.to_vec(), serde_json::to_vec(&p).expect("serialises"));
         store.write(&b)?;
         tracing::info!(done = p.done, upto = p.upto, "access summaries: backfilled from the audit trail");
     }
@@ -318,16 +320,38 @@ mod tests {
     #[test]
     fn a_piece_that_does_not_decode_is_left_out_not_failed() {
         let one = access(1, "a", "p", &["x"]).encode();
-        let merged = merge(Some(b"garbage".as_slice()), [one.as_slice(), b"{\"seq\":2}".as_slice()]);
+        let merged = merge(Some(b"garbage".as_slice()), &mut [one.as_slice(), b"{\"seq\":2}".as_slice()].into_iter());
         let s = Summary::decode(&merged).unwrap();
         assert_eq!(s.groups.len(), 1);
         assert_eq!(s.groups[0].count, 1);
     }
 
+    /// Each engine folds the access summaries' merges with this rule, given at open (the
+    /// engines' conformance suite checks the merge contract with a rule of its own).
+    #[test]
+    fn a_store_folds_access_summaries_with_this_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::in_memory(merge), Store::open(&dir.path().join("db"), merge).unwrap()] {
+            let (a, b, c) =
+                (access(1, "crm", "p", &["x"]).encode(), access(2, "crm", "p", &["y"]).encode(), access(3, "web", "q", &["x"]).encode());
+            let key = key("s1");
+            for (i, op) in [&a, &b, &c].into_iter().enumerate() {
+                let mut batch = Batch::default();
+                batch.merge(Space::Access, key.clone(), op.clone());
+                if i == 2 {
+                    batch.merge(Space::Access, key.clone(), a.clone());
+                }
+                store.write(&batch).unwrap();
+            }
+            let expected = merge(None, &mut [a.as_slice(), b.as_slice(), c.as_slice(), a.as_slice()].into_iter());
+            assert_eq!(store.get(Space::Access, &key).unwrap(), Some(expected));
+        }
+    }
+
     #[test]
     fn refusals_never_push_accesses_out_of_the_summary() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(dir.path(), merge).unwrap());
         let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
         log.record(draft("s", "first read")).unwrap();
         // Refusals, other actions and reads naming no field are not accesses.

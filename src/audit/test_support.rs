@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{AuditEntry, AuditLog, Decision, Draft};
 use crate::domain::SystemClock;
+use crate::layout;
 use crate::store::{Batch, Space, Store};
 
 pub(super) fn draft(subject: &str, reason: &str) -> Draft {
@@ -22,7 +23,7 @@ pub(super) fn draft(subject: &str, reason: &str) -> Draft {
 
 pub(super) fn log_with(n: usize) -> (tempfile::TempDir, Arc<Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(Store::open(dir.path(), super::summary::merge).unwrap());
     let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
     std::thread::scope(|s| {
         for i in 0..n {
@@ -35,9 +36,9 @@ pub(super) fn log_with(n: usize) -> (tempfile::TempDir, Arc<Store>) {
 }
 
 pub(super) fn tamper(store: &Store, seq: u64, f: impl FnOnce(&mut AuditEntry)) {
-    let mut e: AuditEntry = serde_json::from_slice(&store.get(Space::Audit, &seq.to_be_bytes()).unwrap().unwrap()).unwrap();
+    let mut e: AuditEntry = serde_json::from_slice(&store.get(Space::Audit, &layout::audit_entry(seq)).unwrap().unwrap()).unwrap();
     f(&mut e);
     let mut b = Batch::default();
-    b.put(Space::Audit, seq.to_be_bytes().to_vec(), serde_json::to_vec(&e).unwrap());
+    b.put(Space::Audit, layout::audit_entry(seq), serde_json::to_vec(&e).unwrap());
     store.write(&b).unwrap();
 }

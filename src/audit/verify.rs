@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-use super::{AuditEntry, Head, GENESIS, HEAD_KEY};
+use super::{AuditEntry, Head, GENESIS};
+use crate::layout;
 use crate::store::{Space, Store, StoreError};
 
 /// What [`verify`] found.
@@ -31,9 +32,9 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
     let mut broken: Option<Broken> = None;
     let mut entries = 0u64;
     let mut anchor_seen = false;
-    store.scan(Space::Audit, &[], &[0xff; 9], |k, v| {
+    store.scan(Space::Audit, &[], layout::AUDIT_END, |k, v| {
         entries += 1;
-        let key_seq = k.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        let key_seq = layout::parse_audit_entry(k).unwrap_or(0);
         let fail = |reason: String| Broken { seq: key_seq.max(expected_seq), reason };
         let entry: AuditEntry = match serde_json::from_slice(v) {
             Ok(e) => e,
@@ -79,7 +80,7 @@ pub fn verify(store: &Store, anchor: Option<(u64, &str)>) -> Result<Verification
     if broken.is_none() {
         // The head record itself, never the last entry standing in for it: without it, a
         // deleted tail would pass.
-        let stored = store.get(Space::Keyring, HEAD_KEY)?;
+        let stored = store.get(Space::Keyring, layout::AUDIT_HEAD)?;
         let stored_head = stored.as_deref().and_then(|v| serde_json::from_slice::<Head>(v).ok());
         let last = expected_seq - 1;
         match stored_head {
@@ -137,7 +138,7 @@ mod tests {
         for seq in 1..=5u64 {
             let (_d, store) = log_with(5);
             let mut b = Batch::default();
-            b.delete(Space::Audit, seq.to_be_bytes().to_vec());
+            b.delete(Space::Audit, layout::audit_entry(seq));
             store.write(&b).unwrap();
             let v = verify(&store, None).unwrap();
             assert!(!v.ok, "deleting {seq}");
@@ -148,11 +149,11 @@ mod tests {
     #[test]
     fn reordering_entries_is_detected() {
         let (_d, store) = log_with(5);
-        let a = store.get(Space::Audit, &2u64.to_be_bytes()).unwrap().unwrap();
-        let b = store.get(Space::Audit, &3u64.to_be_bytes()).unwrap().unwrap();
+        let a = store.get(Space::Audit, &layout::audit_entry(2)).unwrap().unwrap();
+        let b = store.get(Space::Audit, &layout::audit_entry(3)).unwrap().unwrap();
         let mut batch = Batch::default();
-        batch.put(Space::Audit, 2u64.to_be_bytes().to_vec(), b);
-        batch.put(Space::Audit, 3u64.to_be_bytes().to_vec(), a);
+        batch.put(Space::Audit, layout::audit_entry(2), b);
+        batch.put(Space::Audit, layout::audit_entry(3), a);
         store.write(&batch).unwrap();
         assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 2);
     }
@@ -162,8 +163,10 @@ mod tests {
         let (_d, store) = log_with(3);
         let v = verify(&store, None).unwrap();
         // Rewrite entry 2 and re-chain everything after it, head included: only an anchor sees it.
-        let mut prev =
-            store.get(Space::Audit, &1u64.to_be_bytes()).map(|v| serde_json::from_slice::<AuditEntry>(&v.unwrap()).unwrap().hash).unwrap();
+        let mut prev = store
+            .get(Space::Audit, &layout::audit_entry(1))
+            .map(|v| serde_json::from_slice::<AuditEntry>(&v.unwrap()).unwrap().hash)
+            .unwrap();
         for seq in 2..=3u64 {
             tamper(&store, seq, |e| {
                 e.reason = "rewritten".into();
@@ -173,7 +176,7 @@ mod tests {
             });
         }
         let mut b = Batch::default();
-        b.put(Space::Keyring, HEAD_KEY.to_vec(), serde_json::to_vec(&Head { seq: 3, hash: prev }).unwrap());
+        b.put(Space::Keyring, layout::AUDIT_HEAD.to_vec(), serde_json::to_vec(&Head { seq: 3, hash: prev }).unwrap());
         store.write(&b).unwrap();
         assert!(verify(&store, None).unwrap().ok, "a consistent rewrite passes without an anchor");
         let r = verify(&store, Some((3, &v.head))).unwrap();
@@ -184,7 +187,7 @@ mod tests {
     fn a_missing_head_record_is_detected() {
         let (_d, store) = log_with(4);
         let mut b = Batch::default();
-        b.delete(Space::Keyring, HEAD_KEY.to_vec());
+        b.delete(Space::Keyring, layout::AUDIT_HEAD.to_vec());
         store.write(&b).unwrap();
         let v = verify(&store, None).unwrap();
         assert!(!v.ok, "{v:?}");
@@ -192,22 +195,22 @@ mod tests {
         assert_eq!((broken.seq, broken.reason.as_str()), (4, "the chain head record is missing"));
         // With the tail deleted too, the head no longer gives it away: its absence does.
         let mut b = Batch::default();
-        b.delete(Space::Audit, 4u64.to_be_bytes().to_vec());
+        b.delete(Space::Audit, layout::audit_entry(4));
         store.write(&b).unwrap();
         assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 3);
         // An empty log has no head to miss.
         let dir = tempfile::tempdir().unwrap();
-        assert!(verify(&Store::open(dir.path()).unwrap(), None).unwrap().ok);
+        assert!(verify(&Store::open(dir.path(), crate::audit::summary::merge).unwrap(), None).unwrap().ok);
     }
 
     #[test]
     fn a_field_the_vault_does_not_write_is_detected() {
         let (_d, store) = log_with(4);
         // Added to the stored object, covered by no hash.
-        let mut v: serde_json::Value = serde_json::from_slice(&store.get(Space::Audit, &3u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&store.get(Space::Audit, &layout::audit_entry(3)).unwrap().unwrap()).unwrap();
         v["note"] = "nothing happened".into();
         let mut b = Batch::default();
-        b.put(Space::Audit, 3u64.to_be_bytes().to_vec(), serde_json::to_vec(&v).unwrap());
+        b.put(Space::Audit, layout::audit_entry(3), serde_json::to_vec(&v).unwrap());
         store.write(&b).unwrap();
         let r = verify(&store, None).unwrap();
         let broken = r.first_broken.unwrap();
@@ -217,13 +220,13 @@ mod tests {
     #[test]
     fn an_entry_with_the_clients_request_id_verifies_and_hashes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(dir.path(), crate::audit::summary::merge).unwrap());
         let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Arc::default(), Default::default()).unwrap();
         log.record(draft("a", "old form")).unwrap();
         log.record(Draft { client_request_id: Some("summary".into()), ..draft("a", "new form") }).unwrap();
         log.shutdown();
         assert!(verify(&store, None).unwrap().ok);
-        let raw = store.get(Space::Audit, &1u64.to_be_bytes()).unwrap().unwrap();
+        let raw = store.get(Space::Audit, &layout::audit_entry(1)).unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("client_request_id"), "left out when absent");
         tamper(&store, 2, |e| e.client_request_id = Some("other".into()));
         assert_eq!(verify(&store, None).unwrap().first_broken.unwrap().seq, 2, "the client's id is covered by the hash");

@@ -231,5 +231,5 @@ fn cli_ctx() -> Ctx {
 }
 
 fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open_for_reading(&config.data_dir)?)
+    Ok(Store::open_for_reading(&config.data_dir, crate::audit::summary::merge)?)
 }

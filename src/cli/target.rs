@@ -14,7 +14,7 @@ pub(super) enum Target {
 }
 
 pub(super) fn target(config: &Config) -> Result<Target, Failure> {
-    match Store::open(&config.data_dir) {
+    match Store::open(&config.data_dir, crate::audit::summary::merge) {
         Ok(store) => {
             drop(store);
             Ok(Target::Offline(Box::new(open_vault_offline(config)?)))

@@ -6,14 +6,42 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{prefix_end, subject_key, subject_prefix, Batch, Engine, Space, Store, StoreError, Tier, WriteState};
+use super::{prefix_end, Batch, Engine, MergeRule, Space, Store, StoreError, Tier, WriteState};
 
 /// One check: a fresh store, and the folder it lives in (for backups and file inspection).
 type Check = fn(&Store, &Path);
 
+/// `group\0`: the NUL-terminated group keys of a [`Space::grouped_keys`] space start with.
+pub fn group(group: &str) -> Vec<u8> {
+    let mut k = group.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// `group\0rest`.
+pub fn grouped(group_name: &str, rest: &str) -> Vec<u8> {
+    let mut k = group(group_name);
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+/// The suite's own [`MergeRule`]: the stored value and the operands, in order, joined by `+`
+/// (operands are never empty here). Associative, as a rule must be, and order-sensitive, so
+/// the checks see that an engine folds the operands in the order written, after the value.
+pub fn join(existing: Option<&[u8]>, operands: &mut dyn Iterator<Item = &[u8]>) -> Vec<u8> {
+    let mut out = existing.map(<[u8]>::to_vec).unwrap_or_default();
+    for op in operands {
+        if !out.is_empty() {
+            out.push(b'+');
+        }
+        out.extend_from_slice(op);
+    }
+    out
+}
+
 /// Runs every check, each on a fresh engine that `make` opens in the (empty or absent) folder
-/// it is given.
-pub fn run<E: Engine>(make: impl Fn(&Path) -> E) {
+/// it is given, with the merge rule it is given.
+pub fn run<E: Engine>(make: impl Fn(&Path, MergeRule) -> E) {
     let checks: [(&str, Check); 9] = [
         ("point and multi-get", point_and_multi_get),
         ("scans in order and within bounds", scans_in_order_and_bounds),
@@ -28,7 +56,7 @@ pub fn run<E: Engine>(make: impl Fn(&Path) -> E) {
     for (name, check) in checks {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let store = Store::with_engine(Arc::new(make(&path)));
+        let store = Store::with_engine(Arc::new(make(&path, join)));
         eprintln!("conformance: {name}");
         check(&store, dir.path());
     }
@@ -140,9 +168,9 @@ fn ops_apply_in_order(store: &Store, _: &Path) {
     b.put(Space::Keyring, b"b".to_vec(), b"2".to_vec());
     b.put(Space::Keyring, b"c".to_vec(), b"old".to_vec());
     b.put(Space::Keyring, b"c".to_vec(), b"new".to_vec());
-    b.put(Space::Records, subject_key("s", "x"), b"gone".to_vec());
-    b.delete_prefix(Space::Records, &subject_prefix("s"));
-    b.put(Space::Records, subject_key("s", "y"), b"kept".to_vec());
+    b.put(Space::Records, grouped("s", "x"), b"gone".to_vec());
+    b.delete_prefix(Space::Records, &group("s"));
+    b.put(Space::Records, grouped("s", "y"), b"kept".to_vec());
     b.add(Space::Keyring, b"n".to_vec(), 4);
     b.put(Space::Keyring, b"n".to_vec(), 10i64.to_le_bytes().to_vec());
     b.add(Space::Keyring, b"n".to_vec(), 1);
@@ -150,7 +178,7 @@ fn ops_apply_in_order(store: &Store, _: &Path) {
     assert_eq!(store.get(Space::Keyring, b"a").unwrap(), None);
     assert_eq!(store.get(Space::Keyring, b"b").unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(store.get(Space::Keyring, b"c").unwrap().as_deref(), Some(&b"new"[..]));
-    assert_eq!(keys(store, Space::Records, b"", b"\xff"), [subject_key("s", "y")]);
+    assert_eq!(keys(store, Space::Records, b"", b"\xff"), [grouped("s", "y")]);
     assert_eq!(store.counter(Space::Keyring, b"n").unwrap(), 11, "an add after a put adds to it");
     // An empty batch is a no-op.
     store.write(&Batch::default()).unwrap();
@@ -163,7 +191,7 @@ fn batches_are_atomic(store: &Store, _: &Path) {
     let round = |i: u64| {
         let mut b = Batch::default();
         for k in 0..KEYS {
-            b.put(Space::Records, subject_key("atom", &format!("{k:02}")), i.to_le_bytes().to_vec());
+            b.put(Space::Records, grouped("atom", &format!("{k:02}")), i.to_le_bytes().to_vec());
         }
         b.add(Space::Keyring, b"rounds".to_vec(), 1);
         b
@@ -176,16 +204,15 @@ fn batches_are_atomic(store: &Store, _: &Path) {
             while !done.load(Ordering::Relaxed) || looks < 50 {
                 let mut values = vec![];
                 store
-                    .scan_prefix(Space::Records, &subject_prefix("atom"), |_, v| {
+                    .scan_prefix(Space::Records, &group("atom"), |_, v| {
                         values.push(v.to_vec());
                         true
                     })
                     .unwrap();
                 assert_eq!(values.len(), KEYS, "a scan saw a batch in part");
                 assert!(values.windows(2).all(|w| w[0] == w[1]), "a scan saw two batches mixed");
-                let many = store
-                    .get_many(Space::Records, &(0..KEYS).map(|k| subject_key("atom", &format!("{k:02}"))).collect::<Vec<_>>())
-                    .unwrap();
+                let many =
+                    store.get_many(Space::Records, &(0..KEYS).map(|k| grouped("atom", &format!("{k:02}"))).collect::<Vec<_>>()).unwrap();
                 assert!(many.windows(2).all(|w| w[0] == w[1] && w[0].is_some()), "a multi-get saw two batches mixed");
                 looks += 1;
             }
@@ -214,59 +241,55 @@ fn counters_and_merges(store: &Store, _: &Path) {
     assert_eq!(store.counter(Space::Keyring, b"d").unwrap(), i64::MAX.wrapping_add(2), "adds wrap");
     assert_eq!(store.get(Space::Keyring, b"c").unwrap(), Some(13i64.to_le_bytes().to_vec()), "stored as i64 little-endian");
 
-    // The access summaries' merge: the engine's result is the audit's merge of the operands.
-    let access = |seq: u64, action: &str| {
-        let a = crate::audit::summary::Access {
-            seq,
-            time: format!("2026-01-01T00:00:{seq:02}Z"),
-            caller: "crm".into(),
-            action: action.into(),
-            purpose: Some("loan_issuance".into()),
-            fields: vec!["identity.full_name".into()],
-        };
-        serde_json::to_vec(&a).unwrap()
-    };
-    let (a, b2, c) = (access(1, "subject.read"), access(2, "subject.read"), access(3, "subject.export"));
-    let key = subject_key("s1", "");
-    for (i, op) in [&a, &b2, &c].into_iter().enumerate() {
+    // Merges fold with the rule given at open: the operands in the order written, across
+    // batches and within one, after the value the key held.
+    let key = grouped("s1", "");
+    for ops in [&["a"][..], &["b"], &["c", "d"]] {
         let mut b = Batch::default();
-        b.merge(Space::Access, key.clone(), op.clone());
-        if i == 2 {
-            b.merge(Space::Access, key.clone(), a.clone());
+        for op in ops {
+            b.merge(Space::Access, key.clone(), op.as_bytes());
         }
         store.write(&b).unwrap();
     }
-    let expected = crate::audit::summary::merge(None, [a.as_slice(), b2.as_slice(), c.as_slice(), a.as_slice()]);
-    assert_eq!(store.get(Space::Access, &key).unwrap(), Some(expected));
+    assert_eq!(store.get(Space::Access, &key).unwrap().as_deref(), Some(&b"a+b+c+d"[..]));
+    let put_first = grouped("s2", "");
+    let mut b = Batch::default();
+    b.put(Space::Access, put_first.clone(), b"x".to_vec());
+    b.merge(Space::Access, put_first.clone(), b"y".to_vec());
+    store.write(&b).unwrap();
+    let mut b = Batch::default();
+    b.merge(Space::Access, put_first.clone(), b"z".to_vec());
+    store.write(&b).unwrap();
+    assert_eq!(store.get(Space::Access, &put_first).unwrap().as_deref(), Some(&b"x+y+z"[..]));
 }
 
 fn prefix_deletes(store: &Store, _: &Path) {
     let mut b = Batch::default();
     for s in ["s", "s1", "s10", "s2"] {
         for f in ["a", "b"] {
-            b.put(Space::Facts, subject_key(s, f), b"v".to_vec());
+            b.put(Space::Facts, grouped(s, f), b"v".to_vec());
         }
     }
     b.put(Space::Facts, b"s1".to_vec(), b"no NUL".to_vec());
     store.write(&b).unwrap();
     let mut del = Batch::default();
-    del.delete_prefix(Space::Facts, &subject_prefix("s1"));
+    del.delete_prefix(Space::Facts, &group("s1"));
     store.write(&del).unwrap();
     let left = keys(store, Space::Facts, b"", b"\xff");
     assert_eq!(
         left,
         [
-            subject_key("s", "a"),
-            subject_key("s", "b"),
+            grouped("s", "a"),
+            grouped("s", "b"),
             b"s1".to_vec(),
-            subject_key("s10", "a"),
-            subject_key("s10", "b"),
-            subject_key("s2", "a"),
-            subject_key("s2", "b")
+            grouped("s10", "a"),
+            grouped("s10", "b"),
+            grouped("s2", "a"),
+            grouped("s2", "b")
         ],
         "exactly the prefix went"
     );
-    assert_eq!(store.get(Space::Facts, &subject_key("s1", "a")).unwrap(), None);
+    assert_eq!(store.get(Space::Facts, &grouped("s1", "a")).unwrap(), None);
 }
 
 /// Every file under `dir`, read whole (a file gone meanwhile is skipped).
@@ -291,7 +314,7 @@ fn purge_leaves_nothing(store: &Store, dir: &Path) {
     let mut b = Batch::default();
     for s in ["p1", "p2", "p3"] {
         b.put(Space::Subjects, s.as_bytes().to_vec(), secret(s));
-        b.put(Space::Records, subject_key(s, "a"), secret(&format!("{s}.a")));
+        b.put(Space::Records, grouped(s, "a"), secret(&format!("{s}.a")));
     }
     b.put(Space::Keyring, b"kek".to_vec(), secret("kek"));
     store.write(&b).unwrap();
@@ -299,18 +322,13 @@ fn purge_leaves_nothing(store: &Store, dir: &Path) {
     store.purge(&[]).unwrap();
     let mut del = Batch::default();
     del.delete(Space::Subjects, b"p1".to_vec());
-    del.delete_prefix(Space::Records, &subject_prefix("p1"));
+    del.delete_prefix(Space::Records, &group("p1"));
     del.delete(Space::Keyring, b"kek".to_vec());
     store.write(&del).unwrap();
-    store
-        .purge(&[
-            (Space::Subjects, b"p1".to_vec(), b"p1\0".to_vec()),
-            (Space::Records, subject_prefix("p1"), prefix_end(&subject_prefix("p1"))),
-        ])
-        .unwrap();
+    store.purge(&[(Space::Subjects, b"p1".to_vec(), b"p1\0".to_vec()), (Space::Records, group("p1"), prefix_end(&group("p1")))]).unwrap();
     store.purge_space(Space::Keyring).unwrap();
     assert_eq!(store.get(Space::Subjects, b"p1").unwrap(), None);
-    assert_eq!(keys(store, Space::Records, b"", b"\xff"), [subject_key("p2", "a"), subject_key("p3", "a")]);
+    assert_eq!(keys(store, Space::Records, b"", b"\xff"), [grouped("p2", "a"), grouped("p3", "a")]);
     assert_eq!(store.get(Space::Keyring, b"kek").unwrap(), None);
     let files = files_under(dir);
     for gone in [secret("p1"), secret("p1.a"), secret("kek")] {
@@ -324,7 +342,7 @@ fn purge_leaves_nothing(store: &Store, dir: &Path) {
 fn backup_is_consistent(store: &Store, dir: &Path) {
     let mut b = Batch::default();
     b.put(Space::Subjects, b"before".to_vec(), b"1".to_vec());
-    b.put(Space::Records, subject_key("before", "a"), b"v".to_vec());
+    b.put(Space::Records, grouped("before", "a"), b"v".to_vec());
     b.add(Space::Keyring, b"n".to_vec(), 3);
     store.write(&b).unwrap();
     let copy_dir = dir.join("backup");
@@ -338,7 +356,7 @@ fn backup_is_consistent(store: &Store, dir: &Path) {
     let copy = store.open_backup(&copy_dir).unwrap();
     assert_eq!(copy.get(Space::Subjects, b"before").unwrap().as_deref(), Some(&b"1"[..]), "what was written before");
     assert_eq!(copy.get(Space::Subjects, b"after").unwrap(), None, "and nothing after");
-    assert_eq!(copy.get(Space::Records, &subject_key("before", "a")).unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(copy.get(Space::Records, &grouped("before", "a")).unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(copy.counter(Space::Keyring, b"n").unwrap(), 3);
     // The copy is a store of its own.
     let mut w = Batch::default();

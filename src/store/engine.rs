@@ -45,9 +45,9 @@ pub trait Engine: Send + Sync + 'static {
     /// the order written and survives a crash of the process or machine (for RocksDB: the
     /// WAL is fsynced); readers see all of it or none of it. Counter adds
     /// ([`super::Op::Add`]) add to the signed 64-bit little-endian value of the key (absent is
-    /// 0); merges ([`super::Op::Merge`]) fold operands with the access summaries' merge
-    /// ([`crate::audit::summary::merge`]). On `Err` the batch may not have been applied; it
-    /// is never applied in part.
+    /// 0); merges ([`super::Op::Merge`]) fold operands, in the order written and after the
+    /// value the key held, with the [`super::MergeRule`] the engine was opened with. On `Err`
+    /// the batch may not have been applied; it is never applied in part.
     fn write(&self, batch: &Batch) -> Result<(), StoreError>;
 
     /// Crypto-shredding: once this returns `Ok`, no value deleted (by a completed

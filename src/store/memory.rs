@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::engine::{Engine, EngineStats, PurgeRange, SpaceStats, WriteState};
-use super::{decode_i64, Batch, KeyValue, Op, Space, StoreError, Tier};
+use super::{decode_i64, Batch, KeyValue, MergeRule, Op, Space, StoreError, Tier};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -18,12 +18,13 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 const SNAPSHOT: &str = "memory-engine.snapshot";
 
 /// The in-memory engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryEngine {
     /// One map per space, in [`Space::ALL`]'s order; one lock, so a batch is applied, and a
     /// scan sees the spaces, as one step.
     spaces: RwLock<[Map; Space::ALL.len()]>,
     purge_lock: Mutex<()>,
+    merge: MergeRule,
 }
 
 fn index(space: Space) -> usize {
@@ -35,12 +36,17 @@ fn io(what: &str, e: std::io::Error) -> StoreError {
 }
 
 impl MemoryEngine {
+    /// An empty engine, folding merges with `merge`.
+    pub fn new(merge: MergeRule) -> Self {
+        Self { spaces: RwLock::default(), purge_lock: Mutex::default(), merge }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, [Map; Space::ALL.len()]> {
         self.spaces.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads a snapshot [`Engine::backup`] wrote into `dir`.
-    pub fn open_snapshot(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open_snapshot(dir: &Path, merge: MergeRule) -> Result<Self, StoreError> {
         let mut bytes = Vec::new();
         std::fs::File::open(dir.join(SNAPSHOT)).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io("backup read", e))?;
         let corrupt = || StoreError::Corrupt { space: "memory snapshot", what: "length" };
@@ -50,7 +56,7 @@ impl MemoryEngine {
             at += n;
             Ok(piece)
         };
-        let engine = Self::default();
+        let engine = Self::new(merge);
         {
             let mut spaces = engine.spaces.write().unwrap_or_else(|p| p.into_inner());
             for map in spaces.iter_mut() {
@@ -132,7 +138,7 @@ impl Engine for MemoryEngine {
                 }
                 Op::Merge(s, k, operand) => {
                     let map = &mut spaces[index(*s)];
-                    let merged = crate::audit::summary::merge(map.get(k).map(Vec::as_slice), [operand.as_slice()]);
+                    let merged = (self.merge)(map.get(k).map(Vec::as_slice), &mut std::iter::once(operand.as_slice()));
                     map.insert(k.clone(), merged);
                 }
             }
@@ -162,7 +168,7 @@ impl Engine for MemoryEngine {
     }
 
     fn open_backup(&self, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
-        Ok(Arc::new(Self::open_snapshot(dir)?))
+        Ok(Arc::new(Self::open_snapshot(dir, self.merge)?))
     }
 
     fn write_state(&self) -> WriteState {
@@ -193,6 +199,6 @@ mod tests {
 
     #[test]
     fn passes_the_conformance_suite() {
-        crate::store::conformance::run(|_dir| MemoryEngine::default());
+        crate::store::conformance::run(|_dir, merge| MemoryEngine::new(merge));
     }
 }

@@ -11,7 +11,8 @@
 //! counters, values decoded in place) over the engine's few methods, and tells the one
 //! [`WriteObserver`] of every write, whatever the engine. The store knows no key layout
 //! beyond "a space's keys may start with a NUL-terminated group" (an indexing hint): the
-//! observer is handed the batch's ops and the vault reads its own keys (src/vault/layout.rs).
+//! observer is handed the batch's ops and the vault reads its own keys (src/layout.rs). Nor
+//! does it know what a merge means: the [`MergeRule`] is given at open.
 //!
 //! **Dispatch is dynamic** (`Arc<dyn Engine>`, visitors as `&mut dyn FnMut`): one `Store` type
 //! for the vault, the audit, the cli and the benches, and no type parameter through them. The
@@ -33,7 +34,7 @@ pub mod rocks;
 mod conformance;
 
 pub use engine::{Engine, EngineStats, PurgeRange, SpaceStats, WriteState};
-pub use keys::{prefix_end, subject_key, subject_prefix};
+pub use keys::prefix_end;
 pub use rocks::{BLOCK_CACHE, DESCRIPTOR_RESERVE, MAX_OPEN_FILES, MEMTABLE_BUDGET};
 
 use std::path::{Path, PathBuf};
@@ -63,7 +64,7 @@ pub enum Space {
     /// Background jobs (rewrap progress).
     Jobs,
     /// Per-subject access summaries (`subject\0`), kept by the audit committer with merges
-    /// ([`crate::audit::summary`]).
+    /// (folded by the [`MergeRule`] the store was opened with).
     Access,
     /// Idempotency records of mutating requests (src/vault/idempotency.rs): by a digest of
     /// caller and key, with a subject index (for erasure) and a time index (for the sweep).
@@ -105,7 +106,7 @@ impl Space {
 
     /// Keys of these spaces start with a NUL-terminated group (the vault's `subject\0`): an
     /// engine may index that prefix (RocksDB: a prefix extractor with bloom filters).
-    pub fn keyed_by_subject(self) -> bool {
+    pub fn grouped_keys(self) -> bool {
         matches!(self, Space::Records | Space::Facts | Space::Disclosures | Space::AuditIndex | Space::Access)
     }
 }
@@ -121,7 +122,7 @@ pub enum Op {
     DeleteRange(Space, Vec<u8>, Vec<u8>),
     /// Adds to a signed 64-bit counter (a merge, so concurrent adds never race).
     Add(Space, Vec<u8>, i64),
-    /// Merges an operand into a value with the space's merge operator (the access summaries').
+    /// Merges an operand into a value with the store's [`MergeRule`] (the access summaries').
     Merge(Space, Vec<u8>, Vec<u8>),
 }
 
@@ -149,10 +150,10 @@ impl Batch {
         self.ops.push(Op::Add(space, key.into(), delta));
     }
 
-    /// Merges `operand` into `key` of `space`, which must have a merge operator of its own
-    /// ([`Space::Access`]); no read on the write path.
+    /// Merges `operand` into `key` of `space` with the store's [`MergeRule`]; only
+    /// [`Space::Access`] merges operands. No read on the write path.
     pub fn merge(&mut self, space: Space, key: impl Into<Vec<u8>>, operand: impl Into<Vec<u8>>) {
-        debug_assert_eq!(space, Space::Access, "only the access summaries have a merge operator for operands");
+        debug_assert_eq!(space, Space::Access, "only the access space merges operands");
         self.ops.push(Op::Merge(space, key.into(), operand.into()));
     }
 
@@ -198,6 +199,14 @@ pub enum Tier {
     Memory,
 }
 
+/// How [`Op::Merge`] operands fold into a value: from the stored value (if any) and the
+/// operands in the order written, the new value. The store's owner gives it at open (the vault:
+/// the access summaries' rule); engines call it as a function of bytes. An engine may fold some
+/// operands first, with no stored value, and hand the result on as one operand (RocksDB's
+/// partial merge), so a rule must be associative. It must not fail or panic: it runs inside
+/// reads and compactions.
+pub type MergeRule = fn(existing: Option<&[u8]>, operands: &mut dyn Iterator<Item = &[u8]>) -> Vec<u8>;
+
 /// A counter's value as [`Op::Add`] keeps it: i64 little-endian; anything else reads as 0.
 pub(crate) fn decode_i64(b: &[u8]) -> i64 {
     b.try_into().map(i64::from_le_bytes).unwrap_or(0)
@@ -230,27 +239,27 @@ impl Store {
         Self { engine, observer: OnceLock::new() }
     }
 
-    /// Opens (creating if needed) the RocksDB store at `path`; [`StoreError::Locked`] if a
-    /// running vault has it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open(path)?)))
+    /// Opens (creating if needed) the RocksDB store at `path`, folding merges with `merge`;
+    /// [`StoreError::Locked`] if a running vault has it.
+    pub fn open(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open(path, merge)?)))
     }
 
     /// Opens an existing RocksDB store read-only, without taking its lock: for verifying and
     /// reading beside a running vault. Sees what was written up to the moment it opens.
-    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open_read_only(path)?)))
+    pub fn open_read_only(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open_read_only(path, merge)?)))
     }
 
     /// Opens for reading: exclusively when no vault runs on it, else read-only beside the
     /// running vault.
-    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open_for_reading(path)?)))
+    pub fn open_for_reading(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open_for_reading(path, merge)?)))
     }
 
     /// An empty store in memory ([`memory::MemoryEngine`]).
-    pub fn in_memory() -> Self {
-        Self::with_engine(Arc::new(memory::MemoryEngine::default()))
+    pub fn in_memory(merge: MergeRule) -> Self {
+        Self::with_engine(Arc::new(memory::MemoryEngine::new(merge)))
     }
 
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -16,10 +16,10 @@
 //! - [`Engine::write_state`] is a probe write, not the cumulative error counter alone (a store
 //!   that stopped on a background error refuses every write until reopened: the C API has no
 //!   `Resume`; the server's watchdog then exits so the supervisor restarts it);
-//! - the counter merge (`qoima.add_i64`, i64 little-endian) and the access summaries' merge
-//!   (`qoima.access_summary`, the rules of [`crate::audit::summary::merge`]) are registered
-//!   under these names, which the data directory's OPTIONS files record: renaming them would
-//!   not open existing stores.
+//! - the counter merge (`qoima.add_i64`, i64 little-endian) and the merge of [`Space::Access`]
+//!   (`qoima.access_summary`: the [`MergeRule`] given at open, for full and partial merges
+//!   alike) are registered under these names, which the data directory's OPTIONS files
+//!   record: renaming them would not open existing stores.
 //!
 //! Tuning (measured in docs/performance.md, not invariants):
 //! - RocksDB keeps at most [`MAX_OPEN_FILES`] table files open, so its descriptors fit in
@@ -51,7 +51,7 @@ use rocksdb::{
 };
 
 use super::engine::{Engine, EngineStats, PurgeRange, SpaceStats, WriteState};
-use super::{decode_i64, Batch, KeyValue, Op, Space, StoreError, Tier};
+use super::{decode_i64, Batch, KeyValue, MergeRule, Op, Space, StoreError, Tier};
 
 fn read_options(tier: Tier) -> ReadOptions {
     let mut ro = ReadOptions::default();
@@ -156,27 +156,25 @@ fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
     Some(n.to_le_bytes().to_vec())
 }
 
+/// The name [`Space::Access`]'s merge operator is registered under (the data directory's
+/// OPTIONS files record it; it names the access summaries, what the vault merges there).
 const ACCESS_MERGE: &str = "qoima.access_summary";
 
-/// The access summaries' merge operator, full and partial alike (a merged operand is a
-/// summary too): the rules are the audit's ([`crate::audit::summary::merge`]); this only hands
-/// RocksDB's operands over.
-fn merge_access(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    Some(crate::audit::summary::merge(existing, operands.iter()))
-}
-
-fn subject_prefix_of(key: &[u8]) -> &[u8] {
+/// The NUL-terminated group a key of a [`Space::grouped_keys`] space starts with: what its
+/// prefix extractor indexes (registered as `qoima.subject_prefix`, the name the OPTIONS files
+/// record).
+fn group_of(key: &[u8]) -> &[u8] {
     match key.iter().position(|b| *b == 0) {
         Some(i) => &key[..=i],
         None => key,
     }
 }
 
-fn has_subject_prefix(key: &[u8]) -> bool {
+fn has_group(key: &[u8]) -> bool {
     key.contains(&0)
 }
 
-fn cf_options(space: Space, cache: &Cache) -> Options {
+fn cf_options(space: Space, cache: &Cache, merge: MergeRule) -> Options {
     let mut o = Options::default();
     // Values are ciphertext or small metadata: compression buys nothing.
     o.set_compression_type(DBCompressionType::None);
@@ -184,8 +182,8 @@ fn cf_options(space: Space, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
-    if space.keyed_by_subject() {
-        o.set_prefix_extractor(SliceTransform::create("qoima.subject_prefix", subject_prefix_of, Some(has_subject_prefix)));
+    if space.grouped_keys() {
+        o.set_prefix_extractor(SliceTransform::create("qoima.subject_prefix", group_of, Some(has_group)));
         table.set_whole_key_filtering(true);
         o.set_memtable_prefix_bloom_ratio(0.05);
     }
@@ -199,7 +197,12 @@ fn cf_options(space: Space, cache: &Cache) -> Options {
         o.set_merge_operator_associative(COUNTER_MERGE, add_i64);
     }
     if space == Space::Access {
-        o.set_merge_operator_associative(ACCESS_MERGE, merge_access);
+        // Full and partial merges alike: a rule is associative (`MergeRule`); this only hands
+        // RocksDB's operands over.
+        let access = move |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| -> Option<Vec<u8>> {
+            Some(merge(existing, &mut operands.iter()))
+        };
+        o.set_merge_operator_associative(ACCESS_MERGE, access);
         // A hot subject's summary gets a merge per read: past this many in the memtable, the
         // write folds them into one value, if it can without a read of the disk (RocksDB's
         // default), so an export never merges more than a bounded number from the memtable.
@@ -273,6 +276,8 @@ const BACKGROUND_ERROR_WINDOW: Duration = Duration::from_secs(10);
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// What merges of [`Space::Access`] fold with; a backup opens with it too.
+    merge: MergeRule,
     /// Purges run one at a time (the vault groups concurrent erasures into one pass).
     purge_lock: Mutex<()>,
     /// `rocksdb.background-errors` as last seen, and when it last rose.
@@ -286,9 +291,9 @@ impl std::fmt::Debug for RocksEngine {
 }
 
 impl RocksEngine {
-    /// Opens (creating if needed) the store at `path`. [`StoreError::Locked`] if another
-    /// process has it open.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the store at `path`, folding merges with `merge`.
+    /// [`StoreError::Locked`] if another process has it open.
+    pub fn open(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
         if !path.exists() {
             std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
             // Only the vault's user reads its data directory.
@@ -300,7 +305,7 @@ impl RocksEngine {
             }
         }
         let cache = Cache::new_lru_cache(BLOCK_CACHE);
-        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache, merge)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {
             let text = e.into_string();
             if text.contains("lock") || text.contains("LOCK") {
@@ -309,31 +314,31 @@ impl RocksEngine {
                 StoreError::Io(text)
             }
         })?;
-        Ok(Self::new(db, path))
+        Ok(Self::new(db, path, merge))
     }
 
-    fn new(db: DB, path: &Path) -> Self {
+    fn new(db: DB, path: &Path, merge: MergeRule) -> Self {
         let errors = db.property_int_value("rocksdb.background-errors").ok().flatten().unwrap_or(0);
-        Self { db, path: path.to_path_buf(), purge_lock: Mutex::new(()), background: Mutex::new((errors, None)) }
+        Self { db, path: path.to_path_buf(), merge, purge_lock: Mutex::new(()), background: Mutex::new((errors, None)) }
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading
     /// beside a running vault. Sees what was written up to the moment it opens; refuses writes.
-    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+    pub fn open_read_only(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
         if !path.join("CURRENT").exists() {
             return Err(StoreError::Io(format!("no Qoima store at {}", path.display())));
         }
         let cache = Cache::new_lru_cache(8 << 20);
-        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache)));
+        let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache, merge)));
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, cfs, false)?;
-        Ok(Self::new(db, path))
+        Ok(Self::new(db, path, merge))
     }
 
     /// Opens for reading: exclusively when no vault runs on it, else read-only beside the
     /// running vault.
-    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
-        match Self::open(path) {
-            Err(StoreError::Locked(_)) => Self::open_read_only(path),
+    pub fn open_for_reading(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        match Self::open(path, merge) {
+            Err(StoreError::Locked(_)) => Self::open_read_only(path, merge),
             other => other,
         }
     }
@@ -470,7 +475,7 @@ impl Engine for RocksEngine {
     }
 
     fn open_backup(&self, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
-        Ok(Arc::new(Self::open(dir)?))
+        Ok(Arc::new(Self::open(dir, self.merge)?))
     }
 
     /// An empty, unlogged write that must not wait. It goes through RocksDB's write path,
@@ -542,11 +547,12 @@ impl Engine for RocksEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{prefix_end, subject_key, subject_prefix, Store};
+    use crate::store::conformance::{group, grouped, join};
+    use crate::store::{prefix_end, Store};
 
     #[test]
     fn passes_the_conformance_suite() {
-        crate::store::conformance::run(|dir| RocksEngine::open(dir).unwrap());
+        crate::store::conformance::run(|dir, merge| RocksEngine::open(dir, merge).unwrap());
     }
 
     #[test]
@@ -558,7 +564,7 @@ mod tests {
         };
         let mut b = Batch::default();
         b.add(Space::Keyring, b"c".to_vec(), 1);
-        b.put(Space::Records, subject_key("s1", "a.x"), b"v");
+        b.put(Space::Records, grouped("s1", "a.x"), b"v");
         b.add(Space::Keyring, b"d".to_vec(), 1);
         b.add(Space::Keyring, b"c".to_vec(), 1);
         b.add(Space::Records, b"c".to_vec(), 7); // same key, other space: its own counter
@@ -608,7 +614,7 @@ mod tests {
 
         // And RocksDB applies the folded batch as the ops were written.
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), join).unwrap();
         s.write(&b).unwrap();
         assert_eq!(s.counter(Space::Keyring, b"c").unwrap(), 4);
         assert_eq!(s.counter(Space::Keyring, b"e").unwrap(), 1);
@@ -618,19 +624,19 @@ mod tests {
     #[test]
     fn batch_counter_scan_and_range_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), join).unwrap();
         let mut b = Batch::default();
         for f in ["a.x", "a.y", "b.z"] {
-            b.put(Space::Records, subject_key("s1", f), f.as_bytes());
+            b.put(Space::Records, grouped("s1", f), f.as_bytes());
         }
-        b.put(Space::Records, subject_key("s10", "a.x"), b"other");
+        b.put(Space::Records, grouped("s10", "a.x"), b"other");
         b.add(Space::Keyring, b"c".to_vec(), 5);
         b.add(Space::Keyring, b"c".to_vec(), -2);
         s.write(&b).unwrap();
         assert_eq!(s.counter(Space::Keyring, b"c").unwrap(), 3);
 
         let mut seen = vec![];
-        s.scan_prefix(Space::Records, &subject_prefix("s1"), |k, _| {
+        s.scan_prefix(Space::Records, &group("s1"), |k, _| {
             seen.push(k.to_vec());
             true
         })
@@ -638,9 +644,9 @@ mod tests {
         assert_eq!(seen.len(), 3, "s10 is not under s1's prefix");
 
         let mut del = Batch::default();
-        del.delete_prefix(Space::Records, &subject_prefix("s1"));
+        del.delete_prefix(Space::Records, &group("s1"));
         s.write(&del).unwrap();
-        s.purge(&[(Space::Records, subject_prefix("s1"), prefix_end(&subject_prefix("s1")))]).unwrap();
+        s.purge(&[(Space::Records, group("s1"), prefix_end(&group("s1")))]).unwrap();
         let mut left = 0;
         s.scan(Space::Records, b"", b"\xff", |_, _| {
             left += 1;
@@ -648,7 +654,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(left, 1);
-        assert_eq!(s.get(Space::Records, &subject_key("s10", "a.x")).unwrap().as_deref(), Some(&b"other"[..]));
+        assert_eq!(s.get(Space::Records, &grouped("s10", "a.x")).unwrap().as_deref(), Some(&b"other"[..]));
     }
 
     /// RocksDB records the options it runs with in the data directory (`OPTIONS-*`); the
@@ -656,7 +662,7 @@ mod tests {
     #[test]
     fn rocksdb_runs_with_the_options_the_vault_relies_on() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path(), join).unwrap());
         let newest = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -678,9 +684,9 @@ mod tests {
     #[test]
     fn the_memory_tier_answers_from_memory_only() {
         let dir = tempfile::tempdir().unwrap();
-        let key = subject_key("s1", "a.x");
+        let key = grouped("s1", "a.x");
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Store::open(dir.path(), join).unwrap();
             let mut b = Batch::default();
             b.put(Space::Records, key.clone(), b"v".to_vec());
             s.write(&b).unwrap();
@@ -689,17 +695,17 @@ mod tests {
             s.purge(&[]).unwrap(); // flushed into an SST file
         }
         // Reopened: the value is only in a file, and the block cache is empty.
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), join).unwrap();
         assert!(matches!(s.get_in(Tier::Memory, Space::Records, &key), Err(StoreError::NotInMemory)));
         let many = s.get_many_in(Tier::Memory, Space::Records, std::slice::from_ref(&key));
         assert!(matches!(many, Err(StoreError::NotInMemory)), "{many:?}");
-        let scanned = s.scan_prefix_in(Tier::Memory, Space::Records, &subject_prefix("s1"), |_, _| true);
+        let scanned = s.scan_prefix_in(Tier::Memory, Space::Records, &group("s1"), |_, _| true);
         assert!(matches!(scanned, Err(StoreError::NotInMemory)), "{scanned:?}");
         // A read from the disk brings its blocks into the cache; then memory answers.
         assert_eq!(s.get(Space::Records, &key).unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(s.get_in(Tier::Memory, Space::Records, &key).unwrap().as_deref(), Some(&b"v"[..]));
         let mut seen = 0;
-        s.scan_prefix_in(Tier::Memory, Space::Records, &subject_prefix("s1"), |_, _| {
+        s.scan_prefix_in(Tier::Memory, Space::Records, &group("s1"), |_, _| {
             seen += 1;
             true
         })
@@ -710,14 +716,14 @@ mod tests {
     #[test]
     fn prefix_scans_see_exactly_their_subject_across_memtables_and_files() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), join).unwrap();
         let subjects = ["s1", "s10", "s2", "s", "t1"];
         // Three generations: two flushed into files, the last left in the memtable.
         for round in 0..3 {
             let mut b = Batch::default();
             for subject in subjects {
-                b.put(Space::Facts, subject_key(subject, &format!("c\0{round}")), b"c".to_vec());
-                b.put(Space::Facts, subject_key(subject, &format!("k\0{round}")), b"k".to_vec());
+                b.put(Space::Facts, grouped(subject, &format!("c\0{round}")), b"c".to_vec());
+                b.put(Space::Facts, grouped(subject, &format!("k\0{round}")), b"k".to_vec());
             }
             s.write(&b).unwrap();
             if round < 2 {
@@ -728,18 +734,18 @@ mod tests {
             for subject in subjects {
                 let mut keys = vec![];
                 // A read from the disk first, so the memory tier finds the blocks cached.
-                s.scan_prefix(Space::Facts, &subject_prefix(subject), |_, _| true).unwrap();
-                s.scan_prefix_in(tier, Space::Facts, &subject_prefix(subject), |k, _| {
+                s.scan_prefix(Space::Facts, &group(subject), |_, _| true).unwrap();
+                s.scan_prefix_in(tier, Space::Facts, &group(subject), |k, _| {
                     keys.push(k.to_vec());
                     true
                 })
                 .unwrap();
                 assert_eq!(keys.len(), 6, "{subject} {tier:?}");
-                assert!(keys.iter().all(|k| k.starts_with(&subject_prefix(subject))));
+                assert!(keys.iter().all(|k| k.starts_with(&group(subject))));
                 assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
                 // A longer prefix inside the subject: only its contracts.
                 let mut contracts = 0;
-                s.scan_prefix_in(tier, Space::Facts, &subject_key(subject, "c\0"), |_, _| {
+                s.scan_prefix_in(tier, Space::Facts, &grouped(subject, "c\0"), |_, _| {
                     contracts += 1;
                     true
                 })
@@ -749,7 +755,7 @@ mod tests {
         }
         let count = |subject: &str| {
             let mut n = 0;
-            s.scan_prefix(Space::Facts, &subject_prefix(subject), |_, _| {
+            s.scan_prefix(Space::Facts, &group(subject), |_, _| {
                 n += 1;
                 true
             })
@@ -760,7 +766,7 @@ mod tests {
         // A range tombstone (how erasure deletes) hides the subject from prefix scans, in the
         // memtable and once flushed, and hides no neighbour.
         let mut del = Batch::default();
-        del.delete_prefix(Space::Facts, &subject_prefix("s1"));
+        del.delete_prefix(Space::Facts, &group("s1"));
         s.write(&del).unwrap();
         assert_eq!((count("s1"), count("s10"), count("s")), (0, 6, 6));
         s.purge(&[]).unwrap();
@@ -775,7 +781,7 @@ mod tests {
     fn a_purge_beside_background_compactions_of_its_space_leaves_nothing() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let e = Arc::new(RocksEngine::open(dir.path()).unwrap());
+        let e = Arc::new(RocksEngine::open(dir.path(), join).unwrap());
         let s = Arc::new(Store::with_engine(e.clone()));
         let value = |k: &str| format!("VALUE-OF-{k}-{}", "v".repeat(48)).into_bytes();
         let stop = Arc::new(AtomicBool::new(false));
@@ -857,7 +863,7 @@ mod tests {
     #[test]
     fn the_write_probe_tells_a_store_that_takes_writes_from_one_that_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
+        let engine = Arc::new(RocksEngine::open(dir.path(), join).unwrap());
         let store = Store::with_engine(engine.clone());
         let mut b = Batch::default();
         b.put(Space::Keyring, b"k".to_vec(), b"v".to_vec());
@@ -866,7 +872,7 @@ mod tests {
         assert_eq!(store.write_state(), WriteState::Accepting);
         store.ready().unwrap();
         assert_eq!(engine.db.latest_sequence_number(), seq, "the probe wrote something");
-        let beside = Store::open_read_only(dir.path()).unwrap();
+        let beside = Store::open_read_only(dir.path(), join).unwrap();
         assert!(matches!(beside.write_state(), WriteState::Refused(_)), "{:?}", beside.write_state());
         assert!(beside.ready().unwrap_err().to_string().contains("refuses writes"));
     }
@@ -874,7 +880,7 @@ mod tests {
     #[test]
     fn second_open_is_refused_as_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open(dir.path()).unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+        let _s = Store::open(dir.path(), join).unwrap();
+        assert!(matches!(Store::open(dir.path(), join), Err(StoreError::Locked(_))));
     }
 }

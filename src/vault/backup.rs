@@ -57,12 +57,12 @@ fn strip_keyring(copy: &Store) -> Result<(), StoreError> {
 pub fn install_keyring(restored: &Path, live: Option<&Path>, escrow: &Path) -> Result<u64, VaultError> {
     let source = match live.filter(|d| d.join("CURRENT").exists()) {
         Some(dir) => {
-            let store = Store::open_for_reading(dir)?;
+            let store = Store::open_for_reading(dir, crate::audit::summary::merge)?;
             super::keyring::Escrow::from_store(&store)?
         }
         None => super::keyring::Escrow::read(escrow)?,
     };
-    let store = Store::open(restored)?;
+    let store = Store::open(restored, crate::audit::summary::merge)?;
     let known: std::collections::BTreeSet<u32> = source.generations.iter().map(|e| e.info.generation).collect();
     let mut unreadable = 0u64;
     for (info, count) in super::keyring::read_infos(&store)? {
@@ -167,7 +167,7 @@ pub fn copy_backup(backup: &Path, to: &Path) -> Result<(Manifest, usize), VaultE
 pub fn erasures_to_replay(journal: &Path, live: Option<&Path>) -> Result<Vec<JournalEntry>, VaultError> {
     let mut entries = ErasureJournal::read(journal)?;
     if let Some(dir) = live.filter(|d| d.join("CURRENT").exists()) {
-        let store = Store::open_for_reading(dir)?;
+        let store = Store::open_for_reading(dir, crate::audit::summary::merge)?;
         for e in erased_in(&store)? {
             let event = if e.status == ErasureStatus::Erased { "erased" } else { "requested" };
             entries.push(JournalEntry {

@@ -218,15 +218,6 @@ pub struct ErasureRecord {
     pub purged: bool,
 }
 
-/// Sub-keys inside the facts space.
-pub fn contract_key(subject: &str, contract: &str) -> Vec<u8> {
-    crate::store::subject_key(subject, &format!("c\0{contract}"))
-}
-
-pub fn consent_key(subject: &str, purpose: &str) -> Vec<u8> {
-    crate::store::subject_key(subject, &format!("k\0{purpose}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

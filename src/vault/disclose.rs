@@ -5,8 +5,9 @@ use super::read::FieldValues;
 use super::views::SealedRef;
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{random_hex, SubjectId};
+use crate::layout;
 use crate::policy::{self, Action, Denial, DisclosureBasis};
-use crate::store::{subject_prefix, Batch, Space};
+use crate::store::{Batch, Space};
 
 /// A disclosure request (P10).
 #[derive(Clone, Debug)]
@@ -81,9 +82,7 @@ impl Vault {
             caller: ctx.caller.name.to_string(),
             time: now,
         };
-        let mut key = subject_prefix(s);
-        key.extend_from_slice(&now.unix_timestamp_nanos().to_be_bytes());
-        key.extend_from_slice(record.id.as_bytes());
+        let key = layout::disclosure(s, now.unix_timestamp_nanos(), &record.id);
         let mut batch = Batch::default();
         batch.put(Space::Disclosures, key, serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("disclosed to {} on {}", record.recipient, grant.basis);

@@ -17,8 +17,9 @@ use super::codec::{ErasureRecord, ErasureStatus, SubjectMeta};
 use super::keyring::{dek_count_key, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{random_hex, rfc3339, SubjectId};
+use crate::layout::{self, subject_prefix};
 use crate::policy::Action;
-use crate::store::{subject_prefix, Batch, Space, StoreError};
+use crate::store::{Batch, Space, StoreError};
 
 /// Erasures waiting for their purge, and whose turn it is to run one.
 #[derive(Default)]
@@ -560,9 +561,8 @@ impl Vault {
 /// compaction — compacting them now would rewrite every SST file they share with other
 /// subjects, a cost that grows with the store, not with the subject.
 fn purge_ranges(s: &str) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
-    let mut exact_end = s.as_bytes().to_vec();
-    exact_end.push(0);
-    vec![(Space::Subjects, s.as_bytes().to_vec(), exact_end)]
+    let (from, to) = layout::subject_only(s);
+    vec![(Space::Subjects, from, to)]
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use super::views::SealedRef;
 use super::{Ctx, Vault, VaultError};
 use crate::audit;
 use crate::domain::SubjectId;
+use crate::layout::subject_prefix;
 use crate::policy::Action;
-use crate::store::{subject_prefix, Batch, Space, Tier};
+use crate::store::{Batch, Space, Tier};
 
 /// Who read, received or exported which fields for which purpose: every access by one caller,
 /// action and purpose (kept with the audit trail, [`audit::summary`]).

@@ -3,9 +3,10 @@
 
 use time::OffsetDateTime;
 
-use super::codec::{consent_key, contract_key, ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus};
+use super::codec::{ConsentRecord, ContractRecord, ErasureRecord, ErasureStatus};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{ContractId, Purpose, SubjectId};
+use crate::layout;
 use crate::policy::{Action, ContractStatus};
 use crate::store::{Batch, Space};
 
@@ -25,7 +26,7 @@ pub struct ConsentRequest {
 
 impl Vault {
     fn contract(&self, s: &str, c: &ContractId) -> Result<Option<ContractRecord>, VaultError> {
-        Ok(match self.store.get(Space::Facts, &contract_key(s, c.as_str()))? {
+        Ok(match self.store.get(Space::Facts, &layout::contract(s, c.as_str()))? {
             Some(v) => {
                 Some(serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt { space: "facts", what: "contract" })?)
             }
@@ -52,7 +53,7 @@ impl Vault {
         let now = self.clock.now();
         let record = ContractRecord { contract: c.to_string(), status: ContractStatus::Open, opened_at: now, updated_at: now };
         let mut batch = Batch::default();
-        batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
+        batch.put(Space::Facts, layout::contract(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
         self.remember(ctx, Some(s), &mut batch, &record)?;
         self.audit.commit(vec![self.draft(ctx, Action::OpenContract, Some(s), format!("contract {c} opened"))], batch)?;
         Ok(record)
@@ -112,7 +113,7 @@ impl Vault {
             record.status = status;
             record.updated_at = now;
             let mut batch = Batch::default();
-            batch.put(Space::Facts, contract_key(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
+            batch.put(Space::Facts, layout::contract(s, c.as_str()), serde_json::to_vec(&record).expect("serialises"));
             let mut drafts = vec![self.draft(ctx, Action::UpdateContract, Some(s), format!("contract {c} {}", status.as_str()))];
             let (facts, _, _) = self.facts(s, &meta)?;
             let still_held = facts.holds().into_iter().any(|h| h != c) || status.holds();
@@ -190,7 +191,7 @@ impl Vault {
             recorded_by: ctx.caller.name.to_string(),
         };
         let mut batch = Batch::default();
-        batch.put(Space::Facts, consent_key(s, purpose.as_str()), serde_json::to_vec(&record).expect("serialises"));
+        batch.put(Space::Facts, layout::consent(s, purpose.as_str()), serde_json::to_vec(&record).expect("serialises"));
         let reason = format!("consent given under policy {}", record.policy_version);
         self.remember(ctx, Some(s), &mut batch, &record)?;
         self.audit.commit(vec![self.draft(ctx, Action::GiveConsent, Some(s), reason).purpose(Some(purpose.as_str()))], batch)?;
@@ -213,7 +214,7 @@ impl Vault {
         self.gate(ctx, Action::WithdrawConsent, Some(s))?;
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::WithdrawConsent, subject)?;
-        let key = consent_key(s, purpose.as_str());
+        let key = layout::consent(s, purpose.as_str());
         let Some(v) = self.store.get(Space::Facts, &key)? else {
             let err = VaultError::NotFound(format!("no consent for {purpose} on record"));
             return Err(self.refuse(ctx, Action::WithdrawConsent, Some(s), Some(purpose.as_str()), vec![], err));

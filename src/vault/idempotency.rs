@@ -37,6 +37,7 @@ use super::rewrap::{RewrapJob, RewrapProgress};
 use super::write::WriteOutcome;
 use super::{Ctx, Vault, VaultError};
 use crate::domain::hex_string;
+use crate::layout;
 use crate::policy::Action;
 use crate::store::{Batch, Space, StoreError, Tier};
 
@@ -194,39 +195,9 @@ struct Stored {
     outcome: Value,
 }
 
-fn record_key(slot: &[u8; 32]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(b'k');
-    k.extend_from_slice(slot);
-    k
-}
-
-/// `s` + subject + NUL: the subject's index entries start with this.
-fn scope_prefix(scope: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(scope.len() + 2);
-    k.push(b's');
-    k.extend_from_slice(scope.as_bytes());
-    k.push(0);
-    k
-}
-
-fn scope_key(scope: &str, slot: &[u8; 32]) -> Vec<u8> {
-    let mut k = scope_prefix(scope);
-    k.extend_from_slice(slot);
-    k
-}
-
-/// `t` + creation time (seconds, big-endian, so the sweep scans oldest first) + slot.
-fn time_key(created_at: i64, slot: &[u8; 32]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(b't');
-    k.extend_from_slice(&created_at.to_be_bytes());
-    k.extend_from_slice(slot);
-    k
-}
-
 /// A time-index entry past retention: its key, the record's creation time, slot and scope.
-type Due = (Vec<u8>, i64, [u8; 32], Vec<u8>);
+/// (The three kinds of key, record, by subject and by time, are laid out in src/layout.rs.)
+type Due = (Vec<u8>, i64, [u8; 32], String);
 
 /// An operation's answer, as its idempotency record keeps it and as a replay gives it back.
 pub(super) trait Replayable: Sized {
@@ -405,14 +376,14 @@ impl Vault {
             scope: scope.to_owned(),
             outcome: serde_json::to_value(kept).map_err(|_| VaultError::Internal("an outcome does not serialise".into()))?,
         };
-        batch.put(Space::Idempotency, record_key(&slot), serde_json::to_vec(&stored).expect("serialises"));
-        batch.put(Space::Idempotency, scope_key(scope, &slot), Vec::new());
-        batch.put(Space::Idempotency, time_key(created_at, &slot), scope.as_bytes().to_vec());
+        batch.put(Space::Idempotency, layout::idempotency_record(&slot), serde_json::to_vec(&stored).expect("serialises"));
+        batch.put(Space::Idempotency, layout::idempotency_scope(scope, &slot), Vec::new());
+        batch.put(Space::Idempotency, layout::idempotency_time(created_at, &slot), scope.as_bytes().to_vec());
         Ok(())
     }
 
     fn idempotency_record(&self, tier: Tier, slot: &[u8; 32]) -> Result<Option<Stored>, VaultError> {
-        let found = self.store.get_in(tier, Space::Idempotency, &record_key(slot))?;
+        let found = self.store.get_in(tier, Space::Idempotency, &layout::idempotency_record(slot))?;
         Ok(found
             .map(|v| serde_json::from_slice::<Stored>(&v).map_err(|_| StoreError::Corrupt { space: "idempotency", what: "record" }))
             .transpose()?)
@@ -422,18 +393,16 @@ impl Vault {
     /// shred; the caller holds the subject's lock). Their time-index entries hold only the
     /// subject id and go with the next sweep.
     pub(super) fn forget_idempotency_of(&self, subject: &str, batch: &mut Batch) -> Result<(), VaultError> {
-        let prefix = scope_prefix(subject);
+        let prefix = layout::idempotency_scope_prefix(subject);
         let mut slots = Vec::new();
         self.store.scan_prefix(Space::Idempotency, &prefix, |k, _| {
-            if let Some(slot) = k.get(prefix.len()..) {
+            if let Some((_, slot)) = layout::parse_idempotency_scope(k) {
                 slots.push(slot.to_vec());
             }
             true
         })?;
         for slot in slots {
-            let mut k = vec![b'k'];
-            k.extend_from_slice(&slot);
-            batch.delete(Space::Idempotency, k);
+            batch.delete(Space::Idempotency, layout::idempotency_record(&slot));
         }
         batch.delete_prefix(Space::Idempotency, &prefix);
         Ok(())
@@ -443,14 +412,13 @@ impl Vault {
     /// Returns how many were removed.
     pub fn sweep_idempotency(&self) -> Result<usize, VaultError> {
         let before = (self.clock.now() - RETENTION).unix_timestamp();
-        let mut end = vec![b't'];
-        end.extend_from_slice(&before.to_be_bytes());
+        let (from, to) = layout::idempotency_created_before(before);
         // (time-index key, creation time, slot, scope) of each record due.
         let mut due: Vec<Due> = Vec::new();
-        self.store.scan(Space::Idempotency, b"t", &end, |k, v| {
-            if let (Some(at), Some(slot)) = (k.get(1..9), k.get(9..41)) {
-                let at = i64::from_be_bytes(at.try_into().expect("8 bytes"));
-                due.push((k.to_vec(), at, slot.try_into().expect("32 bytes"), v.to_vec()));
+        self.store.scan(Space::Idempotency, &from, &to, |k, v| {
+            if let Some((at, slot)) = layout::parse_idempotency_time(k) {
+                // The scope was written from a `&str`.
+                due.push((k.to_vec(), at, slot, String::from_utf8_lossy(v).into_owned()));
             }
             due.len() < 10_000
         })?;
@@ -461,12 +429,8 @@ impl Vault {
             // Only the record this entry was written with (a key used again after an erasure
             // removed the first record has a record of its own).
             if self.idempotency_record(Tier::Any, &slot)?.is_some_and(|r| r.created_at == at) {
-                batch.delete(Space::Idempotency, record_key(&slot));
-                let mut sk = vec![b's'];
-                sk.extend_from_slice(&scope);
-                sk.push(0);
-                sk.extend_from_slice(&slot);
-                batch.delete(Space::Idempotency, sk);
+                batch.delete(Space::Idempotency, layout::idempotency_record(&slot));
+                batch.delete(Space::Idempotency, layout::idempotency_scope(&scope, &slot));
                 removed += 1;
             }
         }

@@ -9,6 +9,7 @@ use qoima_keys::{Generation, Kek, RootKey, WrappedKek};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::layout::{self, KekPart};
 use crate::store::{Batch, Space, Store, StoreError};
 
 use super::VaultError;
@@ -40,40 +41,35 @@ pub struct KekInfo {
     pub destroyed_at: Option<OffsetDateTime>,
 }
 
+// The keyring's keys are laid out in src/layout.rs; these are the names the vault's files
+// know them by.
+
+/// A generation's record ([`KekInfo`]).
 pub(crate) fn meta_key(g: Generation) -> Vec<u8> {
-    let mut k = b"kek/".to_vec();
-    k.extend_from_slice(&g.0.to_be_bytes());
-    k.extend_from_slice(b"/meta");
-    k
+    layout::kek(g, KekPart::Meta)
 }
 
+/// A generation's key, wrapped by the root key.
 pub fn wrapped_key(g: Generation) -> Vec<u8> {
-    let mut k = b"kek/".to_vec();
-    k.extend_from_slice(&g.0.to_be_bytes());
-    k.extend_from_slice(b"/wrapped");
-    k
+    layout::kek(g, KekPart::Wrapped)
 }
 
 /// Counter of DEKs wrapped by a generation right now.
 pub(crate) fn dek_count_key(g: Generation) -> Vec<u8> {
-    let mut k = b"count/deks/".to_vec();
-    k.extend_from_slice(&g.0.to_be_bytes());
-    k
+    layout::dek_count(g)
 }
 
 /// Counter of wraps ever made with a generation (random nonces: NIST's 2^32 limit).
 pub(crate) fn wrap_count_key(g: Generation) -> Vec<u8> {
-    let mut k = b"count/wraps/".to_vec();
-    k.extend_from_slice(&g.0.to_be_bytes());
-    k
+    layout::wrap_count(g)
 }
 
 /// Every generation's record, read straight from a store (no root key needed).
 pub fn read_infos(store: &Store) -> Result<Vec<(KekInfo, i64)>, StoreError> {
     let mut infos = Vec::new();
     let mut bad = false;
-    store.scan_prefix(Space::Keyring, b"kek/", |k, v| {
-        if k.ends_with(b"/meta") {
+    store.scan_prefix(Space::Keyring, layout::KEKS, |k, v| {
+        if matches!(layout::parse_kek(k), Some((_, KekPart::Meta))) {
             match serde_json::from_slice::<KekInfo>(v) {
                 Ok(i) => infos.push(i),
                 Err(_) => bad = true,

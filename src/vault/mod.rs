@@ -23,7 +23,6 @@ mod facts;
 mod followup;
 mod idempotency;
 pub mod keyring;
-mod layout;
 mod privacy;
 mod read;
 mod records;
@@ -331,7 +330,7 @@ impl Vault {
     /// Opens the store, the keyring (with `root`) and the audit log, then finishes work a
     /// crash or restart left behind (pending erasures whose holds are gone, unpurged shreds).
     pub fn open(settings: Settings, root: RootKey, clock: Arc<dyn Clock>, faults: Arc<FaultSwitch>) -> Result<Self, VaultError> {
-        let store = Arc::new(Store::open(&settings.data_dir)?);
+        let store = Arc::new(Store::open(&settings.data_dir, crate::audit::summary::merge)?);
         Self::with_store(store, settings, root, clock, faults)
     }
 
@@ -576,7 +575,7 @@ impl Vault {
         let mut consents = Vec::new();
         let mut bad = false;
         let plen = subject.len() + 1;
-        self.store.scan_prefix_in(tier, Space::Facts, &crate::store::subject_prefix(subject), |k, v| {
+        self.store.scan_prefix_in(tier, Space::Facts, &crate::layout::subject_prefix(subject), |k, v| {
             match k.get(plen) {
                 Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
                     Ok(c) => contracts.push(c),

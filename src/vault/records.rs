@@ -4,8 +4,9 @@ use super::codec::Record;
 use super::views::SealedRecords;
 use super::{Vault, VaultError};
 use crate::domain::{FieldName, FieldRef, Purpose};
+use crate::layout::{subject_key, subject_prefix};
 use crate::policy::{self};
-use crate::store::{subject_key, subject_prefix, Space, StoreError, Tier};
+use crate::store::{Space, StoreError, Tier};
 
 /// Subjects with more fields than this are read field by field, never cached whole.
 pub(super) const VIEW_FIELDS: u64 = 256;

@@ -8,8 +8,9 @@ use super::codec::{Record, SubjectMeta};
 use super::keyring::{dek_count_key, wrap_count_key};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::SubjectId;
+use crate::layout::subject_prefix;
 use crate::policy::Action;
-use crate::store::{subject_prefix, Batch, Space, Tier};
+use crate::store::{Batch, Space, Tier};
 
 impl Vault {
     /// Re-encrypts every field of `s` under a fresh DEK (next version, active generation),

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::codec::Record;
 use super::{Ctx, Vault, VaultError};
+use crate::layout;
 use crate::policy::Action;
-use crate::store::{subject_key, Batch, Space};
+use crate::store::{Batch, Space};
 
 impl Vault {
     /// Removes fields whose retention has passed (technical data, P3), as of the vault's
@@ -14,12 +15,10 @@ impl Vault {
         self.sweep_idempotency()?;
         let now = self.clock.now().unix_timestamp();
         let mut due: Vec<(Vec<u8>, String, String, u64)> = Vec::new();
-        self.store.scan(Space::Expiry, &[], &(now + 1).to_be_bytes(), |k, v| {
-            let rest = &k[9..];
-            if let (Some(zero), Ok(version)) = (rest.iter().position(|b| *b == 0), v.try_into().map(u64::from_be_bytes)) {
-                let subject = String::from_utf8_lossy(&rest[..zero]).into_owned();
-                let field = String::from_utf8_lossy(&rest[zero + 1..]).into_owned();
-                due.push((k.to_vec(), subject, field, version));
+        let (from, to) = layout::expiry_due_by(now);
+        self.store.scan(Space::Expiry, &from, &to, |k, v| {
+            if let (Some(e), Ok(version)) = (layout::parse_expiry(k), v.try_into().map(u64::from_be_bytes)) {
+                due.push((k.to_vec(), e.subject.to_owned(), e.field.to_owned(), version));
             }
             due.len() < 10_000
         })?;
@@ -36,7 +35,7 @@ impl Vault {
             let mut names = BTreeSet::new();
             for (k, f, v) in entries {
                 batch.delete(Space::Expiry, k);
-                let key = subject_key(&s, &f);
+                let key = layout::record(&s, &f);
                 // Only the write that set this deadline expires; a newer write has its own.
                 let current = self.store.get(Space::Records, &key)?.map(|r| Record::decode(&r)).transpose()?;
                 if let (Some(r), Some(m)) = (current, meta.as_mut()) {
@@ -54,7 +53,7 @@ impl Vault {
                 continue;
             }
             if let Some(m) = &meta {
-                batch.put(Space::Subjects, s.as_bytes().to_vec(), m.encode());
+                batch.put(Space::Subjects, layout::subject(&s), m.encode());
             }
             removed += names.len();
             let draft = self.draft(&ctx, Action::Rectify, Some(&s), "retention period passed").fields(names.into_iter().collect());

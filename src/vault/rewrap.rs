@@ -23,10 +23,10 @@ use super::codec::SubjectMeta;
 use super::keyring::{dek_count_key, wrap_count_key, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::rfc3339;
+use crate::layout;
 use crate::policy::Action;
 use crate::store::{Batch, Space};
 
-const JOB_KEY: &[u8] = b"rewrap";
 const MAX_PASSES: u32 = 5;
 
 /// Where the job stands.
@@ -95,7 +95,7 @@ impl RewrapRunner {
 impl Vault {
     /// The job as stored.
     pub fn rewrap_job(&self) -> Result<RewrapJob, VaultError> {
-        Ok(match self.store.get(Space::Jobs, JOB_KEY)? {
+        Ok(match self.store.get(Space::Jobs, layout::REWRAP_JOB)? {
             Some(v) => serde_json::from_slice(&v).map_err(|_| crate::store::StoreError::Corrupt { space: "jobs", what: "rewrap job" })?,
             None => RewrapJob::idle(),
         })
@@ -162,7 +162,7 @@ impl Vault {
                 format!("rewrap to generation {} started: {} DEKs to move", job.target, job.total)
             };
             let mut b = Batch::default();
-            b.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
+            b.put(Space::Jobs, layout::REWRAP_JOB.to_vec(), serde_json::to_vec(&job).expect("serialises"));
             self.remember(ctx, None, &mut b, &job)?;
             self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.rewrap")], b)?;
             self.spawn_rewrap(job.done);
@@ -222,7 +222,7 @@ impl Vault {
         if !(job.state == RewrapState::Running && job.target == active.0) {
             job = self.begin_pass(active, 1)?;
             let mut b = Batch::default();
-            b.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
+            b.put(Space::Jobs, layout::REWRAP_JOB.to_vec(), serde_json::to_vec(&job).expect("serialises"));
             let reason = format!("rewrap to generation {} started: {} DEKs to move", job.target, job.total);
             self.audit.commit(vec![self.draft(ctx, Action::KeysManage, None, reason).named("keys.rewrap")], b)?;
         }
@@ -261,16 +261,9 @@ impl Vault {
             job = self.begin_pass(active, job.pass + 1)?;
         }
         let target = self.keyring.get(Generation(job.target))?;
-        let from = match &job.cursor {
-            Some(c) => {
-                let mut k = c.as_bytes().to_vec();
-                k.push(0);
-                k
-            }
-            None => Vec::new(),
-        };
+        let (from, to) = layout::subjects_after(job.cursor.as_deref());
         let mut ids: Vec<String> = Vec::with_capacity(self.settings.rewrap_batch);
-        self.store.scan(Space::Subjects, &from, &[0xff], |k, _| {
+        self.store.scan(Space::Subjects, &from, &to, |k, _| {
             ids.push(String::from_utf8_lossy(k).into_owned());
             ids.len() < self.settings.rewrap_batch
         })?;
@@ -288,14 +281,14 @@ impl Vault {
                 reason =
                     format!("rewrap to generation {} complete: {} DEKs moved, {left} left under older generations", job.target, job.done);
             }
-            batch.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
+            batch.put(Space::Jobs, layout::REWRAP_JOB.to_vec(), serde_json::to_vec(&job).expect("serialises"));
             self.audit.commit(vec![self.draft(&ctx, Action::KeysManage, None, reason).named("keys.rewrap")], batch)?;
             return Ok(job.state == RewrapState::Running);
         }
         let mut moved = 0u64;
         {
             let _locks = self.locks.lock_many(ids.iter().map(String::as_str));
-            let keys: Vec<Vec<u8>> = ids.iter().map(|s| s.as_bytes().to_vec()).collect();
+            let keys: Vec<Vec<u8>> = ids.iter().map(|s| layout::subject(s)).collect();
             for (id, raw) in ids.iter().zip(self.store.get_many(Space::Subjects, &keys)?) {
                 // Erased since the scan: nothing to rewrap, nothing to resurrect.
                 let Some(raw) = raw else { continue };
@@ -311,7 +304,7 @@ impl Vault {
                 };
                 self.keyring.take_wrap_of(target.generation())?;
                 meta.wrapped_dek = target.wrap_dek(id, &dek)?;
-                batch.put(Space::Subjects, id.as_bytes().to_vec(), meta.encode());
+                batch.put(Space::Subjects, layout::subject(id), meta.encode());
                 batch.add(Space::Keyring, dek_count_key(from_gen), -1);
                 batch.add(Space::Keyring, dek_count_key(target.generation()), 1);
                 batch.add(Space::Keyring, wrap_count_key(target.generation()), 1);
@@ -320,7 +313,7 @@ impl Vault {
             job.done += moved;
             job.cursor = ids.last().cloned();
             tracing::debug!(moved, done = job.done, total = job.total, target = job.target, "rewrap batch");
-            batch.put(Space::Jobs, JOB_KEY.to_vec(), serde_json::to_vec(&job).expect("serialises"));
+            batch.put(Space::Jobs, layout::REWRAP_JOB.to_vec(), serde_json::to_vec(&job).expect("serialises"));
             if moved > 0 {
                 let reason = format!("{moved} DEKs rewrapped to generation {} ({} of {})", job.target, job.done, job.total);
                 self.audit.commit(vec![self.draft(&ctx, Action::KeysManage, None, reason).named("keys.rewrap")], batch)?;

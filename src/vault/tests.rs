@@ -610,7 +610,7 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
         let mut left = Vec::new();
         for space in [Space::Disclosures, Space::Access] {
             v.store
-                .scan_prefix(space, &crate::store::subject_prefix(&s), |_, _| {
+                .scan_prefix(space, &crate::layout::subject_prefix(&s), |_, _| {
                     left.push(space.name());
                     true
                 })
@@ -640,7 +640,7 @@ fn the_vault_runs_over_the_memory_engine() {
     let dir = tempfile::tempdir().unwrap();
     qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
     let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
-    let store = Arc::new(Store::in_memory());
+    let store = Arc::new(Store::in_memory(crate::audit::summary::merge));
     let v = Vault::with_store(store, Settings::new(dir.path().join("data")), root, Arc::new(SystemClock), Arc::default()).unwrap();
     put(&v, "m");
     let c = ctx(Role::Service);

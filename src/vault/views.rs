@@ -4,7 +4,7 @@
 //!
 //! Coherence does not depend on every write path remembering it: the store tells the cache
 //! of every write once it is applied ([`WriteObserver`]), and the cache drops the subjects it
-//! touched (read from the write's keys by [`super::layout`]). A view read from the store while such a write lands is not kept: each shard counts
+//! touched (read from the write's keys by [`crate::layout`]). A view read from the store while such a write lands is not kept: each shard counts
 //! the writes it has been told of, a reader notes the count before it reads, and the view goes
 //! in only if the count has not moved.
 
@@ -399,11 +399,11 @@ impl SubjectViews {
 
 impl WriteObserver for SubjectViews {
     fn written(&self, ops: &[Op]) {
-        super::layout::touched(ops, self);
+        crate::layout::touched(ops, self);
     }
 }
 
-impl super::layout::Touched for SubjectViews {
+impl crate::layout::Touched for SubjectViews {
     fn subject_written(&self, space: Space, subject: &[u8]) {
         // What a read looks at; the audit index and disclosures do not change what it finds.
         if matches!(space, Space::Subjects | Space::Records | Space::Facts | Space::Erasures) {
@@ -418,8 +418,8 @@ impl super::layout::Touched for SubjectViews {
 
 #[cfg(test)]
 mod tests {
-    use super::super::layout::Touched;
     use super::*;
+    use crate::layout::Touched;
     use qoima_keys::{DekVersion, WrappedDek};
 
     fn view(fields: usize, value_len: usize) -> Arc<SubjectView> {

@@ -19,8 +19,9 @@ use super::views::{SealedRecords, SubjectView};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, AfterCommit};
 use crate::domain::{FieldName, SubjectId};
+use crate::layout;
 use crate::policy::{self, Action, Denial};
-use crate::store::{subject_key, Batch, Space, Tier};
+use crate::store::{Batch, Space, Tier};
 
 /// What [`Vault::plan_write`] found.
 enum WritePlan {
@@ -61,13 +62,6 @@ pub struct WriteOutcome {
     pub version: u64,
     /// Mandatory fields (P2) the subject still lacks.
     pub missing_mandatory: Vec<String>,
-}
-
-fn expiry_key(at: i64, subject: &str, field: &str) -> Vec<u8> {
-    let mut k = at.to_be_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&subject_key(subject, field));
-    k
 }
 
 impl Vault {
@@ -220,7 +214,7 @@ impl Vault {
             rekeyed = true;
         }
         let version = meta.version + 1;
-        let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| subject_key(s, f.as_str())).collect();
+        let keys: Vec<Vec<u8>> = fields.iter().map(|(f, _)| layout::record(s, f.as_str())).collect();
         // A subject without an entry has no records (they go with it, in the same batch), so a
         // new one needs no lookups.
         let stored: Vec<bool> = match &view {
@@ -247,7 +241,7 @@ impl Vault {
             }
             if let Some(days) = self.settings.schema.category(f.category()).and_then(|c| c.retention_days) {
                 let at = now.unix_timestamp() + i64::from(days) * 86_400;
-                batch.put(Space::Expiry, expiry_key(at, s, f.as_str()), version.to_be_bytes().to_vec());
+                batch.put(Space::Expiry, layout::expiry(at, s, f.as_str()), version.to_be_bytes().to_vec());
             }
         }
         meta.version = version;

@@ -2,7 +2,8 @@
 //! change nothing, reads that fail to open, the client's request id beside the vault's own —
 //! and a summary that refusals cannot blind and erasure takes away.
 
-use qoima::store::{subject_key, subject_prefix, Batch, Space};
+use qoima::layout::{subject_key, subject_prefix};
+use qoima::store::{Batch, Space};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -334,7 +334,7 @@ pub fn keys_of(vault: &Vault, space: qoima::store::Space, subject: &str) -> usiz
     let mut n = 0;
     vault
         .store()
-        .scan_prefix(space, &qoima::store::subject_prefix(subject), |_, _| {
+        .scan_prefix(space, &qoima::layout::subject_prefix(subject), |_, _| {
             n += 1;
             true
         })

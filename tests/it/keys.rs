@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use qoima::store::{subject_key, Space};
+use qoima::layout::subject_key;
+use qoima::store::Space;
 use qoima::vault::codec::SubjectMeta;
 use qoima::vault::keyring::wrapped_key;
 use reqwest::{Method, StatusCode};
@@ -298,7 +299,7 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
     // Killed mid-way: the job is stored as running, part done.
     let data = dir.path().join("data");
     let job = {
-        let store = qoima::store::Store::open(&data).unwrap();
+        let store = qoima::store::Store::open(&data, qoima::audit::summary::merge).unwrap();
         let job: Value = serde_json::from_slice(&store.get(Space::Jobs, b"rewrap").unwrap().unwrap()).unwrap();
         let counts: Vec<i64> = (1..=2)
             .map(|g| store.counter(Space::Keyring, &[b"count/deks/".as_slice(), &(g as u32).to_be_bytes()].concat()).unwrap())

@@ -60,8 +60,8 @@ async fn erasure_waits_for_the_last_contract_and_then_runs_by_itself() {
 
 #[tokio::test]
 async fn a_pending_erasure_whose_hold_is_gone_runs_at_start_up() {
+    use qoima::layout::contract as contract_key;
     use qoima::store::Batch;
-    use qoima::vault::codec::contract_key;
     let app = spawn_app().await;
     app.put_fields("q-1", application("STARTUP")).await;
     app.open_contract("q-1", "L-1").await;

@@ -156,7 +156,8 @@ async fn a_restart_keeps_every_acknowledged_write() {
 
 #[tokio::test]
 async fn a_ciphertext_moved_to_another_subject_or_field_fails_to_open() {
-    use qoima::store::{subject_key, Batch, Space};
+    use qoima::layout::subject_key;
+    use qoima::store::{Batch, Space};
     let app = spawn_app().await;
     app.put_fields("a", json!({"identity.full_name": "Alice SECRET", "identity.address": "Street A"})).await;
     app.put_fields("b", json!({"identity.full_name": "Bob", "identity.address": "Street B"})).await;
@@ -182,7 +183,8 @@ async fn a_ciphertext_moved_to_another_subject_or_field_fails_to_open() {
 
 #[tokio::test]
 async fn an_old_version_replayed_into_place_fails_to_open() {
-    use qoima::store::{subject_key, Batch, Space};
+    use qoima::layout::subject_key;
+    use qoima::store::{Batch, Space};
     let app = spawn_app().await;
     app.put_fields("v", json!({"identity.phone": "+77010000001"})).await;
     let store = app.vault.store();
