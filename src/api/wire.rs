@@ -1,5 +1,6 @@
 //! The JSON shapes of the HTTP contract (docs/api.md). Kept apart from the core's types so the
-//! contract changes only on purpose; `From` impls map one to the other.
+//! contract changes only on purpose; `From` impls map one to the other. The audit entry is the
+//! exception: its JSON is fixed by the hash chain, so it is served as stored.
 
 use std::collections::BTreeMap;
 
@@ -392,53 +393,9 @@ pub struct AuditQuery {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AuditEntryWire {
-    pub seq: u64,
-    pub time: String,
-    pub caller: String,
-    pub action: String,
-    pub subject: Option<String>,
-    pub purpose: Option<String>,
-    pub fields: Vec<String>,
-    /// `allow` or `deny`.
-    pub decision: String,
-    pub reason: String,
-    /// The vault's own id of the request (echoed in the response's `x-request-id`).
-    pub request_id: String,
-    /// The id the client sent in `x-request-id`, if it sent a plain one (at most 64 of
-    /// `A-Za-z0-9._:-`). Left out when absent; covered by the hash when present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_request_id: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<crate::audit::AuditEntry> for AuditEntryWire {
-    fn from(e: crate::audit::AuditEntry) -> Self {
-        Self {
-            seq: e.seq,
-            time: e.time,
-            caller: e.caller,
-            action: e.action,
-            subject: e.subject,
-            purpose: e.purpose,
-            fields: e.fields,
-            decision: match e.decision {
-                crate::audit::Decision::Allow => "allow".into(),
-                crate::audit::Decision::Deny => "deny".into(),
-            },
-            reason: e.reason,
-            request_id: e.request_id,
-            client_request_id: e.client_request_id,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
-    pub entries: Vec<AuditEntryWire>,
+    /// Served as stored: the same JSON the hash chain covers.
+    pub entries: Vec<crate::audit::AuditEntry>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -452,7 +452,7 @@ impl Vault {
         }
         Draft {
             caller: ctx.caller.name.to_string(),
-            action: action.as_str(),
+            action: action.as_str().into(),
             subject: subject.map(str::to_owned),
             purpose: None,
             fields: Vec::new(),
@@ -460,6 +460,7 @@ impl Vault {
             reason,
             request_id: ctx.request_id.as_str().to_owned(),
             client_request_id: ctx.client_request_id.as_ref().map(|c| c.as_str().to_owned()),
+            ..Default::default()
         }
     }
 
