@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ApiError;
 use crate::domain::rfc3339;
 use crate::policy;
 use crate::vault::{self, KekInfo};
@@ -113,6 +114,24 @@ pub struct ConsentBody {
     pub abroad: bool,
 }
 
+impl ConsentBody {
+    /// The vault's consent request; 400 if `valid_until` is not an RFC 3339 date-time.
+    pub fn into_request(self) -> Result<vault::ConsentRequest, ApiError> {
+        let valid_until = self
+            .valid_until
+            .map(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("valid_until must be an RFC 3339 date-time"))?;
+        Ok(vault::ConsentRequest {
+            purpose: self.purpose,
+            policy_version: self.policy_version,
+            valid_until,
+            third_parties: self.third_parties,
+            abroad: self.abroad,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConsentResponse {
     pub purpose: String,
@@ -177,6 +196,12 @@ pub struct DisclosureBody {
     pub abroad: bool,
 }
 
+impl From<DisclosureBody> for vault::DisclosureRequest {
+    fn from(body: DisclosureBody) -> Self {
+        Self { recipient: body.recipient, basis: body.basis.into(), reference: body.reference, fields: body.fields, abroad: body.abroad }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DisclosureRecordWire {
     pub id: String,
@@ -211,6 +236,12 @@ pub struct DisclosureResponse {
     #[schema(value_type = BTreeMap<String, Object>)]
     pub fields: BTreeMap<String, Value>,
     pub disclosure: DisclosureRecordWire,
+}
+
+impl DisclosureResponse {
+    pub fn new(subject: String, record: vault::DisclosureRecord, values: BTreeMap<String, Value>) -> Self {
+        Self { subject, purpose: "third_party_transfer".into(), fields: values, disclosure: record.into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -252,6 +283,14 @@ impl ErasureResponse {
             statement,
             purge_pending: e.status == vault::ErasureStatus::Erased && !e.purged,
         }
+    }
+}
+
+impl ErasureResponse {
+    /// The record with what its receipt promises, in the vault's words.
+    pub fn stated(v: &vault::Vault, e: vault::ErasureRecord) -> Self {
+        let statement = v.erasure_statement(&e);
+        Self::new(e, statement)
     }
 }
 
@@ -336,6 +375,14 @@ impl ExportResponse {
     }
 }
 
+impl ExportResponse {
+    /// The export with what its erasure receipt promises, if there is one.
+    pub fn stated(v: &vault::Vault, e: vault::Export) -> Self {
+        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
+        Self::new(e, statement)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RekeyResponse {
     pub subject: String,
@@ -392,6 +439,21 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+impl AuditQuery {
+    /// The log's query; 400 if `subject` is not a subject id. At most 100 entries unless asked.
+    pub fn into_query(self) -> Result<crate::audit::Query, ApiError> {
+        if let Some(s) = &self.subject {
+            crate::domain::SubjectId::parse(s)?;
+        }
+        Ok(crate::audit::Query {
+            subject: self.subject,
+            caller: self.caller,
+            after: self.after.unwrap_or(0),
+            limit: self.limit.unwrap_or(100),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
     /// Served as stored: the same JSON the hash chain covers.
@@ -419,6 +481,17 @@ pub struct VerifyResponse {
     /// Hash of the last entry.
     pub head: String,
     pub first_broken: Option<BrokenWire>,
+}
+
+impl From<crate::audit::Verification> for VerifyResponse {
+    fn from(v: crate::audit::Verification) -> Self {
+        Self {
+            ok: v.ok,
+            entries: v.entries,
+            head: v.head,
+            first_broken: v.first_broken.map(|b| BrokenWire { seq: b.seq, reason: b.reason }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
