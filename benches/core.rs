@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     let log = AuditLog::start(store.clone(), Arc::new(SystemClock), Default::default(), Default::default()).unwrap();
     let draft = Draft {
         caller: "bench".into(),
-        action: "subject.read",
+        action: "subject.read".into(),
         subject: Some("borrower-000123".into()),
         purpose: Some("loan_issuance".into()),
         fields: vec!["identity.full_name".into(), "identity.phone".into()],
@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
         reason: "application data on record".into(),
         request_id: "r".into(),
         client_request_id: None,
+        ..Default::default()
     };
     c.bench_function("audit_append_durable", |b| b.iter(|| log.record(draft.clone()).unwrap()));
     log.shutdown();

@@ -65,11 +65,16 @@ pub async fn destroy(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(gen
     let g: u32 = generation.parse().map_err(|_| ApiError::bad_request("generation must be a number"))?;
     let (ctx, replayed) = idem.bind(ctx, &());
     let escrow_pending = run(&state.vault, move |v| v.destroy_generation(&ctx, g).map(|_| v.escrow_pending())).await?;
+    Ok(replayed.mark((StatusCode::NO_CONTENT, escrow_pending_header(escrow_pending))))
+}
+
+/// [`ESCROW_PENDING_HEADER`]`: true` when the escrow copy is still to be written, else nothing.
+fn escrow_pending_header(pending: bool) -> axum::http::HeaderMap {
     let mut headers = axum::http::HeaderMap::new();
-    if escrow_pending {
+    if pending {
         headers.insert(ESCROW_PENDING_HEADER, axum::http::HeaderValue::from_static("true"));
     }
-    Ok(replayed.mark((StatusCode::NO_CONTENT, headers)))
+    headers
 }
 
 /// Audit entries (roles auditor, security).
@@ -77,12 +82,9 @@ pub async fn destroy(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(gen
     responses((status = 200, body = AuditResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn audit(state: App, Authed(ctx): Authed, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditResponse>, ApiError> {
-    if let Some(s) = &q.subject {
-        crate::domain::SubjectId::parse(s)?;
-    }
-    let query = crate::audit::Query { subject: q.subject, caller: q.caller, after: q.after.unwrap_or(0), limit: q.limit.unwrap_or(100) };
+    let query = q.into_query()?;
     let entries = run(&state.vault, move |v| v.audit_entries(&ctx, query)).await?;
-    Ok(Json(AuditResponse { entries: entries.into_iter().map(Into::into).collect() }))
+    Ok(Json(AuditResponse { entries }))
 }
 
 /// Recompute the audit hash chain (roles auditor, security).
@@ -92,12 +94,7 @@ pub async fn audit(state: App, Authed(ctx): Authed, ApiQuery(q): ApiQuery<AuditQ
 pub async fn audit_verify(state: App, Authed(ctx): Authed, ApiQuery(q): ApiQuery<VerifyQuery>) -> Result<Json<VerifyResponse>, ApiError> {
     let anchor = q.anchor.map(|a| parse_anchor(&a)).transpose()?;
     let v = run(&state.vault, move |v| v.audit_verify(&ctx, anchor.as_ref().map(|(s, h)| (*s, h.as_str())))).await?;
-    Ok(Json(VerifyResponse {
-        ok: v.ok,
-        entries: v.entries,
-        head: v.head,
-        first_broken: v.first_broken.map(|b| BrokenWire { seq: b.seq, reason: b.reason }),
-    }))
+    Ok(Json(v.into()))
 }
 
 /// Parses `SEQ:HASH`.
@@ -141,6 +138,16 @@ impl Health {
         self.store.is_ok() && self.audit
     }
 
+    /// `/readyz`'s answer: 200 when ready, else 503 (also when the checks could not run).
+    fn answer(health: Option<Health>, detail: bool) -> (StatusCode, Json<HealthResponse>) {
+        let Some(health) = health else {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "not ready".into(), checks: Default::default() }));
+        };
+        let ready = health.ready();
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, Json(HealthResponse { status: if ready { "ready".into() } else { "not ready".into() }, checks: health.checks(detail) }))
+    }
+
     /// Each check as `/readyz` names it: "ok" or what is wrong, in detail only for `detail`.
     fn checks(&self, detail: bool) -> std::collections::BTreeMap<String, String> {
         let failing = |what: String| if detail { what } else { "failing".into() };
@@ -161,11 +168,5 @@ impl Health {
     responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse), (status = 401, body = Problem), (status = 403, body = Problem)),
     security((), ("bearer" = [])))]
 pub async fn readyz(state: App, scrape: Scrape) -> (StatusCode, Json<HealthResponse>) {
-    let Some(health) = Health::of(&state.vault).await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "not ready".into(), checks: Default::default() }));
-    };
-    let ready = health.ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let checks = health.checks(matches!(scrape, Scrape::Detailed));
-    (status, Json(HealthResponse { status: if ready { "ready".into() } else { "not ready".into() }, checks }))
+    Health::answer(Health::of(&state.vault).await, matches!(scrape, Scrape::Detailed))
 }

@@ -8,7 +8,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{answer, run, ApiJson, ApiPath, ApiQuery, App, Authed, IdemKey};
 use super::wire::*;
 use crate::domain::SubjectId;
-use crate::vault::{ConsentRequest, DisclosureRequest};
+use crate::vault::{DisclosureRequest, Vault};
 
 fn subject(id: &str) -> Result<SubjectId, ApiError> {
     Ok(SubjectId::parse(id)?)
@@ -110,17 +110,9 @@ pub async fn update_contract(
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &body);
     let subj = s.to_string();
-    let (c, erasure) = run(&state.vault, move |v| {
-        let (c, e) = v.update_contract(&ctx, &s, &contract, &body.status)?;
-        Ok((
-            c,
-            e.map(|e| {
-                let st = v.erasure_statement(&e);
-                ErasureResponse::new(e, st)
-            }),
-        ))
-    })
-    .await?;
+    let stated =
+        move |v: &Vault| v.update_contract(&ctx, &s, &contract, &body.status).map(|(c, e)| (c, e.map(|e| ErasureResponse::stated(v, e))));
+    let (c, erasure) = run(&state.vault, stated).await?;
     Ok(replayed.mark(Json(ContractResponse::new(&subj, c, erasure))))
 }
 
@@ -139,18 +131,7 @@ pub async fn give_consent(
 ) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &body);
-    let valid_until = body
-        .valid_until
-        .map(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339))
-        .transpose()
-        .map_err(|_| ApiError::bad_request("valid_until must be an RFC 3339 date-time"))?;
-    let req = ConsentRequest {
-        purpose: body.purpose,
-        policy_version: body.policy_version,
-        valid_until,
-        third_parties: body.third_parties,
-        abroad: body.abroad,
-    };
+    let req = body.into_request()?;
     let c = run(&state.vault, move |v| v.give_consent(&ctx, &s, &req)).await?;
     Ok(replayed.mark((StatusCode::CREATED, Json(ConsentResponse::from(c)))))
 }
@@ -189,21 +170,9 @@ pub async fn disclose(
 ) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &body);
-    let subj = s.to_string();
-    let req = DisclosureRequest {
-        recipient: body.recipient,
-        basis: body.basis.into(),
-        reference: body.reference,
-        fields: body.fields,
-        abroad: body.abroad,
-    };
+    let (subj, req) = (s.to_string(), DisclosureRequest::from(body));
     let (record, values) = run(&state.vault, move |v| v.disclose(&ctx, &s, &req)).await?;
-    Ok(replayed.mark(Json(DisclosureResponse {
-        subject: subj,
-        purpose: "third_party_transfer".into(),
-        fields: values,
-        disclosure: record.into(),
-    })))
+    Ok(replayed.mark(Json(DisclosureResponse::new(subj, record, values))))
 }
 
 /// Everything the vault holds on the subject (role website; right of access).
@@ -215,12 +184,7 @@ pub async fn disclose(
     security(("bearer" = [])))]
 pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ExportResponse>, ApiError> {
     let s = subject(&id)?;
-    let doc = run(&state.vault, move |v| {
-        let e = v.export(&ctx, &s)?;
-        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
-        Ok(ExportResponse::new(e, statement))
-    })
-    .await?;
+    let doc = run(&state.vault, move |v| Ok(ExportResponse::stated(v, v.export(&ctx, &s)?))).await?;
     Ok(Json(doc))
 }
 
@@ -233,12 +197,7 @@ pub async fn export(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String
 pub async fn request_erasure(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let s = subject(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &());
-    let r = run(&state.vault, move |v| {
-        let e = v.request_erasure(&ctx, &s)?;
-        let st = v.erasure_statement(&e);
-        Ok(ErasureResponse::new(e, st))
-    })
-    .await?;
+    let r = run(&state.vault, move |v| Ok(ErasureResponse::stated(v, v.request_erasure(&ctx, &s)?))).await?;
     Ok(replayed.mark((StatusCode::ACCEPTED, Json(r))))
 }
 
@@ -250,12 +209,7 @@ pub async fn request_erasure(state: App, Authed(ctx): Authed, idem: IdemKey, Api
     security(("bearer" = [])))]
 pub async fn erasure_status(state: App, Authed(ctx): Authed, ApiPath(id): ApiPath<String>) -> Result<Json<ErasureResponse>, ApiError> {
     let s = subject(&id)?;
-    let r = run(&state.vault, move |v| {
-        let e = v.erasure_status(&ctx, &s)?;
-        let st = v.erasure_statement(&e);
-        Ok(ErasureResponse::new(e, st))
-    })
-    .await?;
+    let r = run(&state.vault, move |v| Ok(ErasureResponse::stated(v, v.erasure_status(&ctx, &s)?))).await?;
     Ok(Json(r))
 }
 

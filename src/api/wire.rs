@@ -1,5 +1,6 @@
 //! The JSON shapes of the HTTP contract (docs/api.md). Kept apart from the core's types so the
-//! contract changes only on purpose; `From` impls map one to the other.
+//! contract changes only on purpose; `From` impls map one to the other. The audit entry is the
+//! exception: its JSON is fixed by the hash chain, so it is served as stored.
 
 use std::collections::BTreeMap;
 
@@ -131,6 +132,24 @@ pub struct ConsentBody {
     pub abroad: bool,
 }
 
+impl ConsentBody {
+    /// The vault's consent request; 400 if `valid_until` is not an RFC 3339 date-time.
+    pub fn into_request(self) -> Result<vault::ConsentRequest, ApiError> {
+        let valid_until = self
+            .valid_until
+            .map(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("valid_until must be an RFC 3339 date-time"))?;
+        Ok(vault::ConsentRequest {
+            purpose: self.purpose,
+            policy_version: self.policy_version,
+            valid_until,
+            third_parties: self.third_parties,
+            abroad: self.abroad,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConsentResponse {
     pub purpose: String,
@@ -195,6 +214,12 @@ pub struct DisclosureBody {
     pub abroad: bool,
 }
 
+impl From<DisclosureBody> for vault::DisclosureRequest {
+    fn from(body: DisclosureBody) -> Self {
+        Self { recipient: body.recipient, basis: body.basis.into(), reference: body.reference, fields: body.fields, abroad: body.abroad }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DisclosureRecordWire {
     pub id: String,
@@ -229,6 +254,12 @@ pub struct DisclosureResponse {
     #[schema(value_type = BTreeMap<String, Object>)]
     pub fields: BTreeMap<String, Value>,
     pub disclosure: DisclosureRecordWire,
+}
+
+impl DisclosureResponse {
+    pub fn new(subject: String, record: vault::DisclosureRecord, values: BTreeMap<String, Value>) -> Self {
+        Self { subject, purpose: "third_party_transfer".into(), fields: values, disclosure: record.into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -270,6 +301,14 @@ impl ErasureResponse {
             statement,
             purge_pending: e.status == vault::ErasureStatus::Erased && !e.purged,
         }
+    }
+}
+
+impl ErasureResponse {
+    /// The record with what its receipt promises, in the vault's words.
+    pub fn stated(v: &vault::Vault, e: vault::ErasureRecord) -> Self {
+        let statement = v.erasure_statement(&e);
+        Self::new(e, statement)
     }
 }
 
@@ -354,6 +393,14 @@ impl ExportResponse {
     }
 }
 
+impl ExportResponse {
+    /// The export with what its erasure receipt promises, if there is one.
+    pub fn stated(v: &vault::Vault, e: vault::Export) -> Self {
+        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
+        Self::new(e, statement)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RekeyResponse {
     pub subject: String,
@@ -410,54 +457,25 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AuditEntryWire {
-    pub seq: u64,
-    pub time: String,
-    pub caller: String,
-    pub action: String,
-    pub subject: Option<String>,
-    pub purpose: Option<String>,
-    pub fields: Vec<String>,
-    /// `allow` or `deny`.
-    pub decision: String,
-    pub reason: String,
-    /// The vault's own id of the request (echoed in the response's `x-request-id`).
-    pub request_id: String,
-    /// The id the client sent in `x-request-id`, if it sent a plain one (at most 64 of
-    /// `A-Za-z0-9._:-`). Left out when absent; covered by the hash when present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_request_id: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<crate::audit::AuditEntry> for AuditEntryWire {
-    fn from(e: crate::audit::AuditEntry) -> Self {
-        Self {
-            seq: e.seq,
-            time: e.time,
-            caller: e.caller,
-            action: e.action,
-            subject: e.subject,
-            purpose: e.purpose,
-            fields: e.fields,
-            decision: match e.decision {
-                crate::audit::Decision::Allow => "allow".into(),
-                crate::audit::Decision::Deny => "deny".into(),
-            },
-            reason: e.reason,
-            request_id: e.request_id,
-            client_request_id: e.client_request_id,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
+impl AuditQuery {
+    /// The log's query; 400 if `subject` is not a subject id. At most 100 entries unless asked.
+    pub fn into_query(self) -> Result<crate::audit::Query, ApiError> {
+        if let Some(s) = &self.subject {
+            crate::domain::SubjectId::parse(s)?;
         }
+        Ok(crate::audit::Query {
+            subject: self.subject,
+            caller: self.caller,
+            after: self.after.unwrap_or(0),
+            limit: self.limit.unwrap_or(100),
+        })
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
-    pub entries: Vec<AuditEntryWire>,
+    /// Served as stored: the same JSON the hash chain covers.
+    pub entries: Vec<crate::audit::AuditEntry>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -481,6 +499,17 @@ pub struct VerifyResponse {
     /// Hash of the last entry.
     pub head: String,
     pub first_broken: Option<BrokenWire>,
+}
+
+impl From<crate::audit::Verification> for VerifyResponse {
+    fn from(v: crate::audit::Verification) -> Self {
+        Self {
+            ok: v.ok,
+            entries: v.entries,
+            head: v.head,
+            first_broken: v.first_broken.map(|b| BrokenWire { seq: b.seq, reason: b.reason }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

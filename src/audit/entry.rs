@@ -1,9 +1,11 @@
-//! An audit entry: its stored JSON form and its hash, and the draft the committer chains.
+//! An audit entry: its stored JSON form and its hash; as a draft, what the committer chains.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::{hex_string, push_json_str};
 
@@ -11,37 +13,48 @@ use crate::domain::{hex_string, push_json_str};
 /// does not grow the buffer several times.
 const ENTRY_CAPACITY: usize = 768;
 
-/// Allowed or denied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Allowed or denied. A blank draft is a denial until it says otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Allow,
+    #[default]
     Deny,
 }
 
 /// One audit entry as stored and served. A stored entry with a field the vault does not write
 /// does not parse ([`verify`](super::verify()) reports it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Before the committer seals it, an entry is a [`Draft`]: `seq`, `time`, `prev_hash` and `hash`
+/// are left empty (`..Default::default()`) and the committer fills them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     pub seq: u64,
     pub time: String,
     pub caller: String,
-    pub action: String,
+    /// A policy action's name, or a more specific one (`keys.rotate`); borrowed from the
+    /// policy's names, so a draft does not allocate it.
+    #[schema(value_type = String)]
+    pub action: Cow<'static, str>,
     pub subject: Option<String>,
     pub purpose: Option<String>,
     pub fields: Vec<String>,
     pub decision: Decision,
     pub reason: String,
-    /// The vault's own id of the request.
+    /// The vault's own id of the request (echoed in the response's `x-request-id`).
     pub request_id: String,
-    /// The id the client sent (`x-request-id`), if it sent a plain one. Absent, it is left out
-    /// of the entry and of its hash (entries from before it existed verify as they were).
+    /// The id the client sent in `x-request-id`, if it sent a plain one (at most 64 of
+    /// `A-Za-z0-9._:-`). Left out of the entry and of its hash when absent (entries from before
+    /// it existed verify as they were); covered by the hash when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
+
+/// An entry before the committer gives it a place in the chain (see [`AuditEntry`]).
+pub type Draft = AuditEntry;
 
 impl AuditEntry {
     /// SHA-256 over every field but `hash`, serialised as a JSON array (fixed order).
@@ -133,21 +146,6 @@ fn push_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// An entry before the committer gives it a place in the chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Draft {
-    pub caller: String,
-    pub action: &'static str,
-    pub subject: Option<String>,
-    pub purpose: Option<String>,
-    pub fields: Vec<String>,
-    pub decision: Decision,
-    pub reason: String,
-    pub request_id: String,
-    /// The client's own id of the request, if it sent one.
-    pub client_request_id: Option<String>,
-}
-
 impl Draft {
     pub fn purpose(mut self, purpose: Option<&str>) -> Self {
         self.purpose = purpose.map(str::to_owned);
@@ -166,7 +164,7 @@ impl Draft {
 
     /// Records under a more specific action name than the policy's (e.g. `keys.rotate`).
     pub fn named(mut self, action: &'static str) -> Self {
-        self.action = action;
+        self.action = Cow::Borrowed(action);
         self
     }
 }

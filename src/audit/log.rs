@@ -260,23 +260,12 @@ fn committer(
         for job in &mut group {
             batch.extend(std::mem::take(&mut job.batch));
             let mut mine = Vec::with_capacity(job.drafts.len());
-            for d in job.drafts.drain(..) {
-                let mut e = AuditEntry {
-                    seq: next.seq + 1,
-                    time: time.clone(),
-                    caller: d.caller,
-                    action: d.action.to_string(),
-                    subject: d.subject,
-                    purpose: d.purpose,
-                    fields: d.fields,
-                    decision: d.decision,
-                    reason: d.reason,
-                    request_id: d.request_id,
-                    client_request_id: d.client_request_id,
-                    // `next` is replaced below: its hash moves into the link.
-                    prev_hash: std::mem::take(&mut next.hash),
-                    hash: String::new(),
-                };
+            for mut e in job.drafts.drain(..) {
+                // Sealing: the draft's place in the chain.
+                e.seq = next.seq + 1;
+                e.time = time.clone();
+                // `next` is replaced below: its hash moves into the link.
+                e.prev_hash = std::mem::take(&mut next.hash);
                 e.hash = e.compute_hash();
                 let decision = if e.decision == Decision::Allow { "allow" } else { "deny" };
                 let purpose = match e.purpose.as_deref() {
@@ -286,7 +275,7 @@ fn committer(
                 };
                 match decided.iter_mut().find(|(a, p, d, _)| *a == e.action && p == purpose && *d == decision) {
                     Some(seen) => seen.3 += 1,
-                    None => decided.push((e.action.clone(), purpose.to_owned(), decision, 1)),
+                    None => decided.push((e.action.to_string(), purpose.to_owned(), decision, 1)),
                 }
                 tracing::debug!(seq = e.seq, caller = %e.caller, action = %e.action, subject = ?e.subject, purpose = ?e.purpose, fields = e.fields.len(), decision = ?e.decision, "audit entry");
                 if let Some(s) = &e.subject {

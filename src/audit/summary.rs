@@ -150,7 +150,7 @@ pub fn key(subject: &str) -> Vec<u8> {
 /// subject, naming the fields it handed out, by one of [`ACCESSES`].
 pub fn operand(e: &AuditEntry) -> Option<(&str, Vec<u8>)> {
     let subject = e.subject.as_deref()?;
-    if e.decision != Decision::Allow || e.fields.is_empty() || !ACCESSES.contains(&e.action.as_str()) {
+    if e.decision != Decision::Allow || e.fields.is_empty() || !ACCESSES.contains(&e.action.as_ref()) {
         return None;
     }
     let a = AccessRef { seq: e.seq, time: &e.time, caller: &e.caller, action: &e.action, purpose: e.purpose.as_deref(), fields: &e.fields };

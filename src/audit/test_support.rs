@@ -10,7 +10,7 @@ use crate::store::{Batch, Space, Store};
 pub(super) fn draft(subject: &str, reason: &str) -> Draft {
     Draft {
         caller: "svc".into(),
-        action: "subject.read",
+        action: "subject.read".into(),
         subject: Some(subject.into()),
         purpose: Some("loan_issuance".into()),
         fields: vec!["identity.phone".into()],
@@ -18,6 +18,7 @@ pub(super) fn draft(subject: &str, reason: &str) -> Draft {
         reason: reason.into(),
         request_id: "r".into(),
         client_request_id: None,
+        ..Default::default()
     }
 }
 

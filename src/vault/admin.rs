@@ -205,7 +205,7 @@ impl Vault {
         let mut drafts: Vec<Draft> = earlier.iter().map(|u| self.unrecorded_summary(u)).collect();
         drafts.push(Draft {
             caller: caller.into(),
-            action,
+            action: action.into(),
             subject: subject.map(str::to_owned),
             purpose: None,
             fields: vec![],
@@ -213,6 +213,7 @@ impl Vault {
             reason: reason.into(),
             request_id: request_id.as_str().to_owned(),
             client_request_id: None,
+            ..Default::default()
         });
         if let Err(e) = self.audit.commit(drafts, Batch::default()) {
             if let Some(u) = earlier {
@@ -250,7 +251,7 @@ impl Vault {
     fn unrecorded_summary(&self, u: &Unrecorded) -> Draft {
         Draft {
             caller: "anonymous".into(),
-            action: "auth.failed",
+            action: "auth.failed".into(),
             subject: None,
             purpose: None,
             fields: vec![],
@@ -264,6 +265,7 @@ impl Vault {
             ),
             request_id: "summary".into(),
             client_request_id: None,
+            ..Default::default()
         }
     }
 }

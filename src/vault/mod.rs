@@ -22,6 +22,7 @@ mod export;
 mod facts;
 mod followup;
 mod idempotency;
+mod journal;
 pub mod keyring;
 mod privacy;
 mod read;
@@ -45,10 +46,10 @@ pub use answer::{Answer, Mode};
 pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use disclose::DisclosureRequest;
-pub use erasure::{ErasureJournal, JournalEntry};
 pub use export::{AccessSummary, Export};
 pub use facts::ConsentRequest;
 pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
+pub use journal::{ErasureJournal, JournalEntry};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use read::{FieldText, FieldTexts, FieldValues};
 pub use views::{SubjectView, SubjectViews};
@@ -470,7 +471,7 @@ impl Vault {
         }
         Draft {
             caller: ctx.caller.name.to_string(),
-            action: action.as_str(),
+            action: action.as_str().into(),
             subject: subject.map(str::to_owned),
             purpose: None,
             fields: Vec::new(),
@@ -478,6 +479,7 @@ impl Vault {
             reason,
             request_id: ctx.request_id.as_str().to_owned(),
             client_request_id: ctx.client_request_id.as_ref().map(|c| c.as_str().to_owned()),
+            ..Default::default()
         }
     }
 
