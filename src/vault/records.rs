@@ -88,7 +88,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut failed = None;
         self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
-            let step = match std::str::from_utf8(&k[s.len() + 1..]).ok().and_then(|n| FieldRef::parse(n).ok()) {
+            let step = match crate::layout::parse_record(k).and_then(|r| FieldRef::parse(r.field).ok()) {
                 Some(f) => each(f, v),
                 None => Err(StoreError::Corrupt { space: "records", what: "field name" }),
             };

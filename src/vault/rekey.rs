@@ -25,7 +25,7 @@ impl Vault {
         let mut n = 0u64;
         let mut failure = None;
         self.store.scan_prefix_in(tier, Space::Records, &subject_prefix(s), |k, v| {
-            let field = std::str::from_utf8(&k[s.len() + 1..]).unwrap_or_default();
+            let field = crate::layout::parse_record(k).map_or("", |r| r.field);
             let step = || -> Result<Vec<u8>, VaultError> {
                 let r = Record::decode(v)?;
                 let ctx = FieldContext { subject: s, field, record_version: r.version };
