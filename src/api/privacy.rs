@@ -44,13 +44,16 @@ pub struct PrivacySessionResponse {
 pub async fn create_session(state: App, Authed(ctx): Authed, idem: IdemKey, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let subject = SubjectId::parse(&id)?;
     let (ctx, replayed) = idem.bind(ctx, &());
-    let caller = ctx.caller.name.clone();
-    let expires_at = state.privacy.expiry(state.vault.now());
-    let s = subject.clone();
+    let (caller, s, expires_at) = (ctx.caller.name.clone(), subject.clone(), state.privacy.expiry(state.vault.now()));
     // A replay names the first request's session: its link was never kept, so a fresh one to it.
     let expires_at = super::extract::run(&state.vault, move |v| v.open_privacy_session(&ctx, &s, expires_at)).await?;
-    let issued = state.privacy.issue(&subject, &caller, expires_at);
-    Ok(replayed.mark((StatusCode::CREATED, Json(PrivacySessionResponse { url: issued.url, expires_at: rfc3339(issued.expires_at) }))))
+    Ok(replayed.mark((StatusCode::CREATED, Json(PrivacySessionResponse::from(state.privacy.issue(&subject, &caller, expires_at))))))
+}
+
+impl From<crate::privacy::Issued> for PrivacySessionResponse {
+    fn from(issued: crate::privacy::Issued) -> Self {
+        Self { url: issued.url, expires_at: rfc3339(issued.expires_at) }
+    }
 }
 
 /// Headers of every privacy-centre response: a strict CSP, no framing unless origins are
@@ -155,7 +158,39 @@ impl FromRequestParts<AppState> for Borrower {
     }
 }
 
+/// A purpose the vault is configured with (an unknown one is refused before anything is
+/// recorded, as `DELETE …/consents` does).
+fn configured_purpose(state: &AppState, purpose: &str) -> Option<Purpose> {
+    Purpose::parse(purpose).ok().filter(|p| state.vault.settings().purposes.get(p).is_some())
+}
+
+/// A form the borrower's page posts: it carries the session's CSRF field.
+trait Posted {
+    fn csrf(&self) -> &str;
+}
+
+impl Posted for RectifyForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl Posted for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 impl Borrower {
+    /// A posted form that parses (else 400) and passes [`Borrower::check_post`].
+    async fn posted<F: Posted>(&self, state: &AppState, headers: &HeaderMap, form: Result<Form<F>, FormRejection>) -> Result<F, Response> {
+        let Ok(Form(f)) = form else {
+            return Err(refusal(state, self.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused));
+        };
+        self.check_post(state, headers, f.csrf()).await?;
+        Ok(f)
+    }
+
     /// A POST must come from the vault's own page: `Origin` (when sent) is the vault's, and
     /// the form carries the session's CSRF field.
     async fn check_post(&self, state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
@@ -219,40 +254,58 @@ enum Shows {
 /// `GET /privacy/s/{token}`: the borrower's page. Showing it is a data-subject access, audited
 /// as an export via the privacy centre.
 pub async fn show(state: App, b: Borrower, uri: Uri) -> Response {
-    let q = page_query(&uri);
-    let notice = q.notice.as_deref().and_then(Notice::parse).map(|notice| Shown {
+    let notice = shown_notice(&uri);
+    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
+    let shown = core(&state.vault, move |v| Shows::of(v, &ctx, &s)).await;
+    b.page(&state, notice, shown)
+}
+
+/// The notice a 303 back to the page asked it to show, if any.
+fn shown_notice(uri: &Uri) -> Option<Shown> {
+    let q = page_query(uri);
+    q.notice.as_deref().and_then(Notice::parse).map(|notice| Shown {
         notice,
         field: q.field.as_deref().and_then(|f| FieldName::parse(f).ok()),
         purpose: q.purpose.as_deref().and_then(|p| Purpose::parse(p).ok()).map(|p| p.to_string()),
-    });
-    let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
-    let shown = core(&state.vault, move |v| match v.export(&ctx, &s) {
-        Ok(e) => Ok(Shows::Live(Box::new(e))),
-        Err(VaultError::Erased { .. }) => {
-            let r = v.erasure_status(&ctx, &s)?;
-            let st = v.erasure_statement(&r);
-            Ok(Shows::Erased(r, st))
-        }
-        Err(e) => Err(e),
     })
-    .await;
-    let csrf = state.privacy.csrf(&b.session.token);
-    let settings = state.vault.settings();
-    let c = PageCtx {
-        lang: b.lang,
-        prefix: state.privacy.public_url().path(),
-        token: b.session.token.as_str(),
-        csrf: &csrf,
-        subject: b.session.subject.as_str(),
-        expires_at: b.session.expires_at,
-        schema: &settings.schema,
-        policy_version: &settings.policy_version,
-        notice,
-    };
-    match shown {
-        Ok(Shows::Live(e)) => html(StatusCode::OK, page::subject_page(&c, &e, state.vault.now())),
-        Ok(Shows::Erased(r, st)) => html(StatusCode::OK, page::erased_page(&c, &r, &st)),
-        Err(e) => b.failed(&state, e),
+}
+
+impl Shows {
+    /// The subject's export, or its erasure once it is erased.
+    fn of(v: &Vault, ctx: &Ctx, s: &SubjectId) -> Result<Shows, VaultError> {
+        match v.export(ctx, s) {
+            Ok(e) => Ok(Shows::Live(Box::new(e))),
+            Err(VaultError::Erased { .. }) => {
+                let r = v.erasure_status(ctx, s)?;
+                let st = v.erasure_statement(&r);
+                Ok(Shows::Erased(r, st))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Borrower {
+    /// The borrower's page showing `shown`, or the refusal page of a failed vault call.
+    fn page(&self, state: &AppState, notice: Option<Shown>, shown: Result<Shows, VaultError>) -> Response {
+        let csrf = state.privacy.csrf(&self.session.token);
+        let settings = state.vault.settings();
+        let c = PageCtx {
+            lang: self.lang,
+            prefix: state.privacy.public_url().path(),
+            token: self.session.token.as_str(),
+            csrf: &csrf,
+            subject: self.session.subject.as_str(),
+            expires_at: self.session.expires_at,
+            schema: &settings.schema,
+            policy_version: &settings.policy_version,
+            notice,
+        };
+        match shown {
+            Ok(Shows::Live(e)) => html(StatusCode::OK, page::subject_page(&c, &e, state.vault.now())),
+            Ok(Shows::Erased(r, st)) => html(StatusCode::OK, page::erased_page(&c, &r, &st)),
+            Err(e) => self.failed(state, e),
+        }
     }
 }
 
@@ -265,26 +318,33 @@ pub struct RectifyForm {
 }
 
 /// `POST /privacy/s/{token}/rectify`: one field of an application category (P6).
-pub async fn rectify(state: App, b: Borrower, headers: HeaderMap, form: Result<Form<RectifyForm>, FormRejection>) -> Response {
-    let Ok(Form(f)) = form else {
-        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
+pub async fn rectify(
+    state: App,
+    b: Borrower,
+    headers: HeaderMap,
+    form: Result<Form<RectifyForm>, FormRejection>,
+) -> Result<Response, Response> {
+    let f = b.posted(&state, &headers, form).await?;
+    let Some((field, fields)) = f.edit(&state.vault.settings().schema) else {
+        return Ok(b.back(&state, Some(Notice::NotEditable), &[]));
     };
-    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
-        return r;
-    }
-    let schema = &state.vault.settings().schema;
-    let Some(field) = FieldName::parse(&f.field).ok().filter(|fl| editable(schema, fl)) else {
-        return b.back(&state, Some(Notice::NotEditable), &[]);
-    };
-    let fields = BTreeMap::from([(field.to_string(), form_value(schema, &field, &f.value))]);
     let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
-    match core(&state.vault, move |v| v.rectify(crate::vault::Mode::Wait, &ctx, &s, &fields).wait()).await {
+    Ok(match core(&state.vault, move |v| v.rectify(crate::vault::Mode::Wait, &ctx, &s, &fields).wait()).await {
         Ok(_) => b.back(&state, Some(Notice::Rectified), &[("field", field.as_str())]),
         Err(VaultError::Invalid(_)) => b.back(&state, Some(Notice::RectifyInvalid), &[("field", field.as_str())]),
         // Outside the website caller's write grant (its `writes`): not editable here.
         Err(VaultError::Denied(_)) => b.back(&state, Some(Notice::NotEditable), &[]),
         Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
         Err(e) => b.failed(&state, e),
+    })
+}
+
+impl RectifyForm {
+    /// The field to set and its new value, if it is one the borrower may edit here.
+    fn edit(&self, schema: &crate::schema::Schema) -> Option<(FieldName, BTreeMap<String, serde_json::Value>)> {
+        let field = FieldName::parse(&self.field).ok().filter(|fl| editable(schema, fl))?;
+        let fields = BTreeMap::from([(field.to_string(), form_value(schema, &field, &self.value))]);
+        Some((field, fields))
     }
 }
 
@@ -302,67 +362,49 @@ pub async fn withdraw(
     ApiPath((_, purpose)): ApiPath<(String, String)>,
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
-) -> Response {
-    // An unknown purpose is refused before anything is recorded (as `DELETE …/consents`).
-    let purpose = match Purpose::parse(&purpose) {
-        Ok(p) if state.vault.settings().purposes.get(&p).is_some() => p,
-        _ => return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::Failed),
-    };
-    let Ok(Form(f)) = form else {
-        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
-    };
-    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
-        return r;
-    }
+) -> Result<Response, Response> {
+    let purpose = configured_purpose(&state, &purpose).ok_or_else(|| refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::Failed))?;
+    b.posted(&state, &headers, form).await?;
     let (ctx, s, p) = (b.ctx.clone(), b.session.subject.clone(), purpose.clone());
-    match core(&state.vault, move |v| v.withdraw_consent(&ctx, &s, p.as_str())).await {
+    Ok(match core(&state.vault, move |v| v.withdraw_consent(&ctx, &s, p.as_str())).await {
         Ok(_) => b.back(&state, Some(Notice::Withdrawn), &[("purpose", purpose.as_str())]),
         Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
         Err(e) => b.failed(&state, e),
-    }
+    })
 }
 
 /// `POST /privacy/s/{token}/erasure`: pending while a contract holds it, else at once.
-pub async fn erase(state: App, b: Borrower, headers: HeaderMap, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
-    let Ok(Form(f)) = form else {
-        return refusal(&state, b.lang, StatusCode::BAD_REQUEST, Refusal::RequestRefused);
-    };
-    if let Err(r) = b.check_post(&state, &headers, &f.csrf).await {
-        return r;
-    }
-    if f.confirm.as_deref() != Some("yes") {
-        return b.back(&state, Some(Notice::Confirm), &[]);
+pub async fn erase(state: App, b: Borrower, headers: HeaderMap, form: Result<Form<CsrfForm>, FormRejection>) -> Result<Response, Response> {
+    if b.posted(&state, &headers, form).await?.confirm.as_deref() != Some("yes") {
+        return Ok(b.back(&state, Some(Notice::Confirm), &[]));
     }
     let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
-    match core(&state.vault, move |v| v.request_erasure(&ctx, &s)).await {
+    Ok(match core(&state.vault, move |v| v.request_erasure(&ctx, &s)).await {
         Ok(r) if r.status == ErasureStatus::Pending => b.back(&state, Some(Notice::Pending), &[]),
         Ok(_) => b.back(&state, Some(Notice::Erased), &[]),
         Err(e) => b.failed(&state, e),
-    }
+    })
 }
 
 /// `GET /privacy/s/{token}/export`: everything, as the API's export document, for download.
 pub async fn export(state: App, b: Borrower) -> Response {
     let (ctx, s) = (b.ctx.clone(), b.session.subject.clone());
-    let out = core(&state.vault, move |v| {
-        let e = v.export(&ctx, &s)?;
-        let statement = e.erasure.as_ref().map(|r| v.erasure_statement(r));
-        Ok((e, statement))
-    })
-    .await;
-    match out {
-        Ok((e, statement)) => {
-            let name = format!("attachment; filename=\"privacy-export-{}.json\"", e.subject);
-            let body = serde_json::to_vec_pretty(&ExportResponse::new(e, statement)).expect("export serialises");
-            let disposition = HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("attachment"));
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::CONTENT_DISPOSITION, disposition)],
-                body,
-            )
-                .into_response()
-        }
+    match core(&state.vault, move |v| Ok(ExportResponse::stated(v, v.export(&ctx, &s)?))).await {
+        Ok(doc) => download(&doc),
         Err(VaultError::Erased { .. }) => b.back(&state, None, &[]),
         Err(e) => b.failed(&state, e),
     }
+}
+
+/// The export document as a JSON attachment named for its subject.
+fn download(doc: &ExportResponse) -> Response {
+    let name = format!("attachment; filename=\"privacy-export-{}.json\"", doc.subject);
+    let body = serde_json::to_vec_pretty(doc).expect("export serialises");
+    let disposition = HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("attachment"));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::CONTENT_DISPOSITION, disposition)],
+        body,
+    )
+        .into_response()
 }

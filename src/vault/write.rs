@@ -24,6 +24,9 @@ use crate::policy::{self, Action, Denial};
 use crate::store::{Batch, Space, Tier};
 
 /// What [`Vault::plan_write`] found.
+// `Ready` is every write's plan and is larger than the rare refusal; boxing it would cost an
+// allocation per write.
+#[allow(clippy::large_enum_variant)]
 enum WritePlan {
     Ready {
         batch: Batch,
