@@ -92,12 +92,12 @@ impl Application {
         let opts = options.clone();
         let vault = tokio::task::spawn_blocking(move || open_vault(&cfg, &opts))
             .await
-            .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
+            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
         let vault = Arc::new(vault);
         let v = vault.clone();
         tokio::task::spawn_blocking(move || v.resume_jobs())
             .await
-            .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
+            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         // Session links default to the listener's own address (set privacy.public_url in production).
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -79,7 +79,7 @@ impl serde::Serialize for FieldText {
 
 /// A decrypted field that does not parse: the vault sealed JSON, so this is a defect.
 fn not_json() -> VaultError {
-    VaultError::Internal("a decrypted field is not JSON".into())
+    VaultError::field_not_json()
 }
 
 /// What [`Vault::look_up_read`] found.
@@ -256,7 +256,7 @@ impl Vault {
                 Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err))
             }
             ReadLookup::Unknown => {
-                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found"))))
+                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::subject_not_found(s)))
             }
             ReadLookup::Denied(d) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         }
