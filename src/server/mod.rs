@@ -32,15 +32,21 @@ use watchdog::store_watchdog;
 
 /// Why the server could not start. One line each.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
+    /// The root key could not be read from its source.
     #[error("{0}")]
     RootKey(#[from] qoima_keys::Error),
+    /// The vault did not open (e.g. [`VaultError::InUse`]: a vault already runs on the data).
     #[error("{0}")]
     Vault(#[from] VaultError),
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    /// The TLS certificate or key could not be loaded (the reason as [`crate::tls`] gives it).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The file descriptor limit leaves too little room for connections (what to raise).
     #[error("{0}")]
     Descriptors(String),
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, ErasureJournal, ErasureRecord, ErasureStatus, JournalEntry, KekState, Vault, VaultError};
 use super::error::{Invalid, Unavailable};
+use super::{Ctx, ErasureJournal, ErasureRecord, ErasureStatus, JournalEntry, KekState, Vault, VaultError};
 use crate::domain::rfc3339;
 use crate::policy::Action;
 use crate::store::{Space, Store, StoreError};

@@ -46,7 +46,8 @@ impl Vault {
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::OpenContract, subject)?;
         if let Some(existing) = self.contract(s, &c)? {
-            let err = VaultError::Conflict(super::error::Conflict::ContractExists { contract: c.to_string(), status: existing.status.as_str() });
+            let err =
+                VaultError::Conflict(super::error::Conflict::ContractExists { contract: c.to_string(), status: existing.status.as_str() });
             return Err(self.refuse(ctx, Action::OpenContract, Some(s), None, vec![], err));
         }
         let now = self.clock.now();

@@ -240,9 +240,7 @@ impl Keyring {
             let wrapped = store
                 .get(Space::Keyring, &wrapped_key(*g))?
                 .ok_or(StoreError::Corrupt { space: "keyring", what: "wrapped generation missing" })?;
-            let kek = root
-                .unwrap_kek(*g, &WrappedKek(wrapped))
-                .map_err(|e| VaultError::RootKey { generation: g.0, source: e })?;
+            let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?;
             keks.insert(*g, Arc::new(kek));
         }
         let active = active.ok_or(StoreError::Corrupt { space: "keyring", what: "no active generation" })?;

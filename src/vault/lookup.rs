@@ -58,7 +58,11 @@ impl Vault {
     }
 
     /// Contracts and consents of a subject, and the facts the policy decides on.
-    pub(super) fn facts(&self, subject: &str, meta: &SubjectMeta) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
+    pub(super) fn facts(
+        &self,
+        subject: &str,
+        meta: &SubjectMeta,
+    ) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
         self.facts_in(Tier::Any, subject, meta)
     }
 

@@ -16,8 +16,8 @@ mod budget;
 mod cache;
 pub mod codec;
 mod disclose;
-pub mod error;
 mod erasure;
+pub mod error;
 mod export;
 mod facts;
 mod followup;
@@ -45,8 +45,8 @@ pub use crate::store::{EngineStats, SpaceStats};
 pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use disclose::DisclosureRequest;
-pub use error::VaultError;
 pub use erasure::{ErasureJournal, JournalEntry};
+pub use error::VaultError;
 pub use export::{AccessSummary, Export};
 pub use facts::ConsentRequest;
 pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
@@ -335,7 +335,6 @@ impl Vault {
     fn gate(&self, ctx: &Ctx, action: Action, subject: Option<&str>) -> Result<(), VaultError> {
         crate::policy::may(&ctx.caller, action).map_err(|d| self.refuse(ctx, action, subject, None, vec![], d.into()))
     }
-
 }
 
 #[cfg(test)]

@@ -255,9 +255,7 @@ impl Vault {
                 let err = VaultError::Erased { subject: e.subject, receipt: e.receipt };
                 Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], err))
             }
-            ReadLookup::Unknown => {
-                Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::subject_not_found(s)))
-            }
+            ReadLookup::Unknown => Err(self.refuse(ctx, Action::Read, Some(s), None, vec![], VaultError::subject_not_found(s))),
             ReadLookup::Denied(d) => Err(self.refuse(ctx, Action::Read, Some(s), p, asked, d.into())),
         }
     }
