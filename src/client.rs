@@ -33,6 +33,7 @@ pub use crate::api::wire::*;
 
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The vault answered with a problem document.
     #[error("{} {}: {}", .0.status, .0.kind, .0.detail)]

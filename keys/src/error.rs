@@ -17,9 +17,10 @@ pub enum Error {
     /// A root-key file is readable by more than its owner.
     #[error("root key file {path} has mode {mode:o}; it must be 0600 or 0400 (run: chmod 600 {path})")]
     RootKeyPermissions { path: PathBuf, mode: u32 },
-    /// A root-key source could not be read.
+    /// A root-key source could not be read; `absent` when it is simply not on this machine
+    /// (no such file, variable or credentials directory), as when a config is checked elsewhere.
     #[error("cannot read root key from {source_name}: {reason}")]
-    RootKeyUnreadable { source_name: String, reason: String },
+    RootKeyUnreadable { source_name: String, reason: String, absent: bool },
     /// A root-key source held something other than 64 hex characters.
     #[error("root key from {source_name} must be exactly 64 hex characters (32 bytes)")]
     RootKeyFormat { source_name: String },

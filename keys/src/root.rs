@@ -42,6 +42,7 @@ impl CredentialName {
             Err(Error::RootKeyUnreadable {
                 source_name: "a systemd credential".into(),
                 reason: "a credential name is a plain file name: letters, digits and . _ - @ : only".into(),
+                absent: false,
             })
         }
     }
@@ -68,9 +69,11 @@ impl RootKeySource {
         let text = match self {
             RootKeySource::File(path) => read_key_file(path, FILE_MODES)?,
             RootKeySource::Credential(c) => read_credential(std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(), c)?,
-            RootKeySource::Env(var) => Zeroizing::new(
-                std::env::var(var).map_err(|e| Error::RootKeyUnreadable { source_name: name.clone(), reason: e.to_string() })?,
-            ),
+            RootKeySource::Env(var) => Zeroizing::new(std::env::var(var).map_err(|e| Error::RootKeyUnreadable {
+                source_name: name.clone(),
+                reason: e.to_string(),
+                absent: e == std::env::VarError::NotPresent,
+            })?),
         };
         RootKey::from_hex(text.trim(), &name)
     }
@@ -89,13 +92,17 @@ fn read_credential(dir: Option<&std::ffi::OsStr>, name: &CredentialName) -> Resu
         reason: "CREDENTIALS_DIRECTORY is not set: start the vault from a systemd unit with LoadCredential= or \
                  LoadCredentialEncrypted= (docs/operator-guide.md)"
             .into(),
+        absent: true,
     })?;
     read_key_file(&Path::new(dir).join(name.as_str()), CREDENTIAL_MODES)
 }
 
 fn read_key_file(path: &Path, modes: &[u32]) -> Result<Zeroizing<String>, Error> {
-    let unreadable =
-        |e: std::io::Error| Error::RootKeyUnreadable { source_name: format!("file {}", path.display()), reason: e.to_string() };
+    let unreadable = |e: std::io::Error| Error::RootKeyUnreadable {
+        source_name: format!("file {}", path.display()),
+        reason: e.to_string(),
+        absent: e.kind() == std::io::ErrorKind::NotFound,
+    };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     #[cfg(unix)]
     {
@@ -149,7 +156,11 @@ impl RootKey {
     /// Creates a new random root key in a new file with mode 0600 (refusing to overwrite one).
     /// For development set-ups and root-key rotation; production keys come from the operator.
     pub fn generate_file(path: &Path) -> Result<Self, Error> {
-        let err = |e: std::io::Error| Error::RootKeyUnreadable { source_name: format!("file {}", path.display()), reason: e.to_string() };
+        let err = |e: std::io::Error| Error::RootKeyUnreadable {
+            source_name: format!("file {}", path.display()),
+            reason: e.to_string(),
+            absent: e.kind() == std::io::ErrorKind::NotFound,
+        };
         let secret = Secret::random()?;
         let text = Zeroizing::new(hex::encode(secret.expose()));
         let mut opts = std::fs::OpenOptions::new();

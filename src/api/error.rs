@@ -56,10 +56,10 @@ impl ApiError {
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         match e {
-            VaultError::Invalid(d) => Self::bad_request(d),
+            VaultError::Invalid(d) => Self::bad_request(d.to_string()),
             VaultError::Denied(d @ Denial::BasisMissing { .. }) => Self::new(StatusCode::FORBIDDEN, "basis-missing", d.to_string()),
             VaultError::Denied(d) => Self::new(StatusCode::FORBIDDEN, "forbidden", d.to_string()),
-            VaultError::NotFound(d) => Self::not_found(d),
+            VaultError::NotFound(d) => Self::not_found(d.to_string()),
             VaultError::Erased { subject, receipt } => Self {
                 status: StatusCode::GONE,
                 slug: "erased",
@@ -67,18 +67,18 @@ impl From<VaultError> for ApiError {
                 receipt: Some(receipt),
                 retry_after: None,
             },
-            VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d),
-            VaultError::IdempotencyKeyReused(d) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", d),
-            VaultError::IdempotencyInFlight(d) => {
-                Self { retry_after: Some(1), ..Self::new(StatusCode::CONFLICT, "idempotency-key-in-flight", d) }
+            VaultError::Conflict(d) => Self::new(StatusCode::CONFLICT, "conflict", d.to_string()),
+            e @ VaultError::IdempotencyKeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", e.to_string()),
+            e @ VaultError::IdempotencyInFlight => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::CONFLICT, "idempotency-key-in-flight", e.to_string()) }
             }
             e @ VaultError::RateLimited { retry_after_secs, .. } => {
                 Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string()) }
             }
             e @ VaultError::KeyDestroyed { .. } => Self::new(StatusCode::GONE, "key-destroyed", e.to_string()),
-            VaultError::WrapLimit(d) => {
-                tracing::warn!(detail = %d, "write refused at the KEK wrap limit");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", d)
+            e @ VaultError::WrapLimit { .. } => {
+                tracing::warn!(detail = %e, "write refused at the KEK wrap limit");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
             }
             e @ VaultError::InUse(_) => {
                 tracing::error!(detail = %e, "vault unavailable");
@@ -98,7 +98,7 @@ impl From<VaultError> for ApiError {
             }
             // A NoWait attempt that would block is run again by `extract::answer`; one that
             // got here is a defect, told as one.
-            e @ (VaultError::RootKey(_) | VaultError::Internal(_) | VaultError::WouldBlock) => {
+            e @ (VaultError::RootKey { .. } | VaultError::Internal(_) | VaultError::WouldBlock) => {
                 tracing::error!(detail = %e, "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the request id identifies it in the vault's log")
             }

@@ -242,7 +242,9 @@ where
     F: FnOnce(&Vault) -> Result<T, VaultError> + Send + 'static,
 {
     let vault = vault.clone();
-    tokio::task::spawn_blocking(move || f(&vault)).await.unwrap_or_else(|e| Err(VaultError::Internal(format!("vault task failed: {e}"))))
+    tokio::task::spawn_blocking(move || f(&vault))
+        .await
+        .unwrap_or_else(|e| Err(VaultError::Internal(crate::vault::error::Internal::Task(e))))
 }
 
 /// What the page shows: the export of a live subject, or the erasure of an erased one.

@@ -16,7 +16,9 @@ const MAX_GROUP: usize = 256;
 
 /// The audit log could not take an entry; the request it records must fail (fail closed).
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditError {
+    /// The committer stopped, the vault is shutting down, or the write failed (the reason).
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
 }

@@ -12,13 +12,7 @@ pub(super) fn check(file: PathBuf) -> Result<ExitCode, Failure> {
     // a key that is simply not on this machine (a config checked elsewhere) is noted.
     let root = match c.root_key.load() {
         Ok(k) => format!("root key {:08x}", k.id()),
-        Err(qoima_keys::Error::RootKeyUnreadable { reason, .. })
-            if reason.contains("No such file")
-                || reason.contains("environment variable not found")
-                || reason.contains("CREDENTIALS_DIRECTORY is not set") =>
-        {
-            format!("root key not present on this machine ({})", c.root_key)
-        }
+        Err(qoima_keys::Error::RootKeyUnreadable { absent: true, .. }) => format!("root key not present on this machine ({})", c.root_key),
         Err(e) => return Err(Failure(3, format!("{}: {e}", file.display()))),
     };
     println!(

@@ -32,15 +32,21 @@ use watchdog::store_watchdog;
 
 /// Why the server could not start. One line each.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
+    /// The root key could not be read from its source.
     #[error("{0}")]
     RootKey(#[from] qoima_keys::Error),
+    /// The vault did not open (e.g. [`VaultError::InUse`]: a vault already runs on the data).
     #[error("{0}")]
     Vault(#[from] VaultError),
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    /// The TLS certificate or key could not be loaded (the reason as [`crate::tls`] gives it).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The file descriptor limit leaves too little room for connections (what to raise).
     #[error("{0}")]
     Descriptors(String),
 }
@@ -92,12 +98,12 @@ impl Application {
         let opts = options.clone();
         let vault = tokio::task::spawn_blocking(move || open_vault(&cfg, &opts))
             .await
-            .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
+            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
         let vault = Arc::new(vault);
         let v = vault.clone();
         tokio::task::spawn_blocking(move || v.resume_jobs())
             .await
-            .map_err(|e| VaultError::Internal(format!("start-up task failed: {e}")))??;
+            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         // Session links default to the listener's own address (set privacy.public_url in production).
         let scheme = if tls.is_some() { "https" } else { "http" };

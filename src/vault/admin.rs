@@ -73,7 +73,7 @@ impl Vault {
         self.gate(ctx, Action::KeysManage, None)?;
         let _admin = self.keyring.admin();
         if new_root.id() == self.keyring.root_id() {
-            return Err(VaultError::Invalid("the new root key is the current one".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::SameRootKey));
         }
         let mut batch = Batch::default();
         let n = self.keyring.rewrap_all(new_root, &mut batch)?;
@@ -100,16 +100,16 @@ impl Vault {
         let g = Generation(generation);
         let refuse = |err: VaultError| self.refuse(ctx, Action::KeysManage, None, None, vec![], err);
         let Some(mut info) = self.keyring.info(g) else {
-            return Err(refuse(VaultError::NotFound(format!("no KEK generation {generation}"))));
+            return Err(refuse(VaultError::NotFound(super::error::Missing::Generation { generation })));
         };
         match info.state {
             KekState::Destroyed => return Ok(info),
-            KekState::Active => return Err(refuse(VaultError::Conflict(format!("generation {generation} is active; rotate first")))),
+            KekState::Active => return Err(refuse(VaultError::Conflict(super::error::Conflict::GenerationActive { generation }))),
             KekState::DecryptOnly => {}
         }
         let counted = self.store.counter(Space::Keyring, &dek_count_key(g))?;
         if counted > 0 {
-            let err = VaultError::Conflict(format!("generation {generation} still wraps {counted} DEKs; run a rewrap first"));
+            let err = VaultError::Conflict(super::error::Conflict::GenerationInUse { generation, counted });
             return Err(refuse(err));
         }
         // The counter says none; check every subject, since destroying is forever.
@@ -124,9 +124,7 @@ impl Vault {
             !bad
         })?;
         if bad || found > 0 {
-            let err = VaultError::Conflict(format!(
-                "generation {generation} still wraps {found} DEKs (the counter said {counted}); run a rewrap first"
-            ));
+            let err = VaultError::Conflict(super::error::Conflict::GenerationStillWraps { generation, found, counted });
             return Err(refuse(err));
         }
         info.state = KekState::Destroyed;

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{Invalid, Unavailable};
 use super::{Ctx, ErasureJournal, ErasureRecord, ErasureStatus, JournalEntry, KekState, Vault, VaultError};
 use crate::domain::rfc3339;
 use crate::policy::Action;
@@ -67,10 +68,7 @@ pub fn install_keyring(restored: &Path, live: Option<&Path>, escrow: &Path) -> R
     let mut unreadable = 0u64;
     for (info, count) in super::keyring::read_infos(&store)? {
         if !known.contains(&info.generation) {
-            return Err(VaultError::Invalid(format!(
-                "the backup needs KEK generation {}, which neither the live store nor the escrow knows",
-                info.generation
-            )));
+            return Err(VaultError::Invalid(Invalid::BackupGeneration { generation: info.generation }));
         }
         let destroyed = source.generations.iter().any(|e| e.info.generation == info.generation && e.info.state == KekState::Destroyed);
         if destroyed {
@@ -88,9 +86,9 @@ impl Vault {
     pub fn create_backup(&self, ctx: &Ctx, dir: &Path) -> Result<Manifest, VaultError> {
         self.gate(ctx, Action::Backup, None)?;
         if dir.exists() {
-            return Err(VaultError::Invalid(format!("{} already exists; a backup goes into a new folder", dir.display())));
+            return Err(VaultError::Invalid(Invalid::BackupTargetExists { dir: dir.to_owned() }));
         }
-        std::fs::create_dir_all(dir).map_err(|e| VaultError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| VaultError::Unavailable(Unavailable::CreateDir { dir: dir.to_owned(), source: e }))?;
         self.store.backup(&dir.join(DB_DIR))?;
         // Read the position from the copy itself, so the manifest describes exactly it.
         let copy = self.store.open_backup(&dir.join(DB_DIR))?;
@@ -112,7 +110,7 @@ impl Vault {
             keyring: "not included: a restore takes KEKs from the live store or the keyring escrow".into(),
         };
         std::fs::write(dir.join(MANIFEST), serde_json::to_vec_pretty(&manifest).expect("serialises"))
-            .map_err(|e| VaultError::Unavailable(format!("cannot write the backup manifest: {e}")))?;
+            .map_err(|e| VaultError::Unavailable(Unavailable::WriteManifest(e)))?;
         self.audit.record(self.draft(
             ctx,
             Action::Backup,
@@ -145,17 +143,17 @@ pub fn copy_backup(backup: &Path, to: &Path) -> Result<(Manifest, usize), VaultE
     let manifest: Manifest = std::fs::read(backup.join(MANIFEST))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| VaultError::Invalid(format!("{} is not a Qoima backup (no readable {MANIFEST})", backup.display())))?;
+        .ok_or_else(|| VaultError::Invalid(Invalid::NotABackup { dir: backup.to_owned() }))?;
     if to.exists() && std::fs::read_dir(to).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(VaultError::Invalid(format!("{} exists and is not empty; restore into a new folder", to.display())));
+        return Err(VaultError::Invalid(Invalid::RestoreTargetNotEmpty { dir: to.to_owned() }));
     }
-    std::fs::create_dir_all(to).map_err(|e| VaultError::Unavailable(format!("cannot create {}: {e}", to.display())))?;
+    std::fs::create_dir_all(to).map_err(|e| VaultError::Unavailable(Unavailable::CreateDir { dir: to.to_owned(), source: e }))?;
     let mut files = 0;
-    for entry in std::fs::read_dir(backup.join(DB_DIR)).map_err(|e| VaultError::Invalid(format!("backup has no {DB_DIR}/: {e}")))? {
-        let entry = entry.map_err(|e| VaultError::Unavailable(e.to_string()))?;
+    for entry in std::fs::read_dir(backup.join(DB_DIR)).map_err(|e| VaultError::Invalid(Invalid::BackupDatabase(e)))? {
+        let entry = entry.map_err(|e| VaultError::Unavailable(Unavailable::ReadBackup(e)))?;
         if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
             // Copies, not hard links: the backup must stay as it was.
-            std::fs::copy(entry.path(), to.join(entry.file_name())).map_err(|e| VaultError::Unavailable(format!("copy failed: {e}")))?;
+            std::fs::copy(entry.path(), to.join(entry.file_name())).map_err(|e| VaultError::Unavailable(Unavailable::Copy(e)))?;
             files += 1;
         }
     }

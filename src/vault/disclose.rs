@@ -30,15 +30,15 @@ impl Vault {
         let s = subject.as_str();
         let recipient = req.recipient.trim();
         if recipient.is_empty() || recipient.chars().count() > 200 || recipient.chars().any(char::is_control) {
-            return Err(VaultError::Invalid("recipient must be 1 to 200 characters".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::Recipient));
         }
         if let Some(r) = &req.reference {
             if r.chars().count() > 500 || r.chars().any(char::is_control) {
-                return Err(VaultError::Invalid("reference must be at most 500 characters".into()));
+                return Err(VaultError::Invalid(super::error::Invalid::Reference));
             }
         }
         if req.fields.is_empty() {
-            return Err(VaultError::Invalid("a disclosure names the fields it transfers".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::DisclosureFields));
         }
         let fields = self.parse_requested(Some(&req.fields))?.unwrap_or_default();
         let names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();

@@ -102,7 +102,7 @@ impl Vault {
                 Some(s),
                 None,
                 vec![],
-                VaultError::NotFound(format!("no erasure requested for {s}")),
+                VaultError::NotFound(super::error::Missing::Erasure { subject: s.to_owned() }),
             )),
         }
     }

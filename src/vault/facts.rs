@@ -47,7 +47,8 @@ impl Vault {
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::OpenContract, subject)?;
         if let Some(existing) = self.contract(s, &c)? {
-            let err = VaultError::Conflict(format!("contract {c} already exists ({})", existing.status.as_str()));
+            let err =
+                VaultError::Conflict(super::error::Conflict::ContractExists { contract: c.to_string(), status: existing.status.as_str() });
             return Err(self.refuse(ctx, Action::OpenContract, Some(s), None, vec![], err));
         }
         let now = self.clock.now();
@@ -83,7 +84,7 @@ impl Vault {
         let status = match status {
             "settled" => ContractStatus::Settled,
             "breached" => ContractStatus::Breached,
-            _ => return Err(VaultError::Invalid("status must be \"settled\" or \"breached\"".into())),
+            _ => return Err(VaultError::Invalid(super::error::Invalid::ContractStatus)),
         };
         self.gate(ctx, Action::UpdateContract, Some(s))?;
         let outcome = {
@@ -96,7 +97,7 @@ impl Vault {
                     Some(s),
                     None,
                     vec![],
-                    VaultError::NotFound(format!("contract {c} not found")),
+                    VaultError::NotFound(super::error::Missing::Contract { contract: c.to_string() }),
                 ));
             };
             if record.status == status {
@@ -106,7 +107,7 @@ impl Vault {
                 return Ok((record, self.erasure(s)?));
             }
             if record.status == ContractStatus::Settled {
-                let err = VaultError::Conflict(format!("contract {c} is settled; a settled contract does not change"));
+                let err = VaultError::Conflict(super::error::Conflict::ContractSettled { contract: c.to_string() });
                 return Err(self.refuse(ctx, Action::UpdateContract, Some(s), None, vec![], err));
             }
             let now = self.clock.now();
@@ -167,15 +168,15 @@ impl Vault {
         let s = subject.as_str();
         let purpose = Purpose::parse(&req.purpose)?;
         if self.settings.purposes.get(&purpose).is_none() {
-            return Err(VaultError::Invalid(format!("unknown purpose {purpose}")));
+            return Err(VaultError::Invalid(super::error::Invalid::UnknownPurpose { purpose: purpose.to_string() }));
         }
         let policy_version = req.policy_version.clone().unwrap_or_else(|| self.settings.policy_version.clone());
         if policy_version.is_empty() || policy_version.len() > 64 || policy_version.chars().any(char::is_control) {
-            return Err(VaultError::Invalid("policy_version must be 1 to 64 characters".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::PolicyVersion));
         }
         let now = self.clock.now();
         if req.valid_until.is_some_and(|u| u <= now) {
-            return Err(VaultError::Invalid("valid_until must be in the future".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::ValidUntil));
         }
         self.gate(ctx, Action::GiveConsent, Some(s))?;
         let _lock = self.locks.lock(s);
@@ -209,14 +210,14 @@ impl Vault {
         // Before anything is recorded: a refusal naming any well-formed purpose would let a
         // client write audit entries about purposes that do not exist.
         if self.settings.purposes.get(&purpose).is_none() {
-            return Err(VaultError::Invalid(format!("unknown purpose {purpose}")));
+            return Err(VaultError::Invalid(super::error::Invalid::UnknownPurpose { purpose: purpose.to_string() }));
         }
         self.gate(ctx, Action::WithdrawConsent, Some(s))?;
         let _lock = self.locks.lock(s);
         self.live(ctx, Action::WithdrawConsent, subject)?;
         let key = layout::consent(s, purpose.as_str());
         let Some(v) = self.store.get(Space::Facts, &key)? else {
-            let err = VaultError::NotFound(format!("no consent for {purpose} on record"));
+            let err = VaultError::NotFound(super::error::Missing::Consent { purpose: purpose.to_string() });
             return Err(self.refuse(ctx, Action::WithdrawConsent, Some(s), Some(purpose.as_str()), vec![], err));
         };
         let mut record: ConsentRecord =

@@ -56,7 +56,7 @@ impl IdempotencyKey {
     pub fn parse(key: &str) -> Result<Self, VaultError> {
         let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
         if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
-            return Err(VaultError::Invalid(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters")));
+            return Err(VaultError::Invalid(super::error::Invalid::IdempotencyKey { max_len: MAX_KEY_LEN }));
         }
         Ok(Self(key.to_owned()))
     }
@@ -273,9 +273,7 @@ impl Replayable for OffsetDateTime {
     }
     fn replay(vault: &Vault, kept: OffsetDateTime) -> Result<OffsetDateTime, VaultError> {
         if kept <= vault.now() {
-            return Err(VaultError::Conflict(
-                "the privacy session this Idempotency-Key opened has expired; open a new one with a new key".into(),
-            ));
+            return Err(VaultError::Conflict(super::error::Conflict::SessionExpired));
         }
         Ok(kept)
     }
@@ -339,7 +337,7 @@ impl Vault {
         let refused = Refused { ctx, action, subject: scope, purpose: None, fields: vec![] };
         let slot = idem.slot(ctx.caller.name.as_str());
         let Some(claim) = self.in_flight.claim(slot) else {
-            let err = VaultError::IdempotencyInFlight("a request with this Idempotency-Key is still in flight; retry shortly".into());
+            let err = VaultError::IdempotencyInFlight;
             return Ok(Keyed::Answered(self.refusal(mode, refused, err)));
         };
         let Some(first) = self.idempotency_record(mode.tier(), &slot)? else { return Ok(Keyed::Fresh(Some(claim))) };
@@ -347,9 +345,7 @@ impl Vault {
             return Err(VaultError::WouldBlock);
         }
         if first.fingerprint != hex_string(&idem.fingerprint) {
-            let err = VaultError::IdempotencyKeyReused(
-                "this Idempotency-Key was used for a different request (method, path or body); use a new key for a new request".into(),
-            );
+            let err = VaultError::IdempotencyKeyReused;
             return Ok(Keyed::Answered(self.refusal(mode, refused, err)));
         }
         let kept: T::Kept =
@@ -374,7 +370,7 @@ impl Vault {
             created_at,
             request_id: ctx.request_id.as_str().to_owned(),
             scope: scope.to_owned(),
-            outcome: serde_json::to_value(kept).map_err(|_| VaultError::Internal("an outcome does not serialise".into()))?,
+            outcome: serde_json::to_value(kept).map_err(|_| VaultError::Internal(super::error::Internal::Outcome))?,
         };
         batch.put(Space::Idempotency, layout::idempotency_record(&slot), serde_json::to_vec(&stored).expect("serialises"));
         batch.put(Space::Idempotency, layout::idempotency_scope(scope, &slot), Vec::new());

@@ -236,9 +236,7 @@ impl Keyring {
             let wrapped = store
                 .get(Space::Keyring, &wrapped_key(*g))?
                 .ok_or(StoreError::Corrupt { space: "keyring", what: "wrapped generation missing" })?;
-            let kek = root
-                .unwrap_kek(*g, &WrappedKek(wrapped))
-                .map_err(|e| VaultError::RootKey(format!("cannot open KEK generation {g} with the configured root key: {e}")))?;
+            let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?;
             keks.insert(*g, Arc::new(kek));
         }
         let active = active.ok_or(StoreError::Corrupt { space: "keyring", what: "no active generation" })?;
@@ -267,7 +265,7 @@ impl Keyring {
     pub fn take_wrap_of(&self, g: Generation) -> Result<(), VaultError> {
         let r = self.read();
         if r.active != g {
-            return Err(VaultError::Unavailable(format!("KEK generation {g} is no longer active")));
+            return Err(VaultError::Unavailable(super::error::Unavailable::GenerationRotated { generation: g.0 }));
         }
         self.take_wrap(&r)
     }
@@ -279,11 +277,7 @@ impl Keyring {
         }
         if n > self.wrap_limit {
             r.active_wraps.fetch_sub(1, Ordering::SeqCst);
-            return Err(VaultError::WrapLimit(format!(
-                "KEK generation {} has made its {} wraps (keys.kek_wrap_limit, NIST SP 800-38D); the vault is rotating to a \
-                 new generation: nothing was done, retry",
-                r.active, self.wrap_limit
-            )));
+            return Err(VaultError::WrapLimit { generation: r.active.0, limit: self.wrap_limit });
         }
         Ok(())
     }
@@ -314,7 +308,7 @@ impl Keyring {
 
     /// The KEK of generation `g`, if it is not destroyed.
     pub fn get(&self, g: Generation) -> Result<Arc<Kek>, VaultError> {
-        self.read().keks.get(&g).cloned().ok_or_else(|| VaultError::Internal(format!("KEK generation {g} is destroyed or unknown")))
+        self.read().keks.get(&g).cloned().ok_or_else(|| VaultError::Internal(super::error::Internal::GenerationUnknown { generation: g.0 }))
     }
 
     pub fn infos(&self) -> Vec<KekInfo> {

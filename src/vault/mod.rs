@@ -18,26 +18,27 @@ mod cache;
 pub mod codec;
 mod disclose;
 mod erasure;
+pub mod error;
 mod export;
 mod facts;
 mod followup;
 mod idempotency;
 mod journal;
 pub mod keyring;
+mod lookup;
 mod privacy;
 mod read;
 mod records;
 mod rekey;
 mod retention;
 pub mod rewrap;
+mod settings;
 mod views;
 mod write;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use qoima_keys::{Dek, RootKey};
+use qoima_keys::RootKey;
 use time::OffsetDateTime;
 
 /// The storage engine's statistics, as [`Vault::engine_stats`] gives them.
@@ -46,102 +47,21 @@ pub use answer::{Answer, Mode};
 pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use disclose::DisclosureRequest;
+pub use error::VaultError;
 pub use export::{AccessSummary, Export};
 pub use facts::ConsentRequest;
 pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
 pub use journal::{ErasureJournal, JournalEntry};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use read::{FieldText, FieldTexts, FieldValues};
+pub use settings::{default_journal_path, sibling, Settings};
 pub use views::{SubjectView, SubjectViews};
 pub use write::WriteOutcome;
 
-use crate::audit::{AuditError, AuditLog, Decision, Draft, FaultSwitch};
-use crate::domain::{CallerName, Clock, FieldName, InvalidId, RequestId, SubjectId};
-use crate::policy::{Action, Caller, Denial, Purposes, SubjectFacts};
-use crate::schema::{Schema, SchemaError};
+use crate::audit::{AuditLog, Decision, Draft, FaultSwitch};
+use crate::domain::{CallerName, Clock, FieldName, RequestId};
+use crate::policy::{Action, Caller};
 use crate::store::{Space, Store, StoreError, Tier, WriteState};
-
-use codec::SubjectMeta;
-
-/// What the vault needs from the configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub data_dir: PathBuf,
-    /// Append-only list of erasures kept outside the data directory, replayed on restore.
-    pub erasure_journal: PathBuf,
-    /// Copy of the keyring (wrapped KEKs) kept outside the data directory; backups carry none.
-    pub keyring_escrow: PathBuf,
-    pub schema: Schema,
-    pub purposes: Purposes,
-    /// The privacy policy version in force (P1); consents record the one they were given under.
-    pub policy_version: String,
-    /// Field encryptions allowed under one DEK before it is rotated automatically.
-    pub dek_seal_limit: u64,
-    /// DEK wraps allowed under one KEK generation before the vault rotates to a new one.
-    pub kek_wrap_limit: u64,
-    pub dek_cache_capacity: usize,
-    /// Bytes of sealed records, entries and facts of recently read subjects kept in memory
-    /// (ciphertexts only; 0 turns the cache off).
-    pub subject_cache_bytes: usize,
-    /// How often KEKs rotate, and how long backups are kept: together they bound when an
-    /// erased subject's DEK becomes unreadable in old backups too.
-    pub key_rotation_days: u32,
-    pub backup_retention_days: u32,
-    /// Subjects per rewrap batch, and a pause between batches (to bound its load).
-    pub rewrap_batch: usize,
-    pub rewrap_pause_ms: u64,
-    /// Failed authentications recorded one by one per second (bursts of ten seconds' worth);
-    /// the rest are counted into summary entries.
-    pub audited_auth_failures_per_second: u32,
-    /// Reads of personal data (read, disclose, export) per minute, by caller name; callers not
-    /// named are not limited.
-    pub max_reads_per_minute: BTreeMap<String, u32>,
-    /// Write grants (`[[callers]] writes`, field patterns), by caller name; callers not named
-    /// write what their purposes read ([`crate::policy::decide_write`]).
-    pub write_grants: BTreeMap<String, Vec<String>>,
-}
-
-impl Settings {
-    /// Defaults for a data directory: the shipped schema and purposes.
-    pub fn new(data_dir: PathBuf) -> Self {
-        let erasure_journal = default_journal_path(&data_dir);
-        let keyring_escrow = sibling(&data_dir, "-keyring.json");
-        Self {
-            data_dir,
-            erasure_journal,
-            keyring_escrow,
-            schema: Schema::default(),
-            purposes: Purposes::default(),
-            policy_version: "2019-01-29".into(),
-            // NIST SP 800-38D: at most 2^32 invocations with random 96-bit nonces per key.
-            dek_seal_limit: 1 << 32,
-            // The same limit for DEKs wrapped under one KEK generation.
-            kek_wrap_limit: 1 << 32,
-            dek_cache_capacity: 100_000,
-            subject_cache_bytes: 32 << 20,
-            key_rotation_days: 90,
-            backup_retention_days: 30,
-            rewrap_batch: 256,
-            rewrap_pause_ms: 0,
-            audited_auth_failures_per_second: 20,
-            max_reads_per_minute: BTreeMap::new(),
-            write_grants: BTreeMap::new(),
-        }
-    }
-}
-
-/// `<data_dir>-erasures.jsonl`: beside the data directory, not in it, so replacing the data
-/// directory with a backup never replaces the list of erasures made since.
-pub fn default_journal_path(data_dir: &std::path::Path) -> PathBuf {
-    sibling(data_dir, "-erasures.jsonl")
-}
-
-/// `<data_dir><suffix>`, beside the data directory.
-pub fn sibling(data_dir: &std::path::Path, suffix: &str) -> PathBuf {
-    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
-    name.push(suffix);
-    data_dir.with_file_name(name)
-}
 
 /// Who is asking, and which request this is.
 #[derive(Clone, Debug)]
@@ -174,93 +94,6 @@ impl Ctx {
             via: None,
             idempotency: None,
         }
-    }
-}
-
-/// Why an operation failed. Texts never include field values, tokens or key bytes.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VaultError {
-    /// The request is malformed or names something that does not exist in the schema.
-    #[error("{0}")]
-    Invalid(String),
-    /// Policy said no.
-    #[error(transparent)]
-    Denied(#[from] Denial),
-    #[error("{0}")]
-    NotFound(String),
-    /// The subject was crypto-shredded; its erasure receipt.
-    #[error("subject {subject} was erased (receipt {receipt})")]
-    Erased { subject: String, receipt: String },
-    #[error("{0}")]
-    Conflict(String),
-    /// The caller used this `Idempotency-Key` before for a different request: nothing was done.
-    #[error("{0}")]
-    IdempotencyKeyReused(String),
-    /// A request with this `Idempotency-Key` is still being processed: nothing was done; retry.
-    #[error("{0}")]
-    IdempotencyInFlight(String),
-    /// The caller is over its `max_reads_per_minute`: nothing was read.
-    #[error("caller {caller} is over its limit of {per_minute} reads of personal data per minute; retry in {retry_after_secs} s")]
-    RateLimited { caller: String, per_minute: u32, retry_after_secs: u64 },
-    /// The KEK generation that wrapped the subject's DEK was destroyed (e.g. a subject restored
-    /// from an old backup): its data is unreadable for good.
-    #[error("the KEK generation {generation} that wrapped subject {subject}'s key was destroyed; its data is unreadable for good")]
-    KeyDestroyed { subject: String, generation: u32 },
-    /// The active KEK generation has made all the wraps `keys.kek_wrap_limit` allows and the
-    /// rotation to a new one is not in place yet: nothing was done; retry shortly.
-    #[error("{0}")]
-    WrapLimit(String),
-    /// Storage or audit cannot take writes: nothing was done, nothing is returned.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The data directory is open in another process (a running vault): nothing was done.
-    #[error("data directory {0} is in use by another process (is the vault running?)")]
-    InUse(PathBuf),
-    /// The root key does not open the keyring.
-    #[error("{0}")]
-    RootKey(String),
-    /// A key or stored value failed to open: corruption or tampering.
-    #[error("{0}")]
-    Internal(String),
-    /// An operation in [`Mode::NoWait`] would have had to wait (data not in memory, the
-    /// subject's lock taken, the audit queue full): nothing was done; run it in [`Mode::Wait`].
-    #[error("the operation would wait")]
-    WouldBlock,
-}
-
-impl From<StoreError> for VaultError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Corrupt { .. } => VaultError::Internal(e.to_string()),
-            StoreError::Locked(path) => VaultError::InUse(path),
-            StoreError::NotInMemory => VaultError::WouldBlock,
-            _ => VaultError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<AuditError> for VaultError {
-    fn from(e: AuditError) -> Self {
-        VaultError::Unavailable(e.to_string())
-    }
-}
-
-impl From<qoima_keys::Error> for VaultError {
-    fn from(e: qoima_keys::Error) -> Self {
-        VaultError::Internal(format!("key operation failed: {e}"))
-    }
-}
-
-impl From<SchemaError> for VaultError {
-    fn from(e: SchemaError) -> Self {
-        VaultError::Invalid(e.to_string())
-    }
-}
-
-impl From<InvalidId> for VaultError {
-    fn from(e: InvalidId) -> Self {
-        VaultError::Invalid(e.to_string())
     }
 }
 
@@ -514,106 +347,6 @@ impl Vault {
     /// Role gate for `action`, recording a refusal.
     fn gate(&self, ctx: &Ctx, action: Action, subject: Option<&str>) -> Result<(), VaultError> {
         crate::policy::may(&ctx.caller, action).map_err(|d| self.refuse(ctx, action, subject, None, vec![], d.into()))
-    }
-
-    fn meta(&self, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
-        self.meta_in(Tier::Any, subject)
-    }
-
-    fn meta_in(&self, tier: Tier, subject: &str) -> Result<Option<SubjectMeta>, VaultError> {
-        Ok(self.store.get_with(tier, Space::Subjects, subject.as_bytes(), SubjectMeta::decode)?.transpose()?)
-    }
-
-    fn erasure(&self, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
-        self.erasure_in(Tier::Any, subject)
-    }
-
-    fn erasure_in(&self, tier: Tier, subject: &str) -> Result<Option<ErasureRecord>, VaultError> {
-        let record = self.store.get_with(tier, Space::Erasures, subject.as_bytes(), |v| serde_json::from_slice(v))?;
-        Ok(record.transpose().map_err(|_| StoreError::Corrupt { space: "erasures", what: "record" })?)
-    }
-
-    /// The subject's metadata if it is live; else a recorded refusal (410 or 404).
-    fn live(&self, ctx: &Ctx, action: Action, subject: &SubjectId) -> Result<SubjectMeta, VaultError> {
-        let s = subject.as_str();
-        if let Some(e) = self.erasure(s)? {
-            if e.status == ErasureStatus::Erased {
-                return Err(self.refuse(ctx, action, Some(s), None, vec![], VaultError::Erased { subject: e.subject, receipt: e.receipt }));
-            }
-        }
-        match self.meta(s)? {
-            Some(m) => Ok(m),
-            None => Err(self.refuse(ctx, action, Some(s), None, vec![], VaultError::NotFound(format!("subject {s} not found")))),
-        }
-    }
-
-    /// The subject's DEK, from the cache or unwrapped by its KEK generation.
-    fn dek(&self, subject: &str, meta: &SubjectMeta) -> Result<Arc<Dek>, VaultError> {
-        if let Some(d) = self.cache.get(subject, meta.dek_version) {
-            return Ok(d);
-        }
-        let g = meta.generation()?;
-        if self.keyring.info(g).is_some_and(|i| i.state == KekState::Destroyed) {
-            return Err(VaultError::KeyDestroyed { subject: subject.to_owned(), generation: g.0 });
-        }
-        let kek = self.keyring.get(g)?;
-        let dek = Arc::new(kek.unwrap_dek(subject, meta.dek_version, &meta.wrapped_dek)?);
-        self.cache.insert(subject, dek.clone());
-        Ok(dek)
-    }
-
-    /// Contracts and consents of a subject, and the facts the policy decides on.
-    fn facts(&self, subject: &str, meta: &SubjectMeta) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
-        self.facts_in(Tier::Any, subject, meta)
-    }
-
-    fn facts_in(
-        &self,
-        tier: Tier,
-        subject: &str,
-        meta: &SubjectMeta,
-    ) -> Result<(SubjectFacts, Vec<ContractRecord>, Vec<ConsentRecord>), VaultError> {
-        let mut contracts = Vec::new();
-        let mut consents = Vec::new();
-        let mut bad = false;
-        let plen = subject.len() + 1;
-        self.store.scan_prefix_in(tier, Space::Facts, &crate::layout::subject_prefix(subject), |k, v| {
-            match k.get(plen) {
-                Some(b'c') => match serde_json::from_slice::<ContractRecord>(v) {
-                    Ok(c) => contracts.push(c),
-                    Err(_) => bad = true,
-                },
-                Some(b'k') => match serde_json::from_slice::<ConsentRecord>(v) {
-                    Ok(c) => consents.push(c),
-                    Err(_) => bad = true,
-                },
-                _ => bad = true,
-            }
-            !bad
-        })?;
-        if bad {
-            return Err(StoreError::Corrupt { space: "facts", what: "contract or consent" }.into());
-        }
-        let has_application =
-            meta.categories.iter().any(|(c, n)| *n > 0 && self.settings.schema.category(c).is_some_and(|c| c.application));
-        let facts = SubjectFacts {
-            has_application,
-            contracts: contracts.iter().filter_map(|c| Some((crate::domain::ContractId::parse(&c.contract).ok()?, c.status))).collect(),
-            consents: consents.iter().filter_map(ConsentRecord::fact).collect(),
-        };
-        Ok((facts, contracts, consents))
-    }
-
-    /// KEK generations with how many DEKs each wraps.
-    pub fn key_generations(&self) -> Result<Vec<(KekInfo, i64)>, VaultError> {
-        self.keyring
-            .infos()
-            .into_iter()
-            .map(|i| {
-                let n = self.store.counter(Space::Keyring, &keyring::dek_count_key(qoima_keys::Generation(i.generation)))?;
-                Ok((i, n))
-            })
-            .collect()
     }
 }
 

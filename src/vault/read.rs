@@ -78,7 +78,7 @@ impl serde::Serialize for FieldText {
 
 /// A decrypted field that does not parse: the vault sealed JSON, so this is a defect.
 fn not_json() -> VaultError {
-    VaultError::Internal("a decrypted field is not JSON".into())
+    VaultError::field_not_json()
 }
 
 /// What a read finds under the subject's lock ([`Vault::look_up_read`]).
@@ -242,7 +242,7 @@ impl Vault {
             ReadLookup::Erased(e) => {
                 self.refusal(mode, refused(None, vec![]), VaultError::Erased { subject: e.subject, receipt: e.receipt })
             }
-            ReadLookup::Unknown => self.refusal(mode, refused(None, vec![]), VaultError::NotFound(format!("subject {s} not found"))),
+            ReadLookup::Unknown => self.refusal(mode, refused(None, vec![]), VaultError::subject_not_found(s)),
             ReadLookup::Denied(d) => self.refusal(mode, refused(p, asked()), d.into()),
         })
     }

@@ -116,7 +116,10 @@ impl Vault {
         let p = Purpose::parse(name)?;
         self.settings.purposes.get(&p).ok_or_else(|| {
             let known: Vec<&str> = self.settings.purposes.0.keys().map(|p| p.as_str()).collect();
-            VaultError::Invalid(format!("unknown purpose {p} (configured: {})", known.join(", ")))
+            VaultError::Invalid(super::error::Invalid::UnknownPurposeOf {
+                purpose: p.to_string(),
+                configured: known.iter().map(|k| k.to_string()).collect(),
+            })
         })
     }
 }

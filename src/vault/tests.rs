@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::domain::{Purpose, Role, SystemClock};
+use crate::domain::{Purpose, Role, SubjectId, SystemClock};
 
 fn vault(dir: &std::path::Path, faults: Arc<FaultSwitch>) -> Vault {
     qoima_keys::RootKey::generate_file(&dir.join("root.key")).ok();

@@ -197,7 +197,7 @@ impl SealedBuilder {
 
     pub fn build(self) -> Result<SealedRecords, VaultError> {
         if self.too_large {
-            return Err(VaultError::Invalid("the subject's records come to more than 4 GiB: name the fields to read".into()));
+            return Err(VaultError::Invalid(super::error::Invalid::TooLarge));
         }
         Ok(SealedRecords { bytes: self.bytes.into_boxed_slice(), items: self.items.into_boxed_slice() })
     }

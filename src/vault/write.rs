@@ -71,7 +71,7 @@ impl Vault {
     /// Parses and type-checks fields against the schema; nothing is stored if one fails.
     fn encode_fields(&self, fields: &BTreeMap<String, Value>) -> Result<Vec<(FieldName, Vec<u8>)>, VaultError> {
         if fields.is_empty() {
-            return Err(VaultError::Invalid("no fields given".into()));
+            return Err(VaultError::no_fields());
         }
         fields
             .iter()
@@ -208,7 +208,7 @@ impl Vault {
                 let (m, d) = self.new_subject(s, now, &mut batch)?;
                 (m, d, true)
             }
-            (_, None) => return Ok(WritePlan::Refused { err: VaultError::NotFound(format!("subject {s} not found")) }),
+            (_, None) => return Ok(WritePlan::Refused { err: VaultError::subject_not_found(s) }),
         };
         let mut rekeyed = false;
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
