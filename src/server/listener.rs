@@ -228,11 +228,14 @@ struct ActivityState {
     in_flight: usize,
     served: bool,
     since: tokio::time::Instant,
+    /// [`Activity::idle_out`] waits for the requests in flight to end (rather than sleeping
+    /// to a deadline), so the end of the last one must wake it.
+    awaited: bool,
 }
 
 impl Activity {
     fn new() -> Self {
-        let state = ActivityState { in_flight: 0, served: false, since: tokio::time::Instant::now() };
+        let state = ActivityState { in_flight: 0, served: false, since: tokio::time::Instant::now(), awaited: false };
         Self { state: std::sync::Mutex::new(state), changed: tokio::sync::Notify::new() }
     }
 
@@ -256,7 +259,8 @@ impl Activity {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let deadline = {
-                let s = self.state();
+                let mut s = self.state();
+                s.awaited = s.in_flight > 0;
                 match (s.in_flight, s.served) {
                     (0, false) => Some(s.since + limits.header_read),
                     (0, true) => Some(s.since + limits.idle),
@@ -282,15 +286,24 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        {
+        // Wakes the idle watch only when it waits for this end, or when the first response
+        // moves its deadline from the header-read timeout to the idle one (maybe sooner). A
+        // watch sleeping to a deadline finds the later `since` when it wakes and sleeps on:
+        // one timer per idle period, not a wake-up, a re-poll of the connection and a new
+        // timer per request (docs/performance.md).
+        let wake = {
             let mut s = self.0.state();
             s.in_flight -= 1;
+            let first = !s.served;
             if s.in_flight == 0 {
                 s.served = true;
                 s.since = tokio::time::Instant::now();
             }
+            (s.in_flight == 0 && s.awaited) || first
+        };
+        if wake {
+            self.0.changed.notify_waiters();
         }
-        self.0.changed.notify_waiters();
     }
 }
 
