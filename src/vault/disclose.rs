@@ -2,7 +2,7 @@
 
 use super::codec::DisclosureRecord;
 use super::read::FieldValues;
-use super::views::SealedRef;
+use super::subject_cache::SealedRef;
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{random_hex, SubjectId};
 use crate::layout;

@@ -73,7 +73,7 @@ impl Vault {
             self.remember(ctx, Some(s), &mut batch, &record)?;
             self.commit_journaled(s, event, now, &receipt, vec![self.draft(ctx, Action::RequestErasure, Some(s), reason)], batch)?;
             if record.status == ErasureStatus::Erased {
-                self.cache.purge(s);
+                self.dek_cache.purge(s);
             }
             record
         };
@@ -246,7 +246,7 @@ impl Vault {
             let ctx = Ctx::system();
             let receipt = e.receipt.clone();
             self.commit_journaled(s, "erased", now, &receipt, vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
-            self.cache.purge(s);
+            self.dek_cache.purge(s);
             true
         };
         if ran {
@@ -324,7 +324,7 @@ impl Vault {
             }
             let reason = format!("erasure {} replayed from the journal after restore", entry.receipt);
             self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;
-            self.cache.purge(s);
+            self.dek_cache.purge(s);
             changed += 1;
         }
         if changed > 0 {

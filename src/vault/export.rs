@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::codec::{ConsentRecord, ContractRecord, DisclosureRecord};
 use super::read::FieldValues;
-use super::views::SealedRef;
+use super::subject_cache::SealedRef;
 use super::{Ctx, Vault, VaultError};
 use crate::audit;
 use crate::domain::SubjectId;

@@ -146,7 +146,7 @@ impl Vault {
                 }
             }
             if erasure.as_ref().is_some_and(|e| e.status == ErasureStatus::Erased) {
-                self.cache.purge(s);
+                self.dek_cache.purge(s);
             }
             (record, erasure)
         };

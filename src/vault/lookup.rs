@@ -6,8 +6,8 @@ use qoima_keys::Dek;
 
 use super::codec::SubjectMeta;
 use super::{keyring, ConsentRecord, ContractRecord, Ctx, ErasureRecord, ErasureStatus, KekInfo, KekState, Vault, VaultError};
-use crate::layout;
 use crate::domain::SubjectId;
+use crate::layout;
 use crate::policy::{Action, SubjectFacts};
 use crate::store::{Space, StoreError, Tier};
 
@@ -45,7 +45,7 @@ impl Vault {
 
     /// The subject's DEK, from the cache or unwrapped by its KEK generation.
     pub(super) fn dek(&self, subject: &str, meta: &SubjectMeta) -> Result<Arc<Dek>, VaultError> {
-        if let Some(d) = self.cache.get(subject, meta.dek_version) {
+        if let Some(d) = self.dek_cache.get(subject, meta.dek_version) {
             return Ok(d);
         }
         let g = meta.generation()?;
@@ -54,7 +54,7 @@ impl Vault {
         }
         let kek = self.keyring.get(g)?;
         let dek = Arc::new(kek.unwrap_dek(subject, meta.dek_version, &meta.wrapped_dek)?);
-        self.cache.insert(subject, dek.clone());
+        self.dek_cache.insert(subject, dek.clone());
         Ok(dek)
     }
 

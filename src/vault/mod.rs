@@ -7,15 +7,15 @@
 //!   same write batch as its audit entry.
 //! - Plaintext leaves only after its audit entry is durable; if the entry cannot be written,
 //!   the operation fails with [`VaultError::Unavailable`] and returns nothing.
-//! - Writes to one subject run under that subject's lock (see [`cache::SubjectLocks`]).
+//! - Writes to one subject run under that subject's lock (see [`subject_locks::SubjectLocks`]).
 //! - Nothing here logs a value, a token or key bytes.
 
 mod admin;
 mod answer;
 pub mod backup;
 mod budget;
-mod cache;
 pub mod codec;
+mod dek_cache;
 mod disclose;
 mod erasure;
 pub mod error;
@@ -33,7 +33,8 @@ mod rekey;
 mod retention;
 pub mod rewrap;
 mod settings;
-mod views;
+mod subject_cache;
+mod subject_locks;
 mod write;
 
 use std::sync::Arc;
@@ -44,8 +45,8 @@ use time::OffsetDateTime;
 /// The storage engine's statistics, as [`Vault::engine_stats`] gives them.
 pub use crate::store::{EngineStats, SpaceStats};
 pub use answer::{Answer, Mode};
-pub use cache::{DekCache, SubjectLocks};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
+pub use dek_cache::DekCache;
 pub use disclose::DisclosureRequest;
 pub use error::VaultError;
 pub use export::{AccessSummary, Export};
@@ -55,7 +56,8 @@ pub use journal::{ErasureJournal, JournalEntry};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use read::{FieldText, FieldTexts, FieldValues};
 pub use settings::{default_journal_path, sibling, Settings};
-pub use views::{SubjectView, SubjectViews};
+pub use subject_cache::{SubjectCache, SubjectView};
+pub use subject_locks::SubjectLocks;
 pub use write::WriteOutcome;
 
 use crate::audit::{AuditLog, Decision, Draft, FaultSwitch};
@@ -103,10 +105,10 @@ pub struct Vault {
     audit: AuditLog,
     keyring: Keyring,
     /// Shared with the audit committer, which caches a new subject's DEK once it is written.
-    cache: Arc<DekCache>,
+    dek_cache: Arc<DekCache>,
     /// What reads find, for hot subjects; the store drops a view when it writes the subject,
     /// and a field write then installs the one it leaves.
-    views: Arc<views::SubjectViews>,
+    subject_cache: Arc<subject_cache::SubjectCache>,
     locks: SubjectLocks,
     settings: Settings,
     clock: Arc<dyn Clock>,
@@ -119,7 +121,7 @@ pub struct Vault {
     faults: Arc<FaultSwitch>,
     auth_failures: budget::AuthFailureBudget,
     read_limits: budget::ReadLimits,
-    paths: Paths,
+    answer_paths: AnswerPaths,
     /// The schema's mandatory fields, listed once (every write reports the missing ones).
     mandatory: Vec<FieldName>,
     /// Idempotency keys of requests being processed (one at a time per caller and key).
@@ -130,18 +132,18 @@ pub struct Vault {
 /// or in [`Mode::Wait`] on a blocking thread (data not in memory, a locked subject, a limited
 /// caller, a full audit queue). Refusals count where they were answered.
 #[derive(Debug, Default)]
-pub struct Paths {
-    pub reads: PathCounts,
-    pub writes: PathCounts,
+pub struct AnswerPaths {
+    pub reads: AnswerCounts,
+    pub writes: AnswerCounts,
 }
 
 #[derive(Debug, Default)]
-pub struct PathCounts {
+pub struct AnswerCounts {
     pub in_memory: std::sync::atomic::AtomicU64,
     pub blocking: std::sync::atomic::AtomicU64,
 }
 
-impl PathCounts {
+impl AnswerCounts {
     /// Counts `answer`, given in `mode` (an attempt that would block is counted when it is
     /// answered in the other mode).
     fn count<T>(&self, mode: Mode, answer: &Answer<T>) {
@@ -175,10 +177,10 @@ impl Vault {
         clock: Arc<dyn Clock>,
         faults: Arc<FaultSwitch>,
     ) -> Result<Self, VaultError> {
-        // The store tells the views of every write; a store already telling another vault's
-        // views could not keep these coherent, so they stay off.
-        let views = Arc::new(views::SubjectViews::new(settings.subject_cache_bytes));
-        let views = if store.observe_writes(views.clone()) { views } else { Arc::new(views::SubjectViews::new(0)) };
+        // The store tells the subject cache of every write; a store already telling another
+        // vault's cache could not keep this one coherent, so it stays off.
+        let cache = Arc::new(subject_cache::SubjectCache::new(settings.subject_cache_bytes));
+        let subject_cache = if store.observe_writes(cache.clone()) { cache } else { Arc::new(subject_cache::SubjectCache::new(0)) };
         let keyring = Keyring::load_or_init(&store, root, clock.now(), settings.kek_wrap_limit)?;
         let purposes = settings.purposes.0.keys().map(|p| p.to_string()).collect();
         let audit = AuditLog::start(store.clone(), clock.clone(), faults.clone(), purposes)?;
@@ -196,8 +198,8 @@ impl Vault {
         crate::audit::summary::backfill(&store, erased)?;
         let journal = ErasureJournal::open(&settings.erasure_journal)?;
         let vault = Self {
-            cache: Arc::new(DekCache::new(settings.dek_cache_capacity)),
-            views,
+            dek_cache: Arc::new(DekCache::new(settings.dek_cache_capacity)),
+            subject_cache,
             auth_failures: budget::AuthFailureBudget::new(settings.audited_auth_failures_per_second),
             read_limits: budget::ReadLimits::new(settings.max_reads_per_minute.clone()),
             locks: SubjectLocks::new(4096),
@@ -212,7 +214,7 @@ impl Vault {
             purges: Default::default(),
             follow_ups: Default::default(),
             faults,
-            paths: Default::default(),
+            answer_paths: Default::default(),
             in_flight: Default::default(),
         };
         vault.write_escrow()?;
@@ -271,12 +273,12 @@ impl Vault {
         &self.keyring
     }
 
-    pub fn subject_views(&self) -> &SubjectViews {
-        &self.views
+    pub fn subject_cache(&self) -> &SubjectCache {
+        &self.subject_cache
     }
 
-    pub fn cache(&self) -> &DekCache {
-        &self.cache
+    pub fn dek_cache(&self) -> &DekCache {
+        &self.dek_cache
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -287,8 +289,8 @@ impl Vault {
         self.audit.stats()
     }
 
-    pub fn paths(&self) -> &Paths {
-        &self.paths
+    pub fn answer_paths(&self) -> &AnswerPaths {
+        &self.answer_paths
     }
 
     /// Whether the audit log's last write succeeded.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::answer::{Answer, Mode, Refused};
 use super::records::VIEW_FIELDS;
-use super::views::{SealedRecords, SealedRef, SubjectView};
+use super::subject_cache::{SealedRecords, SealedRef, SubjectView};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{FieldName, FieldRef, SubjectId};
 use crate::policy::{self, Action, Denial};
@@ -180,7 +180,7 @@ impl Vault {
     /// would block.
     pub fn read(&self, mode: Mode, ctx: &Ctx, subject: &SubjectId, purpose: &str, requested: Option<&[String]>) -> Answer<FieldTexts> {
         let answer: Answer<_> = self.read_in(mode, ctx, subject, purpose, requested).into();
-        self.paths.reads.count(mode, &answer);
+        self.answer_paths.reads.count(mode, &answer);
         answer
     }
 
@@ -252,10 +252,10 @@ impl Vault {
     /// records the read lets out.
     pub(super) fn look_up_read(&self, tier: Tier, req: &ReadRequest<'_>) -> Result<ReadLookup, VaultError> {
         let s = req.subject;
-        let view = match self.views.get(s) {
+        let view = match self.subject_cache.get(s) {
             Some(view) => view,
             None => {
-                let since = self.views.since(s);
+                let since = self.subject_cache.since(s);
                 if let Some(e) = self.erasure_in(tier, s)? {
                     if e.status == super::ErasureStatus::Erased {
                         return Ok(ReadLookup::Erased(e));
@@ -278,7 +278,7 @@ impl Vault {
                     // store far larger than the cache do not churn it, one view in and one out
                     // per read.
                     if tier == Tier::Memory {
-                        self.views.insert(s, since, view.clone());
+                        self.subject_cache.insert(s, since, view.clone());
                     }
                     view
                 };

@@ -1,7 +1,7 @@
 //! Record and request helpers shared by the write, read, disclosure and export paths.
 
 use super::codec::Record;
-use super::views::SealedRecords;
+use super::subject_cache::SealedRecords;
 use super::{Vault, VaultError};
 use crate::domain::{FieldName, FieldRef, Purpose};
 use crate::layout::{subject_key, subject_prefix};

@@ -73,8 +73,8 @@ impl Vault {
         let reason = format!("DEK rotated to version {}", meta.dek_version);
         self.remember(ctx, Some(s), &mut batch, &meta.dek_version.0)?;
         self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), reason)], batch)?;
-        self.cache.purge(s);
-        self.cache.insert(s, dek);
+        self.dek_cache.purge(s);
+        self.dek_cache.insert(s, dek);
         Ok(meta.dek_version.0)
     }
 }

@@ -298,7 +298,7 @@ impl Vault {
                     continue;
                 }
                 // Unwrap without filling the cache with every subject in the store.
-                let dek = match self.cache.get(id, meta.dek_version) {
+                let dek = match self.dek_cache.get(id, meta.dek_version) {
                     Some(d) => d,
                     None => Arc::new(self.keyring.get(from_gen)?.unwrap_dek(id, meta.dek_version, &meta.wrapped_dek)?),
                 };

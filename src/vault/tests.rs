@@ -116,7 +116,7 @@ fn a_read_in_memory_is_answered_now_and_audited() {
     let now = read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
     assert_eq!(entries(&v), before + 1, "one audit entry, durable before the values came out");
     assert_eq!(now, v.read(Mode::Wait, &c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap());
-    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(v.answer_paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 1);
     v.close();
 }
 
@@ -140,7 +140,7 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
     assert!(matches!(try_read_now(&v, &c, "a", "advertising"), Some(Err(VaultError::Denied(_)))));
     assert!(matches!(try_read_now(&v, &ctx(Role::Auditor), "a", "loan_issuance"), Some(Err(VaultError::Denied(_)))));
     assert_eq!(entries(&v), before + 4, "each refusal recorded once");
-    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(v.answer_paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
     // What would wait changes nothing.
     let before = entries(&v);
     // A caller with a read limit spends its budget on the blocking path only.
@@ -153,7 +153,7 @@ fn a_read_that_cannot_finish_now_changes_nothing() {
         assert!(read_now(&v, &c, "a", "loan_issuance").is_none());
     }
     assert_eq!(entries(&v), before, "no entry, nothing recorded");
-    assert_eq!(v.paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(v.answer_paths().reads.in_memory.load(std::sync::atomic::Ordering::Relaxed), 4);
     // The limited caller's one read a minute is still there.
     v.read(Mode::Wait, &limited, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap();
     v.store().purge(&[]).unwrap();
@@ -194,7 +194,7 @@ fn a_write_in_memory_is_planned_now_audited_and_its_lock_released() {
     assert_eq!((updated.created, updated.version), (false, 2));
     let read = v.read(Mode::Wait, &c, &SubjectId::parse("n").unwrap(), "loan_issuance", None).wait().unwrap();
     assert_eq!(read["identity.full_name"], json!("second"));
-    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(v.answer_paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), 2);
     v.close();
 }
 
@@ -233,7 +233,7 @@ fn a_write_that_cannot_finish_now_changes_nothing() {
     let bad: BTreeMap<String, serde_json::Value> = [("no.such_field".to_string(), json!("x"))].into();
     assert!(matches!(try_put_now(&v, &c, "a", &bad), Some(Err(VaultError::Invalid(_)))));
     assert_eq!(entries(&v), before + 2);
-    let in_memory = v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed);
+    let in_memory = v.answer_paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed);
     // What would wait changes nothing.
     let before = entries(&v);
     // A subject being written is not waited for.
@@ -242,7 +242,7 @@ fn a_write_that_cannot_finish_now_changes_nothing() {
         assert!(put_now(&v, &c, "a", "x").is_none());
     }
     assert_eq!(entries(&v), before, "no entry, nothing recorded");
-    assert_eq!(v.paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), in_memory);
+    assert_eq!(v.answer_paths().writes.in_memory.load(std::sync::atomic::Ordering::Relaxed), in_memory);
     assert_eq!(
         v.read(Mode::Wait, &c, &SubjectId::parse("a").unwrap(), "loan_issuance", None).wait().unwrap()["identity.full_name"],
         json!("N")
@@ -276,7 +276,7 @@ fn concurrent_writes_to_one_subject_lose_no_update() {
         }
     });
     assert_eq!(v.meta("a").unwrap().unwrap().version, 1 + threads * writes, "every write got its own version");
-    let paths = v.paths();
+    let paths = v.answer_paths();
     let ran = paths.writes.in_memory.load(std::sync::atomic::Ordering::Relaxed)
         + paths.writes.blocking.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(ran, 1 + threads * writes);
@@ -289,7 +289,7 @@ fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let v = vault(dir.path(), Arc::default());
     put(&v, "a");
-    v.cache.purge("a"); // cold: the read must unwrap the DEK
+    v.dek_cache.purge("a"); // cold: the read must unwrap the DEK
     let c = ctx(Role::Service);
     let purpose = v.purpose("loan_issuance").unwrap();
     // The read looks the subject up under its lock and lets go...
@@ -305,8 +305,8 @@ fn a_read_that_an_erasure_overtakes_leaves_no_key_in_the_cache() {
     let version = dek.version();
     v.decrypt("a", &dek, records.iter()).unwrap();
     drop(dek);
-    assert!(v.cache.get("a", version).is_none(), "the erased subject's DEK is cached again");
-    assert_eq!(v.cache.len(), 0);
+    assert!(v.dek_cache.get("a", version).is_none(), "the erased subject's DEK is cached again");
+    assert_eq!(v.dek_cache.len(), 0);
     v.close();
 }
 
@@ -340,16 +340,16 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     put(&v, "a");
     // A read that had to go past RocksDB's memory keeps no view: the block cache decides what is hot.
     v.read(Mode::Wait, &service, &a, "loan_issuance", None).wait().unwrap();
-    assert!(v.subject_views().is_empty(), "the blocking read kept a view");
+    assert!(v.subject_cache().is_empty(), "the blocking read kept a view");
     assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
-    assert_eq!(v.subject_views().len(), 1, "the read in memory kept a view");
-    let hits = v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(v.subject_cache().len(), 1, "the read in memory kept a view");
+    let hits = v.subject_cache().hits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(name_for("loan_issuance").unwrap(), "\"N\"");
-    assert_eq!(v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1, "the second read used it");
+    assert_eq!(v.subject_cache().hits.load(std::sync::atomic::Ordering::Relaxed), hits + 1, "the second read used it");
 
     // A field written again and rectified: each write leaves the view of what it wrote, so the
     // next read finds it there.
-    let hits = || v.subject_views().hits.load(std::sync::atomic::Ordering::Relaxed);
+    let hits = || v.subject_cache().hits.load(std::sync::atomic::Ordering::Relaxed);
     v.put_fields(Mode::Wait, &service, &a, &full_name("M")).wait().unwrap();
     let before = hits();
     assert_eq!(name_for("loan_issuance").unwrap(), "\"M\"");
@@ -387,7 +387,7 @@ fn a_cached_subject_view_follows_every_write_of_its_subject() {
     // Erasure: nothing of the subject is answered, and its view is gone.
     v.request_erasure(&ctx(Role::Website), &a).unwrap();
     assert!(matches!(name_for("loan_issuance"), Err(VaultError::Erased { .. })));
-    assert!(v.subject_views().is_empty(), "the erased subject's sealed records are still in memory");
+    assert!(v.subject_cache().is_empty(), "the erased subject's sealed records are still in memory");
     v.close();
 }
 
@@ -416,14 +416,14 @@ fn a_subject_too_large_for_a_view_is_read_without_one() {
     let asked = ["questionnaire.q7".to_string(), "identity.full_name".to_string()];
     let some = v.read(Mode::Wait, &c, &a, "loan_issuance", Some(&asked)).wait().unwrap();
     assert_eq!(some.keys().map(String::as_str).collect::<Vec<_>>(), ["identity.full_name", "questionnaire.q7"]);
-    assert!(v.subject_views().is_empty(), "a view of {} fields was kept", fields.len());
+    assert!(v.subject_cache().is_empty(), "a view of {} fields was kept", fields.len());
     // Nor does a cached subject that a write takes past that size keep its view.
     let b = SubjectId::parse("b").unwrap();
     v.put_fields(Mode::Wait, &c, &b, &full_name("N")).wait().unwrap();
     read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed");
-    assert_eq!(v.subject_views().len(), 1);
+    assert_eq!(v.subject_cache().len(), 1);
     v.put_fields(Mode::Wait, &c, &b, &fields).wait().unwrap();
-    assert!(v.subject_views().is_empty(), "the write installed a view of {} fields", fields.len());
+    assert!(v.subject_cache().is_empty(), "the write installed a view of {} fields", fields.len());
     assert_eq!(read_now(&v, &c, "b", "loan_issuance").expect("in memory, allowed").len(), fields.len());
     v.close();
 }
@@ -449,7 +449,7 @@ fn a_write_planned_from_a_cached_view_matches_one_planned_from_the_store() {
         .into();
         v.put_fields(Mode::Wait, &c, &a, &first).wait().unwrap();
         read_now(&v, &c, "a", "loan_issuance").expect("in memory, allowed");
-        assert_eq!(v.subject_views().len(), usize::from(cache_bytes > 0), "the read's view");
+        assert_eq!(v.subject_cache().len(), usize::from(cache_bytes > 0), "the read's view");
         // One field stored before, one new; a mandatory one stored before, others missing.
         let second: BTreeMap<String, serde_json::Value> =
             [("identity.full_name".into(), json!("M")), ("identity.email".into(), json!("m@example.kz"))].into();
@@ -599,7 +599,7 @@ fn an_erasure_right_after_a_disclosure_or_read_leaves_nothing_of_them() {
                 std::hint::spin_loop();
             };
             v.audit.commit(vec![draft], batch).unwrap();
-            v.cache.purge(&s);
+            v.dek_cache.purge(&s);
             drop(lock);
             true
         });

@@ -10,12 +10,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::answer::{Answer, Mode, Refused};
-use super::cache::OwnedSubjectLock;
 use super::codec::{Record, SubjectMeta};
 use super::idempotency::{Claim, Keyed};
 use super::keyring::{dek_count_key, wrap_count_key};
 use super::records::VIEW_FIELDS;
-use super::views::{SealedRecords, SubjectView};
+use super::subject_cache::{SealedRecords, SubjectView};
+use super::subject_locks::OwnedSubjectLock;
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{self, AfterCommit};
 use crate::domain::{FieldName, SubjectId};
@@ -43,7 +43,7 @@ enum WritePlan {
 /// The view of a cached subject as a planned write leaves it, to install once the write is
 /// applied, under the subject's lock (so the next read finds it instead of the store's scans).
 struct NextView {
-    /// [`SubjectViews::clears`](super::views::SubjectViews::clears) when the write was planned.
+    /// [`SubjectCache::clears`](super::subject_cache::SubjectCache::clears) when the write was planned.
     clears: u64,
     view: Arc<SubjectView>,
 }
@@ -104,7 +104,7 @@ impl Vault {
     /// being written, a used idempotency key or a full audit queue would block.
     fn write(&self, mode: Mode, action: Action, ctx: &Ctx, subject: &SubjectId, fields: &BTreeMap<String, Value>) -> Answer<WriteOutcome> {
         let answer: Answer<_> = self.write_in(mode, action, ctx, subject, fields).into();
-        self.paths.writes.count(mode, &answer);
+        self.answer_paths.writes.count(mode, &answer);
         answer
     }
 
@@ -159,7 +159,7 @@ impl Vault {
         new_dek: Option<Arc<Dek>>,
         next: Option<NextView>,
     ) -> AfterCommit {
-        let caches = (new_dek.is_some() || next.is_some()).then(|| (self.cache.clone(), self.views.clone(), s.to_owned()));
+        let caches = (new_dek.is_some() || next.is_some()).then(|| (self.dek_cache.clone(), self.subject_cache.clone(), s.to_owned()));
         Box::new(move |applied| {
             if let (true, Some((deks, views, subject))) = (applied, caches) {
                 if let Some(dek) = new_dek {
@@ -190,8 +190,8 @@ impl Vault {
         // A cached view is the subject as stored (the caller holds its lock, as every writer
         // does until its write is applied and the view dropped): a live subject, its entry and
         // which records it has, without the store's lookups.
-        let clears = self.views.clears();
-        let view = self.views.peek(s);
+        let clears = self.subject_cache.clears();
+        let view = self.subject_cache.peek(s);
         let looked_up = match &view {
             Some(v) => (None, Some(v.meta.clone())),
             None => (self.erasure_in(tier, s)?, self.meta_in(tier, s)?),

@@ -61,7 +61,7 @@ async fn a_read_that_meets_a_destroyed_key_is_audited() {
     let mut b = Batch::default();
     b.put(Space::Subjects, b"kd-1".to_vec(), old_meta);
     app.vault.store().write(&b).unwrap();
-    app.vault.cache().purge("kd-1");
+    app.vault.dek_cache().purge("kd-1");
     let r = app.read("kd-1", "svc-all", "loan_issuance").await;
     assert_eq!((r.status, r.body["type"].as_str()), (StatusCode::GONE, Some("urn:qoima:problem:key-destroyed")), "{:?}", r.body);
     let export = app.get("/v1/subjects/kd-1/export", "website").await;

@@ -73,7 +73,7 @@ fn records_with_prefix(app: &TestApp, prefix: u8) -> usize {
 async fn a_retry_with_the_same_key_gets_the_first_answer_and_does_nothing_twice() {
     let app = spawn_app().await;
     let body = json!({ "fields": { "identity.full_name": "Aigerim" } });
-    let fast = || app.vault.paths().writes.in_memory.load(std::sync::atomic::Ordering::SeqCst);
+    let fast = || app.vault.answer_paths().writes.in_memory.load(std::sync::atomic::Ordering::SeqCst);
     let first = send(&app, Method::PUT, "/v1/subjects/id-1", "svc-all", Some("put-1"), Some(body.clone())).await;
     assert_eq!((first.status, first.body["version"].clone(), replayed(&first)), (StatusCode::CREATED, json!(1), false));
     assert_eq!(fast(), 1, "a keyed write of a subject in memory takes the async path, its record in its batch");

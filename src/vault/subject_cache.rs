@@ -203,7 +203,7 @@ impl SealedBuilder {
     }
 }
 
-/// Where a reader stood before it read the store: [`SubjectViews::insert`] keeps its view
+/// Where a reader stood before it read the store: [`SubjectCache::insert`] keeps its view
 /// only if no write to the subject's shard came in between.
 #[derive(Clone, Copy, Debug)]
 pub struct Since {
@@ -252,22 +252,22 @@ impl Shard {
 }
 
 /// The cache, sized in bytes; 0 turns it off.
-pub struct SubjectViews {
+pub struct SubjectCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    /// Times every view was dropped at once (see [`SubjectViews::install`]).
+    /// Times every view was dropped at once (see [`SubjectCache::install`]).
     clears: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
 
-impl std::fmt::Debug for SubjectViews {
+impl std::fmt::Debug for SubjectCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SubjectViews({} entries)", self.len())
+        write!(f, "SubjectCache({} entries)", self.len())
     }
 }
 
-impl SubjectViews {
+impl SubjectCache {
     pub fn new(capacity_bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -322,7 +322,7 @@ impl SubjectViews {
         self.keep(&mut s, subject, view);
     }
 
-    /// How many times every view has been dropped at once, for [`SubjectViews::install`].
+    /// How many times every view has been dropped at once, for [`SubjectCache::install`].
     pub fn clears(&self) -> u64 {
         self.clears.load(Ordering::SeqCst)
     }
@@ -330,7 +330,7 @@ impl SubjectViews {
     /// Keeps the view a writer built of the subject as its own write left it, once that write
     /// is applied and while the writer still holds the subject's lock (so no other read or
     /// write of the subject came between; the write itself dropped the old view). Refused if
-    /// every view was dropped since the writer took [`SubjectViews::clears`] (a write wider
+    /// every view was dropped since the writer took [`SubjectCache::clears`] (a write wider
     /// than one subject may have touched this one too).
     pub fn install(&self, subject: &str, clears: u64, view: Arc<SubjectView>) {
         let mut s = self.shard(Self::index(subject.as_bytes()));
@@ -397,13 +397,13 @@ impl SubjectViews {
     }
 }
 
-impl WriteObserver for SubjectViews {
+impl WriteObserver for SubjectCache {
     fn written(&self, ops: &[Op]) {
         crate::layout::touched(ops, self);
     }
 }
 
-impl crate::layout::Touched for SubjectViews {
+impl crate::layout::Touched for SubjectCache {
     fn subject_written(&self, space: Space, subject: &[u8]) {
         // What a read looks at; the audit index and disclosures do not change what it finds.
         if matches!(space, Space::Subjects | Space::Records | Space::Facts | Space::Erasures) {
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_write_told_of_drops_the_view_and_refuses_one_read_before_it() {
-        let views = SubjectViews::new(64 << 20);
+        let views = SubjectCache::new(64 << 20);
         let since = views.since("a");
         views.insert("a", since, view(2, 10));
         assert!(views.get("a").is_some());
@@ -515,7 +515,7 @@ mod tests {
     #[test]
     fn the_cache_stays_within_its_budget() {
         let budget = 2 << 20;
-        let views = SubjectViews::new(budget);
+        let views = SubjectCache::new(budget);
         for i in 0..10_000 {
             let s = format!("s{i}");
             views.insert(&s, views.since(&s), view(3, 100));
@@ -526,7 +526,7 @@ mod tests {
         views.insert("big", views.since("big"), view(100, 1024));
         assert!(views.get("big").is_none());
         // Views dropped by writes and read again leave no pile of stale slots behind.
-        let small = SubjectViews::new(64 << 20);
+        let small = SubjectCache::new(64 << 20);
         for _ in 0..1_000 {
             small.insert("hot", small.since("hot"), view(3, 100));
             small.forget(b"hot");
@@ -536,7 +536,7 @@ mod tests {
         assert!(slots <= 2 + 16, "{slots} eviction slots for one view");
         assert!(small.get("hot").is_some());
         // Off.
-        let off = SubjectViews::new(0);
+        let off = SubjectCache::new(0);
         off.insert("a", off.since("a"), view(1, 1));
         assert!(off.get("a").is_none());
     }
