@@ -84,6 +84,14 @@ fn the_vault_knows_no_http_and_no_file_format() {
     assert!(found.is_empty(), "src/vault knows HTTP or the configuration file:\n{}", found.join("\n"));
 }
 
+/// The audit committer calls a plain callback after each batch: it holds no vault lock, cache
+/// or view of its own.
+#[test]
+fn the_audit_knows_no_locks() {
+    let found = offenders("src/audit", &[], &["crate::vault", "parking_lot", "SubjectLock", "Mutex<()>", "SubjectCache", "DekCache"]);
+    assert!(found.is_empty(), "src/audit knows the vault's locks or caches:\n{}", found.join("\n"));
+}
+
 #[test]
 fn policy_does_no_io_and_reads_no_clock() {
     let needles =
@@ -133,6 +141,7 @@ fn the_codemap_states_the_checked_invariants() {
         "**Only the RocksDB engine names RocksDB",
         "**`keys` depends on no runtime, web framework or storage engine",
         "**`policy` does no I/O and reads no clock",
+        "**`audit` knows no locks",
     ] {
         assert!(map.contains(invariant), "docs/ARCHITECTURE.md lacks the invariant {invariant}");
     }
