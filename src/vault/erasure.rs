@@ -65,7 +65,7 @@ impl Vault {
                 self.shred_into(s, &meta, &mut record, now, &mut batch)?;
                 ("erased", "crypto-shredded".to_string())
             } else {
-                batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
+                batch.put(Space::Erasures, layout::erasure(s), serde_json::to_vec(&record).expect("serialises"));
                 ("requested", format!("erasure pending: held by {}", holds.join(", ")))
             };
             let receipt = record.receipt.clone();
@@ -140,7 +140,7 @@ impl Vault {
         batch: &mut Batch,
     ) -> Result<(), VaultError> {
         let generation = meta.generation()?;
-        batch.delete(Space::Subjects, s.as_bytes().to_vec());
+        batch.delete(Space::Subjects, layout::subject(s));
         // The access summary too: who read what is about the subject (the audit trail keeps
         // its entries, with field names only).
         for space in [Space::Records, Space::Facts, Space::Disclosures, Space::Access] {
@@ -153,7 +153,7 @@ impl Vault {
         record.key_fingerprint = Some(meta.wrapped_dek.fingerprint());
         record.kek_generation = Some(generation.0);
         record.purged = false;
-        batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(record).expect("serialises"));
+        batch.put(Space::Erasures, layout::erasure(s), serde_json::to_vec(record).expect("serialises"));
         Ok(())
     }
 
@@ -189,7 +189,7 @@ impl Vault {
                 if !e.purged {
                     e.purged = true;
                     let mut b = Batch::default();
-                    b.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&e).expect("serialises"));
+                    b.put(Space::Erasures, layout::erasure(s), serde_json::to_vec(&e).expect("serialises"));
                     self.store.write(&b)?;
                 }
             }
@@ -313,14 +313,14 @@ impl Vault {
                         batch.delete_prefix(Space::Access, &subject_prefix(s));
                         record.status = ErasureStatus::Erased;
                         record.erased_at = Some(entry.time);
-                        batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
+                        batch.put(Space::Erasures, layout::erasure(s), serde_json::to_vec(&record).expect("serialises"));
                     }
                 }
             } else {
                 if let Some(m) = &meta {
                     record.held_by = self.facts(s, m)?.0.holds().iter().map(|c| c.to_string()).collect();
                 }
-                batch.put(Space::Erasures, s.as_bytes().to_vec(), serde_json::to_vec(&record).expect("serialises"));
+                batch.put(Space::Erasures, layout::erasure(s), serde_json::to_vec(&record).expect("serialises"));
             }
             let reason = format!("erasure {} replayed from the journal after restore", entry.receipt);
             self.audit.commit(vec![self.draft(&ctx, Action::RequestErasure, Some(s), reason)], batch)?;

@@ -8,7 +8,7 @@ use super::codec::{Record, SubjectMeta};
 use super::keyring::{dek_count_key, wrap_count_key};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::SubjectId;
-use crate::layout::subject_prefix;
+use crate::layout::{self, subject_prefix};
 use crate::policy::Action;
 use crate::store::{Batch, Space, Tier};
 
@@ -69,7 +69,7 @@ impl Vault {
         let mut batch = Batch::default();
         let dek = self.reencrypt(Tier::Any, s, &mut meta, &mut batch)?;
         meta.updated_at = self.clock.now().unix_timestamp();
-        batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
+        batch.put(Space::Subjects, layout::subject(s), meta.encode());
         let reason = format!("DEK rotated to version {}", meta.dek_version);
         self.remember(ctx, Some(s), &mut batch, &meta.dek_version.0)?;
         self.audit.commit(vec![self.draft(ctx, Action::Rekey, Some(s), reason)], batch)?;

@@ -250,7 +250,7 @@ impl Vault {
         meta.version = version;
         meta.seals += fields.len() as u64;
         meta.updated_at = now.unix_timestamp();
-        batch.put(Space::Subjects, s.as_bytes().to_vec(), meta.encode());
+        batch.put(Space::Subjects, layout::subject(s), meta.encode());
         let names: Vec<String> = fields.iter().map(|(f, _)| f.to_string()).collect();
         let missing_mandatory = match &view {
             Some(v) => self.missing_mandatory_of(&names, |f| v.records.contains(f)),
