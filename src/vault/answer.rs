@@ -5,7 +5,7 @@
 //! [`Mode::NoWait`] on its own worker thread: the subject's data from memory only (memtables,
 //! block cache, subject cache), the subject's lock only if free, the audit queue only if it has
 //! room. Whatever would wait instead ends the attempt with [`VaultError::WouldBlock`], having
-//! done nothing (no entry, no budget spent, nothing cached), and the caller runs it again in
+//! done nothing (no entry, no budget spent, no change; at most a cache warmed), and the caller runs it again in
 //! [`Mode::Wait`] on a blocking thread. Refusals are answered, and audited, in either mode.
 //!
 //! What the fast mode bought (`docs/performance.md`, "What each optimisation bought", four and
