@@ -162,11 +162,11 @@ impl Vault {
         let caches = (new_dek.is_some() || next.is_some()).then(|| (self.dek_cache.clone(), self.subject_cache.clone(), s.to_owned()));
         Box::new(move |applied| {
             if let (true, Some((deks, views, subject))) = (applied, caches) {
-                if let Some(dek) = new_dek {
-                    deks.insert(&subject, dek);
-                }
                 if let Some(next) = next {
                     views.install(&subject, next.clears, next.view);
+                }
+                if let Some(dek) = new_dek {
+                    deks.insert_owned(subject, dek);
                 }
             }
             drop(held);
