@@ -19,19 +19,19 @@ use super::backup::{DB_DIR, MANIFEST};
 pub enum VaultError {
     /// The request is malformed or names something that does not exist in the schema (400).
     #[error(transparent)]
-    Invalid(Invalid),
+    Invalid(#[from] Invalid),
     /// Policy said no (403).
     #[error(transparent)]
     Denied(#[from] Denial),
     /// What the request names is not there (404).
     #[error(transparent)]
-    NotFound(Missing),
+    NotFound(#[from] Missing),
     /// The subject was crypto-shredded; its erasure receipt (410).
     #[error("subject {subject} was erased (receipt {receipt})")]
     Erased { subject: String, receipt: String },
     /// The request contradicts the state it would change (409).
     #[error(transparent)]
-    Conflict(Conflict),
+    Conflict(#[from] Conflict),
     /// The caller used this `Idempotency-Key` before for a different request: nothing was done
     /// (422).
     #[error("this Idempotency-Key was used for a different request (method, path or body); use a new key for a new request")]
@@ -56,7 +56,7 @@ pub enum VaultError {
     WrapLimit { generation: u32, limit: u64 },
     /// Storage or audit cannot take writes: nothing was done, nothing is returned (503).
     #[error(transparent)]
-    Unavailable(Unavailable),
+    Unavailable(#[from] Unavailable),
     /// The data directory is open in another process (a running vault): nothing was done.
     #[error("data directory {0} is in use by another process (is the vault running?)")]
     InUse(PathBuf),
@@ -66,7 +66,7 @@ pub enum VaultError {
     /// A key or stored value failed to open (corruption or tampering), or the vault's own work
     /// failed (500).
     #[error(transparent)]
-    Internal(Internal),
+    Internal(#[from] Internal),
     /// An operation in [`Mode::NoWait`](super::Mode::NoWait) would have had to wait (data not
     /// in memory, the subject's lock taken, the audit queue full): nothing was done; run it in
     /// [`Mode::Wait`](super::Mode::Wait).
@@ -246,36 +246,6 @@ impl VaultError {
     /// `a decrypted field is not JSON` (500).
     pub fn field_not_json() -> Self {
         VaultError::Internal(Internal::FieldNotJson)
-    }
-}
-
-impl From<Invalid> for VaultError {
-    fn from(e: Invalid) -> Self {
-        VaultError::Invalid(e)
-    }
-}
-
-impl From<Missing> for VaultError {
-    fn from(e: Missing) -> Self {
-        VaultError::NotFound(e)
-    }
-}
-
-impl From<Conflict> for VaultError {
-    fn from(e: Conflict) -> Self {
-        VaultError::Conflict(e)
-    }
-}
-
-impl From<Unavailable> for VaultError {
-    fn from(e: Unavailable) -> Self {
-        VaultError::Unavailable(e)
-    }
-}
-
-impl From<Internal> for VaultError {
-    fn from(e: Internal) -> Self {
-        VaultError::Internal(e)
     }
 }
 
