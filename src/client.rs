@@ -38,6 +38,12 @@ pub enum ClientError {
     /// The vault answered with a problem document.
     #[error("{} {}: {}", .0.status, .0.kind, .0.detail)]
     Problem(Box<ProblemOwned>),
+    /// 409 `conflict` from [`Client::put_fields`] or [`Client::rectify`]: a value of a unique
+    /// indexed field (`identity.iin` by default) is held by another live subject, so nothing was
+    /// stored. `field` is the field the vault's `detail` names, among those sent (`None` if it
+    /// names none of them); the other subject is never named: [`Client::lookup`] finds it.
+    #[error("{} {}: {}", .problem.status, .problem.kind, .problem.detail)]
+    UniqueConflict { field: Option<String>, problem: Box<ProblemOwned> },
     /// The request did not get an answer (connection, TLS, timeout).
     #[error("transport: {0}")]
     Transport(#[from] reqwest::Error),
@@ -56,7 +62,8 @@ pub struct ProblemOwned {
     pub detail: String,
     #[serde(default)]
     pub receipt: Option<String>,
-    /// Seconds to wait before retrying, from `Retry-After` (on 429).
+    /// Seconds to wait before retrying, from `Retry-After` (on 429, and on a 503 of a lookup
+    /// while the index is being built).
     #[serde(skip)]
     pub retry_after: Option<u64>,
 }
@@ -64,18 +71,20 @@ pub struct ProblemOwned {
 impl ClientError {
     /// The HTTP status of a problem answer.
     pub fn status(&self) -> Option<u16> {
+        self.problem().map(|p| p.status)
+    }
+
+    /// The problem document the vault answered with, if it did.
+    pub fn problem(&self) -> Option<&ProblemOwned> {
         match self {
-            ClientError::Problem(p) => Some(p.status),
+            ClientError::Problem(p) | ClientError::UniqueConflict { problem: p, .. } => Some(p),
             _ => None,
         }
     }
 
     /// The problem type's slug (`basis-missing`, `erased`, …).
     pub fn slug(&self) -> Option<&str> {
-        match self {
-            ClientError::Problem(p) => p.kind.strip_prefix("urn:qoima:problem:"),
-            _ => None,
-        }
+        self.problem().and_then(|p| p.kind.strip_prefix("urn:qoima:problem:"))
     }
 
     /// Whether retrying the same call later is safe and may succeed: 503 and 429 mean nothing
@@ -94,15 +103,13 @@ impl ClientError {
             ClientError::Problem(p) => matches!(p.status, 408 | 503) || self.slug() == Some("idempotency-key-in-flight"),
             ClientError::Transport(e) => e.is_timeout() || e.is_connect() || e.is_request(),
             ClientError::Unexpected { status, .. } => matches!(status, 408 | 503),
+            ClientError::UniqueConflict { .. } => false,
         }
     }
 
     /// How long the vault asked to wait before the next call (429 `rate-limited`).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            ClientError::Problem(p) => p.retry_after.map(std::time::Duration::from_secs),
-            _ => None,
-        }
+        self.problem()?.retry_after.map(std::time::Duration::from_secs)
     }
 }
 
@@ -195,7 +202,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("wire types serialise"));
         // One key and one request id per logical call, the same for each of its attempts.
-        let key = (method != Method::GET).then(|| format!("rs-{}", crate::domain::random_hex::<16>()));
+        let key = changes(&method, path).then(|| format!("rs-{}", crate::domain::random_hex::<16>()));
         let request_id = format!("rs-{}", crate::domain::random_hex::<8>());
         let mut attempt = 1;
         loop {
@@ -257,7 +264,7 @@ impl Client {
         fields: impl IntoIterator<Item = (K, Value)>,
     ) -> Result<WriteResponse, ClientError> {
         let body = FieldsBody { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect() };
-        self.call(Method::PUT, &format!("/v1/subjects/{subject}"), Some(&body)).await
+        self.call(Method::PUT, &format!("/v1/subjects/{subject}"), Some(&body)).await.map_err(|e| unique_conflict(e, &body.fields))
     }
 
     /// Reads for a purpose, optionally narrowed to some fields (role service).
@@ -272,7 +279,10 @@ impl Client {
 
     /// Corrects fields (role website).
     pub async fn rectify(&self, subject: &str, fields: BTreeMap<String, Value>) -> Result<WriteResponse, ClientError> {
-        self.call(Method::PATCH, &format!("/v1/subjects/{subject}/rectify"), Some(&FieldsBody { fields })).await
+        let body = FieldsBody { fields };
+        self.call(Method::PATCH, &format!("/v1/subjects/{subject}/rectify"), Some(&body))
+            .await
+            .map_err(|e| unique_conflict(e, &body.fields))
     }
 
     pub async fn open_contract(&self, subject: &str, contract: &str) -> Result<ContractResponse, ClientError> {
@@ -346,5 +356,63 @@ impl Client {
 
     pub async fn audit_verify(&self) -> Result<VerifyResponse, ClientError> {
         self.call(Method::GET, "/v1/audit/verify", None::<&()>).await
+    }
+}
+
+// --- Lookup (issue #25): finding a subject by an indexed field, and the uniqueness refusal ---
+
+/// Where a lookup is posted: the value travels in the body, never in a URL.
+const LOOKUP_PATH: &str = "/v1/lookup";
+
+/// `POST /v1/lookup`'s body. The value is personal data: it is serialised into the request
+/// body and nowhere else (no URL, no log line, no error message).
+#[derive(Serialize)]
+struct LookupQuery<'a> {
+    field: &'a str,
+    value: &'a str,
+    purpose: &'a str,
+}
+
+/// `POST /v1/lookup`'s answer: the live subjects whose `field` has the value, in no particular
+/// order (none: `[]`).
+#[derive(serde::Deserialize)]
+struct LookupAnswer {
+    subjects: Vec<String>,
+}
+
+impl Client {
+    /// The live subjects whose indexed `field` (e.g. `identity.iin`) holds `value`, looked up
+    /// for `purpose` (role service; the caller must be granted the purpose and the purpose must
+    /// allow the field, as for a read). The vault normalises the value as its schema does
+    /// (`+7 701 123 45 67` finds `+77011234567`); erased subjects never match; an empty list
+    /// means no live subject has it. A field that is not indexed, or a value that fails its
+    /// field's check, is 400; while the vault is still building the index it answers 503 with
+    /// `Retry-After`, which this call waits out and retries like any 503 (see [`Retry`]).
+    /// Audited with the field, the purpose and the number of matches, never the value; counts
+    /// against the caller's `max_reads_per_minute`.
+    pub async fn lookup(&self, field: &str, value: &str, purpose: &str) -> Result<Vec<String>, ClientError> {
+        let query = LookupQuery { field, value, purpose };
+        let answer: LookupAnswer = self.call(Method::POST, LOOKUP_PATH, Some(&query)).await?;
+        Ok(answer.subjects)
+    }
+}
+
+/// Whether a call changes something, and so carries an idempotency key: everything but a GET
+/// and a lookup (a read, posted only so that its value stays out of the URL; retrying one
+/// without a key is as safe as retrying a GET).
+fn changes(method: &Method, path: &str) -> bool {
+    *method != Method::GET && path != LOOKUP_PATH
+}
+
+/// A put's or rectify's 409 `conflict` as [`ClientError::UniqueConflict`], naming the field
+/// (among `sent`) that the vault's detail names. Other errors pass through unchanged.
+fn unique_conflict(e: ClientError, sent: &BTreeMap<String, Value>) -> ClientError {
+    match e {
+        ClientError::Problem(problem) if problem.status == 409 && problem.kind == "urn:qoima:problem:conflict" => {
+            // The longest name that matches, so `identity.email` is not taken for a prefix of it.
+            let field = sent.keys().filter(|f| problem.detail.contains(f.as_str())).max_by_key(|f| f.len()).cloned();
+            ClientError::UniqueConflict { field, problem }
+        }
+        other => other,
     }
 }
