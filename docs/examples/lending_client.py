@@ -11,7 +11,8 @@ Every call that changes something sends an Idempotency-Key made for that call, a
 is retried after a 503 ("nothing was done"), a 408 or a lost connection, a bounded number of
 times with exponential backoff and jitter, with the same key and the same X-Request-Id: the
 vault answers a retry of a call that went through with the first answer, so a retry never
-does the work twice (see docs/integrator-guide.md, "Retries and idempotency"). A website
+does the work twice (see docs/integrator-guide.md, "Retries and idempotency"); a lookup is a
+read (posted so that the value stays out of the URL) and is retried like one, without a key. A website
 caller that must send subject assertions passes `subject_assertion`: a function of the subject
 id giving a fresh assertion for each request (the vault accepts each one once).
 
@@ -21,8 +22,8 @@ Run it as a script for a demonstration against a running vault:
         python3 docs/examples/lending_client.py
 
 The service token must be granted loan_issuance, loan_monitoring, third_party_transfer and
-advertising (the development vault's dev-service is). Never log what read() returns: it is
-personal data.
+advertising (the development vault's dev-service is). Never log what read() returns, nor the
+values you look up: they are personal data.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
@@ -52,6 +53,7 @@ __all__ = [
     "Erasure",
     "Forbidden",
     "IdempotencyKeyInFlight",
+    "ImportResult",
     "IdempotencyKeyReused",
     "InvalidRequest",
     "KeyDestroyed",
@@ -65,6 +67,8 @@ __all__ = [
 ]
 
 PROBLEM_PREFIX = "urn:qoima:problem:"
+LOOKUP_PATH = "/v1/lookup"
+BATCH_LIMIT = 1000  # subjects per POST /v1/subjects:batch
 
 
 class QoimaError(Exception):
@@ -116,7 +120,12 @@ class NotFound(QoimaError):
 
 
 class Conflict(QoimaError):
-    """409: the contract exists already or is settled."""
+    """409: the contract exists already or is settled; or, from store(), a unique field's value
+    (identity.iin by default) is held by another live subject and nothing was stored. Then
+    `field` is the field the vault names, among those sent; look the value up to find the
+    subject that holds it (the vault never names it in the error)."""
+
+    field: str | None = None
 
 
 class IdempotencyKeyInFlight(QoimaError):
@@ -173,6 +182,17 @@ class WriteResult:
     version: int
     created: bool
     missing_mandatory: list[str]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """One subject of import_subjects(): `status` 201 (created), 200 (updated) or a 4xx with
+    `problem` saying why that subject, and only it, was refused."""
+
+    subject: str
+    status: int
+    version: int | None = None
+    problem: QoimaError | None = None
 
 
 @dataclass(frozen=True)
@@ -273,8 +293,13 @@ class QoimaClient:
     # --- subjects -------------------------------------------------------------------------
 
     def store(self, subject: str, fields: Mapping[str, Any]) -> WriteResult:
-        """PUT: creates the subject or merges these fields into it."""
-        return _make(WriteResult, self._call("PUT", f"/v1/subjects/{_id(subject)}", {"fields": dict(fields)}))
+        """PUT: creates the subject or merges these fields into it. Conflict (409) if a unique
+        field's value belongs to another live subject: its `field` names the field."""
+        try:
+            return _make(WriteResult, self._call("PUT", f"/v1/subjects/{_id(subject)}", {"fields": dict(fields)}))
+        except Conflict as e:
+            e.field = _named_field(e.detail, fields)
+            raise
 
     def read(self, subject: str, purpose: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
         """The fields `purpose` allows (narrowed to `fields`), if its legal basis holds now."""
@@ -283,6 +308,41 @@ class QoimaClient:
             query["fields"] = ",".join(fields)
         body = self._call("GET", f"/v1/subjects/{_id(subject)}?{urllib.parse.urlencode(query)}")
         return dict(body["fields"])
+
+    # --- lookup and import ----------------------------------------------------------------
+
+    def lookup(self, field: str, value: str, purpose: str) -> list[str]:
+        """The ids of the live subjects whose indexed `field` (identity.iin, identity.phone,
+        identity.email by default) holds `value`, looked up for `purpose` ([] if none). The
+        vault normalises the value as it parses the field ("+7 701 123 45 67" finds
+        "+77011234567"; emails trimmed and lower-cased); erased subjects never match. The value
+        travels in the body only; it is audited as field, purpose and count, never the value.
+        InvalidRequest if the field is not indexed or the value fails its check; Forbidden as
+        for a read; Unavailable (after the retries) while the vault is still building the index."""
+        body = self._call("POST", LOOKUP_PATH, {"field": field, "value": value, "purpose": purpose})
+        return [str(s) for s in body["subjects"]]
+
+    def import_subjects(self, items: Iterable[tuple[str, Mapping[str, Any]] | Mapping[str, Any]]) -> list[ImportResult]:
+        """Stores many subjects, BATCH_LIMIT per request (POST /v1/subjects:batch): `items` are
+        (subject, fields) pairs or {"subject", "fields"} objects, such as the lines of a JSONL
+        export. Each subject is created or merged on its own, so one refusal (a bad value, a
+        unique field held by another subject, even one earlier in the same batch) refuses only
+        that subject: the results, in the order of `items`, say which."""
+        subjects = [{"subject": i[0], "fields": dict(i[1])} if isinstance(i, tuple) else {"subject": i["subject"], "fields": dict(i["fields"])} for i in items]
+        results: list[ImportResult] = []
+        for start in range(0, len(subjects), BATCH_LIMIT):
+            chunk = subjects[start : start + BATCH_LIMIT]
+            answer = self._call("POST", "/v1/subjects:batch", {"subjects": chunk})
+            for sent, r in zip(chunk, answer["results"]):
+                problem = r.get("problem")
+                if isinstance(problem, Mapping):
+                    problem = _problem_of(problem, int(r["status"]), "")
+                    if isinstance(problem, Conflict):
+                        problem.field = _named_field(problem.detail, sent["fields"])
+                elif problem is not None:
+                    problem = QoimaError(PROBLEM_PREFIX + str(problem), int(r["status"]), "", str(problem), "")
+                results.append(ImportResult(str(r["subject"]), int(r["status"]), r.get("version"), problem))
+        return results
 
     # --- consents -------------------------------------------------------------------------
 
@@ -362,7 +422,7 @@ class QoimaClient:
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         # One id and (for a change) one idempotency key for every attempt of this call.
         request_id = f"py-{uuid.uuid4().hex[:16]}"
-        key = None if method == "GET" else f"py-{uuid.uuid4().hex}"
+        key = None if method == "GET" or path == LOOKUP_PATH else f"py-{uuid.uuid4().hex}"
         for attempt in range(1, self.attempts + 1):
             try:
                 return self._once(method, path, body, request_id, key)
@@ -424,12 +484,24 @@ def _problem(status: int, raw: bytes, request_id: str, retry_after: str | None =
         doc = {}
     if not isinstance(doc, dict):
         doc = {}
+    wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+    return _problem_of(doc, status, request_id, wait)
+
+
+def _problem_of(doc: Mapping[str, Any], status: int, request_id: str, retry_after: float | None = None) -> QoimaError:
+    """The QoimaError subclass of a problem document (a whole answer, or one import result's)."""
     kind = str(doc.get("type", f"{PROBLEM_PREFIX}http-{status}"))
     cls = _BY_SLUG.get(kind[len(PROBLEM_PREFIX) :], QoimaError)
     title = str(doc.get("title", ""))
     detail = str(doc.get("detail", "the vault answered without a problem document"))
-    wait = float(retry_after) if retry_after and retry_after.isdigit() else None
-    return cls(kind, int(doc.get("status", status)), title, detail, request_id, doc.get("receipt"), wait)
+    return cls(kind, int(doc.get("status", status)), title, detail, request_id, doc.get("receipt"), retry_after)
+
+
+def _named_field(detail: str, sent: Mapping[str, Any]) -> str | None:
+    """The field, among those sent, that a conflict's detail names (the longest, so that a
+    name is not taken for a prefix of a longer one)."""
+    named = [f for f in sent if f in detail]
+    return max(named, key=len) if named else None
 
 
 # --- the demonstration -------------------------------------------------------------------
@@ -442,19 +514,36 @@ def _env(name: str) -> str:
     return value
 
 
+def _demo_iin(unlike: str = "") -> str:
+    """A made-up IIN with a valid check digit (weights 1..11; if the sum mod 11 is 10, weights
+    3..11,1,2; a second 10 has no check digit), different on each run: the vault keeps
+    identity.iin unique among live subjects."""
+    while True:
+        d = [int(c) for c in f"9001013{random.randrange(10_000):04d}"]
+        check = sum(a * w for a, w in zip(d, range(1, 12))) % 11
+        if check == 10:
+            check = sum(a * w for a, w in zip(d, [3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2])) % 11
+        candidate = "".join(map(str, d)) + str(check)
+        if check != 10 and candidate != unlike:
+            return candidate
+
+
 def main() -> int:
     url = os.environ.get("QOIMA_URL", "http://127.0.0.1:8750")
     service = QoimaClient(url, _env("QOIMA_SERVICE_TOKEN"))
     website = QoimaClient(url, os.environ["QOIMA_WEBSITE_TOKEN"]) if os.environ.get("QOIMA_WEBSITE_TOKEN") else service
     subject = os.environ.get("QOIMA_DEMO_SUBJECT") or f"demo-{uuid.uuid4().hex[:12]}"
+    iin = os.environ.get("QOIMA_DEMO_IIN") or _demo_iin()
     contract = f"L-{uuid.uuid4().hex[:10]}"
 
-    # 1. Origination stores the application (made-up data).
+    # 1. Origination looks the applicant up by IIN first (dedupe at application): nobody yet,
+    #    so it stores the application (made-up data) under a new id.
+    print(f"lookup before storing: {service.lookup('identity.iin', iin, 'loan_issuance')}")
     w = service.store(
         subject,
         {
             "identity.full_name": "Demo Borrower",
-            "identity.iin": "900101300017",
+            "identity.iin": iin,
             "identity.birth_date": "1990-01-01",
             "identity.phone": "+77010000000",
             "identity.email": "demo@example.kz",
@@ -462,6 +551,31 @@ def main() -> int:
         },
     )
     print(f"stored {w.subject}: version {w.version}, created {w.created}, missing {w.missing_mandatory}")
+
+    # 1a. The next application from the same person finds this subject: by IIN, or by the
+    #     phone number as the applicant typed it. Only subject ids are printed.
+    print(f"lookup by IIN: {service.lookup('identity.iin', iin, 'loan_issuance')}")
+    print(f"lookup by phone: {service.lookup('identity.phone', '+7 701 000 00 00', 'loan_issuance')}")
+
+    # 1b. Storing the same IIN under a second id is refused (it lost a race, or skipped the
+    #     lookup): look the IIN up again and reuse the subject found.
+    try:
+        service.store(f"{subject}-dup", {"identity.full_name": "Demo Borrower", "identity.iin": iin})
+    except Conflict as e:
+        print(f"second subject with the same IIN refused: {e.status} {e.slug} ({e.field})")
+
+    # 1c. Borrowers from the lender's old system, imported in one call; each subject stands on
+    #     its own: the third has the demo borrower's IIN, the fourth a bad check digit.
+    imported = service.import_subjects(
+        [
+            (f"{subject}-imp-1", {"identity.full_name": "Imported Borrower", "identity.iin": _demo_iin(unlike=iin)}),
+            (f"{subject}-imp-2", {"identity.full_name": "Imported Borrower", "identity.phone": "+77010000001"}),
+            (f"{subject}-imp-3", {"identity.full_name": "Imported Borrower", "identity.iin": iin}),
+            (f"{subject}-imp-4", {"identity.full_name": "Imported Borrower", "identity.iin": "900101300011"}),
+        ]
+    )
+    refused = [f"{r.subject} {r.problem.slug}" for r in imported if r.problem is not None]
+    print(f"imported: {[r.status for r in imported]}; refused: {refused}")
 
     # 2. It reads what loan issuance may see; only the field names are printed here.
     fields = service.read(subject, "loan_issuance")
@@ -497,11 +611,17 @@ def main() -> int:
     assert k.erasure is not None
     print(f"contract {k.contract} {k.status}; erasure {k.erasure.status} (KEK generation {k.erasure.kek_generation})")
 
-    # 9. From now on the borrower's data is gone for good.
+    # 9. From now on the borrower's data is gone for good, and a lookup no longer finds it.
     try:
         service.read(subject, "loan_issuance")
     except Erased as gone:
         print(f"read after erasure: {gone.status} {gone.slug}, receipt {gone.receipt}")
+    print(f"lookup after erasure: {service.lookup('identity.iin', iin, 'loan_issuance')}")
+
+    # 10. The demo's imported borrowers go too.
+    for r in imported:
+        if r.status in (200, 201):
+            service.request_erasure(r.subject)
     print("demo complete")
     return 0
 

@@ -15,6 +15,8 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
         .env("QOIMA_SERVICE_TOKEN", token("svc-all"))
         .env("QOIMA_WEBSITE_TOKEN", token("website"))
         .env("QOIMA_DEMO_SUBJECT", "python-demo-1")
+        // The IIN the suite knows, so the check below that the demo printed none has teeth.
+        .env("QOIMA_DEMO_IIN", "900101300017")
         .kill_on_drop(true)
         .output();
     let out = match tokio::time::timeout(Duration::from_secs(120), run).await.expect("the demo finishes within 2 minutes") {
@@ -28,7 +30,12 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the demo failed ({}):\n{stdout}\n{stderr}", out.status);
     for line in [
+        "lookup before storing: []",
         "stored python-demo-1: version 1, created True, missing []",
+        "lookup by IIN: ['python-demo-1']",
+        "lookup by phone: ['python-demo-1']",
+        "second subject with the same IIN refused: 409 conflict (identity.iin)",
+        "imported: [201, 201, 409, 400]; refused: ['python-demo-1-imp-3 conflict', 'python-demo-1-imp-4 invalid-request']",
         "read for loan_issuance: ['identity.birth_date', 'identity.email', 'identity.full_name', 'identity.iin', 'identity.phone', 'questionnaire.monthly_income']",
         "advertising refused: 403 basis-missing: legal basis missing for advertising: no consent for advertising on record",
         "consent for advertising given under policy 2019-01-29",
@@ -38,6 +45,7 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
         "erasure pending, held by ['L-",
         "settled; erasure erased (KEK generation 1)",
         "read after erasure: 410 erased, receipt rcpt_",
+        "lookup after erasure: []",
         "demo complete",
     ] {
         assert!(stdout.contains(line), "the demo did not print `{line}`:\n{stdout}");
@@ -46,8 +54,16 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     let audit = app.get("/v1/audit?subject=python-demo-1&limit=1000", "auditor").await;
     let entries = audit.body["entries"].as_array().expect("entries");
     let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
-    for action in ["subject.put", "subject.read", "consent.give", "contract.open", "subject.disclose", "erasure.request", "contract.update"]
-    {
+    for action in [
+        "subject.lookup",
+        "subject.put",
+        "subject.read",
+        "consent.give",
+        "contract.open",
+        "subject.disclose",
+        "erasure.request",
+        "contract.update",
+    ] {
         assert!(actions.contains(&action), "no {action} in {actions:?}");
     }
     // Every call carried the client's own request id, kept beside the vault's.
@@ -55,6 +71,13 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     assert!(by_client.all(|e| e["client_request_id"].as_str().is_some_and(|r| r.starts_with("py-"))), "{entries:#?}");
     let erasure = app.get("/v1/subjects/python-demo-1/erasure", "website").await;
     assert_eq!(erasure.body["status"], "erased");
+    // The refused second subject and refused imports stored nothing; the imported ones went too.
+    for refused in ["python-demo-1-dup", "python-demo-1-imp-3", "python-demo-1-imp-4"] {
+        assert_eq!(app.read(refused, "svc-all", "loan_issuance").await.status, 404, "{refused}");
+    }
+    for imported in ["python-demo-1-imp-1", "python-demo-1-imp-2"] {
+        assert_eq!(app.get(&format!("/v1/subjects/{imported}/erasure"), "website").await.body["status"], "erased", "{imported}");
+    }
     // The demo printed no personal data it read.
     assert!(!stdout.contains("900101300017") && !stdout.contains("Demo Borrower"), "{stdout}");
 }
