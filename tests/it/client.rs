@@ -103,7 +103,7 @@ async fn a_lookup_finds_the_borrower_and_a_second_subject_with_the_same_iin_is_a
     let svc = Client::new(&app.addr, &token("svc-all"));
     let web = Client::new(&app.addr, &token("website"));
     let aud = Client::new(&app.addr, &token("auditor"));
-    let (iin, other_iin) = ("900101300017", "850312400013");
+    let (iin, other_iin) = ("900101300017", "850312400019");
     assert!(qoima::schema::iin_is_valid(other_iin));
     let fields = [
         ("identity.full_name", json!("Aigerim")),
