@@ -8,6 +8,9 @@
 //! that went through with the first answer, so a retry never does the work twice
 //! (docs/integrator-guide.md, "Retries and idempotency"). A website caller that must send
 //! subject assertions gives the client a source of them ([`Client::with_subject_assertions`]).
+//! [`Client::lookup`] finds a returning borrower by an indexed field such as the IIN, and a
+//! put that would give a unique field's value to a second subject fails with
+//! [`ClientError::UniqueConflict`] (docs/integrator-guide.md, "Dedupe at application").
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qoima::client::ClientError> {
@@ -107,7 +110,8 @@ impl ClientError {
         }
     }
 
-    /// How long the vault asked to wait before the next call (429 `rate-limited`).
+    /// How long the vault asked to wait before the next call (429 `rate-limited`; 503 of a
+    /// lookup while the index is being built).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         self.problem()?.retry_after.map(std::time::Duration::from_secs)
     }
