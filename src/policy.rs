@@ -178,6 +178,8 @@ impl Caller {
 pub enum Action {
     PutFields,
     Read,
+    /// Finding subjects by an indexed field's value.
+    Lookup,
     Rectify,
     Export,
     OpenContract,
@@ -202,7 +204,7 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::PutFields | Action::Read | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
+            Action::PutFields | Action::Read | Action::Lookup | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
             Action::Rectify | Action::Export | Action::PrivacySession => &[Website],
             Action::GiveConsent | Action::WithdrawConsent | Action::RequestErasure | Action::ErasureStatus => &[Website, Service],
             Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],
@@ -216,6 +218,7 @@ impl Action {
         match self {
             Action::PutFields => "subject.put",
             Action::Read => "subject.read",
+            Action::Lookup => "subject.lookup",
             Action::Rectify => "subject.rectify",
             Action::Export => "subject.export",
             Action::OpenContract => "contract.open",
@@ -249,6 +252,9 @@ pub enum Denial {
     /// The purpose's basis does not hold for this subject now; `missing` says what is absent.
     #[error("legal basis missing for {purpose}: {missing}")]
     BasisMissing { purpose: Purpose, missing: String },
+    /// A lookup by a field the purpose does not read in full.
+    #[error("purpose {purpose} does not read {field} in full, so it cannot look subjects up by it")]
+    FieldNotAllowed { purpose: Purpose, field: String },
     /// Fields outside the caller's write grant (names only, never values).
     #[error("{action} of {} is outside this caller's write grant", fields.join(", "))]
     WriteNotGranted { action: &'static str, fields: Vec<String> },
@@ -329,6 +335,18 @@ pub fn permit_read<'a>(caller: &Caller, purpose: &'a PurposeDef) -> Result<ReadP
         return Err(Denial::PurposeNotGranted(purpose.name.clone()));
     }
     Ok(ReadPermit { purpose })
+}
+
+/// May `caller` look subjects up by `field` for `purpose`: a read's permit (role service,
+/// purpose granted), and the purpose reads the field. What the lookup names is then limited to
+/// the subjects for whom the basis holds ([`ReadPermit::basis`]).
+pub fn permit_lookup<'a>(caller: &Caller, purpose: &'a PurposeDef, field: FieldRef<'_>) -> Result<ReadPermit<'a>, Denial> {
+    may(caller, Action::Lookup)?;
+    let permit = permit_read(caller, purpose)?;
+    if !purpose.allows(field) {
+        return Err(Denial::FieldNotAllowed { purpose: purpose.name.clone(), field: field.as_str().to_owned() });
+    }
+    Ok(permit)
 }
 
 impl<'a> ReadPermit<'a> {
@@ -525,6 +543,7 @@ mod tests {
                             }
                             Ok(ref g) => assert!(!g.basis.is_empty()),
                             Err(Denial::WriteNotGranted { .. }) => panic!("a read is never a write denial"),
+                            Err(Denial::FieldNotAllowed { .. }) => panic!("a read is never a lookup denial"),
                         }
                         checked += 1;
                     }
