@@ -209,6 +209,12 @@ impl Vault {
         self.index_job()
     }
 
+    /// One batch of the build, for tests that stop it part-way.
+    #[cfg(test)]
+    pub(super) fn index_step_for_tests(&self) -> Result<bool, VaultError> {
+        self.index_step()
+    }
+
     /// One batch. Returns whether there is more to do.
     fn index_step(&self) -> Result<bool, VaultError> {
         let Some(mut job) = self.index_job()? else { return Ok(false) };
