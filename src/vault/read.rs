@@ -355,3 +355,22 @@ impl Vault {
         Ok(ReadLookup::Allowed { dek, records: ReadRecords::new(view, |f| req.wants(f)), grant })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_applies_to_the_sealed_json_text() {
+        let text = |plain: &str, view| FieldText::viewed(plain.as_bytes(), view).unwrap().json().to_owned();
+        assert_eq!(text(r#""900101300017""#, View::Last4), r#""********0017""#);
+        assert_eq!(text(r#""1990-01-01""#, View::Year), r#""1990""#);
+        // The view sees the string, not its escapes, and the result is escaped again.
+        assert_eq!(text(r#""\u0410\"b\\cdef""#, View::Last4), r#""****cdef""#);
+        assert_eq!(text(r#""ab\"\\cd""#, View::Last4), r#""**\"\\cd""#);
+        // A value that is not a string (a field a schema change made text) is masked as its
+        // JSON text, and the result is a string all the same.
+        assert_eq!(text("350000", View::Last4), r#""**0000""#);
+        assert!(FieldText::viewed(b"not json", View::Last4).is_err());
+    }
+}
