@@ -35,8 +35,9 @@ impl FieldText {
         serde_json::value::RawValue::from_string(text).map(Self).map_err(|_| not_json())
     }
 
-    /// `view` of the decrypted JSON text `plain`, as a JSON string. The whole value is read
-    /// only from `plain` (the decryption's zeroizing buffer) and a zeroizing copy.
+    /// `view` of the decrypted JSON text `plain`, as a JSON string. The whole value lives only
+    /// in `plain` (the decryption's zeroizing buffer) and one copy zeroized once masked
+    /// (serde_json's scratch space for unescaping a string with escapes aside).
     fn viewed(plain: &[u8], view: View) -> Result<Self, VaultError> {
         let masked = serde_json::to_string(&masked(plain, view)?).expect("a string serialises");
         serde_json::value::RawValue::from_string(masked).map(Self).map_err(|_| not_json())
@@ -84,7 +85,8 @@ impl serde::Serialize for FieldText {
 }
 
 /// `view` of the decrypted JSON text `plain`: of the string it holds or, for a value that is
-/// not a string (a field whose type a schema change made text), of its JSON text.
+/// not a string (sealed as a number before a schema change made its field text), of its JSON
+/// text.
 fn masked(plain: &[u8], view: View) -> Result<String, VaultError> {
     match serde_json::from_slice::<String>(plain) {
         Ok(whole) => Ok(view.apply(&zeroize::Zeroizing::new(whole))),
@@ -368,8 +370,8 @@ mod tests {
         // The view sees the string, not its escapes, and the result is escaped again.
         assert_eq!(text(r#""\u0410\"b\\cdef""#, View::Last4), r#""****cdef""#);
         assert_eq!(text(r#""ab\"\\cd""#, View::Last4), r#""**\"\\cd""#);
-        // A value that is not a string (a field a schema change made text) is masked as its
-        // JSON text, and the result is a string all the same.
+        // A value that is not a string (sealed before a schema change made its field text) is
+        // masked as its JSON text, and the result is a string all the same.
         assert_eq!(text("350000", View::Last4), r#""**0000""#);
         assert!(FieldText::viewed(b"not json", View::Last4).is_err());
     }

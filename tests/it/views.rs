@@ -108,6 +108,10 @@ async fn the_call_centre_reads_masked_values_under_plain_names_and_the_trail_nam
     // The borrower's own export shows the whole values: a view narrows a purpose, not the data.
     let export = app.get("/v1/subjects/v-1/export", "website").await;
     assert_eq!(export.body["fields"]["identity.iin"], WHOLE[0]);
+    // The access summary lists the views as the trail does, and the chain holds.
+    let desk = export.body["access"].as_array().unwrap().iter().find(|a| a["caller"] == "svc-desk").expect("summarised").clone();
+    assert_eq!(desk["fields"], json!(whole_read));
+    assert_eq!(app.get("/v1/audit/verify", "auditor").await.body["ok"], true);
 }
 
 #[tokio::test]
