@@ -230,6 +230,8 @@ pub enum KekPart {
     Meta,
     /// Its key, wrapped by the root key.
     Wrapped,
+    /// Its blind-index key, wrapped by the root key.
+    IndexKey,
 }
 
 impl KekPart {
@@ -237,6 +239,7 @@ impl KekPart {
         match self {
             KekPart::Meta => b"/meta",
             KekPart::Wrapped => b"/wrapped",
+            KekPart::IndexKey => b"/index",
         }
     }
 }
@@ -251,7 +254,7 @@ pub fn kek(generation: Generation, part: KekPart) -> Vec<u8> {
 
 pub fn parse_kek(key: &[u8]) -> Option<(Generation, KekPart)> {
     let (g, suffix) = key.strip_prefix(KEKS)?.split_first_chunk::<4>()?;
-    let part = [KekPart::Meta, KekPart::Wrapped].into_iter().find(|p| p.suffix() == suffix)?;
+    let part = [KekPart::Meta, KekPart::Wrapped, KekPart::IndexKey].into_iter().find(|p| p.suffix() == suffix)?;
     Some((Generation(u32::from_be_bytes(*g)), part))
 }
 
@@ -273,6 +276,74 @@ pub fn wrap_count(generation: Generation) -> Vec<u8> {
 
 /// The rewrap's job record, in [`Space::Jobs`].
 pub const REWRAP_JOB: &[u8] = b"rewrap";
+
+/// The blind-index build's job record, in [`Space::Jobs`].
+pub const INDEX_JOB: &[u8] = b"index";
+
+// ---- Index: `v` + generation (u32 big-endian) + field + `\0` + index (32 bytes) + subject,
+// what a lookup scans; and `s` + subject + `\0` + generation + field, holding the index, what a
+// subject's write and erasure find its entries by.
+
+/// Length of a blind index.
+pub const BLIND_LEN: usize = 32;
+
+/// Every entry of `field`'s value `blind` under `generation` starts with this (then the subject).
+pub fn index_value(generation: Generation, field: &str, blind: &[u8; BLIND_LEN]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 4 + field.len() + 1 + BLIND_LEN + 24);
+    k.push(b'v');
+    k.extend_from_slice(&generation.0.to_be_bytes());
+    k.extend_from_slice(field.as_bytes());
+    k.push(0);
+    k.extend_from_slice(blind);
+    k
+}
+
+/// A subject's entry for `field`'s value `blind` under `generation`, in [`Space::Index`].
+pub fn index_entry(generation: Generation, field: &str, blind: &[u8; BLIND_LEN], subject: &str) -> Vec<u8> {
+    let mut k = index_value(generation, field, blind);
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// The subject of an [`index_entry`] key found under the prefix [`index_value`] made.
+pub fn index_entry_subject<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(prefix)?).ok().filter(|s| !s.is_empty())
+}
+
+/// Every entry of a generation (what destroying it deletes): `[v + g, v + g + 1)`.
+pub fn index_generation(generation: Generation) -> (Vec<u8>, Vec<u8>) {
+    let mut from = vec![b'v'];
+    from.extend_from_slice(&generation.0.to_be_bytes());
+    let mut to = vec![b'v'];
+    to.extend_from_slice(&(u64::from(generation.0) + 1).to_be_bytes()[4..]);
+    if generation.0 == u32::MAX {
+        to = vec![b'w'];
+    }
+    (from, to)
+}
+
+/// Every one of `subject`'s own index records starts with this.
+pub fn subject_indexes(subject: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(subject.len() + 2);
+    k.push(b's');
+    k.extend_from_slice(subject.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `subject`'s record of its entry for `field` under `generation` (the value is the index).
+pub fn subject_index(subject: &str, generation: Generation, field: &str) -> Vec<u8> {
+    let mut k = subject_indexes(subject);
+    k.extend_from_slice(&generation.0.to_be_bytes());
+    k.extend_from_slice(field.as_bytes());
+    k
+}
+
+/// `(generation, field)` of a [`subject_index`] key found under the prefix [`subject_indexes`].
+pub fn parse_subject_index<'k>(key: &'k [u8], prefix: &[u8]) -> Option<(Generation, &'k str)> {
+    let (g, field) = key.strip_prefix(prefix)?.split_first_chunk::<4>()?;
+    Some((Generation(u32::from_be_bytes(*g)), std::str::from_utf8(field).ok()?))
+}
 
 // ---- Idempotency: `k` + slot (the record), `s` + subject + `\0` + slot (by subject, for
 // erasure), `t` + creation time (s, i64 big-endian) + slot (by time, for the sweep).
@@ -411,6 +482,29 @@ mod tests {
     /// A subject's range in a space keyed by subject, as erasure deletes and reads scan it.
     fn range_of(subject: &str) -> (Vec<u8>, Vec<u8>) {
         (subject_prefix(subject), prefix_end(&subject_prefix(subject)))
+    }
+
+    #[test]
+    fn index_keys_read_back_and_keep_values_and_subjects_apart() {
+        let b = [7u8; BLIND_LEN];
+        let prefix = index_value(Generation(2), "identity.iin", &b);
+        let key = index_entry(Generation(2), "identity.iin", &b, "s1");
+        assert_eq!(index_entry_subject(&key, &prefix), Some("s1"));
+        assert_eq!(index_entry_subject(&prefix, &prefix), None);
+        // Another value, field or generation is another prefix.
+        assert!(!index_entry(Generation(2), "identity.iin", &[8u8; BLIND_LEN], "s1").starts_with(&prefix));
+        assert!(!index_entry(Generation(2), "identity.iinx", &b, "s1").starts_with(&prefix));
+        assert!(!index_entry(Generation(3), "identity.iin", &b, "s1").starts_with(&prefix));
+        let gen2 = index_generation(Generation(2));
+        assert!(within(&key, &gen2));
+        assert!(!within(&index_entry(Generation(3), "a.b", &b, "s"), &gen2));
+        assert!(!within(&index_entry(Generation(1), "a.b", &b, "s"), &gen2));
+        let own = subject_indexes("s1");
+        let rec = subject_index("s1", Generation(2), "identity.iin");
+        assert_eq!(parse_subject_index(&rec, &own), Some((Generation(2), "identity.iin")));
+        assert!(!subject_index("s10", Generation(2), "identity.iin").starts_with(&own), "s10 is not s1");
+        assert!(!key.starts_with(&own) && !rec.starts_with(b"v"), "the two halves keep apart");
+        assert_eq!(parse_kek(&kek(Generation(2), KekPart::IndexKey)), Some((Generation(2), KekPart::IndexKey)));
     }
 
     #[test]

@@ -26,17 +26,158 @@ pub enum BasisRule {
     ConsentObligationOrBreach,
 }
 
-/// A configured purpose: its basis and the fields it may read (patterns `cat.name`/`cat.*`).
+/// A masked view of a field: what a purpose that may not see the whole value sees instead
+/// (`identity.iin:last4` in a purpose's `fields`). The masked value is still a JSON string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum View {
+    /// Every character but the last four replaced by `*` (characters, not bytes). A value of
+    /// four characters or fewer is masked whole: a view never shows an entire value.
+    Last4,
+    /// The `YYYY` of a date or timestamp; anything else is masked whole.
+    Year,
+}
+
+impl View {
+    pub const ALL: [View; 2] = [View::Last4, View::Year];
+
+    /// The name after the `:` in a purpose's `fields`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Last4 => "last4",
+            View::Year => "year",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<View> {
+        View::ALL.into_iter().find(|v| v.as_str() == name)
+    }
+
+    /// The masked text of `value`.
+    pub fn apply(self, value: &str) -> String {
+        let chars = value.chars().count();
+        match self {
+            View::Last4 if chars > 4 => {
+                let mut out = String::with_capacity(value.len());
+                out.extend(std::iter::repeat_n('*', chars - 4));
+                out.extend(value.chars().skip(chars - 4));
+                out
+            }
+            // A date `YYYY-MM-DD` or an RFC 3339 timestamp both begin with the year and a dash.
+            View::Year => match value.get(..4) {
+                Some(year) if year.bytes().all(|b| b.is_ascii_digit()) && (value.len() == 4 || value[4..].starts_with('-')) => {
+                    year.to_owned()
+                }
+                _ => "*".repeat(chars),
+            },
+            View::Last4 => "*".repeat(chars),
+        }
+    }
+}
+
+/// How a purpose may read a field: the value itself, or only a masked view of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    Full,
+    View(View),
+}
+
+/// One entry of a purpose's `fields`: a pattern (`cat.name` or `cat.*`) and, for one named
+/// field, an optional view (`identity.iin:last4`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldGrant {
+    pub pattern: String,
+    pub view: Option<View>,
+}
+
+/// Why an entry of a purpose's `fields` does not read (the config names the purpose and entry).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrantError {
+    /// The text after `:` names no [`View`].
+    #[error("unknown view `{0}` (views: last4, year)")]
+    UnknownView(String),
+    /// A view on `cat.*`: views apply to one named field.
+    #[error("a view applies to one field, not to a whole category")]
+    ViewOnCategory,
+}
+
+impl FieldGrant {
+    /// The whole value of the fields `pattern` matches.
+    pub fn full(pattern: &str) -> Self {
+        Self { pattern: pattern.to_owned(), view: None }
+    }
+
+    /// An entry as a purpose's `fields` writes it: `pattern` or `field:view`. Whether the
+    /// pattern names something in the schema is the schema's question, not this one's.
+    pub fn parse(entry: &str) -> Result<Self, GrantError> {
+        let Some((pattern, view)) = entry.split_once(':') else { return Ok(Self::full(entry)) };
+        let view = View::parse(view).ok_or_else(|| GrantError::UnknownView(view.to_owned()))?;
+        if pattern.ends_with(".*") {
+            return Err(GrantError::ViewOnCategory);
+        }
+        Ok(Self { pattern: pattern.to_owned(), view: Some(view) })
+    }
+
+    fn matches(&self, field: FieldRef<'_>) -> bool {
+        Schema::pattern_matches(&self.pattern, field)
+    }
+}
+
+impl std::fmt::Display for FieldGrant {
+    /// The entry as written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.view {
+            None => f.write_str(&self.pattern),
+            Some(v) => write!(f, "{}:{}", self.pattern, v.as_str()),
+        }
+    }
+}
+
+/// A configured purpose: its basis and the fields it may read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurposeDef {
     pub name: Purpose,
     pub basis: BasisRule,
-    pub fields: Vec<String>,
+    pub fields: Vec<FieldGrant>,
 }
 
 impl PurposeDef {
+    /// How this purpose may read `field`, if at all. The whole value wins over a view: a
+    /// field listed in full (by name or by `cat.*`) and as a view is read in full.
+    pub fn access(&self, field: FieldRef<'_>) -> Option<Access> {
+        let mut view = None;
+        for g in self.fields.iter().filter(|g| g.matches(field)) {
+            match g.view {
+                None => return Some(Access::Full),
+                Some(v) => view = view.or(Some(v)),
+            }
+        }
+        view.map(Access::View)
+    }
+
+    /// Whether this purpose reads `field` at all, in full or as a view.
     pub fn allows(&self, field: FieldRef<'_>) -> bool {
-        self.fields.iter().any(|p| Schema::pattern_matches(p, field))
+        self.fields.iter().any(|g| g.matches(field))
+    }
+
+    /// Whether this purpose reads the whole value of `field` (what a lookup by value needs).
+    pub fn allows_in_full(&self, field: FieldRef<'_>) -> bool {
+        self.access(field) == Some(Access::Full)
+    }
+
+    /// The view a read of `field` applies: `None` for a field read in full (or not at all).
+    pub fn view(&self, field: FieldRef<'_>) -> Option<View> {
+        match self.access(field) {
+            Some(Access::View(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether any entry is a view (a purpose without one reads every field in full).
+    pub fn has_views(&self) -> bool {
+        self.fields.iter().any(|g| g.view.is_some())
     }
 }
 
@@ -50,7 +191,7 @@ impl Default for Purposes {
         let def = |name: &str, basis, fields: &[&str]| PurposeDef {
             name: Purpose::parse(name).expect("default purpose names are valid"),
             basis,
-            fields: fields.iter().map(|s| s.to_string()).collect(),
+            fields: fields.iter().map(|s| FieldGrant::parse(s).expect("default field entries are valid")).collect(),
         };
         let list = [
             def("loan_issuance", BasisRule::ApplicationOrContract, &["identity.*", "questionnaire.*", "contract.*"]),
@@ -61,6 +202,12 @@ impl Default for Purposes {
             ),
             def("third_party_transfer", BasisRule::ConsentObligationOrBreach, &["identity.*", "contract.*"]),
             def("advertising", BasisRule::Consent, &["identity.full_name", "identity.phone", "identity.email"]),
+            // Answers a borrower on the phone: checks who is calling, never holds the numbers.
+            def(
+                "call_centre",
+                BasisRule::OpenContract,
+                &["identity.full_name", "identity.iin:last4", "identity.phone:last4", "identity.birth_date:year", "contract.*"],
+            ),
         ];
         Purposes(list.into_iter().map(|p| (p.name.clone(), p)).collect())
     }
@@ -178,6 +325,8 @@ impl Caller {
 pub enum Action {
     PutFields,
     Read,
+    /// Finding subjects by an indexed field's value.
+    Lookup,
     Rectify,
     Export,
     OpenContract,
@@ -202,7 +351,7 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::PutFields | Action::Read | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
+            Action::PutFields | Action::Read | Action::Lookup | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
             Action::Rectify | Action::Export | Action::PrivacySession => &[Website],
             Action::GiveConsent | Action::WithdrawConsent | Action::RequestErasure | Action::ErasureStatus => &[Website, Service],
             Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],
@@ -216,6 +365,7 @@ impl Action {
         match self {
             Action::PutFields => "subject.put",
             Action::Read => "subject.read",
+            Action::Lookup => "subject.lookup",
             Action::Rectify => "subject.rectify",
             Action::Export => "subject.export",
             Action::OpenContract => "contract.open",
@@ -249,6 +399,9 @@ pub enum Denial {
     /// The purpose's basis does not hold for this subject now; `missing` says what is absent.
     #[error("legal basis missing for {purpose}: {missing}")]
     BasisMissing { purpose: Purpose, missing: String },
+    /// A lookup by a field the purpose does not read in full.
+    #[error("purpose {purpose} does not read {field} in full, so it cannot look subjects up by it")]
+    FieldNotAllowed { purpose: Purpose, field: String },
     /// Fields outside the caller's write grant (names only, never values).
     #[error("{action} of {} is outside this caller's write grant", fields.join(", "))]
     WriteNotGranted { action: &'static str, fields: Vec<String> },
@@ -329,6 +482,18 @@ pub fn permit_read<'a>(caller: &Caller, purpose: &'a PurposeDef) -> Result<ReadP
         return Err(Denial::PurposeNotGranted(purpose.name.clone()));
     }
     Ok(ReadPermit { purpose })
+}
+
+/// May `caller` look subjects up by `field` for `purpose`: a read's permit (role service,
+/// purpose granted), and the purpose reads the field. What the lookup names is then limited to
+/// the subjects for whom the basis holds ([`ReadPermit::basis`]).
+pub fn permit_lookup<'a>(caller: &Caller, purpose: &'a PurposeDef, field: FieldRef<'_>) -> Result<ReadPermit<'a>, Denial> {
+    may(caller, Action::Lookup)?;
+    let permit = permit_read(caller, purpose)?;
+    if !purpose.allows(field) {
+        return Err(Denial::FieldNotAllowed { purpose: purpose.name.clone(), field: field.as_str().to_owned() });
+    }
+    Ok(permit)
 }
 
 impl<'a> ReadPermit<'a> {
@@ -495,7 +660,7 @@ mod tests {
                     | "withdrawn advertising consent"
                     | "expired advertising consent"
                     | "transfer consent"
-            ) | ("loan_monitoring", "open contract" | "breached contract")
+            ) | ("loan_monitoring" | "call_centre", "open contract" | "breached contract")
                 | ("advertising", "advertising consent")
                 | ("third_party_transfer", "breached contract" | "transfer consent")
         )
@@ -525,13 +690,98 @@ mod tests {
                             }
                             Ok(ref g) => assert!(!g.basis.is_empty()),
                             Err(Denial::WriteNotGranted { .. }) => panic!("a read is never a write denial"),
+                            Err(Denial::FieldNotAllowed { .. }) => panic!("a read is never a lookup denial"),
                         }
                         checked += 1;
                     }
                 }
             }
         }
-        assert_eq!(checked, Role::ALL.len() * 4 * 2 * bases().len());
+        assert_eq!(checked, Role::ALL.len() * purposes.0.len() * 2 * bases().len());
+    }
+
+    #[test]
+    fn views_mask_characters_not_bytes() {
+        assert_eq!(View::Last4.apply("900101300017"), "********0017");
+        assert_eq!(View::Last4.apply("+77011234567"), "********4567");
+        assert_eq!(View::Last4.apply("Айгерім"), "***ерім");
+        assert_eq!(View::Last4.apply("12345"), "*2345");
+        // Four characters or fewer: masked whole, so a view never shows a whole value.
+        for (short, masked) in [("1234", "****"), ("әлі", "***"), ("7", "*"), ("", "")] {
+            assert_eq!(View::Last4.apply(short), masked, "{short}");
+        }
+        assert_eq!(View::Year.apply("1990-01-01"), "1990");
+        assert_eq!(View::Year.apply("2026-11-01T09:30:00+05:00"), "2026");
+        assert_eq!(View::Year.apply("2026"), "2026");
+        for odd in ["01.01.1990", "19900101", "199", "ә990-01-01", ""] {
+            assert_eq!(View::Year.apply(odd), "*".repeat(odd.chars().count()), "{odd}");
+        }
+        for v in View::ALL {
+            assert_eq!(View::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(View::parse("last3"), None);
+        assert_eq!(View::parse("LAST4"), None);
+    }
+
+    #[test]
+    fn field_entries_parse_and_print_as_written() {
+        assert_eq!(FieldGrant::parse("identity.*"), Ok(FieldGrant::full("identity.*")));
+        let g = FieldGrant::parse("identity.iin:last4").unwrap();
+        assert_eq!((g.pattern.as_str(), g.view), ("identity.iin", Some(View::Last4)));
+        assert_eq!(g.to_string(), "identity.iin:last4");
+        assert_eq!(FieldGrant::parse("identity.birth_date:year").unwrap().view, Some(View::Year));
+        assert_eq!(FieldGrant::parse("identity.iin:first4"), Err(GrantError::UnknownView("first4".into())));
+        assert_eq!(FieldGrant::parse("identity.iin:"), Err(GrantError::UnknownView(String::new())));
+        assert_eq!(FieldGrant::parse("identity.*:last4"), Err(GrantError::ViewOnCategory));
+    }
+
+    #[test]
+    fn access_full_wins_over_a_view() {
+        let f = |n: &str| crate::domain::FieldName::parse(n).unwrap();
+        let purpose = |fields: &[&str]| PurposeDef {
+            name: Purpose::parse("p").unwrap(),
+            basis: BasisRule::Consent,
+            fields: fields.iter().map(|e| FieldGrant::parse(e).unwrap()).collect(),
+        };
+        let masked = purpose(&["identity.iin:last4", "identity.full_name"]);
+        let iin = f("identity.iin");
+        assert_eq!(masked.access(iin.borrowed()), Some(Access::View(View::Last4)));
+        assert!(masked.allows(iin.borrowed()) && !masked.allows_in_full(iin.borrowed()));
+        assert_eq!(masked.view(iin.borrowed()), Some(View::Last4));
+        assert_eq!(masked.access(f("identity.full_name").borrowed()), Some(Access::Full));
+        assert_eq!(masked.access(f("identity.phone").borrowed()), None);
+        assert!(!masked.allows(f("identity.phone").borrowed()) && !masked.allows_in_full(f("identity.phone").borrowed()));
+        assert!(masked.has_views());
+        // In full by name or by category, before or after the view: full.
+        for fields in [
+            &["identity.iin:last4", "identity.iin"][..],
+            &["identity.iin", "identity.iin:last4"],
+            &["identity.iin:last4", "identity.*"],
+            &["identity.*", "identity.iin:last4"],
+        ] {
+            let p = purpose(fields);
+            assert_eq!(p.access(iin.borrowed()), Some(Access::Full), "{fields:?}");
+            assert!(p.allows_in_full(iin.borrowed()) && p.view(iin.borrowed()).is_none(), "{fields:?}");
+        }
+        // The shipped call centre: views where minimisation asks, the rest in full.
+        let shipped = Purposes::default();
+        let cc = shipped.get(&Purpose::parse("call_centre").unwrap()).unwrap();
+        let want = [
+            ("identity.full_name", Some(Access::Full)),
+            ("identity.iin", Some(Access::View(View::Last4))),
+            ("identity.phone", Some(Access::View(View::Last4))),
+            ("identity.birth_date", Some(Access::View(View::Year))),
+            ("identity.email", None),
+            ("identity.address", None),
+            ("questionnaire.monthly_income", None),
+            ("contract.amount", Some(Access::Full)),
+        ];
+        for (name, access) in want {
+            assert_eq!(cc.access(f(name).borrowed()), access, "{name}");
+        }
+        assert_eq!(cc.basis, BasisRule::OpenContract);
+        let others = ["loan_issuance", "loan_monitoring", "third_party_transfer", "advertising"];
+        assert!(others.iter().all(|p| !shipped.get(&Purpose::parse(p).unwrap()).unwrap().has_views()), "the four read in full");
     }
 
     #[test]

@@ -202,6 +202,67 @@ impl Schema {
     }
 }
 
+/// The form of a value a blind index is made of: what two spellings of one value share.
+/// Zeroized when dropped (it is a plaintext value).
+pub type Normalised = zeroize::Zeroizing<String>;
+
+impl Schema {
+    /// Whether a field of this type can be indexed ([`Schema::normalise`] has a form for it).
+    pub fn indexable(ty: FieldType) -> bool {
+        matches!(ty, FieldType::Text | FieldType::Iin | FieldType::Phone | FieldType::Email | FieldType::Date | FieldType::Integer)
+    }
+
+    /// `value` of `field` in its normal form, checked as a stored value is: an IIN's digits
+    /// (spaces and hyphens dropped), an E.164 phone (spaces, hyphens, dots and brackets
+    /// dropped: `+7 (701) 123-45-67` is `+77011234567`), an email trimmed and lower-cased, a
+    /// text or date trimmed, an integer's digits. A value that fails its field's check is
+    /// refused as a write would refuse it; a field of a type that is not indexable is refused.
+    pub fn normalise(&self, field: &FieldName, value: &Value) -> Result<Normalised, SchemaError> {
+        let spec = self.spec(field)?;
+        let bad = |rule| SchemaError::BadValue { field: field.as_str().to_owned(), rule };
+        if !Self::indexable(spec.ty) {
+            return Err(bad("is not a field that can be indexed"));
+        }
+        match value {
+            Value::String(s) => self.normalise_str(field, spec.ty, s),
+            Value::Number(n) if spec.ty == FieldType::Integer && n.as_u64().is_some() => Ok(zeroize::Zeroizing::new(n.to_string())),
+            _ => Err(bad("must be a JSON string")),
+        }
+    }
+
+    fn normalise_str(&self, field: &FieldName, ty: FieldType, s: &str) -> Result<Normalised, SchemaError> {
+        let without = |drop: &[char]| -> String { s.trim().chars().filter(|c| !drop.contains(c)).collect() };
+        let text = match ty {
+            FieldType::Iin => without(&[' ', '-']),
+            FieldType::Phone => without(&[' ', '-', '.', '(', ')']),
+            FieldType::Email => s.trim().to_lowercase(),
+            _ => s.trim().to_owned(),
+        };
+        // Checked as a stored value is; moved in and out of a `Value`, never copied.
+        let mut checked = Value::String(text);
+        let verdict = check_value(ty, &checked);
+        let Value::String(text) = &mut checked else { unreachable!("made a string above") };
+        let normal = zeroize::Zeroizing::new(std::mem::take(text));
+        verdict.map_err(|rule| SchemaError::BadValue { field: field.as_str().to_owned(), rule })?;
+        Ok(normal)
+    }
+
+    /// [`Schema::normalise`] of a stored value, given as the JSON text it was sealed as.
+    pub fn normalise_text(&self, field: &FieldName, json: &[u8]) -> Result<Normalised, SchemaError> {
+        let not_json = || SchemaError::BadValue { field: field.as_str().to_owned(), rule: "must be JSON" };
+        if json.first() == Some(&b'"') {
+            let spec = self.spec(field)?;
+            if !Self::indexable(spec.ty) {
+                return Err(SchemaError::BadValue { field: field.as_str().to_owned(), rule: "is not a field that can be indexed" });
+            }
+            let text = zeroize::Zeroizing::new(serde_json::from_slice::<String>(json).map_err(|_| not_json())?);
+            return self.normalise_str(field, spec.ty, &text);
+        }
+        // Not a string: a number, which is no one's name.
+        self.normalise(field, &serde_json::from_slice(json).map_err(|_| not_json())?)
+    }
+}
+
 /// The JSON text of `value`, as `serde_json` writes it (strings through [`push_json_str`]).
 fn json_text(value: &Value) -> Vec<u8> {
     if let Value::String(s) = value {
@@ -419,6 +480,28 @@ mod tests {
         for v in cases {
             assert_eq!(json_text(&v), serde_json::to_vec(&v).unwrap(), "{v}");
         }
+    }
+
+    #[test]
+    fn normal_forms_are_what_two_spellings_share() {
+        let s = Schema::default();
+        let n = |name: &str, v: Value| s.normalise(&f(name), &v).map(|t| t.to_string()).map_err(|e| e.to_string());
+        assert_eq!(n("identity.phone", json!("+7 701 123 45 67")), Ok("+77011234567".into()));
+        assert_eq!(n("identity.phone", json!("+7 (701) 123-45-67")), Ok("+77011234567".into()));
+        assert_eq!(n("identity.phone", json!("+77011234567")), Ok("+77011234567".into()));
+        assert_eq!(n("identity.iin", json!(" 900101 300017 ")), Ok("900101300017".into()));
+        assert_eq!(n("identity.iin", json!("900101-300017")), Ok("900101300017".into()));
+        assert_eq!(n("identity.email", json!("  A.B@Mail.KZ ")), Ok("a.b@mail.kz".into()));
+        assert_eq!(n("identity.full_name", json!(" Айгерім ")), Ok("Айгерім".into()));
+        assert_eq!(n("questionnaire.dependants", json!(2)), Ok("2".into()));
+        // A value that fails its field's check is refused, naming the rule, never the value.
+        for (name, v) in [("identity.iin", json!("900101300011")), ("identity.phone", json!("8 701 123")), ("identity.email", json!("x"))] {
+            let e = n(name, v.clone()).unwrap_err();
+            assert!(e.starts_with(&format!("field `{name}`")) && !e.contains(v.as_str().unwrap()), "{e}");
+        }
+        assert!(n("identity.iin", json!(900101300017u64)).unwrap_err().contains("JSON string"));
+        assert!(n("technical.ip", json!("10.0.0.1")).unwrap_err().contains("can be indexed"));
+        assert_eq!(s.normalise_text(&f("identity.email"), br#""A@B.KZ""#).unwrap().as_str(), "a@b.kz");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum Kind {
     Dek = 2,
     /// A KEK generation wrapped by the root key.
     Kek = 3,
+    /// A generation's blind-index key wrapped by the root key.
+    IndexKey = 4,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             1 => Ok(Kind::Field),
             2 => Ok(Kind::Dek),
             3 => Ok(Kind::Kek),
+            4 => Ok(Kind::IndexKey),
             _ => Err(Error::Malformed("unknown envelope kind")),
         }
     }

@@ -9,6 +9,7 @@
 //! The key hierarchy:
 //! ```text
 //! RootKey ──wraps──▶ Kek (generation g) ──wraps──▶ Dek (subject s, version v) ──seals──▶ fields
+//!    └─────wraps──▶ IndexKey (generation g) ──blinds──▶ indexed field values
 //! ```
 //! Wrapping (root→KEK, KEK→DEK) uses RustCrypto's `aes-gcm`, held in a `GcmKey` that zeroizes
 //! the whole key schedule on drop: the AES round keys (through `aes`'s `zeroize` feature, pinned
@@ -22,6 +23,7 @@
 mod dek;
 mod envelope;
 mod error;
+mod index;
 mod kek;
 mod rand;
 mod root;
@@ -30,6 +32,7 @@ mod secret;
 pub use dek::{Dek, DekVersion, FieldCipher, Sealer, WrappedDek};
 pub use envelope::{Envelope, Header, Kind, FORMAT_V1, OVERHEAD};
 pub use error::Error;
+pub use index::{BlindIndex, IndexKey, WrappedIndexKey};
 pub use kek::{Generation, Kek, WrappedKek};
 pub use root::{CredentialName, RootKey, RootKeySource};
 pub use secret::Secret;

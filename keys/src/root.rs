@@ -8,6 +8,7 @@ use ring::digest;
 use zeroize::Zeroizing;
 
 use crate::envelope::{Aad, Envelope, Header, Kind};
+use crate::index::{IndexKey, WrappedIndexKey};
 use crate::kek::{unwrap, wrap, GcmKey, Generation, Kek, WrappedKek};
 use crate::secret::Secret;
 use crate::Error;
@@ -202,6 +203,18 @@ impl RootKey {
     }
 }
 
+impl RootKey {
+    /// Wraps a generation's blind-index key.
+    pub fn wrap_index_key(&self, key: &IndexKey) -> Result<WrappedIndexKey, Error> {
+        key.wrap_with(&self.cipher, self.id)
+    }
+
+    /// Unwraps the blind-index key of `generation`.
+    pub fn unwrap_index_key(&self, generation: Generation, wrapped: &WrappedIndexKey) -> Result<IndexKey, Error> {
+        IndexKey::unwrap_with(&self.cipher, self.id, generation, wrapped)
+    }
+}
+
 fn kek_aad(header: &[u8], generation: Generation) -> Aad {
     Aad::new(header, "qoima.kek").u64(u64::from(generation.0))
 }
@@ -231,6 +244,23 @@ mod tests {
         let err = RootKeySource::File(path.clone()).load().unwrap_err();
         assert!(matches!(err, Error::RootKeyPermissions { mode: 0o644, .. }));
         assert!(err.to_string().contains("must be 0600 or 0400"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn index_keys_wrap_under_the_root_bound_to_their_generation() {
+        let dir = std::env::temp_dir().join(format!("qoima-root-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("root.key"));
+        let root = RootKey::generate_file(&dir.join("root.key")).unwrap();
+        let key = IndexKey::generate(Generation(3)).unwrap();
+        let wrapped = root.wrap_index_key(&key).unwrap();
+        let back = root.unwrap_index_key(Generation(3), &wrapped).unwrap();
+        assert_eq!(back.blind("f", b"v"), key.blind("f", b"v"));
+        assert!(root.unwrap_index_key(Generation(4), &wrapped).is_err(), "bound to its generation");
+        let kek = Kek::generate(Generation(3)).unwrap();
+        let wrapped_kek = root.wrap_kek(&kek).unwrap();
+        assert!(root.unwrap_index_key(Generation(3), &WrappedIndexKey(wrapped_kek.0)).is_err(), "a KEK is no index key");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,6 +8,7 @@ mod admin;
 mod edge;
 pub mod error;
 mod extract;
+mod lookup;
 mod metrics;
 mod privacy;
 mod subjects;
@@ -56,7 +57,7 @@ impl AppState {
     paths(
         subjects::put_subject, subjects::read_subject, subjects::rectify, subjects::open_contract, subjects::update_contract,
         subjects::give_consent, subjects::withdraw_consent, subjects::disclose, subjects::export, subjects::request_erasure,
-        subjects::erasure_status, subjects::rekey, privacy::create_session, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
+        subjects::erasure_status, subjects::rekey, lookup::lookup, privacy::create_session, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
         admin::destroy, admin::audit, admin::audit_verify,
         admin::healthz, admin::readyz
     ),
@@ -80,6 +81,9 @@ impl Modify for BearerAuth {
 /// flight) and 422 (that key used for another request).
 struct ProblemResponses;
 
+/// Operations that are POSTs only to keep what they look for out of URLs: reads.
+const READS_BY_POST: &[&str] = &["/v1/lookup"];
+
 impl Modify for ProblemResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{Content, Ref, Response};
@@ -93,7 +97,9 @@ impl Modify for ProblemResponses {
             let about_a_subject = path.starts_with("/v1/subjects/{id}");
             let ops =
                 [(false, &mut item.get), (true, &mut item.put), (true, &mut item.post), (true, &mut item.delete), (true, &mut item.patch)];
-            for (mutating, op) in ops.into_iter().filter_map(|(m, op)| op.as_mut().map(|op| (m, op))) {
+            // A POST that only reads (its value is in the body, never in a URL) takes no key.
+            let reads = READS_BY_POST.contains(&path.as_str());
+            for (mutating, op) in ops.into_iter().filter_map(|(m, op)| op.as_mut().map(|op| (m && !reads, op))) {
                 for (code, response) in op.responses.responses.iter_mut() {
                     let utoipa::openapi::RefOr::T(response) = response else { continue };
                     if code.as_str() >= "400" {
@@ -227,6 +233,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/subjects/{id}/erasure", post(subjects::request_erasure).get(subjects::erasure_status))
         .route("/v1/subjects/{id}/rekey", post(subjects::rekey))
         .route("/v1/subjects/{id}/privacy-session", post(privacy::create_session))
+        .route("/v1/lookup", post(lookup::lookup))
         .route("/v1/keys", get(admin::keys))
         .route("/v1/keys/rotate", post(admin::rotate))
         .route("/v1/keys/rewrap", post(admin::start_rewrap).get(admin::rewrap_progress))

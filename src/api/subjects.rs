@@ -36,7 +36,8 @@ pub async fn put_subject(
 }
 
 /// Read a subject's fields for a purpose (role service): only the fields the purpose allows,
-/// only while its legal basis holds.
+/// only while its legal basis holds. A field the purpose has only as a masked view
+/// (`identity.iin:last4`) comes back masked under its plain name, whatever `fields` asks.
 #[utoipa::path(get, path = "/v1/subjects/{id}", tag = "subjects",
     params(("id" = String, Path), ReadQuery),
     responses((status = 200, body = FieldsResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),

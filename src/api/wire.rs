@@ -573,3 +573,24 @@ mod tests {
         assert_eq!(format!("{:?}", out.fields["identity.full_name"]), "FieldText(<22 bytes>)", "Debug shows no value");
     }
 }
+
+/// `POST /v1/lookup`'s body. No `Debug`: the value is personal data.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBody {
+    /// An indexed field (`[[indexes]]`; shipped: `identity.iin`, `identity.phone`, `identity.email`).
+    pub field: String,
+    /// The value, in any spelling its field's normal form accepts (`+7 701 123 45 67`).
+    #[schema(value_type = String)]
+    pub value: serde_json::Value,
+    pub purpose: String,
+}
+
+/// `POST /v1/lookup`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LookupResponse {
+    pub field: String,
+    pub purpose: String,
+    /// The live subjects holding the value for whom the purpose's basis holds, in id order.
+    pub subjects: Vec<String>,
+}

@@ -24,7 +24,8 @@ pub fn new_token() -> String {
 /// The configuration the development default parses, before its callers.
 const EMBEDDED: &str = "data_dir = \"data\"\n[root_key]\nfile = \".qoima-dev/root.key\"\n";
 
-/// The development callers: one per role, the service granted every shipped purpose.
+/// The development callers: one per role, the service granted the four purposes of the privacy
+/// policy (`call_centre`, which reads through masked views, is for callers configured for it).
 const DEV_CALLERS: [(&str, &str, &[&str]); 4] = [
     ("dev-service", "service", &["loan_issuance", "loan_monitoring", "third_party_transfer", "advertising"]),
     ("dev-website", "website", &[]),

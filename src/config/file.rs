@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
     pub purposes: Vec<Spanned<PurposeDef>>,
     #[serde(default)]
     pub schema: BTreeMap<String, Category>,
+    /// `[[indexes]]`; absent: the shipped default.
+    pub indexes: Option<Vec<Spanned<IndexDef>>>,
     pub tls: Option<TlsSettings>,
     pub privacy: Option<Spanned<RawPrivacy>>,
 }
@@ -128,6 +130,15 @@ pub(super) struct RetentionSettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct CacheSettings {
     pub subjects_mib: Option<usize>,
+}
+
+/// One `[[indexes]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IndexDef {
+    pub field: String,
+    #[serde(default)]
+    pub unique: bool,
 }
 
 /// One `[[purposes]]` entry.

@@ -15,12 +15,13 @@ use crate::auth::Callers;
 use crate::policy::Purposes;
 use crate::privacy::PrivacySettings;
 use crate::schema::Schema;
-use crate::vault::Settings;
+use crate::vault::{IndexedField, Settings};
 
 mod callers;
 mod dev;
 mod error;
 mod file;
+mod indexes;
 mod paths;
 mod privacy;
 mod schema;
@@ -52,6 +53,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub schema: Schema,
     pub purposes: Purposes,
+    /// The fields kept in the blind index (`[[indexes]]`).
+    pub indexes: Vec<IndexedField>,
     /// HTTPS for the listener, if configured.
     pub tls: Option<crate::tls::TlsSettings>,
     /// The borrower's privacy centre.
@@ -95,6 +98,7 @@ impl Config {
         let root_key = paths::root_key(raw.root_key, env, &data_dir, base, src)?;
         let schema = schema::schema(raw.schema, src)?;
         let purposes = schema::purposes(raw.purposes, &schema, src)?;
+        let indexes = indexes::indexes(raw.indexes, &schema, src)?;
         let callers = callers::callers(raw.callers, &purposes, &schema, base, src)?;
         let policy_version = policy_version(raw.policy_version, src)?;
         let limits = settings::limits(raw.limits, src)?;
@@ -116,6 +120,7 @@ impl Config {
             cache,
             schema,
             purposes,
+            indexes,
             tls: paths::tls(raw.tls, base),
             privacy,
             lock_memory,
@@ -131,6 +136,7 @@ impl Config {
             keyring_escrow: self.keyring_escrow.clone(),
             schema: self.schema.clone(),
             purposes: self.purposes.clone(),
+            indexes: self.indexes.clone(),
             policy_version: self.policy_version.clone(),
             dek_seal_limit: self.keys.dek_seal_limit,
             kek_wrap_limit: self.keys.kek_wrap_limit,

@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::error::{ConfigError, Source};
 use super::file;
 use crate::domain::FieldName;
-use crate::policy::{BasisRule, PurposeDef, Purposes};
+use crate::policy::{BasisRule, FieldGrant, PurposeDef, Purposes, View};
 use crate::schema::{Category, FieldSpec, FieldType, Schema};
 
 /// `[schema.<category>]` sections over the shipped default: a category named in the file
@@ -66,7 +66,8 @@ fn basis(raw: file::BasisRule) -> BasisRule {
 }
 
 /// `[[purposes]]` over the shipped default: each named once, reading at least one field, and
-/// only fields the schema has. The defaults kept must still fit a schema the file changed.
+/// only fields the schema has, each view on a field of a type it fits. The defaults kept must
+/// still fit a schema the file changed.
 pub(super) fn purposes(raw: Vec<Spanned<file::PurposeDef>>, schema: &Schema, src: Source<'_>) -> Result<Purposes, ConfigError> {
     let mut purposes = Purposes::default();
     let mut seen = BTreeSet::new();
@@ -79,15 +80,64 @@ pub(super) fn purposes(raw: Vec<Spanned<file::PurposeDef>>, schema: &Schema, src
         if fields.is_empty() {
             return Err(src.at(span.start, format!("purpose {name} allows no fields")));
         }
-        if let Some(bad) = fields.iter().find(|f| !schema.pattern_is_known(f)) {
-            return Err(src.at(span.start, format!("purpose {name} names `{bad}`, which is not in the schema")));
+        let fields = fields
+            .iter()
+            .map(|entry| FieldGrant::parse(entry).map_err(|e| src.at(span.start, format!("purpose {name} names `{entry}`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let def = PurposeDef { name, basis: basis(rule), fields };
+        if let Some(misfit) = misfit(&def, schema) {
+            return Err(src.at(span.start, misfit.say(&def, "which is not in the schema")));
         }
-        purposes.0.insert(name.clone(), PurposeDef { name, basis: basis(rule), fields });
+        purposes.0.insert(def.name.clone(), def);
     }
     for def in purposes.0.values() {
-        if let Some(bad) = def.fields.iter().find(|f| !schema.pattern_is_known(f)) {
-            return Err(src.rule(format!("purpose {} names `{bad}`, which the schema no longer has", def.name)));
+        if let Some(misfit) = misfit(def, schema) {
+            return Err(src.rule(misfit.say(def, "which the schema no longer has")));
         }
     }
     Ok(purposes)
+}
+
+/// An entry of a purpose's `fields` the schema does not fit.
+enum Misfit<'a> {
+    /// Its pattern names nothing in the schema.
+    Unknown(&'a FieldGrant),
+    /// Its view does not apply to the field's type; the text says which types it needs.
+    View(&'a FieldGrant, &'static str),
+    /// The same field with another view: which one a read shows would be the order's accident.
+    TwoViews(&'a FieldGrant, &'a FieldGrant),
+}
+
+impl Misfit<'_> {
+    fn say(&self, def: &PurposeDef, unknown: &str) -> String {
+        match self {
+            Misfit::Unknown(g) => format!("purpose {} names `{g}`, {unknown}", def.name),
+            Misfit::View(g, needs) => format!("purpose {} names `{g}`: {needs}", def.name),
+            Misfit::TwoViews(g, other) => format!("purpose {} names `{g}` and `{other}`: a field takes one view", def.name),
+        }
+    }
+}
+
+fn misfit<'a>(def: &'a PurposeDef, schema: &Schema) -> Option<Misfit<'a>> {
+    def.fields.iter().find_map(|g| {
+        if !schema.pattern_is_known(&g.pattern) {
+            return Some(Misfit::Unknown(g));
+        }
+        let view = g.view?;
+        // A view names one field (`FieldGrant::parse` refuses `cat.*`), which the schema has.
+        let ty = FieldName::parse(&g.pattern).ok().and_then(|f| schema.spec(&f).ok())?.ty;
+        let fits = match view {
+            View::Year => matches!(ty, FieldType::Date | FieldType::Timestamp),
+            View::Last4 => !matches!(ty, FieldType::Number | FieldType::Integer),
+        };
+        let needs = match view {
+            View::Year => "the year view applies only to date and timestamp fields",
+            View::Last4 => "the last4 view applies only to fields held as text, not to number or integer fields",
+        };
+        if !fits {
+            return Some(Misfit::View(g, needs));
+        }
+        let other = def.fields.iter().find(|o| o.pattern == g.pattern && o.view.is_some_and(|v| v != view))?;
+        Some(Misfit::TwoViews(g, other))
+    })
 }

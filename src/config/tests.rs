@@ -37,7 +37,7 @@ fn the_design_example_parses() {
     assert_eq!(c.erasure_journal, PathBuf::from("/var/lib/qoima-erasures.jsonl"));
     let caller = c.callers.authenticate("test").unwrap();
     assert_eq!(caller.name.as_str(), "origination");
-    assert_eq!(c.purposes.0.len(), 4);
+    assert_eq!(c.purposes.0.len(), 5, "the shipped four and call_centre");
 }
 
 #[test]
@@ -242,6 +242,55 @@ fn every_field_type_and_basis_reaches_the_core_types() {
     }
     for (name, basis) in bases {
         let p = c.purposes.get(&crate::domain::Purpose::parse(&format!("p_{name}")).unwrap()).unwrap();
-        assert_eq!((p.basis, p.fields.clone()), (basis, vec!["extra.*".to_string()]), "{name}");
+        assert_eq!((p.basis, p.fields.clone()), (basis, vec![crate::policy::FieldGrant::full("extra.*")]), "{name}");
     }
+}
+
+#[test]
+fn purpose_views_parse_and_fit_the_schema() {
+    use crate::policy::{Access, View};
+    let purpose = |fields: &str| format!("{GOOD}\n[[purposes]]\nname = \"desk\"\nbasis = \"consent\"\nfields = [{fields}]\n");
+    let text = purpose(r#""identity.iin:last4", "identity.birth_date:year", "technical.access_time:year", "identity.email:last4""#);
+    let c = parse(&text).unwrap();
+    let desk = c.purposes.get(&crate::domain::Purpose::parse("desk").unwrap()).unwrap();
+    let f = |n: &str| crate::domain::FieldName::parse(n).unwrap();
+    assert_eq!(desk.access(f("identity.iin").borrowed()), Some(Access::View(View::Last4)));
+    assert_eq!(desk.access(f("identity.birth_date").borrowed()), Some(Access::View(View::Year)));
+    assert_eq!(desk.fields[2].to_string(), "technical.access_time:year");
+    let cc = c.purposes.get(&crate::domain::Purpose::parse("call_centre").unwrap()).unwrap();
+    assert_eq!(cc.access(f("identity.phone").borrowed()), Some(Access::View(View::Last4)), "the shipped default has its views");
+    for (fields, says) in [
+        (r#""identity.iin:first4""#, "purpose desk names `identity.iin:first4`: unknown view `first4` (views: last4, year)"),
+        (r#""identity.iin:""#, "purpose desk names `identity.iin:`: unknown view `` (views: last4, year)"),
+        (r#""identity.*:last4""#, "purpose desk names `identity.*:last4`: a view applies to one field, not to a whole category"),
+        (r#""identity.iin:year""#, "purpose desk names `identity.iin:year`: the year view applies only to date and timestamp fields"),
+        (
+            r#""questionnaire.monthly_income:last4""#,
+            "purpose desk names `questionnaire.monthly_income:last4`: the last4 view applies only to fields held as text, not to number or integer fields",
+        ),
+        (
+            r#""questionnaire.dependants:last4""#,
+            "purpose desk names `questionnaire.dependants:last4`: the last4 view applies only to fields held as text",
+        ),
+        (r#""identity.shoe:last4""#, "purpose desk names `identity.shoe:last4`, which is not in the schema"),
+        (
+            r#""identity.birth_date:year", "identity.birth_date:last4""#,
+            "purpose desk names `identity.birth_date:year` and `identity.birth_date:last4`: a field takes one view",
+        ),
+    ] {
+        let e = parse(&purpose(fields)).unwrap_err().to_string();
+        assert!(e.starts_with("qoima.toml:14:") && e.contains(says), "{fields}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    // A view and the whole value of the same field: allowed, and the whole value wins.
+    let both = parse(&purpose(r#""identity.iin:last4", "identity.*""#)).unwrap();
+    let desk = both.purposes.get(&crate::domain::Purpose::parse("desk").unwrap()).unwrap();
+    assert_eq!(desk.access(f("identity.iin").borrowed()), Some(Access::Full));
+    // A schema change the shipped call centre's views no longer fit names the default.
+    let changed = format!("{GOOD}\n[schema.identity.fields]\nfull_name = {{ type = \"text\" }}\niin = {{ type = \"text\" }}\nphone = {{ type = \"phone\" }}\nbirth_date = {{ type = \"text\" }}\nemail = {{ type = \"email\" }}\naddress = {{ type = \"text\" }}\n");
+    let e = parse(&changed).unwrap_err().to_string();
+    assert!(
+        e.contains("purpose call_centre names `identity.birth_date:year`: the year view applies only to date and timestamp fields"),
+        "{e}"
+    );
 }

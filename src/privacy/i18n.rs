@@ -315,6 +315,7 @@ pub const PURPOSES: Labels = &[
     ("loan_monitoring", ["Қарыз шартының орындалуын бақылау", "Сопровождение займа", "Monitoring the loan"]),
     ("third_party_transfer", ["Үшінші тұлғаларға беру", "Передача третьим лицам", "Transfer to third parties"]),
     ("advertising", ["Жарнамалық ұсыныстар", "Рекламные предложения", "Advertising offers"]),
+    ("call_centre", ["Байланыс орталығы", "Колл-центр", "Call centre"]),
 ];
 
 /// Contract states.

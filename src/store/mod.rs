@@ -69,10 +69,13 @@ pub enum Space {
     /// Idempotency records of mutating requests (src/vault/idempotency.rs): by a digest of
     /// caller and key, with a subject index (for erasure) and a time index (for the sweep).
     Idempotency,
+    /// Blind indexes of field values (src/vault/index.rs): by generation, field and index, and
+    /// by subject (for its writes and its erasure).
+    Index,
 }
 
 impl Space {
-    pub const ALL: [Space; 12] = [
+    pub const ALL: [Space; 13] = [
         Space::Keyring,
         Space::Subjects,
         Space::Records,
@@ -85,6 +88,7 @@ impl Space {
         Space::Jobs,
         Space::Access,
         Space::Idempotency,
+        Space::Index,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +105,7 @@ impl Space {
             Space::Jobs => "jobs",
             Space::Access => "access",
             Space::Idempotency => "idempotency",
+            Space::Index => "index",
         }
     }
 
@@ -144,6 +149,11 @@ impl Batch {
     /// Deletes every key starting with `prefix`.
     pub fn delete_prefix(&mut self, space: Space, prefix: &[u8]) {
         self.ops.push(Op::DeleteRange(space, prefix.to_vec(), prefix_end(prefix)));
+    }
+
+    /// Deletes `[from, to)`.
+    pub fn delete_range(&mut self, space: Space, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(space, from.into(), to.into()));
     }
 
     pub fn add(&mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) {

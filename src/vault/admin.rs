@@ -5,7 +5,7 @@ use qoima_keys::Generation;
 use super::budget::{Admit, Unrecorded};
 use super::codec::SubjectMeta;
 use super::followup::KEYRING_PURGE_KEY;
-use super::keyring::{dek_count_key, meta_key, wrapped_key, KekInfo, KekState};
+use super::keyring::{dek_count_key, index_key_key, meta_key, wrapped_key, KekInfo, KekState};
 use super::{Ctx, Vault, VaultError};
 use crate::audit::{Decision, Draft};
 use crate::domain::rfc3339;
@@ -131,6 +131,11 @@ impl Vault {
         info.destroyed_at = Some(self.clock.now());
         let mut batch = Batch::default();
         batch.delete(Space::Keyring, wrapped_key(g));
+        // Its blind-index key goes with it, and any entry still made with it (the rewrap moves
+        // every subject's to the active generation, so normally there are none).
+        batch.delete(Space::Keyring, index_key_key(g));
+        let (from, to) = crate::layout::index_generation(g);
+        batch.delete_range(Space::Index, from, to);
         batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
         // Owed from this commit on, until done: the deletion forced out of the store files.
         batch.put(Space::Jobs, KEYRING_PURGE_KEY.to_vec(), vec![1]);

@@ -1,7 +1,7 @@
 //! Disclosing fields to a third party on a basis (P10).
 
 use super::codec::DisclosureRecord;
-use super::read::FieldValues;
+use super::read::{audited_names, views_of, FieldValues};
 use super::subject_cache::SealedRef;
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{random_hex, SubjectId};
@@ -64,7 +64,9 @@ impl Vault {
         let grant = policy::decide_disclosure(&ctx.caller, purpose, req.basis, req.reference.as_deref(), req.abroad, &facts, now)
             .map_err(|d| self.refuse(ctx, Action::Disclose, Some(s), p, names.clone(), d.into()))?;
         let records = self.load_records(s, Some(&fields), |_| true)?;
-        let opened = self.dek(s, &meta).and_then(|dek| self.decrypt(s, &dek, records.iter().map(SealedRef::from)));
+        // A field the transfer purpose has only as a view is disclosed through it, never whole.
+        let opened =
+            self.dek(s, &meta).and_then(|dek| self.decrypt_viewed(s, &dek, records.iter().map(SealedRef::from), views_of(purpose)));
         let values = match opened {
             Ok(v) => v,
             Err(e) => {
@@ -77,7 +79,7 @@ impl Vault {
             recipient: recipient.to_owned(),
             basis: req.basis.as_str().to_owned(),
             reference: req.reference.clone().filter(|r| !r.trim().is_empty()),
-            fields: values.keys().cloned().collect(),
+            fields: audited_names(purpose, values.keys()),
             abroad: req.abroad,
             caller: ctx.caller.name.to_string(),
             time: now,

@@ -22,6 +22,9 @@ use crate::store::{Batch, Space, StoreError};
 #[derive(Default)]
 pub(super) struct PurgeQueue {
     pub(super) queue: Mutex<std::collections::BTreeSet<String>>,
+    /// The index entries each shred deleted, as the ranges its purge compacts. A subject
+    /// queued without them (its shred ran before a restart) has the whole index space purged.
+    index_ranges: Mutex<std::collections::BTreeMap<String, Vec<(Space, Vec<u8>, Vec<u8>)>>>,
     turn: Mutex<()>,
 }
 
@@ -147,6 +150,10 @@ impl Vault {
             batch.delete_prefix(space, &subject_prefix(s));
         }
         self.forget_idempotency_of(s, batch)?;
+        // Its blind-index entries: no lookup finds it once this is committed, and the purge
+        // compacts them out of the files.
+        let ranges = self.unindex_into(s, batch)?;
+        self.purges.index_ranges.lock().unwrap_or_else(|p| p.into_inner()).insert(s.to_owned(), ranges);
         batch.add(Space::Keyring, dek_count_key(generation), -1);
         record.status = ErasureStatus::Erased;
         record.erased_at = Some(now);
@@ -172,7 +179,16 @@ impl Vault {
             }
             std::mem::take(&mut *q).into_iter().collect()
         };
-        let ranges: Vec<_> = subjects.iter().flat_map(|s| purge_ranges(s)).collect();
+        let mut ranges: Vec<_> = subjects.iter().flat_map(|s| purge_ranges(s)).collect();
+        {
+            let known = self.purges.index_ranges.lock().unwrap_or_else(|p| p.into_inner());
+            if subjects.iter().all(|s| known.contains_key(s)) {
+                ranges.extend(subjects.iter().flat_map(|s| known[s].iter().cloned()));
+            } else {
+                // Shredded before a restart: which entries went is no longer known.
+                ranges.push((Space::Index, Vec::new(), vec![0xff]));
+            }
+        }
         let purged = if self.faults.purges_failing() {
             Err(StoreError::Io("purge failed (injected fault)".into()))
         } else {
@@ -182,6 +198,12 @@ impl Vault {
             // Not purged: leave them queued for the next turn (or the next start).
             self.purges.queue.lock().unwrap_or_else(|p| p.into_inner()).extend(subjects);
             return Err(e.into());
+        }
+        {
+            let mut known = self.purges.index_ranges.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &subjects {
+                known.remove(s);
+            }
         }
         for s in &subjects {
             let _lock = self.locks.lock(s);

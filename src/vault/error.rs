@@ -54,6 +54,10 @@ pub enum VaultError {
          new generation: nothing was done, retry"
     )]
     WrapLimit { generation: u32, limit: u64 },
+    /// A lookup on a field whose entries are still being built (a data directory written
+    /// before the field was indexed): nothing was looked up; retry (503, `Retry-After`).
+    #[error("the index of {field} is still being built; retry in {retry_after_secs} s")]
+    IndexBuilding { field: String, retry_after_secs: u64 },
     /// Storage or audit cannot take writes: nothing was done, nothing is returned (503).
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -90,6 +94,9 @@ pub enum Invalid {
     /// A whole-subject read too large for one answer.
     #[error("the subject's records come to more than 4 GiB: name the fields to read")]
     TooLarge,
+    /// A lookup on a field that is not indexed (`[[indexes]]`).
+    #[error("{field} is not an indexed field")]
+    NotIndexed { field: String },
     /// A purpose the configuration does not define.
     #[error("unknown purpose {purpose}")]
     UnknownPurpose { purpose: String },
@@ -162,6 +169,10 @@ pub enum Conflict {
     /// A contract created twice.
     #[error("contract {contract} already exists ({status})")]
     ContractExists { contract: String, status: &'static str },
+    /// A unique field's value (`[[indexes]] unique`) that another live subject holds. Names
+    /// the field, never the value or the other subject.
+    #[error("{field} is unique and another subject already holds this value; nothing was stored")]
+    UniqueValue { field: String },
     /// A change to a settled contract.
     #[error("contract {contract} is settled; a settled contract does not change")]
     ContractSettled { contract: String },

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use qoima_keys::{Generation, Kek, RootKey, WrappedKek};
+use qoima_keys::{Generation, IndexKey, Kek, RootKey, WrappedIndexKey, WrappedKek};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -52,6 +52,11 @@ pub(crate) fn meta_key(g: Generation) -> Vec<u8> {
 /// A generation's key, wrapped by the root key.
 pub fn wrapped_key(g: Generation) -> Vec<u8> {
     layout::kek(g, KekPart::Wrapped)
+}
+
+/// A generation's blind-index key, wrapped by the root key.
+pub(crate) fn index_key_key(g: Generation) -> Vec<u8> {
+    layout::kek(g, KekPart::IndexKey)
 }
 
 /// Counter of DEKs wrapped by a generation right now.
@@ -104,6 +109,10 @@ pub struct EscrowEntry {
     pub info: KekInfo,
     /// Hex of the wrapped KEK; absent once destroyed.
     pub wrapped: Option<String>,
+    /// Hex of the generation's wrapped blind-index key; absent once destroyed (and in escrow
+    /// files written before indexes existed: the vault makes one at its next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_key: Option<String>,
 }
 
 impl Escrow {
@@ -111,8 +120,10 @@ impl Escrow {
     pub fn from_store(store: &Store) -> Result<Self, StoreError> {
         let mut generations = Vec::new();
         for (info, _) in read_infos(store)? {
-            let wrapped = store.get(Space::Keyring, &wrapped_key(Generation(info.generation)))?.map(hex::encode);
-            generations.push(EscrowEntry { info, wrapped });
+            let g = Generation(info.generation);
+            let wrapped = store.get(Space::Keyring, &wrapped_key(g))?.map(hex::encode);
+            let index_key = store.get(Space::Keyring, &index_key_key(g))?.map(hex::encode);
+            generations.push(EscrowEntry { info, wrapped, index_key });
         }
         Ok(Self { format: 1, generations })
     }
@@ -157,14 +168,31 @@ impl Escrow {
                 ),
                 None => batch.delete(Space::Keyring, wrapped_key(g)),
             }
+            match &e.index_key {
+                Some(h) => batch.put(
+                    Space::Keyring,
+                    index_key_key(g),
+                    hex::decode(h).map_err(|_| StoreError::Corrupt { space: "keyring escrow", what: "wrapped index key" })?,
+                ),
+                None => batch.delete(Space::Keyring, index_key_key(g)),
+            }
         }
         Ok(())
     }
 }
 
-/// A fresh active generation `g`, its record and wrapped key added to `batch`.
-fn new_generation(root: &RootKey, g: Generation, now: OffsetDateTime, batch: &mut Batch) -> Result<(Kek, KekInfo), VaultError> {
+/// A fresh blind-index key for generation `g`, wrapped into `batch`.
+fn new_index_key(root: &RootKey, g: Generation, batch: &mut Batch) -> Result<IndexKey, VaultError> {
+    let key = IndexKey::generate(g)?;
+    batch.put(Space::Keyring, index_key_key(g), root.wrap_index_key(&key)?.0);
+    Ok(key)
+}
+
+/// A fresh active generation `g` (its KEK and its index key), its record and wrapped keys
+/// added to `batch`.
+fn new_generation(root: &RootKey, g: Generation, now: OffsetDateTime, batch: &mut Batch) -> Result<(Kek, IndexKey, KekInfo), VaultError> {
     let kek = Kek::generate(g)?;
+    let index = new_index_key(root, g, batch)?;
     let info = KekInfo {
         generation: g.0,
         state: KekState::Active,
@@ -175,12 +203,20 @@ fn new_generation(root: &RootKey, g: Generation, now: OffsetDateTime, batch: &mu
     };
     batch.put(Space::Keyring, meta_key(g), serde_json::to_vec(&info).expect("serialises"));
     batch.put(Space::Keyring, wrapped_key(g), root.wrap_kek(&kek)?.0);
-    Ok((kek, info))
+    Ok((kek, index, info))
+}
+
+/// A rotation's new generation: its KEK and its blind-index key.
+pub struct Rotated {
+    pub kek: Arc<Kek>,
+    pub index: Arc<IndexKey>,
 }
 
 struct Ring {
     active: Generation,
     keks: BTreeMap<Generation, Arc<Kek>>,
+    /// Each live generation's blind-index key.
+    index_keys: BTreeMap<Generation, Arc<IndexKey>>,
     infos: BTreeMap<Generation, KekInfo>,
     /// Wraps made (or taken, for a write still being committed) with the active generation:
     /// its stored counter at load, then counted here before each wrap. Over-counts a wrap
@@ -220,11 +256,14 @@ impl Keyring {
         let mut infos: BTreeMap<Generation, KekInfo> = read_infos(store)?.into_iter().map(|(i, _)| (Generation(i.generation), i)).collect();
         if infos.is_empty() {
             let mut b = Batch::default();
-            let (_, info) = new_generation(&root, Generation(1), now, &mut b)?;
+            let (_, _, info) = new_generation(&root, Generation(1), now, &mut b)?;
             store.write(&b)?;
             infos.insert(Generation(1), info);
         }
         let mut keks = BTreeMap::new();
+        let mut index_keys = BTreeMap::new();
+        // Generations made before blind indexes existed get their index key now.
+        let mut made = Batch::default();
         let mut active = None;
         for (g, info) in &infos {
             if info.state == KekState::Destroyed {
@@ -238,13 +277,21 @@ impl Keyring {
                 .ok_or(StoreError::Corrupt { space: "keyring", what: "wrapped generation missing" })?;
             let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?;
             keks.insert(*g, Arc::new(kek));
+            let index = match store.get(Space::Keyring, &index_key_key(*g))? {
+                Some(w) => root.unwrap_index_key(*g, &WrappedIndexKey(w)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?,
+                None => new_index_key(&root, *g, &mut made)?,
+            };
+            index_keys.insert(*g, Arc::new(index));
+        }
+        if !made.is_empty() {
+            store.write(&made)?;
         }
         let active = active.ok_or(StoreError::Corrupt { space: "keyring", what: "no active generation" })?;
         let wraps = store.counter(Space::Keyring, &wrap_count_key(active))?.max(0) as u64;
         let wrap_limit = wrap_limit.max(1);
         Ok(Self {
             root,
-            ring: RwLock::new(Ring { active, keks, infos, active_wraps: AtomicU64::new(wraps) }),
+            ring: RwLock::new(Ring { active, keks, index_keys, infos, active_wraps: AtomicU64::new(wraps) }),
             admin: Mutex::new(()),
             wrap_limit,
             rotation_due: AtomicBool::new(wraps >= rotation_point(wrap_limit)),
@@ -311,6 +358,27 @@ impl Keyring {
         self.read().keks.get(&g).cloned().ok_or_else(|| VaultError::Internal(super::error::Internal::GenerationUnknown { generation: g.0 }))
     }
 
+    /// The blind-index key of the active generation, which indexes what is written now.
+    pub fn active_index_key(&self) -> Arc<IndexKey> {
+        let r = self.read();
+        r.index_keys[&r.active].clone()
+    }
+
+    /// The blind-index key of generation `g`, if it is not destroyed.
+    pub fn index_key(&self, g: Generation) -> Result<Arc<IndexKey>, VaultError> {
+        self.read()
+            .index_keys
+            .get(&g)
+            .cloned()
+            .ok_or_else(|| VaultError::Internal(super::error::Internal::GenerationUnknown { generation: g.0 }))
+    }
+
+    /// The blind-index key of every live generation, oldest first: a lookup consults them all,
+    /// since a subject's entries move to the active one only when the rewrap reaches it.
+    pub fn index_keys(&self) -> Vec<Arc<IndexKey>> {
+        self.read().index_keys.values().cloned().collect()
+    }
+
     pub fn infos(&self) -> Vec<KekInfo> {
         self.read().infos.values().cloned().collect()
     }
@@ -326,12 +394,12 @@ impl Keyring {
     /// Prepares a rotation: a new generation, active, the old one decrypt-only. Apply the
     /// returned batch (with its audit entry), then call [`Keyring::install`]. Hold
     /// [`Keyring::admin`] across both.
-    pub fn prepare_rotate(&self, now: OffsetDateTime) -> Result<(Batch, Arc<Kek>, KekInfo, Option<KekInfo>), VaultError> {
+    pub fn prepare_rotate(&self, now: OffsetDateTime) -> Result<(Batch, Rotated, KekInfo, Option<KekInfo>), VaultError> {
         let r = self.read();
         let next = Generation(r.infos.keys().next_back().map(|g| g.0 + 1).unwrap_or(1));
         let mut b = Batch::default();
-        let (kek, info) = new_generation(&self.root, next, now, &mut b)?;
-        let kek = Arc::new(kek);
+        let (kek, index, info) = new_generation(&self.root, next, now, &mut b)?;
+        let kek = Rotated { kek: Arc::new(kek), index: Arc::new(index) };
         let old = r.infos.get(&r.active).cloned().map(|mut o| {
             o.state = KekState::DecryptOnly;
             o.retired_at = Some(now);
@@ -342,9 +410,11 @@ impl Keyring {
     }
 
     /// Makes a committed rotation visible.
-    pub fn install(&self, kek: Arc<Kek>, info: KekInfo, old: Option<KekInfo>) {
+    pub fn install(&self, new: Rotated, info: KekInfo, old: Option<KekInfo>) {
+        let Rotated { kek, index } = new;
         let mut r = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let g = kek.generation();
+        r.index_keys.insert(g, index);
         if let Some(o) = old {
             r.infos.insert(Generation(o.generation), o);
         }
@@ -361,6 +431,7 @@ impl Keyring {
         let mut r = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let g = Generation(info.generation);
         r.keks.remove(&g);
+        r.index_keys.remove(&g);
         r.infos.insert(g, info);
     }
 
@@ -374,6 +445,9 @@ impl Keyring {
         let r = self.read();
         for (g, kek) in &r.keks {
             batch.put(Space::Keyring, wrapped_key(*g), new_root.wrap_kek(kek)?.0);
+        }
+        for (g, key) in &r.index_keys {
+            batch.put(Space::Keyring, index_key_key(*g), new_root.wrap_index_key(key)?.0);
         }
         Ok(r.keks.len())
     }

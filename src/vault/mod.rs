@@ -23,6 +23,8 @@ mod export;
 mod facts;
 mod followup;
 mod idempotency;
+mod index;
+pub mod index_job;
 mod journal;
 pub mod keyring;
 mod lookup;
@@ -57,7 +59,7 @@ pub use idempotency::{canonical_json, Idempotency, IdempotencyKey};
 pub use journal::{ErasureJournal, JournalEntry};
 pub use keyring::{KekInfo, KekState, Keyring};
 pub use read::{FieldText, FieldTexts, FieldValues};
-pub use settings::{default_journal_path, sibling, Settings};
+pub use settings::{default_indexes, default_journal_path, sibling, IndexedField, Settings};
 pub use subject_cache::{SubjectCache, SubjectView};
 pub use subject_locks::SubjectLocks;
 pub use write::WriteOutcome;
@@ -128,6 +130,10 @@ pub struct Vault {
     mandatory: Vec<FieldName>,
     /// Idempotency keys of requests being processed (one at a time per caller and key).
     in_flight: idempotency::InFlight,
+    /// Unique values being written (the blind index's uniqueness).
+    value_locks: index::ValueLocks,
+    /// The build of entries for fields indexed after their data was written.
+    index_build: index_job::IndexRunner,
 }
 
 /// How reads and writes were answered: in [`Mode::NoWait`] on the async thread, from memory,
@@ -218,8 +224,11 @@ impl Vault {
             faults,
             answer_paths: Default::default(),
             in_flight: Default::default(),
+            value_locks: index::ValueLocks::new()?,
+            index_build: Default::default(),
         };
         vault.write_escrow()?;
+        vault.plan_index_build()?;
         vault.resume_erasures()?;
         if vault.store.get(Space::Jobs, followup::KEYRING_PURGE_KEY)?.is_some() {
             vault.keyring_purge_or_defer();
@@ -231,6 +240,7 @@ impl Vault {
     /// written what it holds.
     pub fn close(&self) {
         self.rewrap.stop();
+        self.index_build.stop();
         self.stop_follow_ups();
         if let Err(e) = self.flush_unrecorded_auth_failures() {
             tracing::warn!(error = %e, "could not record the count of unrecorded failed authentications");

@@ -12,7 +12,7 @@ use super::records::VIEW_FIELDS;
 use super::subject_cache::{SealedRecords, SealedRef, SubjectView};
 use super::{Ctx, Vault, VaultError};
 use crate::domain::{FieldName, FieldRef, SubjectId};
-use crate::policy::{self, Action, Denial};
+use crate::policy::{self, Action, Denial, View};
 use crate::store::{Batch, Tier};
 
 /// Decrypted field values by name. Built only after the read's audit entry is durable.
@@ -33,6 +33,14 @@ impl FieldText {
     fn from_plaintext(plain: Vec<u8>) -> Result<Self, VaultError> {
         let text = String::from_utf8(plain).map_err(|_| not_json())?;
         serde_json::value::RawValue::from_string(text).map(Self).map_err(|_| not_json())
+    }
+
+    /// `view` of the decrypted JSON text `plain`, as a JSON string. The whole value lives only
+    /// in `plain` (the decryption's zeroizing buffer) and one copy zeroized once masked
+    /// (serde_json's scratch space for unescaping a string with escapes aside).
+    fn viewed(plain: &[u8], view: View) -> Result<Self, VaultError> {
+        let masked = serde_json::to_string(&masked(plain, view)?).expect("a string serialises");
+        serde_json::value::RawValue::from_string(masked).map(Self).map_err(|_| not_json())
     }
 
     /// The JSON text.
@@ -73,6 +81,19 @@ impl<'de> serde::Deserialize<'de> for FieldText {
 impl serde::Serialize for FieldText {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(serializer)
+    }
+}
+
+/// `view` of the decrypted JSON text `plain`: of the string it holds or, for a value that is
+/// not a string (sealed as a number before a schema change made its field text), of its JSON
+/// text.
+fn masked(plain: &[u8], view: View) -> Result<String, VaultError> {
+    match serde_json::from_slice::<String>(plain) {
+        Ok(whole) => Ok(view.apply(&zeroize::Zeroizing::new(whole))),
+        Err(_) => {
+            let raw: &serde_json::value::RawValue = serde_json::from_slice(plain).map_err(|_| not_json())?;
+            Ok(view.apply(raw.get()))
+        }
     }
 }
 
@@ -131,6 +152,25 @@ impl ReadRequest<'_> {
     }
 }
 
+/// What [`Vault::decrypt_texts`] asks of each field: the view `purpose` shows it through. A
+/// purpose without views (the shipped four) answers without looking at its entries again.
+pub(super) fn views_of(purpose: &policy::PurposeDef) -> impl Fn(FieldRef<'_>) -> Option<View> + '_ {
+    let any = purpose.has_views();
+    move |f| if any { purpose.view(f) } else { None }
+}
+
+/// The names an access's audit entry records: a field shown through a view as `field:view`
+/// (`identity.iin:last4`), so the trail says what was seen.
+pub(super) fn audited_names<'n>(purpose: &policy::PurposeDef, names: impl Iterator<Item = &'n String>) -> Vec<String> {
+    let views = views_of(purpose);
+    names
+        .map(|n| match views(FieldRef::of_parsed(n)) {
+            Some(v) => format!("{n}:{}", v.as_str()),
+            None => n.clone(),
+        })
+        .collect()
+}
+
 impl Vault {
     /// Opens `records` of `s` with `dek`, which the caller took under the subject's lock (so
     /// that no DEK is cached again after an erasure purged it).
@@ -140,19 +180,39 @@ impl Vault {
         dek: &Dek,
         records: impl IntoIterator<Item = SealedRef<'r>>,
     ) -> Result<FieldValues, VaultError> {
-        self.decrypt_with(s, dek, records, |plain| serde_json::from_slice(&plain).map_err(|_| not_json()))
+        self.decrypt_viewed(s, dek, records, |_| None)
     }
 
-    /// [`Vault::decrypt`] keeping each field's JSON text as it was sealed (the read path).
+    /// [`Vault::decrypt`] showing the fields `view_of` names only through their view.
+    pub(super) fn decrypt_viewed<'r>(
+        &self,
+        s: &str,
+        dek: &Dek,
+        records: impl IntoIterator<Item = SealedRef<'r>>,
+        view_of: impl Fn(FieldRef<'_>) -> Option<View>,
+    ) -> Result<FieldValues, VaultError> {
+        self.decrypt_with(s, dek, records, |field, plain| match view_of(field) {
+            None => serde_json::from_slice(&plain).map_err(|_| not_json()),
+            Some(view) => masked(&plain, view).map(Value::String),
+        })
+    }
+
+    /// [`Vault::decrypt_viewed`] keeping each field's JSON text as it was sealed (the read
+    /// path). A field read in full costs what it did before views existed: `view_of` is asked,
+    /// nothing more.
     pub(super) fn decrypt_texts<'r>(
         &self,
         s: &str,
         dek: &Dek,
         records: impl IntoIterator<Item = SealedRef<'r>>,
+        view_of: impl Fn(FieldRef<'_>) -> Option<View>,
     ) -> Result<FieldTexts, VaultError> {
         // The plaintext leaves its zeroizing buffer for the response either way, as a parsed
-        // value did before.
-        self.decrypt_with(s, dek, records, |mut plain| FieldText::from_plaintext(std::mem::take(&mut *plain)))
+        // value did before; a view's is masked straight from the buffer.
+        self.decrypt_with(s, dek, records, |field, mut plain| match view_of(field) {
+            None => FieldText::from_plaintext(std::mem::take(&mut *plain)),
+            Some(view) => FieldText::viewed(&plain, view),
+        })
     }
 
     fn decrypt_with<'r, T>(
@@ -160,14 +220,14 @@ impl Vault {
         s: &str,
         dek: &Dek,
         records: impl IntoIterator<Item = SealedRef<'r>>,
-        keep: impl Fn(zeroize::Zeroizing<Vec<u8>>) -> Result<T, VaultError>,
+        keep: impl Fn(FieldRef<'_>, zeroize::Zeroizing<Vec<u8>>) -> Result<T, VaultError>,
     ) -> Result<BTreeMap<String, T>, VaultError> {
         let cipher = dek.cipher();
         let mut out = BTreeMap::new();
         for r in records {
             let field = r.field.as_str();
             let plain = cipher.open(&FieldContext { subject: s, field, record_version: r.version }, r.ciphertext)?;
-            out.insert(field.to_owned(), keep(plain)?);
+            out.insert(field.to_owned(), keep(r.field, plain)?);
         }
         Ok(out)
     }
@@ -223,9 +283,9 @@ impl Vault {
                 Mode::Wait => self.locks.lock(s),
             };
             match self.look_up_read(mode.tier(), &req)? {
-                ReadLookup::Allowed { dek, records, grant } => match self.decrypt_texts(s, &dek, records.iter()) {
+                ReadLookup::Allowed { dek, records, grant } => match self.decrypt_texts(s, &dek, records.iter(), views_of(purpose)) {
                     Ok(values) => {
-                        let names: Vec<String> = values.keys().cloned().collect();
+                        let names = audited_names(purpose, values.keys());
                         let draft = self.draft(ctx, Action::Read, Some(s), grant.basis).purpose(p).fields(names);
                         let commit = self.submit(mode, vec![draft], Batch::default(), None)?;
                         return Ok(Answer::after(commit, Ok(values)));
@@ -295,5 +355,24 @@ impl Vault {
             Err(e) => return Ok(ReadLookup::Failed(e)),
         };
         Ok(ReadLookup::Allowed { dek, records: ReadRecords::new(view, |f| req.wants(f)), grant })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_applies_to_the_sealed_json_text() {
+        let text = |plain: &str, view| FieldText::viewed(plain.as_bytes(), view).unwrap().json().to_owned();
+        assert_eq!(text(r#""900101300017""#, View::Last4), r#""********0017""#);
+        assert_eq!(text(r#""1990-01-01""#, View::Year), r#""1990""#);
+        // The view sees the string, not its escapes, and the result is escaped again.
+        assert_eq!(text(r#""\u0410\"b\\cdef""#, View::Last4), r#""****cdef""#);
+        assert_eq!(text(r#""ab\"\\cd""#, View::Last4), r#""**\"\\cd""#);
+        // A value that is not a string (sealed before a schema change made its field text) is
+        // masked as its JSON text, and the result is a string all the same.
+        assert_eq!(text("350000", View::Last4), r#""**0000""#);
+        assert!(FieldText::viewed(b"not json", View::Last4).is_err());
     }
 }

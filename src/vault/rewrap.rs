@@ -174,6 +174,7 @@ impl Vault {
     pub fn resume_jobs(self: &Arc<Self>) -> Result<(), VaultError> {
         // Follow-ups of committed changes (purges, escrow, wrap-limit rotations) retry from now on.
         self.spawn_follow_ups();
+        self.spawn_index_build()?;
         if self.rewrap_job()?.state == RewrapState::Running && !self.rewrap.running() {
             let done = self.rewrap_job()?.done;
             self.audit.record(self.draft(&Ctx::system(), Action::KeysManage, None, "rewrap resumed after restart").named("keys.rewrap"))?;
@@ -261,6 +262,7 @@ impl Vault {
             job = self.begin_pass(active, job.pass + 1)?;
         }
         let target = self.keyring.get(Generation(job.target))?;
+        let target_index = self.keyring.index_key(Generation(job.target))?;
         let (from, to) = layout::subjects_after(job.cursor.as_deref());
         let mut ids: Vec<String> = Vec::with_capacity(self.settings.rewrap_batch);
         self.store.scan(Space::Subjects, &from, &to, |k, _| {
@@ -286,6 +288,7 @@ impl Vault {
             return Ok(job.state == RewrapState::Running);
         }
         let mut moved = 0u64;
+        let mut reindexed = 0u64;
         {
             let _locks = self.locks.lock_many(ids.iter().map(String::as_str));
             let keys: Vec<Vec<u8>> = ids.iter().map(|s| layout::subject(s)).collect();
@@ -294,7 +297,8 @@ impl Vault {
                 let Some(raw) = raw else { continue };
                 let mut meta = SubjectMeta::decode(&raw)?;
                 let from_gen = meta.generation()?;
-                if from_gen == target.generation() {
+                let moving = from_gen != target.generation();
+                if !moving && !self.indexed_elsewhere(id, target.generation())? {
                     continue;
                 }
                 // Unwrap without filling the cache with every subject in the store.
@@ -302,6 +306,11 @@ impl Vault {
                     Some(d) => d,
                     None => Arc::new(self.keyring.get(from_gen)?.unwrap_dek(id, meta.dek_version, &meta.wrapped_dek)?),
                 };
+                // Its blind-index entries move with it (their values opened with its DEK).
+                reindexed += self.reindex_into(id, &dek, &target_index, &mut batch)?;
+                if !moving {
+                    continue;
+                }
                 self.keyring.take_wrap_of(target.generation())?;
                 meta.wrapped_dek = target.wrap_dek(id, &dek)?;
                 batch.put(Space::Subjects, layout::subject(id), meta.encode());
@@ -314,8 +323,11 @@ impl Vault {
             job.cursor = ids.last().cloned();
             tracing::debug!(moved, done = job.done, total = job.total, target = job.target, "rewrap batch");
             batch.put(Space::Jobs, layout::REWRAP_JOB.to_vec(), serde_json::to_vec(&job).expect("serialises"));
-            if moved > 0 {
-                let reason = format!("{moved} DEKs rewrapped to generation {} ({} of {})", job.target, job.done, job.total);
+            if moved > 0 || reindexed > 0 {
+                let reason = format!(
+                    "{moved} DEKs rewrapped and {reindexed} index entries remade under generation {} ({} of {})",
+                    job.target, job.done, job.total
+                );
                 self.audit.commit(vec![self.draft(&ctx, Action::KeysManage, None, reason).named("keys.rewrap")], batch)?;
             } else {
                 self.store.write(&batch)?;

@@ -3,8 +3,23 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::domain::FieldName;
 use crate::policy::Purposes;
 use crate::schema::Schema;
+
+/// A field kept in the blind index (`[[indexes]]`): lookups find subjects by its value, and a
+/// unique one belongs to one live subject at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedField {
+    pub field: FieldName,
+    pub unique: bool,
+}
+
+/// The shipped default: `identity.iin` (unique), `identity.phone`, `identity.email`.
+pub fn default_indexes() -> Vec<IndexedField> {
+    let f = |name: &str, unique| IndexedField { field: FieldName::parse(name).expect("default index names are valid"), unique };
+    vec![f("identity.iin", true), f("identity.phone", false), f("identity.email", false)]
+}
 
 /// What the vault needs from the configuration.
 #[derive(Clone, Debug)]
@@ -16,6 +31,8 @@ pub struct Settings {
     pub keyring_escrow: PathBuf,
     pub schema: Schema,
     pub purposes: Purposes,
+    /// The fields kept in the blind index.
+    pub indexes: Vec<IndexedField>,
     /// The privacy policy version in force (P1); consents record the one they were given under.
     pub policy_version: String,
     /// Field encryptions allowed under one DEK before it is rotated automatically.
@@ -55,6 +72,7 @@ impl Settings {
             keyring_escrow,
             schema: Schema::default(),
             purposes: Purposes::default(),
+            indexes: default_indexes(),
             policy_version: "2019-01-29".into(),
             // NIST SP 800-38D: at most 2^32 invocations with random 96-bit nonces per key.
             dek_seal_limit: 1 << 32,

@@ -47,6 +47,24 @@ impl SubjectLocks {
         self.stripes[self.stripe(subject)].try_lock_arc()
     }
 
+    /// Locks every one of `names` at once, in stripe order (as [`SubjectLocks::lock_many`]), as
+    /// guards that can go to another thread.
+    pub fn lock_many_owned<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<OwnedSubjectLock> {
+        self.stripes_of(names).into_iter().map(|i| self.stripes[i].lock_arc()).collect()
+    }
+
+    /// [`SubjectLocks::lock_many_owned`] if no one holds any of them; none taken otherwise.
+    pub fn try_lock_many_owned<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Option<Vec<OwnedSubjectLock>> {
+        self.stripes_of(names).into_iter().map(|i| self.stripes[i].try_lock_arc()).collect()
+    }
+
+    fn stripes_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let mut idx: Vec<usize> = names.into_iter().map(|s| self.stripe(s)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx
+    }
+
     /// Locks every subject of a batch at once, in stripe order (so two batch lockers cannot
     /// deadlock; everyone else holds one stripe at a time).
     pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<parking_lot::MutexGuard<'a, ()>> {

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::answer::{Answer, Mode, Refused};
 use super::codec::{Record, SubjectMeta};
 use super::idempotency::{Claim, Keyed};
+use super::index::IndexedValue;
 use super::keyring::{dek_count_key, wrap_count_key};
 use super::records::VIEW_FIELDS;
 use super::subject_cache::{SealedRecords, SubjectView};
@@ -54,8 +55,19 @@ struct WriteRequest<'a> {
     action: Action,
     subject: &'a str,
     fields: &'a [(FieldName, Vec<u8>)],
+    /// The written values of indexed fields ([`Vault::indexed_values`]).
+    indexed: &'a [IndexedValue],
     /// Whether an unknown subject is created (a put) or refused (a rectify).
     create: bool,
+}
+
+/// What a write holds until its batch is applied: the subject's lock, the claim on its
+/// idempotency key, the locks on the unique values it writes.
+/// Held for what dropping them does.
+struct Held {
+    _lock: OwnedSubjectLock,
+    _claim: Option<Claim>,
+    _value_locks: Vec<OwnedSubjectLock>,
 }
 
 /// The result of a write.
@@ -134,15 +146,18 @@ impl Vault {
             Mode::NoWait => self.locks.try_lock_owned(s).ok_or(VaultError::WouldBlock)?,
             Mode::Wait => self.locks.lock_owned(s),
         };
-        let req = WriteRequest { ctx, action, subject: s, fields: &encoded, create: action == Action::PutFields };
+        // Unique values are locked after the subject (always in this order), held like it.
+        let indexed = self.indexed_values(&encoded);
+        let value_locks = self.value_locks.lock(mode, &encoded, &indexed)?;
+        let req = WriteRequest { ctx, action, subject: s, fields: &encoded, indexed: &indexed, create: action == Action::PutFields };
         match self.plan_write(mode.tier(), &req)? {
             WritePlan::Refused { err } => {
-                drop(lock);
+                drop((value_locks, lock));
                 Ok(self.refusal(mode, refused(names()), err))
             }
             WritePlan::Ready { mut batch, draft, outcome, new_dek, next_view } => {
                 self.remember(ctx, Some(s), &mut batch, &outcome)?;
-                let after = self.after_write(s, (lock, claim), new_dek, next_view);
+                let after = self.after_write(s, Held { _lock: lock, _claim: claim, _value_locks: value_locks }, new_dek, next_view);
                 let commit = self.submit(mode, vec![draft], batch, Some(after))?;
                 Ok(Answer::after(commit, Ok(outcome)))
             }
@@ -155,7 +170,7 @@ impl Vault {
     fn after_write(
         &self,
         s: &str,
-        held: (OwnedSubjectLock, Option<Claim>),
+        held: Held,
         new_dek: Option<Arc<Dek>>,
         next: Option<NextView>,
     ) -> AfterCommit {
@@ -184,7 +199,7 @@ impl Vault {
     /// effect but filling the DEK cache: the batch, its audit entry and the outcome, or the
     /// refusal to record.
     fn plan_write(&self, tier: Tier, req: &WriteRequest<'_>) -> Result<WritePlan, VaultError> {
-        let WriteRequest { ctx, action, subject: s, fields, create } = *req;
+        let WriteRequest { ctx, action, subject: s, fields, indexed, create } = *req;
         let now = self.clock.now();
         let mut batch = Batch::default();
         // A cached view is the subject as stored (the caller holds its lock, as every writer
@@ -210,6 +225,11 @@ impl Vault {
             }
             (_, None) => return Ok(WritePlan::Refused { err: VaultError::subject_not_found(s) }),
         };
+        if let Some(err) = self.index_write(tier, s, fields, indexed, created, &mut batch)? {
+            // A unique value another subject holds: nothing is stored (a new subject's DEK, in
+            // `batch`, goes with it; its wrap stays counted, as a failed batch's does).
+            return Ok(WritePlan::Refused { err });
+        }
         let mut rekeyed = false;
         if meta.seals.saturating_add(fields.len() as u64) > self.settings.dek_seal_limit {
             // The DEK has sealed as much as NIST allows with random nonces: rotate it first.

@@ -31,7 +31,7 @@ fn purpose_fields(purpose: &str) -> BTreeSet<&'static str> {
 fn basis_holds(purpose: &str, state: &str) -> bool {
     match purpose {
         "loan_issuance" => true, // every state has application data
-        "loan_monitoring" => matches!(state, "open" | "breached"),
+        "loan_monitoring" | "call_centre" => matches!(state, "open" | "breached"),
         "advertising" => state == "ad-consent",
         "third_party_transfer" => matches!(state, "breached" | "transfer-consent"),
         _ => false,
@@ -151,6 +151,55 @@ async fn narrowing_never_widens() {
     assert_eq!(r.body["fields"], json!({}));
 }
 
+/// Issue #25, the views axis: the shipped `call_centre` reads the IIN, phone and birth date
+/// only through their views (design: `docs/api.md`, "Masked views"), written out here
+/// independently of the code. Across every state, caller and one-field narrowing, a viewed
+/// field comes back masked under its plain name and never whole; no caller not granted the
+/// purpose reads for it, and its basis is an open or breached contract.
+#[tokio::test]
+async fn a_purpose_with_views_never_hands_out_a_whole_value() {
+    let desk = format!(
+        "[[callers]]\nname = \"svc-desk\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"call_centre\"]\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-desk")))
+    );
+    let app = spawn_with(&desk, None).await;
+    let viewed = [("identity.iin", "********0017"), ("identity.phone", "********4567"), ("identity.birth_date", "1990")];
+    let whole = ["900101300017", "+77011234567", "1990-01-01"];
+    let in_full = ["identity.full_name", "contract.offer_id", "contract.amount", "contract.offer_sent_at"];
+    let every_field: Vec<String> = application("X").as_object().unwrap().keys().cloned().collect();
+    let callers: Vec<(&str, &str)> = CALLERS.iter().map(|(c, r, _)| (*c, *r)).chain([("svc-desk", "service")]).collect();
+    for state in STATES {
+        let subject = format!("mv-{state}");
+        prepare(&app, &subject, state).await;
+        for (caller, role) in &callers {
+            let narrowings = if *caller == "svc-desk" { every_field.iter().map(Some).chain([None]).collect() } else { vec![None] };
+            for narrowed in narrowings {
+                let path = match narrowed {
+                    Some(f) => format!("/v1/subjects/{subject}?purpose=call_centre&fields={f}"),
+                    None => format!("/v1/subjects/{subject}?purpose=call_centre"),
+                };
+                let r = app.get(&path, caller).await;
+                let case = format!("{caller} ({role}) reading call_centre {narrowed:?} in state {state}");
+                for w in whole {
+                    assert!(!r.body.to_string().contains(w), "{case}: a whole value is out: {}", r.body);
+                }
+                if *caller != "svc-desk" || !basis_holds("call_centre", state) {
+                    assert_eq!(r.status, StatusCode::FORBIDDEN, "{case}: {}", r.body);
+                    continue;
+                }
+                assert_eq!(r.status, StatusCode::OK, "{case}: {}", r.body);
+                let got = r.body["fields"].as_object().unwrap();
+                let wanted = |f: &str| narrowed.is_none_or(|n| n == f);
+                let want: BTreeSet<&str> = viewed.iter().map(|(f, _)| *f).chain(in_full).filter(|f| wanted(f)).collect();
+                assert_eq!(got.keys().map(String::as_str).collect::<BTreeSet<_>>(), want, "{case}");
+                for (f, masked) in viewed.iter().filter(|(f, _)| wanted(f)) {
+                    assert_eq!(got[*f], *masked, "{case}");
+                }
+            }
+        }
+    }
+}
+
 /// The subject-state axis: unknown, pending erasure (held by an open contract), erased.
 #[tokio::test]
 async fn subject_states_across_every_caller_and_purpose() {
@@ -245,6 +294,8 @@ async fn no_caller_ever_writes_a_field_its_grant_does_not_allow() {
         let all_names: Vec<String> = want_stored.keys().cloned().collect();
         let mut want_audit = vec![("svc-all".to_string(), "subject.put", "allow", all_names)];
         for (field, value) in &values {
+            // The IIN is unique: each subject gets a new one of its own.
+            let value = &if *field == "identity.iin" { json!(iin_for(&subject)) } else { value.clone() };
             let category = field.split('.').next().unwrap();
             let put_may = *role == "service"
                 && if *caller == "svc-all" {

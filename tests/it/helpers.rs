@@ -263,11 +263,31 @@ pub async fn wait_for_last_handle(vault: Arc<Vault>) {
     panic!("the vault is still referenced after shutdown");
 }
 
-/// A full, valid application (P2 mandatory fields) with unique markers in the text fields.
+/// A valid IIN of its own for `marker` (a unique field: no two live subjects share one), born
+/// 1990-01-01, its serial digits a hash of the marker.
+pub fn iin_for(marker: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    marker.hash(&mut h);
+    let mut serial = h.finish() % 100_000;
+    loop {
+        let first11 = format!("900101{serial:05}");
+        let digits: Vec<u32> = first11.chars().map(|c| c.to_digit(10).unwrap()).collect();
+        if let Some(c) = qoima::schema::iin_check_digit(&digits) {
+            return format!("{first11}{c}");
+        }
+        serial = (serial + 1) % 100_000;
+    }
+}
+
+/// A full, valid application (P2 mandatory fields) with unique markers in the text fields and
+/// an IIN no other call's gives (the IIN is unique: [`iin_for`] of the marker and a count).
 pub fn application(marker: &str) -> Value {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     json!({
         "identity.full_name": format!("Aigerim {marker}"),
-        "identity.iin": "900101300017",
+        "identity.iin": iin_for(&format!("{marker}/{n}")),
         "identity.birth_date": "1990-01-01",
         "identity.phone": "+77011234567",
         "identity.email": "aigerim@example.kz",

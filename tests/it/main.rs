@@ -27,3 +27,4 @@ mod privacy;
 mod rights;
 mod storage;
 mod tls;
+mod views;

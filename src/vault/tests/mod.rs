@@ -2,6 +2,7 @@
 //! the read and write paths, the subject cache's coherence, erasures; the shared helpers here.
 
 mod erasure;
+mod index;
 mod modes;
 mod subject_cache;
 

@@ -10,7 +10,7 @@ fn the_deploy_examples_hold_together() {
     assert!(ok, "{out}");
     assert!(
         out.contains(
-            "ok (0 callers, 4 purposes, data_dir /var/lib/qoima/data, listen http://127.0.0.1:8750, root key not present on this machine"
+            "ok (0 callers, 5 purposes, data_dir /var/lib/qoima/data, listen http://127.0.0.1:8750, root key not present on this machine"
         ),
         "{out}"
     );
