@@ -368,8 +368,9 @@ impl Client {
 /// Where a lookup is posted: the value travels in the body, never in a URL.
 const LOOKUP_PATH: &str = "/v1/lookup";
 
-/// `POST /v1/lookup`'s body. The value is personal data: it is serialised into the request
-/// body and nowhere else (no URL, no log line, no error message).
+/// `POST /v1/lookup`'s body, as the server's [`LookupBody`] reads it (which is not
+/// `Serialize`: the server only ever reads one). The value is personal data: it is serialised
+/// into the request body and nowhere else (no URL, no log line, no error message).
 #[derive(Serialize)]
 struct LookupQuery<'a> {
     field: &'a str,
@@ -377,26 +378,19 @@ struct LookupQuery<'a> {
     purpose: &'a str,
 }
 
-/// `POST /v1/lookup`'s answer: the live subjects whose `field` has the value, in no particular
-/// order (none: `[]`).
-#[derive(serde::Deserialize)]
-struct LookupAnswer {
-    subjects: Vec<String>,
-}
-
 impl Client {
     /// The live subjects whose indexed `field` (e.g. `identity.iin`) holds `value`, looked up
     /// for `purpose` (role service; the caller must be granted the purpose and the purpose must
-    /// allow the field, as for a read). The vault normalises the value as its schema does
-    /// (`+7 701 123 45 67` finds `+77011234567`); erased subjects never match; an empty list
-    /// means no live subject has it. A field that is not indexed, or a value that fails its
+    /// read the field in full), in id order. Only subjects for whom the purpose's legal basis
+    /// holds now are named, and erased subjects never match; an empty list means none. The vault
+    /// normalises the value as its schema does (`+7 701 123 45 67` finds `+77011234567`). A field that is not indexed, or a value that fails its
     /// field's check, is 400; while the vault is still building the index it answers 503 with
     /// `Retry-After`, which this call waits out and retries like any 503 (see [`Retry`]).
     /// Audited with the field, the purpose and the number of matches, never the value; counts
     /// against the caller's `max_reads_per_minute`.
     pub async fn lookup(&self, field: &str, value: &str, purpose: &str) -> Result<Vec<String>, ClientError> {
         let query = LookupQuery { field, value, purpose };
-        let answer: LookupAnswer = self.call(Method::POST, LOOKUP_PATH, Some(&query)).await?;
+        let answer: LookupResponse = self.call(Method::POST, LOOKUP_PATH, Some(&query)).await?;
         Ok(answer.subjects)
     }
 }
