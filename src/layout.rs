@@ -280,32 +280,40 @@ pub const REWRAP_JOB: &[u8] = b"rewrap";
 /// The blind-index build's job record, in [`Space::Jobs`].
 pub const INDEX_JOB: &[u8] = b"index";
 
-// ---- Index: `v` + generation (u32 big-endian) + field + `\0` + index (32 bytes) + subject,
-// what a lookup scans; and `s` + subject + `\0` + generation + field, holding the index, what a
-// subject's write and erasure find its entries by.
+// ---- Index: `v` + generation (u32 big-endian) + field + `\0` + the index's first
+// [`BUCKET_LEN`] bytes + subject, holding the whole index, what a lookup scans; and `s` +
+// subject + `\0` + generation + field, holding the index, what a subject's write and erasure
+// find its entries by. No key holds a whole index: an engine keeps keys (not values) of deleted
+// entries in metadata a compaction does not rewrite (RocksDB's MANIFEST names each file's
+// first and last key), so a key holds only the bucket (docs/key-management.md).
 
 /// Length of a blind index.
 pub const BLIND_LEN: usize = 32;
 
-/// Every entry of `field`'s value `blind` under `generation` starts with this (then the subject).
-pub fn index_value(generation: Generation, field: &str, blind: &[u8; BLIND_LEN]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 4 + field.len() + 1 + BLIND_LEN + 24);
+/// Bytes of an index a key holds: 65,536 buckets per field and generation.
+pub const BUCKET_LEN: usize = 2;
+
+/// Every entry whose index starts like `blind`, of `field` under `generation`, starts with this
+/// (then the subject); a lookup compares each one's value with the whole index.
+pub fn index_bucket(generation: Generation, field: &str, blind: &[u8; BLIND_LEN]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 4 + field.len() + 1 + BUCKET_LEN + 24);
     k.push(b'v');
     k.extend_from_slice(&generation.0.to_be_bytes());
     k.extend_from_slice(field.as_bytes());
     k.push(0);
-    k.extend_from_slice(blind);
+    k.extend_from_slice(&blind[..BUCKET_LEN]);
     k
 }
 
-/// A subject's entry for `field`'s value `blind` under `generation`, in [`Space::Index`].
+/// A subject's entry for `field`'s value `blind` under `generation`, in [`Space::Index`]; its
+/// value is the whole index.
 pub fn index_entry(generation: Generation, field: &str, blind: &[u8; BLIND_LEN], subject: &str) -> Vec<u8> {
-    let mut k = index_value(generation, field, blind);
+    let mut k = index_bucket(generation, field, blind);
     k.extend_from_slice(subject.as_bytes());
     k
 }
 
-/// The subject of an [`index_entry`] key found under the prefix [`index_value`] made.
+/// The subject of an [`index_entry`] key found under the prefix [`index_bucket`] made.
 pub fn index_entry_subject<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
     std::str::from_utf8(key.strip_prefix(prefix)?).ok().filter(|s| !s.is_empty())
 }
@@ -487,11 +495,16 @@ mod tests {
     #[test]
     fn index_keys_read_back_and_keep_values_and_subjects_apart() {
         let b = [7u8; BLIND_LEN];
-        let prefix = index_value(Generation(2), "identity.iin", &b);
+        let prefix = index_bucket(Generation(2), "identity.iin", &b);
         let key = index_entry(Generation(2), "identity.iin", &b, "s1");
         assert_eq!(index_entry_subject(&key, &prefix), Some("s1"));
         assert_eq!(index_entry_subject(&prefix, &prefix), None);
-        // Another value, field or generation is another prefix.
+        assert!(!key.windows(BLIND_LEN).any(|w| w == b), "no key holds a whole index");
+        // An index with the same first bytes shares the bucket; another bucket, field or
+        // generation is another prefix.
+        let mut same_bucket = [9u8; BLIND_LEN];
+        same_bucket[..BUCKET_LEN].copy_from_slice(&b[..BUCKET_LEN]);
+        assert!(index_entry(Generation(2), "identity.iin", &same_bucket, "s2").starts_with(&prefix));
         assert!(!index_entry(Generation(2), "identity.iin", &[8u8; BLIND_LEN], "s1").starts_with(&prefix));
         assert!(!index_entry(Generation(2), "identity.iinx", &b, "s1").starts_with(&prefix));
         assert!(!index_entry(Generation(3), "identity.iin", &b, "s1").starts_with(&prefix));

@@ -432,7 +432,7 @@ const NEVER_RECTIFIED: &str = "contract";
 
 /// May `caller` take `action` (put or rectify) on these fields? A caller's write grant is
 /// `writes` (patterns as in purposes, `[[callers]] writes`); without one, a put may write
-/// exactly the fields the caller's granted purposes may read, and a rectify the borrower's
+/// exactly the fields the caller's granted purposes may read in full (not through a view), and a rectify the borrower's
 /// application data ([`DEFAULT_RECTIFY`]). A rectify never writes contract fields. Every
 /// field must be granted, or nothing is written.
 pub fn decide_write<'a>(
@@ -447,7 +447,9 @@ pub fn decide_write<'a>(
         (_, Action::Rectify) if f.category() == NEVER_RECTIFIED => false,
         (Some(patterns), _) => patterns.iter().any(|p| Schema::pattern_matches(p, f)),
         (None, Action::Rectify) => DEFAULT_RECTIFY.iter().any(|p| Schema::pattern_matches(p, f)),
-        (None, _) => caller.purposes.iter().filter_map(|p| purposes.get(p)).any(|p| p.allows(f)),
+        // In full: a caller that sees only a masked view could otherwise learn from a unique
+        // field's 409 whether someone else holds a value.
+        (None, _) => caller.purposes.iter().filter_map(|p| purposes.get(p)).any(|p| p.allows_in_full(f)),
     };
     let refused: Vec<String> = fields.into_iter().filter(|f| !granted(*f)).map(|f| f.as_str().to_owned()).collect();
     if refused.is_empty() {
@@ -487,12 +489,13 @@ pub fn permit_read<'a>(caller: &Caller, purpose: &'a PurposeDef) -> Result<ReadP
 }
 
 /// May `caller` look subjects up by `field` for `purpose`: a read's permit (role service,
-/// purpose granted), and the purpose reads the field. What the lookup names is then limited to
+/// purpose granted), and the purpose reads the field in full (a lookup by a value confirms the
+/// value: a masked view's holder must not have that oracle). What the lookup names is then limited to
 /// the subjects for whom the basis holds ([`ReadPermit::basis`]).
 pub fn permit_lookup<'a>(caller: &Caller, purpose: &'a PurposeDef, field: FieldRef<'_>) -> Result<ReadPermit<'a>, Denial> {
     may(caller, Action::Lookup)?;
     let permit = permit_read(caller, purpose)?;
-    if !purpose.allows(field) {
+    if !purpose.allows_in_full(field) {
         return Err(Denial::FieldNotAllowed { purpose: purpose.name.clone(), field: field.as_str().to_owned() });
     }
     Ok(permit)
@@ -868,9 +871,30 @@ mod tests {
         let all = vec!["identity.*".to_string(), "contract.*".to_string()];
         assert!(decide(&web, Action::Rectify, Some(&all), &["contract.amount"]).is_err());
         assert!(decide(&web, Action::Rectify, Some(&all), &["questionnaire.dependants"]).is_err());
+        // A field its purposes show only through a view is not written by default either.
+        let call_centre = caller(&[Role::Service], &["call_centre"]);
+        assert!(decide(&call_centre, Action::PutFields, None, &["identity.full_name", "contract.amount"]).is_ok());
+        assert!(decide(&call_centre, Action::PutFields, None, &["identity.iin"]).is_err());
         // The role still comes first.
         assert!(matches!(decide(&web, Action::PutFields, None, &["identity.phone"]), Err(Denial::Role { .. })));
         assert!(matches!(decide(&issuance, Action::Rectify, None, &["identity.phone"]), Err(Denial::Role { .. })));
+    }
+
+    #[test]
+    fn lookups_need_the_field_in_full() {
+        let p = Purposes::default();
+        let f = |n: &str| crate::domain::FieldName::parse(n).unwrap();
+        let get = |n: &str| p.get(&Purpose::parse(n).unwrap()).unwrap();
+        let c = caller(&[Role::Service], &["loan_issuance", "call_centre", "advertising"]);
+        assert!(permit_lookup(&c, get("loan_issuance"), f("identity.iin").borrowed()).is_ok());
+        // call_centre sees the IIN's last four only: a lookup by the whole IIN would confirm it.
+        assert!(matches!(permit_lookup(&c, get("call_centre"), f("identity.iin").borrowed()), Err(Denial::FieldNotAllowed { .. })));
+        assert!(matches!(permit_lookup(&c, get("advertising"), f("identity.iin").borrowed()), Err(Denial::FieldNotAllowed { .. })));
+        assert!(permit_lookup(&c, get("advertising"), f("identity.phone").borrowed()).is_ok());
+        let ungranted = caller(&[Role::Service], &["advertising"]);
+        assert!(matches!(permit_lookup(&ungranted, get("loan_issuance"), f("identity.iin").borrowed()), Err(Denial::PurposeNotGranted(_))));
+        let web = caller(&[Role::Website], &["loan_issuance"]);
+        assert!(matches!(permit_lookup(&web, get("loan_issuance"), f("identity.iin").borrowed()), Err(Denial::Role { .. })));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod backup;
 mod callers;
 mod config;
 mod keys;
+mod lookup;
 mod serve;
 mod target;
 
@@ -55,6 +56,20 @@ pub enum Command {
     /// Backups that never contain the root key, and restores that replay erasures.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The blind index lookups use: its build and the duplicates it found.
+    #[command(subcommand)]
+    Lookup(LookupCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LookupCmd {
+    /// Whether the index is complete or being built for a data directory written before a field
+    /// was indexed (lookups on a field being built answer 503 with Retry-After).
+    Status,
+    /// Values of unique fields that more than one live subject held when the build indexed
+    /// them: one line per value, the field and the subjects' ids (never the value). Both are
+    /// kept; resolve them by rectifying or erasing one.
+    Duplicates,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +218,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let assertion = subject_assertion.entry_line(&roles)?;
             callers::add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute, assertion)
         }
+        Command::Lookup(LookupCmd::Status) => lookup::status(&cli.config),
+        Command::Lookup(LookupCmd::Duplicates) => lookup::duplicates(&cli.config),
         Command::Backup(BackupCmd::Create { dir }) => backup::backup_create(&cli.config, &dir),
         Command::Backup(BackupCmd::Restore { dir, to, erasure_journal, keyring_escrow }) => {
             backup::backup_restore(&cli.config, &dir, &to, erasure_journal.as_deref(), keyring_escrow.as_deref())

@@ -350,7 +350,10 @@ impl Vault {
             changed += 1;
         }
         if changed > 0 {
+            // A restore's replay purges whole spaces: the wrapped DEKs and the index entries.
             self.store.purge_space(Space::Subjects)?;
+            self.store.purge_space(Space::Index)?;
+            self.purges.index_ranges.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
         Ok(changed)
     }

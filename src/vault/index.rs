@@ -146,10 +146,11 @@ impl Vault {
     /// live generation: the refusal, naming the field only.
     fn unique_conflict(&self, tier: Tier, s: &str, f: &FieldName, normal: &Normalised) -> Result<Option<VaultError>, VaultError> {
         for key in self.keyring.index_keys() {
-            let prefix = layout::index_value(key.generation(), f.as_str(), &key.blind(f.as_str(), normal.as_bytes()).0);
+            let blind = key.blind(f.as_str(), normal.as_bytes());
+            let prefix = layout::index_bucket(key.generation(), f.as_str(), &blind.0);
             let mut other = false;
-            self.store.scan_prefix_in(tier, Space::Index, &prefix, |k, _| {
-                other = layout::index_entry_subject(k, &prefix).is_some_and(|holder| holder != s);
+            self.store.scan_prefix_in(tier, Space::Index, &prefix, |k, v| {
+                other = v == blind.0 && layout::index_entry_subject(k, &prefix).is_some_and(|holder| holder != s);
                 !other
             })?;
             if other {
@@ -163,9 +164,10 @@ impl Vault {
     pub(super) fn holders(&self, f: &FieldName, normal: &Normalised) -> Result<Vec<String>, VaultError> {
         let mut found = BTreeSet::new();
         for key in self.keyring.index_keys() {
-            let prefix = layout::index_value(key.generation(), f.as_str(), &key.blind(f.as_str(), normal.as_bytes()).0);
-            self.store.scan_prefix(Space::Index, &prefix, |k, _| {
-                if let Some(s) = layout::index_entry_subject(k, &prefix) {
+            let blind = key.blind(f.as_str(), normal.as_bytes());
+            let prefix = layout::index_bucket(key.generation(), f.as_str(), &blind.0);
+            self.store.scan_prefix(Space::Index, &prefix, |k, v| {
+                if let Some(s) = layout::index_entry_subject(k, &prefix).filter(|_| v == blind.0) {
                     found.insert(s.to_owned());
                 }
                 true
@@ -291,7 +293,7 @@ impl Vault {
 
 /// `s`'s entry for `field`'s `blind` under `generation`, and its own record of it.
 pub(super) fn put_entry(batch: &mut Batch, generation: Generation, field: &str, blind: &BlindIndex, s: &str) {
-    batch.put(Space::Index, layout::index_entry(generation, field, &blind.0, s), Vec::new());
+    batch.put(Space::Index, layout::index_entry(generation, field, &blind.0, s), blind.0.to_vec());
     batch.put(Space::Index, layout::subject_index(s, generation, field), blind.0.to_vec());
 }
 

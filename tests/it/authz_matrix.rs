@@ -40,6 +40,11 @@ fn basis_holds(purpose: &str, state: &str) -> bool {
 
 async fn prepare(app: &TestApp, subject: &str, state: &str) {
     assert_eq!(app.put_fields(subject, application("MATRIX")).await.status, StatusCode::CREATED);
+    prepare_state(app, subject, state).await;
+}
+
+/// Brings a stored subject into `state` (its contracts and consents).
+async fn prepare_state(app: &TestApp, subject: &str, state: &str) {
     match state {
         "open" => assert_eq!(app.open_contract(subject, "L-1").await.status, StatusCode::CREATED),
         "breached" | "settled" => {
@@ -158,19 +163,18 @@ async fn narrowing_never_widens() {
 /// purpose reads for it, and its basis is an open or breached contract.
 #[tokio::test]
 async fn a_purpose_with_views_never_hands_out_a_whole_value() {
-    let desk = format!(
-        "[[callers]]\nname = \"svc-desk\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"call_centre\"]\n",
-        hex::encode(qoima::auth::token_digest(&token("svc-desk")))
-    );
-    let app = spawn_with(&desk, None).await;
-    let viewed = [("identity.iin", "********0017"), ("identity.phone", "********4567"), ("identity.birth_date", "1990")];
-    let whole = ["900101300017", "+77011234567", "1990-01-01"];
+    let app = spawn_with(&desk_caller(), None).await;
     let in_full = ["identity.full_name", "contract.offer_id", "contract.amount", "contract.offer_sent_at"];
     let every_field: Vec<String> = application("X").as_object().unwrap().keys().cloned().collect();
     let callers: Vec<(&str, &str)> = CALLERS.iter().map(|(c, r, _)| (*c, *r)).chain([("svc-desk", "service")]).collect();
     for state in STATES {
         let subject = format!("mv-{state}");
         prepare(&app, &subject, state).await;
+        // Each subject's IIN is its own (a unique field).
+        let iin = app.get(&format!("/v1/subjects/{subject}/export"), "website").await.body["fields"]["identity.iin"].as_str().unwrap().to_string();
+        let masked_iin = format!("********{}", &iin[8..]);
+        let viewed = [("identity.iin", masked_iin.as_str()), ("identity.phone", "********4567"), ("identity.birth_date", "1990")];
+        let whole = [iin.as_str(), "+77011234567", "1990-01-01"];
         for (caller, role) in &callers {
             let narrowings = if *caller == "svc-desk" { every_field.iter().map(Some).chain([None]).collect() } else { vec![None] };
             for narrowed in narrowings {
@@ -341,4 +345,75 @@ async fn no_caller_ever_writes_a_field_its_grant_does_not_allow() {
         assert_eq!(got_audit, want_audit, "{caller}: one audit entry per write, with its decision and field names");
         assert!(!serde_json::to_string(&entries).unwrap().contains("Writer New"), "audit entries hold names, never values");
     }
+}
+
+/// Extra configuration adding `svc-desk` (service, granted only `call_centre`).
+fn desk_caller() -> String {
+    format!(
+        "[[callers]]\nname = \"svc-desk\"\ntoken_sha256 = \"{}\"\nroles = [\"service\"]\npurposes = [\"call_centre\"]\n",
+        hex::encode(qoima::auth::token_digest(&token("svc-desk")))
+    )
+}
+
+/// Issue #25, the lookup half of the matrix: every caller × purpose (the shipped five) × field,
+/// over subjects in every state. A lookup is the service role's, for a purpose it is granted,
+/// by an indexed field that purpose reads in full (a masked view is no key to look up by); it
+/// names exactly the subjects holding the value whose purpose's basis holds; every attempt is
+/// audited, never with the value.
+#[tokio::test]
+async fn no_caller_ever_looks_up_by_a_field_its_purpose_does_not_read_in_full() {
+    let app = spawn_with(&desk_caller(), None).await;
+    // One phone for every state's subject: a lookup by it shows which the basis lets out.
+    let phone = "+77012223344";
+    for state in STATES {
+        let mut fields = application("LOOKUPMATRIX");
+        fields["identity.phone"] = json!(phone);
+        assert_eq!(app.put_fields(&format!("l-{state}"), fields).await.status, StatusCode::CREATED);
+        prepare_state(&app, &format!("l-{state}"), state).await;
+    }
+    let iin = app.get("/v1/subjects/l-open/export", "website").await.body["fields"]["identity.iin"].clone();
+    let indexed = ["identity.iin", "identity.phone", "identity.email"];
+    let mut audited = 0;
+    let desk: &[(&str, &str, &[&str])] = &[("svc-desk", "service", &["call_centre"])];
+    for (caller, role, granted) in CALLERS.iter().chain(desk) {
+        for purpose in PURPOSES.iter().chain(&["call_centre"]) {
+            for field in ["identity.iin", "identity.phone", "identity.full_name"] {
+                let value = match field {
+                    "identity.iin" => iin.clone(),
+                    "identity.phone" => json!(phone),
+                    _ => json!("Aigerim LOOKUPMATRIX"),
+                };
+                let r = app
+                    .call(Method::POST, "/v1/lookup", Some(caller), Some(json!({"field": field, "value": value, "purpose": purpose})))
+                    .await;
+                let case = format!("{caller} ({role}) {purpose} {field}");
+                // call_centre reads the IIN and the phone through views only.
+                let in_full = *purpose != "call_centre" && purpose_fields(purpose).contains(field)
+                    || *purpose == "call_centre" && field == "identity.full_name";
+                let allowed = *role == "service" && granted.contains(purpose) && in_full;
+                let want = match () {
+                    _ if !allowed => StatusCode::FORBIDDEN,
+                    _ if !indexed.contains(&field) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::OK,
+                };
+                assert_eq!(r.status, want, "{case}: {:?}", r.body);
+                audited += 1;
+                if want == StatusCode::OK {
+                    let mut names: Vec<String> = match field {
+                        "identity.iin" => vec!["l-open".into()],
+                        _ => STATES.iter().map(|s| format!("l-{s}")).collect(),
+                    };
+                    names.retain(|s| basis_holds(purpose, s.trim_start_matches("l-")));
+                    names.sort();
+                    assert_eq!(r.body["subjects"], json!(names), "{case}");
+                }
+                assert!(!r.body.to_string().contains(phone) && !r.body.to_string().contains(iin.as_str().unwrap()), "{case}");
+            }
+        }
+    }
+    let entries = app.get("/v1/audit?limit=1000", "auditor").await.body["entries"].as_array().unwrap().clone();
+    let lookups: Vec<_> = entries.iter().filter(|e| e["action"] == "subject.lookup").collect();
+    assert_eq!(lookups.len(), audited, "every attempt is audited");
+    let text = serde_json::to_string(&lookups).unwrap();
+    assert!(!text.contains("2223344") && !text.contains(iin.as_str().unwrap()));
 }

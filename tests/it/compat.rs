@@ -59,6 +59,33 @@ async fn a_vault_written_by_an_older_binary_opens_and_answers_as_it_did() {
         gens.iter().map(|g| (g["generation"].as_u64().unwrap(), g["state"].as_str().unwrap(), g["deks"].as_i64().unwrap())).collect();
     assert_eq!(states, [(1, "decrypt-only", 2), (2, "active", 1)]);
 
+    // Issue #25: written before blind indexes, the store is indexed by a background job; until it
+    // completes a lookup says so (503, Retry-After), never a silent miss. The fixture's three
+    // live borrowers share one IIN: all three are found, and the duplicates reported, not dropped.
+    let by_iin = json!({"field": "identity.iin", "value": "900101300017", "purpose": "loan_issuance"});
+    let mut found = None;
+    for _ in 0..200 {
+        let r = app.call(Method::POST, "/v1/lookup", Some("svc-all"), Some(by_iin.clone())).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(r.headers.contains_key("retry-after") && r.body["type"] == "urn:qoima:problem:index-building", "{:?}", r.body);
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            continue;
+        }
+        found = Some(r);
+        break;
+    }
+    let found = found.expect("the index build completes");
+    assert_eq!(found.body["subjects"], json!(["fx-1", "fx-3", "fx-4"]), "{:?}", found.body);
+    let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
+    let (ok, out) = cli_async(&["lookup", "duplicates", "--config", &cfg]).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["identity.iin\tfx-1 fx-3", "identity.iin\tfx-1 fx-3 fx-4"], "{out}");
+    assert!(!out.contains("900101300017"), "ids only: {out}");
+    // The duplicates stand; a fourth holder is refused.
+    let mut dup = application("FXDUP");
+    dup["identity.iin"] = json!("900101300017");
+    assert_eq!(app.put_fields("fx-dup", dup).await.status, StatusCode::CONFLICT);
+
     let verify = app.get("/v1/audit/verify", "auditor").await;
     assert_eq!(verify.body["ok"], true, "{:?}", verify.body);
     let written = verify.body["entries"].as_u64().unwrap();

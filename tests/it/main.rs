@@ -23,6 +23,7 @@ mod hostile;
 mod hygiene;
 mod idempotency;
 mod keys;
+mod lookup;
 mod privacy;
 mod rights;
 mod storage;
