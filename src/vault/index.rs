@@ -14,9 +14,9 @@
 //! - Erasure deletes the entries in the subject's shred batch, and its purge compacts them out
 //!   of the files with the wrapped DEK.
 
+use std::collections::BTreeSet;
 use qoima_keys::{BlindIndex, Generation, IndexKey};
 use serde_json::Value;
-use std::collections::BTreeSet;
 
 use super::answer::Mode;
 use super::error::{Conflict, Invalid};
@@ -57,17 +57,9 @@ impl ValueLocks {
     }
 
     /// Locks the unique values among `values` (of `fields`), to hold until the write is applied.
-    pub(super) fn lock(
-        &self,
-        mode: Mode,
-        fields: &[(FieldName, Vec<u8>)],
-        values: &[IndexedValue],
-    ) -> Result<Vec<OwnedSubjectLock>, VaultError> {
-        let names: Vec<String> = values
-            .iter()
-            .filter(|v| v.unique)
-            .map(|v| hex::encode(self.key.blind(fields[v.pos].0.as_str(), v.normal.as_bytes()).0))
-            .collect();
+    pub(super) fn lock(&self, mode: Mode, fields: &[(FieldName, Vec<u8>)], values: &[IndexedValue]) -> Result<Vec<OwnedSubjectLock>, VaultError> {
+        let names: Vec<String> =
+            values.iter().filter(|v| v.unique).map(|v| hex::encode(self.key.blind(fields[v.pos].0.as_str(), v.normal.as_bytes()).0)).collect();
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -302,3 +294,4 @@ fn key_after(mut key: Vec<u8>) -> Vec<u8> {
     key.push(0);
     key
 }
+

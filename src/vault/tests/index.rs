@@ -29,12 +29,11 @@ fn find(v: &Vault, field: &str, value: &str) -> Result<Vec<String>, VaultError> 
 /// The generations the store holds index entries under.
 fn entry_generations(v: &Vault) -> std::collections::BTreeSet<u32> {
     let mut out = std::collections::BTreeSet::new();
-    v.store()
-        .scan_prefix(crate::store::Space::Index, b"v", |k, _| {
-            out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
-            true
-        })
-        .unwrap();
+    v.store().scan_prefix(crate::store::Space::Index, b"v", |k, _| {
+        out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
+        true
+    })
+    .unwrap();
     out
 }
 
@@ -128,7 +127,7 @@ fn a_store_written_before_indexes_is_built_online_and_its_duplicates_reported() 
     {
         let v = open(dir.path(), Vec::new());
         let other = iin(77);
-        for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
+    for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
             put_iin(&v, s, value).unwrap();
         }
         v.close();
