@@ -54,6 +54,7 @@ __all__ = [
     "Forbidden",
     "IdempotencyKeyInFlight",
     "ImportResult",
+    "IndexBuilding",
     "IdempotencyKeyReused",
     "InvalidRequest",
     "KeyDestroyed",
@@ -155,6 +156,11 @@ class Unavailable(QoimaError):
     """503: the vault could not record the call durably, so it did nothing; retry later."""
 
 
+class IndexBuilding(Unavailable):
+    """503 index-building: the vault is still building the index of the field looked up, so
+    nothing was looked up (never a silent []); retried after `retry_after` like any 503."""
+
+
 class NoAnswer(QoimaError):
     """No answer, or 408 request-timeout: the call may or may not have taken effect."""
 
@@ -171,6 +177,7 @@ _BY_SLUG = {
     "erased": Erased,
     "key-destroyed": KeyDestroyed,
     "unavailable": Unavailable,
+    "index-building": IndexBuilding,
     "rate-limited": RateLimited,
     "request-timeout": NoAnswer,
 }
@@ -318,7 +325,7 @@ class QoimaClient:
         "+77011234567"; emails trimmed and lower-cased); erased subjects never match. The value
         travels in the body only; it is audited as field, purpose and count, never the value.
         InvalidRequest if the field is not indexed or the value fails its check; Forbidden as
-        for a read; Unavailable (after the retries) while the vault is still building the index."""
+        for a read; IndexBuilding (after the retries) while the vault is still building the index."""
         body = self._call("POST", LOOKUP_PATH, {"field": field, "value": value, "purpose": purpose})
         return [str(s) for s in body["subjects"]]
 

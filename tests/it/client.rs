@@ -191,8 +191,8 @@ async fn a_lookup_waits_out_a_503_with_retry_after_and_sends_its_value_only_in_t
             log.push((uri.to_string(), header("idempotency-key"), header("x-request-id"), serde_json::from_slice(&body).unwrap()));
             // The first request of each pair: still indexing.
             if log.len() % 2 == 1 {
-                let problem = json!({"type": "urn:qoima:problem:unavailable", "title": "Service Unavailable", "status": 503,
-                    "detail": "the index of identity.iin is being built; retry later"});
+                let problem = json!({"type": "urn:qoima:problem:index-building", "title": "Service Unavailable", "status": 503,
+                    "detail": "the index of identity.iin is still being built; retry in 1 s"});
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [("content-type", "application/problem+json"), ("retry-after", "1")],
@@ -225,6 +225,6 @@ async fn a_lookup_waits_out_a_503_with_retry_after_and_sends_its_value_only_in_t
     // Once the attempts run out, the 503 reaches the caller typed, with the vault's wait.
     let once = Client::new(&addr, "qv1_stand-in").with_retry(qoima::client::Retry { attempts: 1, ..Default::default() });
     let e = once.lookup("identity.iin", "900101300017", "loan_issuance").await.unwrap_err();
-    assert_eq!((e.status(), e.slug(), e.retry_after()), (Some(503), Some("unavailable"), Some(std::time::Duration::from_secs(1))));
+    assert_eq!((e.status(), e.slug(), e.retry_after()), (Some(503), Some("index-building"), Some(std::time::Duration::from_secs(1))));
     assert!(e.retryable() && !e.to_string().contains("900101300017"), "{e}");
 }

@@ -107,3 +107,60 @@ async fn the_python_example_reports_a_rate_limit_with_its_wait() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.trim(), "rate limited 429 rate-limited 60.0");
 }
+
+/// The Python example's lookup, against a stand-in for a vault still building its index: the
+/// 503 `index-building` is waited out (its `Retry-After`) and retried; the value travels in
+/// the body only, without an idempotency key (a lookup is a read).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_example_waits_out_a_lookup_while_the_index_is_built() {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, bool, serde_json::Value)>>> = Arc::default();
+    let log = seen.clone();
+    let handler = move |uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
+        let log = log.clone();
+        async move {
+            let mut log = log.lock().unwrap();
+            log.push((uri.to_string(), headers.contains_key("idempotency-key"), serde_json::from_slice(&body).unwrap()));
+            if log.len() == 1 {
+                let problem = serde_json::json!({"type": "urn:qoima:problem:index-building", "title": "Service Unavailable",
+                    "status": 503, "detail": "the index of identity.iin is still being built; retry in 1 s"});
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("content-type", "application/problem+json"), ("retry-after", "1")],
+                    problem.to_string(),
+                );
+            }
+            let answer = serde_json::json!({"field": "identity.iin", "purpose": "loan_issuance", "subjects": ["py-l-1"]});
+            (StatusCode::OK, [("content-type", "application/json"), ("cache-control", "no-store")], answer.to_string())
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        async move { axum::serve(listener, axum::Router::new().route("/v1/lookup", axum::routing::post(handler))).await.unwrap() },
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");
+    let snippet = "import os, sys, time\n\
+        sys.path.insert(0, os.environ['EXAMPLES'])\n\
+        import lending_client as q\n\
+        c = q.QoimaClient(os.environ['QOIMA_URL'], 'qv1_stand-in', backoff=0.01)\n\
+        t = time.monotonic()\n\
+        print('found', c.lookup('identity.iin', '900101300017', 'loan_issuance'), time.monotonic() - t >= 1)\n";
+    let out = tokio::process::Command::new("python3")
+        .args(["-I", "-S", "-c", snippet])
+        .env("EXAMPLES", &dir)
+        .env("QOIMA_URL", &addr)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "found ['py-l-1'] True");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (uri, keyed, body) in &seen {
+        assert_eq!((uri.as_str(), *keyed), ("/v1/lookup", false), "nothing in the URL, no key");
+        assert_eq!(body, &serde_json::json!({"field": "identity.iin", "value": "900101300017", "purpose": "loan_issuance"}));
+    }
+}
