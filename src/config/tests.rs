@@ -294,3 +294,30 @@ fn purpose_views_parse_and_fit_the_schema() {
         "{e}"
     );
 }
+
+#[test]
+fn indexes_default_or_as_listed() {
+    let c = parse(GOOD).unwrap();
+    let shipped: Vec<(String, bool)> = c.indexes.iter().map(|i| (i.field.to_string(), i.unique)).collect();
+    assert_eq!(shipped, [("identity.iin".into(), true), ("identity.phone".into(), false), ("identity.email".into(), false)]);
+    assert_eq!(c.vault_settings().indexes, c.indexes);
+    // A list replaces the default; an empty one indexes nothing.
+    let c = parse(&format!("{GOOD}\n[[indexes]]\nfield = \"identity.email\"\nunique = true\n")).unwrap();
+    assert_eq!(c.indexes.iter().map(|i| (i.field.as_str(), i.unique)).collect::<Vec<_>>(), [("identity.email", true)]);
+    assert!(parse(&format!("indexes = []\n{GOOD}")).unwrap().indexes.is_empty());
+    for (entry, rule) in [
+        ("field = \"identity.shoe_size\"", "the schema does not list this field"),
+        ("field = \"technical.ip\"", "cannot be indexed"),
+        ("field = \"Identity\"", "is not a field name"),
+        ("field = \"identity.iin\"\nunique = true\n[[indexes]]\nfield = \"identity.iin\"", "defined twice"),
+        ("field = \"identity.iin\"\ncolour = \"red\"", "unknown field"),
+    ] {
+        let e = parse(&format!("{GOOD}\n[[indexes]]\n{entry}\n")).unwrap_err().to_string();
+        assert!(e.contains(rule) && e.starts_with("qoima.toml:"), "{entry}: {e}");
+    }
+    // The default must fit a schema the file changed.
+    let identity = "[schema.identity]\napplication = true\n[schema.identity.fields]\nfull_name = { type = \"text\" }\niin = { type = \"ip\" }\n\
+                    birth_date = { type = \"date\" }\nphone = { type = \"phone\" }\nemail = { type = \"email\" }\naddress = { type = \"text\" }\n";
+    let e = parse(&format!("{GOOD}\n{identity}")).unwrap_err().to_string();
+    assert!(e.contains("the default index on identity.iin") && e.contains("[[indexes]]"), "{e}");
+}

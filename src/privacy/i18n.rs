@@ -301,6 +301,9 @@ pub const FIELDS: Labels = &[
     ("contract.offer_accepted_at", ["Оферта қабылданды", "Оферта принята", "Offer accepted"]),
 ];
 
+/// The masked views a purpose may read a field through (`identity.iin:last4`).
+pub const VIEWS: Labels = &[("last4", ["соңғы 4 таңбасы", "последние 4 символа", "last 4 characters"]), ("year", ["жылы", "год", "year"])];
+
 /// The default schema's categories.
 pub const CATEGORIES: Labels = &[
     ("identity", ["Жеке деректер", "Личные данные", "Identity"]),
@@ -382,7 +385,10 @@ mod tests {
         for p in crate::policy::Purposes::default().0.keys() {
             assert!(label(PURPOSES, p.as_str(), Lang::Kk).is_some(), "purpose {p}");
         }
-        for table in [FIELDS, CATEGORIES, PURPOSES, CONTRACT_STATUS, BASES, ACTIONS] {
+        for v in crate::policy::View::ALL {
+            assert!(label(VIEWS, v.as_str(), Lang::Kk).is_some(), "view {}", v.as_str());
+        }
+        for table in [FIELDS, CATEGORIES, PURPOSES, CONTRACT_STATUS, BASES, ACTIONS, VIEWS] {
             let keys: BTreeSet<_> = table.iter().map(|(k, _)| k).collect();
             assert_eq!(keys.len(), table.len(), "duplicate keys");
             for (k, l) in table {

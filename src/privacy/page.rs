@@ -137,8 +137,17 @@ impl PageCtx<'_> {
         esc(&format!("{}/privacy/s/{}{tail}?lang={}", self.prefix, self.token, self.lang.code()))
     }
 
+    /// A field's label; read through a masked view (`identity.iin:last4`), the field's with the
+    /// view's (the borrower sees that only part of the value was read).
     fn field_label(&self, f: &str) -> String {
-        label(i18n::FIELDS, f, self.lang).map(str::to_owned).unwrap_or_else(|| f.to_owned())
+        let plain = |f: &str| label(i18n::FIELDS, f, self.lang).map(str::to_owned).unwrap_or_else(|| f.to_owned());
+        match f.split_once(':') {
+            Some((field, view)) => match label(i18n::VIEWS, view, self.lang) {
+                Some(v) => format!("{} ({v})", plain(field)),
+                None => plain(f),
+            },
+            None => plain(f),
+        }
     }
 
     fn purpose_label(&self, p: &str) -> String {
@@ -411,7 +420,9 @@ fn contracts_section(o: &mut String, c: &PageCtx<'_>, e: &Export) {
 
 fn field_list(c: &PageCtx<'_>, fields: &[String]) -> String {
     let mut fields: Vec<&String> = fields.iter().collect();
-    fields.sort_by_key(|f| (rank(i18n::CATEGORIES, f.split('.').next().unwrap_or_default()), rank(i18n::FIELDS, f)));
+    // A field read through a view (`identity.iin:last4`) sorts as the field.
+    let field = |f: &str| f.split(':').next().unwrap_or_default().to_owned();
+    fields.sort_by_key(|f| (rank(i18n::CATEGORIES, f.split('.').next().unwrap_or_default()), rank(i18n::FIELDS, &field(f))));
     let labels: Vec<String> = fields.into_iter().map(|f| c.field_label(f)).collect();
     esc(&labels.join(", "))
 }
@@ -717,6 +728,16 @@ mod tests {
             policy_version: "2019-01-29",
             notice: None,
         }
+    }
+
+    #[test]
+    fn a_field_read_through_a_view_is_named_with_it() {
+        let schema = Schema::default();
+        let names = |lang| field_list(&ctx(&schema, lang), &["identity.iin:last4".into(), "identity.birth_date:year".into(), "identity.full_name".into()]);
+        assert_eq!(names(Lang::En), "Full name, IIN (last 4 characters), Date of birth (year)");
+        assert_eq!(names(Lang::Ru), "ФИО, ИИН (последние 4 символа), Дата рождения (год)");
+        // An unknown view is shown as it was recorded.
+        assert_eq!(field_list(&ctx(&schema, Lang::En), &["identity.iin:x".into()]), "identity.iin:x");
     }
 
     #[test]

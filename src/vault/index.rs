@@ -196,6 +196,15 @@ impl Vault {
         Ok(out)
     }
 
+    /// Deletes `s`'s entries for `fields` into `batch` (their records expired).
+    pub(super) fn unindex_fields_into(&self, s: &str, fields: &BTreeSet<String>, batch: &mut Batch) -> Result<(), VaultError> {
+        for e in self.own_entries(Tier::Any, s)?.iter().filter(|e| fields.contains(&e.field)) {
+            batch.delete(Space::Index, layout::index_entry(e.generation, &e.field, &e.blind, s));
+            batch.delete(Space::Index, layout::subject_index(s, e.generation, &e.field));
+        }
+        Ok(())
+    }
+
     /// Deletes every entry of `s` into `batch` (its erasure) and returns the ranges its purge
     /// compacts: each entry's key and the subject's own records.
     pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<(Space, Vec<u8>, Vec<u8>)>, VaultError> {

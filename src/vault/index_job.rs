@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -173,32 +172,8 @@ impl Vault {
         if !self.index_job()?.is_some_and(|j| j.state == IndexJobState::Running) {
             return Ok(());
         }
-        let vault = Arc::downgrade(self);
-        let stop = self.index_build.stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("qoima-index".into())
-            .spawn(move || loop {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Some(v) = vault.upgrade() else { return };
-                match v.index_step() {
-                    Ok(true) => {
-                        let pause = v.settings.rewrap_pause_ms;
-                        drop(v);
-                        if pause > 0 {
-                            std::thread::sleep(Duration::from_millis(pause));
-                        }
-                    }
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "index build batch failed; retrying");
-                        drop(v);
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            })
-            .expect("spawn the index build thread");
+        let handle =
+            super::batches::spawn("qoima-index", "index build", Arc::downgrade(self), self.index_build.stop.clone(), Vault::index_step);
         *self.index_build.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }

@@ -13,6 +13,7 @@
 mod admin;
 mod answer;
 pub mod backup;
+mod batches;
 mod budget;
 pub mod codec;
 mod dek_cache;

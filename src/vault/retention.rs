@@ -55,6 +55,8 @@ impl Vault {
             if let Some(m) = &meta {
                 batch.put(Space::Subjects, layout::subject(&s), m.encode());
             }
+            // An expired value is no longer found by it.
+            self.unindex_fields_into(&s, &names, &mut batch)?;
             removed += names.len();
             let draft = self.draft(&ctx, Action::Rectify, Some(&s), "retention period passed").fields(names.into_iter().collect());
             let draft = draft.named("retention.expire");

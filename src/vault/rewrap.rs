@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qoima_keys::Generation;
 use serde::{Deserialize, Serialize};
@@ -185,33 +185,7 @@ impl Vault {
 
     fn spawn_rewrap(self: &Arc<Self>, done: u64) {
         *self.rewrap.meter.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), done));
-        let vault = Arc::downgrade(self);
-        let stop = self.rewrap.stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("qoima-rewrap".into())
-            .spawn(move || loop {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                // Hold the vault only for one step, so shutdown is never kept waiting.
-                let Some(v) = vault.upgrade() else { return };
-                match v.rewrap_step() {
-                    Ok(true) => {
-                        let pause = v.settings.rewrap_pause_ms;
-                        drop(v);
-                        if pause > 0 {
-                            std::thread::sleep(Duration::from_millis(pause));
-                        }
-                    }
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rewrap batch failed; retrying");
-                        drop(v);
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            })
-            .expect("spawn the rewrap thread");
+        let handle = super::batches::spawn("qoima-rewrap", "rewrap", Arc::downgrade(self), self.rewrap.stop.clone(), Vault::rewrap_step);
         *self.rewrap.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 

@@ -215,3 +215,29 @@ fn lookups_normalise_and_refuse_what_they_cannot_answer() {
     assert_eq!(v.lookup(&monitoring, "identity.phone", &json!("+77011234567"), "loan_monitoring").unwrap(), Vec::<String>::new());
     v.close();
 }
+
+#[test]
+fn an_indexed_value_whose_retention_passes_is_no_longer_found() {
+    let dir = tempfile::tempdir().unwrap();
+    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).ok();
+    let root = qoima_keys::RootKeySource::File(dir.path().join("root.key")).load().unwrap();
+    let cookie = FieldName::parse("technical.cookie_id").unwrap();
+    let settings = Settings {
+        indexes: vec![IndexedField { field: cookie, unique: false }],
+        write_grants: [("t".to_string(), vec!["identity.*".to_string(), "technical.*".to_string()])].into(),
+        ..Settings::new(dir.path().join("data"))
+    };
+    let clock = crate::domain::ManualClock::new(time::OffsetDateTime::now_utc());
+    let v = Vault::open(settings, root, Arc::new(clock.clone()), Arc::default()).unwrap();
+    let fields = [("technical.cookie_id".to_string(), json!("ck-123")), ("identity.full_name".to_string(), json!("N"))].into();
+    v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse("t").unwrap(), &fields).wait().unwrap();
+    let find = || v.lookup(&caller("t", Role::Service, &["loan_issuance"]), "technical.cookie_id", &json!("ck-123"), "loan_issuance");
+    // loan_issuance does not read technical data: a lookup by it is refused.
+    assert!(matches!(find(), Err(VaultError::Denied(_))));
+    assert_eq!(entry_generations(&v), [1].into());
+    clock.advance(time::Duration::days(91));
+    assert_eq!(v.sweep_expired().unwrap(), 1);
+    assert!(entry_generations(&v).is_empty(), "the expired value's entry went with its record");
+    assert!(v.own_fields("t").unwrap().is_empty());
+    v.close();
+}
