@@ -23,6 +23,7 @@ mod export;
 mod facts;
 mod followup;
 mod idempotency;
+pub mod import;
 mod journal;
 pub mod keyring;
 mod lookup;

@@ -50,9 +50,20 @@ impl SubjectLocks {
     /// Locks every subject of a batch at once, in stripe order (so two batch lockers cannot
     /// deadlock; everyone else holds one stripe at a time).
     pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<parking_lot::MutexGuard<'a, ()>> {
+        self.stripes_of(subjects).into_iter().map(|i| self.stripes[i].lock()).collect()
+    }
+
+    /// [`SubjectLocks::lock_many`] as guards that can be sent to another thread (a bulk
+    /// import's locks go with its batch to the audit committer).
+    pub fn lock_many_owned<'a>(&self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<OwnedSubjectLock> {
+        self.stripes_of(subjects).into_iter().map(|i| self.stripes[i].lock_arc()).collect()
+    }
+
+    /// The stripes of `subjects`, sorted, each once: the order every multi-subject locker takes.
+    fn stripes_of<'a>(&self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
         let mut idx: Vec<usize> = subjects.into_iter().map(|s| self.stripe(s)).collect();
         idx.sort_unstable();
         idx.dedup();
-        idx.into_iter().map(|i| self.stripes[i].lock()).collect()
+        idx
     }
 }
