@@ -283,7 +283,8 @@ mod tests {
         let v = vault(dir.path());
         let ctx = Ctx { caller: std::sync::Arc::new(service()), ..Ctx::system() };
         let name = json!({"identity.full_name": "N"});
-        v.put_batch(&ctx, &[item("old", name.clone())]).unwrap();
+        let first = v.put_batch(&ctx, &[item("old", name.clone())]).unwrap();
+        assert!(matches!(&first[0].result, ItemResult::Written(w) if w.created), "{first:?}");
         let groups = || v.audit_stats().groups.load(std::sync::atomic::Ordering::Relaxed);
         let (groups_before, entries_before) = (groups(), v.audit_stats().entries.load(std::sync::atomic::Ordering::Relaxed));
         let items = [
@@ -313,7 +314,7 @@ mod tests {
         crate::policy::Caller {
             name: crate::domain::CallerName::parse("importer").unwrap(),
             roles: [crate::domain::Role::Service].into(),
-            purposes: Default::default(),
+            purposes: [crate::domain::Purpose::parse("loan_issuance").unwrap()].into(),
         }
     }
 
