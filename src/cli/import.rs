@@ -208,7 +208,9 @@ impl Progress {
 fn token(args: &ImportArgs) -> Result<String, Failure> {
     let token = match &args.token_file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| Failure(2, format!("{}: {e}", f.display())))?,
-        None => std::env::var("QOIMA_TOKEN").map_err(|_| Failure(2, "give the service token with --token-file FILE or QOIMA_TOKEN".into()))?,
+        None => {
+            std::env::var("QOIMA_TOKEN").map_err(|_| Failure(2, "give the service token with --token-file FILE or QOIMA_TOKEN".into()))?
+        }
     };
     let token = token.trim().to_owned();
     if token.is_empty() {
@@ -309,7 +311,9 @@ async fn run(client: &Client, args: &ImportArgs, summary: &mut Summary) -> Resul
                     (200, _) => summary.updated += 1,
                     (status, p) => summary.refused.push(RefusedLine {
                         line: *line,
-                        reason: p.as_ref().map_or_else(|| format!("status {status}"), |p| format!("{} {}: {}", p.status, p.title, p.detail)),
+                        reason: p
+                            .as_ref()
+                            .map_or_else(|| format!("status {status}"), |p| format!("{} {}: {}", p.status, p.title, p.detail)),
                     }),
                 }
             }

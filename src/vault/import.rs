@@ -130,16 +130,16 @@ impl Replayable for Vec<ItemOutcome> {
     }
 }
 
-/// An item on its way through the import: checked (and to be planned under the locks), or
-/// answered, with the audit entry its answer records, if any.
+/// An item after its checks: to be planned under the locks, or refused, with the audit entry
+/// the refusal records, if any (boxed: most items are checked).
 enum Step<'a> {
     Checked { subject: &'a str, fields: Vec<(FieldName, Vec<u8>)> },
-    Answered { result: ItemResult, draft: Option<Draft> },
+    Refused { refusal: Refusal, draft: Option<Box<Draft>> },
 }
 
 impl Step<'_> {
     fn refused(refusal: Refusal, draft: Option<Draft>) -> Self {
-        Step::Answered { result: ItemResult::Refused(refusal), draft }
+        Step::Refused { refusal, draft: draft.map(Box::new) }
     }
 }
 
@@ -165,7 +165,7 @@ impl Vault {
         let steps = items.iter().map(|item| self.check_item(ctx, item, &mut seen)).collect::<Result<Vec<_>, _>>()?;
         let locks = self.locks.lock_many_owned(steps.iter().filter_map(|s| match s {
             Step::Checked { subject, .. } => Some(*subject),
-            Step::Answered { .. } => None,
+            Step::Refused { .. } => None,
         }));
         let mut batch = Batch::default();
         let mut afters: Vec<AfterCommit> = Vec::new();
@@ -173,8 +173,8 @@ impl Vault {
         for step in steps {
             let (subject, fields) = match step {
                 Step::Checked { subject, fields } => (subject, fields),
-                Step::Answered { result, draft } => {
-                    answered.push((result, draft));
+                Step::Refused { refusal, draft } => {
+                    answered.push((ItemResult::Refused(refusal), draft.map(|d| *d)));
                     continue;
                 }
             };
@@ -193,7 +193,8 @@ impl Vault {
                     (ItemResult::Written(outcome), Some(draft))
                 }
                 Ok(WritePlan::Refused { err }) => {
-                    let draft = self.refusal_draft(Refused { ctx, action, subject: Some(subject), purpose: None, fields: names(&fields) }, &err);
+                    let draft =
+                        self.refusal_draft(Refused { ctx, action, subject: Some(subject), purpose: None, fields: names(&fields) }, &err);
                     (ItemResult::Refused(Refusal::of(err)?), Some(draft))
                 }
                 // Unrecorded, as the single put leaves an error on the way.

@@ -151,13 +151,7 @@ impl Vault {
     /// What the committer does once a write's batch is applied or refused: caches what the
     /// write left if applied (a new subject's DEK, a cached subject's next view), then lets the
     /// subject's lock and the key's claim go (`held`: whatever the write holds until then).
-    pub(super) fn after_write(
-        &self,
-        s: &str,
-        held: impl Send + 'static,
-        new_dek: Option<Arc<Dek>>,
-        next: Option<NextView>,
-    ) -> AfterCommit {
+    pub(super) fn after_write(&self, s: &str, held: impl Send + 'static, new_dek: Option<Arc<Dek>>, next: Option<NextView>) -> AfterCommit {
         let caches = (new_dek.is_some() || next.is_some()).then(|| (self.dek_cache.clone(), self.subject_cache.clone(), s.to_owned()));
         Box::new(move |applied| {
             if let (true, Some((deks, views, subject))) = (applied, caches) {
