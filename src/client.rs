@@ -271,6 +271,33 @@ impl Client {
         self.call(Method::PUT, &format!("/v1/subjects/{subject}"), Some(&body)).await.map_err(|e| unique_conflict(e, &body.fields))
     }
 
+    /// Stores or merges up to 1,000 subjects in one request (role service, `POST
+    /// /v1/subjects:batch`): one result per subject, in order; a refused subject is a result
+    /// with its status and problem, not an error. With `idempotency_key`, every attempt (and a
+    /// later call with the same key and subjects, e.g. a resumed import) sends that key, so a
+    /// batch whose answer was lost is answered again, not applied twice; without one, the
+    /// call makes its own, as every mutating call does.
+    pub async fn put_batch(&self, subjects: &[BatchItem], idempotency_key: Option<&str>) -> Result<BatchResponse, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            subjects: &'a [BatchItem],
+        }
+        let body = serde_json::to_vec(&Body { subjects }).expect("wire types serialise");
+        let key = idempotency_key.map_or_else(|| format!("rs-{}", crate::domain::random_hex::<16>()), str::to_owned);
+        let request_id = format!("rs-{}", crate::domain::random_hex::<8>());
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&Method::POST, "/v1/subjects:batch", Some(&body), Some(&key), &request_id).await {
+                Err(e) if e.retried() && attempt < self.retry.attempts => {
+                    let wait = self.retry.delay(attempt);
+                    tokio::time::sleep(e.retry_after().map_or(wait, |w| w.max(wait))).await;
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// Reads for a purpose, optionally narrowed to some fields (role service).
     pub async fn read(&self, subject: &str, purpose: &str, fields: Option<&[&str]>) -> Result<FieldsResponse, ClientError> {
         let mut path = format!("/v1/subjects/{subject}?purpose={purpose}");

@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::InvalidId;
@@ -11,7 +11,7 @@ use crate::policy::Denial;
 use crate::vault::VaultError;
 
 /// A problem details document.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// `urn:qoima:problem:<slug>`; the slugs are listed in docs/api.md.
     #[serde(rename = "type")]
@@ -20,7 +20,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// The erasure receipt, on 410.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
 }
 
@@ -50,6 +50,17 @@ impl ApiError {
 
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    /// The problem document this error answers with (also a bulk import's refused item's).
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("urn:qoima:problem:{}", self.slug),
+            title: title(self.status).into(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            receipt: self.receipt.clone(),
+        }
     }
 }
 
@@ -122,13 +133,7 @@ fn title(status: StatusCode) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Problem {
-            kind: format!("urn:qoima:problem:{}", self.slug),
-            title: title(self.status).into(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            receipt: self.receipt,
-        };
+        let body = self.problem();
         let mut res = (self.status, serde_json::to_vec(&body).expect("problem serialises")).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(secs) = self.retry_after {

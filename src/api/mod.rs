@@ -8,6 +8,7 @@ mod admin;
 mod edge;
 pub mod error;
 mod extract;
+mod import;
 mod lookup;
 mod metrics;
 mod privacy;
@@ -57,7 +58,8 @@ impl AppState {
     paths(
         subjects::put_subject, subjects::read_subject, subjects::rectify, subjects::open_contract, subjects::update_contract,
         subjects::give_consent, subjects::withdraw_consent, subjects::disclose, subjects::export, subjects::request_erasure,
-        subjects::erasure_status, subjects::rekey, lookup::lookup, privacy::create_session, admin::keys, admin::rotate, admin::start_rewrap, admin::rewrap_progress,
+        subjects::erasure_status, subjects::rekey, import::put_batch, lookup::lookup, privacy::create_session, admin::keys, admin::rotate,
+        admin::start_rewrap, admin::rewrap_progress,
         admin::destroy, admin::audit, admin::audit_verify,
         admin::healthz, admin::readyz
     ),
@@ -223,6 +225,12 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.privacy.clone(), privacy::headers));
     let v1 = Router::new()
         .route("/v1/subjects/{id}", put(subjects::put_subject).get(subjects::read_subject))
+        // A literal segment of its own (`subjects:batch`), never `{id}`. Its body may be as
+        // large as 1,000 subjects (the one route above `[limits] max_body_bytes`).
+        .route(
+            "/v1/subjects:batch",
+            post(import::put_batch).layer(DefaultBodyLimit::max(limits.max_body_bytes.max(import::MAX_BATCH_BODY_BYTES))),
+        )
         .route("/v1/subjects/{id}/rectify", patch(subjects::rectify))
         .route("/v1/subjects/{id}/contracts", post(subjects::open_contract))
         .route("/v1/subjects/{id}/contracts/{contract}", patch(subjects::update_contract))

@@ -40,6 +40,50 @@ impl WriteResponse {
     }
 }
 
+/// `POST /v1/subjects:batch`: a bulk import.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// 1 to 1,000 subjects, each written as `PUT /v1/subjects/{id}` would write it.
+    pub subjects: Vec<BatchItem>,
+}
+
+/// One subject of a [`BatchBody`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// Opaque subject id, `^[A-Za-z0-9._-]{1,128}$`.
+    pub subject: String,
+    /// Field name (`category.name`) → value (JSON string or number).
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub fields: BTreeMap<String, Value>,
+}
+
+/// A bulk import's answer: one result per subject, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// What became of one subject of a bulk import.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    /// The subject id as sent; empty when the id itself was refused (it is not repeated).
+    pub subject: String,
+    /// 201 created, 200 updated; otherwise the status `PUT /v1/subjects/{id}` would have
+    /// answered (400, 403, 409, 410, …), and nothing of the subject was stored.
+    pub status: u16,
+    /// The subject's record version after this write (stored subjects only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Fields mandatory for a loan application (P2) still missing (stored subjects only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_mandatory: Option<Vec<String>>,
+    /// Why it was refused: the problem document the single put would have answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<super::error::Problem>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

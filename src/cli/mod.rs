@@ -2,12 +2,14 @@
 //! development configuration in the working directory). Errors are one line on stderr.
 //!
 //! Exit codes: 0 success; 1 a check failed (e.g. the audit chain is broken); 2 usage;
-//! 3 configuration error; 4 the vault or its store failed.
+//! 3 configuration error; 4 the vault or its store failed. (`qoima import`: 1 some lines were
+//! refused.)
 
 mod audit;
 mod backup;
 mod callers;
 mod config;
+mod import;
 mod keys;
 mod lookup;
 mod serve;
@@ -56,6 +58,14 @@ pub enum Command {
     /// Backups that never contain the root key, and restores that replay erasures.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Import subjects from a JSON Lines file (one {"subject","fields"} object per line) into a
+    /// running vault, in batches of POST /v1/subjects:batch, with a progress bar. Resumes after
+    /// an interruption from the checkpoint FILE.qoima-import beside the file, never applying a
+    /// batch twice. Prints a summary: imported, updated, refused (line numbers and reasons,
+    /// never values). Exit codes: 0 every line imported or updated; 1 some lines were refused
+    /// (listed); 2 usage (no token, unreadable file); 4 the vault failed or refused a request
+    /// (the lines acknowledged so far stay done: run again to resume).
+    Import(import::ImportArgs),
     /// The blind index lookups use: its build and the duplicates it found.
     #[command(subcommand)]
     Lookup(LookupCmd),
@@ -218,6 +228,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let assertion = subject_assertion.entry_line(&roles)?;
             callers::add_caller(&cli.config, &name, &roles, &purposes, max_reads_per_minute, assertion)
         }
+        Command::Import(args) => import::import(args),
         Command::Lookup(LookupCmd::Status) => lookup::status(&cli.config),
         Command::Lookup(LookupCmd::Duplicates) => lookup::duplicates(&cli.config),
         Command::Backup(BackupCmd::Create { dir }) => backup::backup_create(&cli.config, &dir),

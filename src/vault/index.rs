@@ -56,10 +56,19 @@ impl ValueLocks {
         Ok(Self { locks: SubjectLocks::new(1024), key: IndexKey::generate(Generation(0))? })
     }
 
+    /// The lock names of the unique values among `values` (of `fields`): a keyed hash of the
+    /// field and value, under this process's key.
+    pub(super) fn names(&self, fields: &[(FieldName, Vec<u8>)], values: &[IndexedValue]) -> Vec<String> {
+        values.iter().filter(|v| v.unique).map(|v| hex::encode(self.key.blind(fields[v.pos].0.as_str(), v.normal.as_bytes()).0)).collect()
+    }
+
     /// Locks the unique values among `values` (of `fields`), to hold until the write is applied.
     pub(super) fn lock(&self, mode: Mode, fields: &[(FieldName, Vec<u8>)], values: &[IndexedValue]) -> Result<Vec<OwnedSubjectLock>, VaultError> {
-        let names: Vec<String> =
-            values.iter().filter(|v| v.unique).map(|v| hex::encode(self.key.blind(fields[v.pos].0.as_str(), v.normal.as_bytes()).0)).collect();
+        self.lock_names(mode, &self.names(fields, values))
+    }
+
+    /// Locks `names` (of [`ValueLocks::names`]), all at once, in stripe order.
+    pub(super) fn lock_names(&self, mode: Mode, names: &[String]) -> Result<Vec<OwnedSubjectLock>, VaultError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }

@@ -24,6 +24,7 @@ mod export;
 mod facts;
 mod followup;
 mod idempotency;
+pub mod import;
 mod index;
 pub mod index_job;
 mod journal;

@@ -48,7 +48,8 @@ impl SubjectLocks {
     }
 
     /// Locks every one of `names` at once, in stripe order (as [`SubjectLocks::lock_many`]), as
-    /// guards that can go to another thread.
+    /// guards that can go to another thread (a bulk import's locks, and a write's unique
+    /// values, go with its batch to the audit committer).
     pub fn lock_many_owned<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<OwnedSubjectLock> {
         self.stripes_of(names).into_iter().map(|i| self.stripes[i].lock_arc()).collect()
     }
@@ -58,6 +59,7 @@ impl SubjectLocks {
         self.stripes_of(names).into_iter().map(|i| self.stripes[i].try_lock_arc()).collect()
     }
 
+    /// The stripes of `names`, sorted, each once: the order every multi-lock taker follows.
     fn stripes_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
         let mut idx: Vec<usize> = names.into_iter().map(|s| self.stripe(s)).collect();
         idx.sort_unstable();
@@ -68,9 +70,7 @@ impl SubjectLocks {
     /// Locks every subject of a batch at once, in stripe order (so two batch lockers cannot
     /// deadlock; everyone else holds one stripe at a time).
     pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<parking_lot::MutexGuard<'a, ()>> {
-        let mut idx: Vec<usize> = subjects.into_iter().map(|s| self.stripe(s)).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter().map(|i| self.stripes[i].lock()).collect()
+        self.stripes_of(subjects).into_iter().map(|i| self.stripes[i].lock()).collect()
     }
+
 }

@@ -28,7 +28,7 @@ use crate::store::{Batch, Space, Tier};
 // `Ready` is every write's plan and is larger than the rare refusal; boxing it would cost an
 // allocation per write.
 #[allow(clippy::large_enum_variant)]
-enum WritePlan {
+pub(super) enum WritePlan {
     Ready {
         batch: Batch,
         draft: audit::Draft,
@@ -43,22 +43,22 @@ enum WritePlan {
 
 /// The view of a cached subject as a planned write leaves it, to install once the write is
 /// applied, under the subject's lock (so the next read finds it instead of the store's scans).
-struct NextView {
+pub(super) struct NextView {
     /// [`SubjectCache::clears`](super::subject_cache::SubjectCache::clears) when the write was planned.
     clears: u64,
     view: Arc<SubjectView>,
 }
 
 /// One write's question, checked: who writes which parsed fields to which subject.
-struct WriteRequest<'a> {
-    ctx: &'a Ctx,
-    action: Action,
-    subject: &'a str,
-    fields: &'a [(FieldName, Vec<u8>)],
+pub(super) struct WriteRequest<'a> {
+    pub ctx: &'a Ctx,
+    pub action: Action,
+    pub subject: &'a str,
+    pub fields: &'a [(FieldName, Vec<u8>)],
     /// The written values of indexed fields ([`Vault::indexed_values`]).
-    indexed: &'a [IndexedValue],
+    pub indexed: &'a [IndexedValue],
     /// Whether an unknown subject is created (a put) or refused (a rectify).
-    create: bool,
+    pub create: bool,
 }
 
 /// What a write holds until its batch is applied: the subject's lock, the claim on its
@@ -81,7 +81,7 @@ pub struct WriteOutcome {
 
 impl Vault {
     /// Parses and type-checks fields against the schema; nothing is stored if one fails.
-    fn encode_fields(&self, fields: &BTreeMap<String, Value>) -> Result<Vec<(FieldName, Vec<u8>)>, VaultError> {
+    pub(super) fn encode_fields(&self, fields: &BTreeMap<String, Value>) -> Result<Vec<(FieldName, Vec<u8>)>, VaultError> {
         if fields.is_empty() {
             return Err(VaultError::no_fields());
         }
@@ -166,14 +166,8 @@ impl Vault {
 
     /// What the committer does once a write's batch is applied or refused: caches what the
     /// write left if applied (a new subject's DEK, a cached subject's next view), then lets the
-    /// subject's lock and the key's claim go.
-    fn after_write(
-        &self,
-        s: &str,
-        held: Held,
-        new_dek: Option<Arc<Dek>>,
-        next: Option<NextView>,
-    ) -> AfterCommit {
+    /// subject's lock and the key's claim go (`held`: whatever the write holds until then).
+    pub(super) fn after_write(&self, s: &str, held: impl Send + 'static, new_dek: Option<Arc<Dek>>, next: Option<NextView>) -> AfterCommit {
         let caches = (new_dek.is_some() || next.is_some()).then(|| (self.dek_cache.clone(), self.subject_cache.clone(), s.to_owned()));
         Box::new(move |applied| {
             if let (true, Some((deks, views, subject))) = (applied, caches) {
@@ -190,7 +184,7 @@ impl Vault {
 
     /// The policy's write decision for this caller, before any lookup: its grant, or what its
     /// purposes read.
-    fn write_decision(&self, ctx: &Ctx, action: Action, fields: &[(FieldName, Vec<u8>)]) -> Result<(), Denial> {
+    pub(super) fn write_decision(&self, ctx: &Ctx, action: Action, fields: &[(FieldName, Vec<u8>)]) -> Result<(), Denial> {
         let writes = self.settings.write_grants.get(ctx.caller.name.as_str()).map(Vec::as_slice);
         policy::decide_write(&ctx.caller, action, writes, &self.settings.purposes, fields.iter().map(|(f, _)| f.borrowed()))
     }
@@ -198,7 +192,7 @@ impl Vault {
     /// What the write `req` would do, under the subject's lock (the caller's), with no side
     /// effect but filling the DEK cache: the batch, its audit entry and the outcome, or the
     /// refusal to record.
-    fn plan_write(&self, tier: Tier, req: &WriteRequest<'_>) -> Result<WritePlan, VaultError> {
+    pub(super) fn plan_write(&self, tier: Tier, req: &WriteRequest<'_>) -> Result<WritePlan, VaultError> {
         let WriteRequest { ctx, action, subject: s, fields, indexed, create } = *req;
         let now = self.clock.now();
         let mut batch = Batch::default();

@@ -417,7 +417,7 @@ async fn the_openapi_document_names_the_key_on_every_mutating_operation() {
             }
         }
     }
-    assert_eq!(mutating, 13, "the mutating operations of docs/api.md");
+    assert_eq!(mutating, 14, "the mutating operations of docs/api.md");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ mod grants;
 mod hostile;
 mod hygiene;
 mod idempotency;
+mod import;
 mod keys;
 mod lookup;
 mod privacy;
