@@ -54,21 +54,20 @@ async fn the_python_example_runs_its_demo_against_a_live_vault() {
     let audit = app.get("/v1/audit?subject=python-demo-1&limit=1000", "auditor").await;
     let entries = audit.body["entries"].as_array().expect("entries");
     let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
-    for action in [
-        "subject.lookup",
-        "subject.put",
-        "subject.read",
-        "consent.give",
-        "contract.open",
-        "subject.disclose",
-        "erasure.request",
-        "contract.update",
-    ] {
+    for action in ["subject.put", "subject.read", "consent.give", "contract.open", "subject.disclose", "erasure.request", "contract.update"]
+    {
         assert!(actions.contains(&action), "no {action} in {actions:?}");
     }
     // Every call carried the client's own request id, kept beside the vault's.
     let mut by_client = entries.iter().filter(|e| e["caller"] != "qoima");
     assert!(by_client.all(|e| e["client_request_id"].as_str().is_some_and(|r| r.starts_with("py-"))), "{entries:#?}");
+    // Its lookups name no subject in the trail (and never the value): found by caller.
+    let by_caller = app.get("/v1/audit?caller=svc-all&limit=1000", "auditor").await;
+    let lookups: Vec<&serde_json::Value> =
+        by_caller.body["entries"].as_array().expect("entries").iter().filter(|e| e["action"] == "subject.lookup").collect();
+    assert_eq!(lookups.len(), 4, "{lookups:#?}");
+    assert!(lookups.iter().all(|e| e["purpose"] == "loan_issuance" && e["subject"].is_null()), "{lookups:#?}");
+    assert!(!by_caller.body.to_string().contains("900101300017"), "the trail holds no IIN looked up");
     let erasure = app.get("/v1/subjects/python-demo-1/erasure", "website").await;
     assert_eq!(erasure.body["status"], "erased");
     // The refused second subject and refused imports stored nothing; the imported ones went too.
