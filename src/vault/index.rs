@@ -14,9 +14,9 @@
 //! - Erasure deletes the entries in the subject's shred batch, and its purge compacts them out
 //!   of the files with the wrapped DEK.
 
-use std::collections::BTreeSet;
 use qoima_keys::{BlindIndex, Generation, IndexKey};
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 use super::answer::Mode;
 use super::error::{Conflict, Invalid};
@@ -63,7 +63,12 @@ impl ValueLocks {
     }
 
     /// Locks the unique values among `values` (of `fields`), to hold until the write is applied.
-    pub(super) fn lock(&self, mode: Mode, fields: &[(FieldName, Vec<u8>)], values: &[IndexedValue]) -> Result<Vec<OwnedSubjectLock>, VaultError> {
+    pub(super) fn lock(
+        &self,
+        mode: Mode,
+        fields: &[(FieldName, Vec<u8>)],
+        values: &[IndexedValue],
+    ) -> Result<Vec<OwnedSubjectLock>, VaultError> {
         self.lock_names(mode, &self.names(fields, values))
     }
 
@@ -216,7 +221,7 @@ impl Vault {
 
     /// Deletes every entry of `s` into `batch` (its erasure) and returns the ranges its purge
     /// compacts: each entry's key and the subject's own records.
-    pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<(Space, Vec<u8>, Vec<u8>)>, VaultError> {
+    pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<super::erasure::KeyRange>, VaultError> {
         let own = self.own_entries(Tier::Any, s)?;
         let mut ranges = Vec::with_capacity(own.len() + 1);
         for e in &own {
@@ -312,4 +317,3 @@ fn key_after(mut key: Vec<u8>) -> Vec<u8> {
     key.push(0);
     key
 }
-

@@ -29,11 +29,12 @@ fn find(v: &Vault, field: &str, value: &str) -> Result<Vec<String>, VaultError> 
 /// The generations the store holds index entries under.
 fn entry_generations(v: &Vault) -> std::collections::BTreeSet<u32> {
     let mut out = std::collections::BTreeSet::new();
-    v.store().scan_prefix(crate::store::Space::Index, b"v", |k, _| {
-        out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
-        true
-    })
-    .unwrap();
+    v.store()
+        .scan_prefix(crate::store::Space::Index, b"v", |k, _| {
+            out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
+            true
+        })
+        .unwrap();
     out
 }
 
@@ -127,7 +128,7 @@ fn a_store_written_before_indexes_is_built_online_and_its_duplicates_reported() 
     {
         let v = open(dir.path(), Vec::new());
         let other = iin(77);
-    for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
+        for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
             put_iin(&v, s, value).unwrap();
         }
         v.close();
@@ -227,7 +228,7 @@ fn an_indexed_value_whose_retention_passes_is_no_longer_found() {
         write_grants: [("t".to_string(), vec!["identity.*".to_string(), "technical.*".to_string()])].into(),
         ..Settings::new(dir.path().join("data"))
     };
-    let clock = crate::domain::ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock = crate::domain::ManualClock::new(time::macros::datetime!(2026-12-01 0:00 UTC));
     let v = Vault::open(settings, root, Arc::new(clock.clone()), Arc::default()).unwrap();
     let fields = [("technical.cookie_id".to_string(), json!("ck-123")), ("identity.full_name".to_string(), json!("N"))].into();
     v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse("t").unwrap(), &fields).wait().unwrap();
