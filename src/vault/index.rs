@@ -138,14 +138,36 @@ impl Vault {
                     return Ok(Some(err));
                 }
             }
-            for e in mine {
-                changes.delete(Space::Index, layout::index_entry(e.generation, f, &e.blind, s));
-                changes.delete(Space::Index, layout::subject_index(s, e.generation, f));
-            }
-            put_entry(&mut changes, active.generation(), f, &blind, s);
+            replace_entries(&mut changes, s, f, &mine, Some((active.generation(), &blind)));
         }
         batch.extend(changes);
         Ok(None)
+    }
+
+    /// Makes `s`'s entries for `field` those of `normal` under `active` (none for `None`), into
+    /// `batch`; nothing if they already are. Returns whether they change. The index build's
+    /// step, under the subject's lock: a field indexed again after a while unindexed may have
+    /// stale entries, which this replaces.
+    pub(super) fn set_entries_into(
+        &self,
+        s: &str,
+        field: &str,
+        normal: Option<&Normalised>,
+        active: &IndexKey,
+        batch: &mut Batch,
+    ) -> Result<bool, VaultError> {
+        let own = self.own_entries(Tier::Any, s)?;
+        let mine: Vec<&OwnEntry> = own.iter().filter(|e| e.field == field).collect();
+        let blind = normal.map(|n| active.blind(field, n.as_bytes()));
+        let current = match (&blind, mine.as_slice()) {
+            (Some(b), [only]) => only.generation == active.generation() && only.blind == b.0,
+            (None, []) => true,
+            _ => false,
+        };
+        if !current {
+            replace_entries(batch, s, field, &mine, blind.as_ref().map(|b| (active.generation(), b)));
+        }
+        Ok(!current)
     }
 
     /// Whether a live subject other than `s` holds `normal` in the unique field `f`, under any
@@ -188,6 +210,7 @@ impl Vault {
     }
 
     /// The fields `s` has entries for.
+    #[cfg(test)]
     pub(super) fn own_fields(&self, s: &str) -> Result<BTreeSet<String>, VaultError> {
         Ok(self.own_entries(Tier::Any, s)?.into_iter().map(|e| e.field).collect())
     }
@@ -303,6 +326,17 @@ impl Vault {
         };
         self.audit.record(self.draft(ctx, Action::Lookup, None, reason).purpose(p).fields(vec![f.to_string()]))?;
         Ok(subjects)
+    }
+}
+
+/// Deletes `old` (`s`'s entries for `field`) and puts `new`'s, into `batch`.
+fn replace_entries(batch: &mut Batch, s: &str, field: &str, old: &[&OwnEntry], new: Option<(Generation, &BlindIndex)>) {
+    for e in old {
+        batch.delete(Space::Index, layout::index_entry(e.generation, field, &e.blind, s));
+        batch.delete(Space::Index, layout::subject_index(s, e.generation, field));
+    }
+    if let Some((generation, blind)) = new {
+        put_entry(batch, generation, field, blind, s);
     }
 }
 

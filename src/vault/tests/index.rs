@@ -242,3 +242,30 @@ fn an_indexed_value_whose_retention_passes_is_no_longer_found() {
     assert!(v.own_fields("t").unwrap().is_empty());
     v.close();
 }
+
+#[test]
+fn a_field_indexed_again_after_a_while_unindexed_drops_its_stale_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = |v: &Vault, value: &str| {
+        let fields = [("identity.phone".to_string(), json!(value))].into();
+        v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse("p").unwrap(), &fields).wait().unwrap();
+    };
+    let reopen = |indexes| {
+        let v = open(dir.path(), indexes);
+        v.run_index_build().unwrap();
+        v
+    };
+    let v = reopen(default_indexes());
+    phone(&v, "+77010000001");
+    v.close();
+    drop(v);
+    // Unindexed for a while: a write then changes the value, and no entry follows it.
+    let v = reopen(default_indexes().into_iter().filter(|i| i.field.as_str() != "identity.phone").collect());
+    phone(&v, "+77010000002");
+    v.close();
+    drop(v);
+    let v = reopen(default_indexes());
+    assert_eq!(find(&v, "identity.phone", "+77010000002").unwrap(), ["p"]);
+    assert_eq!(find(&v, "identity.phone", "+77010000001").unwrap(), Vec::<String>::new(), "the stale entry is gone");
+    v.close();
+}
