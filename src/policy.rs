@@ -351,7 +351,9 @@ impl Action {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Action::PutFields | Action::Read | Action::Lookup | Action::OpenContract | Action::UpdateContract | Action::Disclose => &[Service],
+            Action::PutFields | Action::Read | Action::Lookup | Action::OpenContract | Action::UpdateContract | Action::Disclose => {
+                &[Service]
+            }
             Action::Rectify | Action::Export | Action::PrivacySession => &[Website],
             Action::GiveConsent | Action::WithdrawConsent | Action::RequestErasure | Action::ErasureStatus => &[Website, Service],
             Action::KeysRead | Action::KeysManage | Action::Rekey | Action::Backup => &[Security],

@@ -86,10 +86,9 @@ impl From<VaultError> for ApiError {
             e @ VaultError::RateLimited { retry_after_secs, .. } => {
                 Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string()) }
             }
-            e @ VaultError::IndexBuilding { retry_after_secs, .. } => Self {
-                retry_after: Some(retry_after_secs),
-                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "index-building", e.to_string())
-            },
+            e @ VaultError::IndexBuilding { retry_after_secs, .. } => {
+                Self { retry_after: Some(retry_after_secs), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "index-building", e.to_string()) }
+            }
             e @ VaultError::KeyDestroyed { .. } => Self::new(StatusCode::GONE, "key-destroyed", e.to_string()),
             e @ VaultError::WrapLimit { .. } => {
                 tracing::warn!(detail = %e, "write refused at the KEK wrap limit");

@@ -13,12 +13,17 @@ use crate::vault::{default_indexes, IndexedField};
 /// The `[[indexes]]` entries, which replace the shipped default (`identity.iin` unique,
 /// `identity.phone`, `identity.email`) when present: each a field the schema lists (not merely
 /// accepts through an open category), of a type that has a normal form, named once.
-pub(super) fn indexes(raw: Option<Vec<Spanned<file::IndexDef>>>, schema: &Schema, src: Source<'_>) -> Result<Vec<IndexedField>, ConfigError> {
+pub(super) fn indexes(
+    raw: Option<Vec<Spanned<file::IndexDef>>>,
+    schema: &Schema,
+    src: Source<'_>,
+) -> Result<Vec<IndexedField>, ConfigError> {
     let Some(raw) = raw else {
         let shipped = default_indexes();
         // The default must still fit a schema the file changed.
         for i in &shipped {
-            check(schema, &i.field).map_err(|why| src.rule(format!("the default index on {}: {why}; list [[indexes]] explicitly", i.field)))?;
+            check(schema, &i.field)
+                .map_err(|why| src.rule(format!("the default index on {}: {why}; list [[indexes]] explicitly", i.field)))?;
         }
         return Ok(shipped);
     };
@@ -27,7 +32,8 @@ pub(super) fn indexes(raw: Option<Vec<Spanned<file::IndexDef>>>, schema: &Schema
     for entry in raw {
         let at = entry.span().start;
         let file::IndexDef { field, unique } = entry.into_inner();
-        let field = FieldName::parse(&field).map_err(|_| src.at(at, format!("index field `{field}` is not a field name (category.name)")))?;
+        let field =
+            FieldName::parse(&field).map_err(|_| src.at(at, format!("index field `{field}` is not a field name (category.name)")))?;
         check(schema, &field).map_err(|why| src.at(at, format!("index on {field}: {why}")))?;
         if !seen.insert(field.clone()) {
             return Err(src.at(at, format!("index on {field} is defined twice")));

@@ -733,7 +733,9 @@ mod tests {
     #[test]
     fn a_field_read_through_a_view_is_named_with_it() {
         let schema = Schema::default();
-        let names = |lang| field_list(&ctx(&schema, lang), &["identity.iin:last4".into(), "identity.birth_date:year".into(), "identity.full_name".into()]);
+        let names = |lang| {
+            field_list(&ctx(&schema, lang), &["identity.iin:last4".into(), "identity.birth_date:year".into(), "identity.full_name".into()])
+        };
         assert_eq!(names(Lang::En), "Full name, IIN (last 4 characters), Date of birth (year)");
         assert_eq!(names(Lang::Ru), "ФИО, ИИН (последние 4 символа), Дата рождения (год)");
         // An unknown view is shown as it was recorded.

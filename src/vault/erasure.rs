@@ -18,13 +18,16 @@ use crate::layout::{self, subject_prefix};
 use crate::policy::Action;
 use crate::store::{Batch, Space, StoreError};
 
+/// A key range of one space, `[from, to)`, as a purge compacts it.
+pub(super) type KeyRange = (Space, Vec<u8>, Vec<u8>);
+
 /// Erasures waiting for their purge, and whose turn it is to run one.
 #[derive(Default)]
 pub(super) struct PurgeQueue {
     pub(super) queue: Mutex<std::collections::BTreeSet<String>>,
     /// The index entries each shred deleted, as the ranges its purge compacts. A subject
     /// queued without them (its shred ran before a restart) has the whole index space purged.
-    index_ranges: Mutex<std::collections::BTreeMap<String, Vec<(Space, Vec<u8>, Vec<u8>)>>>,
+    index_ranges: Mutex<std::collections::BTreeMap<String, Vec<KeyRange>>>,
     turn: Mutex<()>,
 }
 

@@ -14,9 +14,9 @@
 //! - Erasure deletes the entries in the subject's shred batch, and its purge compacts them out
 //!   of the files with the wrapped DEK.
 
-use std::collections::BTreeSet;
 use qoima_keys::{BlindIndex, Generation, IndexKey};
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 use super::answer::Mode;
 use super::error::{Conflict, Invalid};
@@ -63,7 +63,12 @@ impl ValueLocks {
     }
 
     /// Locks the unique values among `values` (of `fields`), to hold until the write is applied.
-    pub(super) fn lock(&self, mode: Mode, fields: &[(FieldName, Vec<u8>)], values: &[IndexedValue]) -> Result<Vec<OwnedSubjectLock>, VaultError> {
+    pub(super) fn lock(
+        &self,
+        mode: Mode,
+        fields: &[(FieldName, Vec<u8>)],
+        values: &[IndexedValue],
+    ) -> Result<Vec<OwnedSubjectLock>, VaultError> {
         self.lock_names(mode, &self.names(fields, values))
     }
 
@@ -133,14 +138,36 @@ impl Vault {
                     return Ok(Some(err));
                 }
             }
-            for e in mine {
-                changes.delete(Space::Index, layout::index_entry(e.generation, f, &e.blind, s));
-                changes.delete(Space::Index, layout::subject_index(s, e.generation, f));
-            }
-            put_entry(&mut changes, active.generation(), f, &blind, s);
+            replace_entries(&mut changes, s, f, &mine, Some((active.generation(), &blind)));
         }
         batch.extend(changes);
         Ok(None)
+    }
+
+    /// Makes `s`'s entries for `field` those of `normal` under `active` (none for `None`), into
+    /// `batch`; nothing if they already are. Returns whether they change. The index build's
+    /// step, under the subject's lock: a field indexed again after a while unindexed may have
+    /// stale entries, which this replaces.
+    pub(super) fn set_entries_into(
+        &self,
+        s: &str,
+        field: &str,
+        normal: Option<&Normalised>,
+        active: &IndexKey,
+        batch: &mut Batch,
+    ) -> Result<bool, VaultError> {
+        let own = self.own_entries(Tier::Any, s)?;
+        let mine: Vec<&OwnEntry> = own.iter().filter(|e| e.field == field).collect();
+        let blind = normal.map(|n| active.blind(field, n.as_bytes()));
+        let current = match (&blind, mine.as_slice()) {
+            (Some(b), [only]) => only.generation == active.generation() && only.blind == b.0,
+            (None, []) => true,
+            _ => false,
+        };
+        if !current {
+            replace_entries(batch, s, field, &mine, blind.as_ref().map(|b| (active.generation(), b)));
+        }
+        Ok(!current)
     }
 
     /// Whether a live subject other than `s` holds `normal` in the unique field `f`, under any
@@ -183,6 +210,7 @@ impl Vault {
     }
 
     /// The fields `s` has entries for.
+    #[cfg(test)]
     pub(super) fn own_fields(&self, s: &str) -> Result<BTreeSet<String>, VaultError> {
         Ok(self.own_entries(Tier::Any, s)?.into_iter().map(|e| e.field).collect())
     }
@@ -216,7 +244,7 @@ impl Vault {
 
     /// Deletes every entry of `s` into `batch` (its erasure) and returns the ranges its purge
     /// compacts: each entry's key and the subject's own records.
-    pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<(Space, Vec<u8>, Vec<u8>)>, VaultError> {
+    pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<super::erasure::KeyRange>, VaultError> {
         let own = self.own_entries(Tier::Any, s)?;
         let mut ranges = Vec::with_capacity(own.len() + 1);
         for e in &own {
@@ -301,6 +329,17 @@ impl Vault {
     }
 }
 
+/// Deletes `old` (`s`'s entries for `field`) and puts `new`'s, into `batch`.
+fn replace_entries(batch: &mut Batch, s: &str, field: &str, old: &[&OwnEntry], new: Option<(Generation, &BlindIndex)>) {
+    for e in old {
+        batch.delete(Space::Index, layout::index_entry(e.generation, field, &e.blind, s));
+        batch.delete(Space::Index, layout::subject_index(s, e.generation, field));
+    }
+    if let Some((generation, blind)) = new {
+        put_entry(batch, generation, field, blind, s);
+    }
+}
+
 /// `s`'s entry for `field`'s `blind` under `generation`, and its own record of it.
 pub(super) fn put_entry(batch: &mut Batch, generation: Generation, field: &str, blind: &BlindIndex, s: &str) {
     batch.put(Space::Index, layout::index_entry(generation, field, &blind.0, s), blind.0.to_vec());
@@ -312,4 +351,3 @@ fn key_after(mut key: Vec<u8>) -> Vec<u8> {
     key.push(0);
     key
 }
-

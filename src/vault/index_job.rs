@@ -244,16 +244,11 @@ impl Vault {
                     Some(d) => d,
                     None => Arc::new(self.keyring.get(meta.generation()?)?.unwrap_dek(s, meta.dek_version, &meta.wrapped_dek)?),
                 };
-                let indexed = self.own_fields(s)?;
                 for (f, unique) in &fields {
-                    // Written since the build began: the write indexed it.
-                    if indexed.contains(f.as_str()) {
-                        continue;
-                    }
-                    let Some(normal) = self.stored_normal(s, f.as_str(), &dek)? else { continue };
-                    let blind = active.blind(f.as_str(), normal.as_bytes());
-                    if *unique {
-                        let mut holders = self.holders(f, &normal)?;
+                    let normal = self.stored_normal(s, f.as_str(), &dek)?;
+                    if let (true, Some(normal)) = (*unique, &normal) {
+                        let blind = active.blind(f.as_str(), normal.as_bytes());
+                        let mut holders: Vec<String> = self.holders(f, normal)?.into_iter().filter(|h| h != s).collect();
                         let batch_holders = in_batch.entry((f.to_string(), blind.0)).or_default();
                         holders.extend(batch_holders.iter().cloned());
                         batch_holders.push(s.clone());
@@ -265,8 +260,11 @@ impl Vault {
                             }
                         }
                     }
-                    super::index::put_entry(&mut batch, active.generation(), f.as_str(), &blind, s);
-                    made += 1;
+                    // Entries a write made since the build began are current already; stale
+                    // ones (a field indexed before, then not, then again) are replaced.
+                    if self.set_entries_into(s, f.as_str(), normal.as_ref(), &active, &mut batch)? {
+                        made += 1;
+                    }
                 }
             }
             job.done += ids.len() as u64;

@@ -278,7 +278,9 @@ impl Keyring {
             let kek = root.unwrap_kek(*g, &WrappedKek(wrapped)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?;
             keks.insert(*g, Arc::new(kek));
             let index = match store.get(Space::Keyring, &index_key_key(*g))? {
-                Some(w) => root.unwrap_index_key(*g, &WrappedIndexKey(w)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?,
+                Some(w) => {
+                    root.unwrap_index_key(*g, &WrappedIndexKey(w)).map_err(|e| VaultError::RootKey { generation: g.0, source: e })?
+                }
                 None => new_index_key(&root, *g, &mut made)?,
             };
             index_keys.insert(*g, Arc::new(index));

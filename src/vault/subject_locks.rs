@@ -72,5 +72,4 @@ impl SubjectLocks {
     pub fn lock_many<'a>(&'a self, subjects: impl IntoIterator<Item = &'a str>) -> Vec<parking_lot::MutexGuard<'a, ()>> {
         self.stripes_of(subjects).into_iter().map(|i| self.stripes[i].lock()).collect()
     }
-
 }

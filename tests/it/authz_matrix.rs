@@ -171,7 +171,10 @@ async fn a_purpose_with_views_never_hands_out_a_whole_value() {
         let subject = format!("mv-{state}");
         prepare(&app, &subject, state).await;
         // Each subject's IIN is its own (a unique field).
-        let iin = app.get(&format!("/v1/subjects/{subject}/export"), "website").await.body["fields"]["identity.iin"].as_str().unwrap().to_string();
+        let iin = app.get(&format!("/v1/subjects/{subject}/export"), "website").await.body["fields"]["identity.iin"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let masked_iin = format!("********{}", &iin[8..]);
         let viewed = [("identity.iin", masked_iin.as_str()), ("identity.phone", "********4567"), ("identity.birth_date", "1990")];
         let whole = [iin.as_str(), "+77011234567", "1990-01-01"];

@@ -59,8 +59,9 @@ async fn a_lender_finds_a_borrower_by_iin_phone_or_email_and_the_lookup_is_audit
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body, json!({"field": "identity.iin", "purpose": "loan_issuance", "subjects": ["b-1"]}));
     // Other spellings of one value find it: a phone with spaces, an email in other case.
-    let r = lookup(&app, "svc-issuance", json!({"field": "identity.email", "value": " aigerim.lookup@EXAMPLE.KZ", "purpose": "loan_issuance"}))
-        .await;
+    let r =
+        lookup(&app, "svc-issuance", json!({"field": "identity.email", "value": " aigerim.lookup@EXAMPLE.KZ", "purpose": "loan_issuance"}))
+            .await;
     assert_eq!(r.body["subjects"], json!(["b-1"]));
     // Both applications carry the same phone (not a unique field): both are found.
     let r = lookup(&app, "svc-issuance", json!({"field": "identity.phone", "value": "+7 701 123 45 67", "purpose": "loan_issuance"})).await;
@@ -76,7 +77,11 @@ async fn a_lender_finds_a_borrower_by_iin_phone_or_email_and_the_lookup_is_audit
         ("svc-marketing", json!({"field": "identity.iin", "value": iin, "purpose": "advertising"}), StatusCode::FORBIDDEN),
         ("website", json!({"field": "identity.iin", "value": iin, "purpose": "loan_issuance"}), StatusCode::FORBIDDEN),
         ("security", json!({"field": "identity.iin", "value": iin, "purpose": "loan_issuance"}), StatusCode::FORBIDDEN),
-        ("svc-issuance", json!({"field": "identity.full_name", "value": "Aigerim LOOKUP", "purpose": "loan_issuance"}), StatusCode::BAD_REQUEST),
+        (
+            "svc-issuance",
+            json!({"field": "identity.full_name", "value": "Aigerim LOOKUP", "purpose": "loan_issuance"}),
+            StatusCode::BAD_REQUEST,
+        ),
         ("svc-issuance", json!({"field": "identity.iin", "value": "900101300011", "purpose": "loan_issuance"}), StatusCode::BAD_REQUEST),
         ("svc-issuance", json!({"field": "identity.iin", "value": 900101300017u64, "purpose": "loan_issuance"}), StatusCode::BAD_REQUEST),
         ("svc-issuance", json!({"field": "identity.iin", "value": iin, "purpose": "nope"}), StatusCode::BAD_REQUEST),

@@ -29,11 +29,12 @@ fn find(v: &Vault, field: &str, value: &str) -> Result<Vec<String>, VaultError> 
 /// The generations the store holds index entries under.
 fn entry_generations(v: &Vault) -> std::collections::BTreeSet<u32> {
     let mut out = std::collections::BTreeSet::new();
-    v.store().scan_prefix(crate::store::Space::Index, b"v", |k, _| {
-        out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
-        true
-    })
-    .unwrap();
+    v.store()
+        .scan_prefix(crate::store::Space::Index, b"v", |k, _| {
+            out.insert(u32::from_be_bytes(k[1..5].try_into().unwrap()));
+            true
+        })
+        .unwrap();
     out
 }
 
@@ -127,7 +128,7 @@ fn a_store_written_before_indexes_is_built_online_and_its_duplicates_reported() 
     {
         let v = open(dir.path(), Vec::new());
         let other = iin(77);
-    for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
+        for (s, value) in [("a", IIN), ("b", other.as_str()), ("c", IIN), ("d", IIN), ("e", other.as_str())] {
             put_iin(&v, s, value).unwrap();
         }
         v.close();
@@ -227,7 +228,7 @@ fn an_indexed_value_whose_retention_passes_is_no_longer_found() {
         write_grants: [("t".to_string(), vec!["identity.*".to_string(), "technical.*".to_string()])].into(),
         ..Settings::new(dir.path().join("data"))
     };
-    let clock = crate::domain::ManualClock::new(time::OffsetDateTime::now_utc());
+    let clock = crate::domain::ManualClock::new(time::macros::datetime!(2026-12-01 0:00 UTC));
     let v = Vault::open(settings, root, Arc::new(clock.clone()), Arc::default()).unwrap();
     let fields = [("technical.cookie_id".to_string(), json!("ck-123")), ("identity.full_name".to_string(), json!("N"))].into();
     v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse("t").unwrap(), &fields).wait().unwrap();
@@ -239,5 +240,32 @@ fn an_indexed_value_whose_retention_passes_is_no_longer_found() {
     assert_eq!(v.sweep_expired().unwrap(), 1);
     assert!(entry_generations(&v).is_empty(), "the expired value's entry went with its record");
     assert!(v.own_fields("t").unwrap().is_empty());
+    v.close();
+}
+
+#[test]
+fn a_field_indexed_again_after_a_while_unindexed_drops_its_stale_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = |v: &Vault, value: &str| {
+        let fields = [("identity.phone".to_string(), json!(value))].into();
+        v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse("p").unwrap(), &fields).wait().unwrap();
+    };
+    let reopen = |indexes| {
+        let v = open(dir.path(), indexes);
+        v.run_index_build().unwrap();
+        v
+    };
+    let v = reopen(default_indexes());
+    phone(&v, "+77010000001");
+    v.close();
+    drop(v);
+    // Unindexed for a while: a write then changes the value, and no entry follows it.
+    let v = reopen(default_indexes().into_iter().filter(|i| i.field.as_str() != "identity.phone").collect());
+    phone(&v, "+77010000002");
+    v.close();
+    drop(v);
+    let v = reopen(default_indexes());
+    assert_eq!(find(&v, "identity.phone", "+77010000002").unwrap(), ["p"]);
+    assert_eq!(find(&v, "identity.phone", "+77010000001").unwrap(), Vec::<String>::new(), "the stale entry is gone");
     v.close();
 }
