@@ -282,8 +282,8 @@ pub const INDEX_JOB: &[u8] = b"index";
 
 // ---- Index: `v` + generation (u32 big-endian) + field + `\0` + the index's first
 // [`BUCKET_LEN`] bytes + subject, holding the whole index, what a lookup scans; and `s` +
-// subject + `\0` + generation + field, holding the index, what a subject's write and erasure
-// find its entries by. No key holds a whole index: an engine keeps keys (not values) of deleted
+// subject + `\0`, the subject's own record of its entries, what its writes, the rewrap and its
+// erasure find them by. No key holds a whole index: an engine keeps keys (not values) of deleted
 // entries in metadata a compaction does not rewrite (RocksDB's MANIFEST names each file's
 // first and last key), so a key holds only the bucket (docs/key-management.md).
 
@@ -330,27 +330,14 @@ pub fn index_generation(generation: Generation) -> (Vec<u8>, Vec<u8>) {
     (from, to)
 }
 
-/// Every one of `subject`'s own index records starts with this.
-pub fn subject_indexes(subject: &str) -> Vec<u8> {
+/// `subject`'s own record of its entries (`s` + subject + `\0`; the value lists each entry's
+/// generation, field and index: src/vault/index.rs).
+pub fn subject_index(subject: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(subject.len() + 2);
     k.push(b's');
     k.extend_from_slice(subject.as_bytes());
     k.push(0);
     k
-}
-
-/// `subject`'s record of its entry for `field` under `generation` (the value is the index).
-pub fn subject_index(subject: &str, generation: Generation, field: &str) -> Vec<u8> {
-    let mut k = subject_indexes(subject);
-    k.extend_from_slice(&generation.0.to_be_bytes());
-    k.extend_from_slice(field.as_bytes());
-    k
-}
-
-/// `(generation, field)` of a [`subject_index`] key found under the prefix [`subject_indexes`].
-pub fn parse_subject_index<'k>(key: &'k [u8], prefix: &[u8]) -> Option<(Generation, &'k str)> {
-    let (g, field) = key.strip_prefix(prefix)?.split_first_chunk::<4>()?;
-    Some((Generation(u32::from_be_bytes(*g)), std::str::from_utf8(field).ok()?))
 }
 
 // ---- Idempotency: `k` + slot (the record), `s` + subject + `\0` + slot (by subject, for
@@ -512,11 +499,10 @@ mod tests {
         assert!(within(&key, &gen2));
         assert!(!within(&index_entry(Generation(3), "a.b", &b, "s"), &gen2));
         assert!(!within(&index_entry(Generation(1), "a.b", &b, "s"), &gen2));
-        let own = subject_indexes("s1");
-        let rec = subject_index("s1", Generation(2), "identity.iin");
-        assert_eq!(parse_subject_index(&rec, &own), Some((Generation(2), "identity.iin")));
-        assert!(!subject_index("s10", Generation(2), "identity.iin").starts_with(&own), "s10 is not s1");
-        assert!(!key.starts_with(&own) && !rec.starts_with(b"v"), "the two halves keep apart");
+        let own = subject_index("s1");
+        assert_ne!(subject_index("s10"), own);
+        assert!(!subject_index("s10").starts_with(&own), "s10 is not s1");
+        assert!(!key.starts_with(b"s") && !own.starts_with(b"v"), "the two halves keep apart");
         assert_eq!(parse_kek(&kek(Generation(2), KekPart::IndexKey)), Some((Generation(2), KekPart::IndexKey)));
     }
 
