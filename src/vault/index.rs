@@ -110,7 +110,8 @@ impl<'s> OwnEntries<'s> {
         }
         self.entries.retain(|e| e.field != field);
         if let Some((generation, blind)) = new {
-            batch.put(Space::Index, layout::index_entry(generation, field, &blind.0, s), blind.0.to_vec());
+            // The key holds the bucket; the whole index is in the subject's own record only.
+            batch.put(Space::Index, layout::index_entry(generation, field, &blind.0, s), Vec::new());
             self.entries.push(OwnEntry { generation, field: field.to_owned(), blind: blind.0 });
         }
         self.changed = true;
@@ -230,59 +231,67 @@ impl Vault {
         Ok(None)
     }
 
-    /// Makes `s`'s entries for `field` those of `normal` under `active` (none for `None`), into
-    /// `batch`; nothing if they already are. Returns whether they change. The index build's
-    /// step, under the subject's lock: a field indexed again after a while unindexed may have
-    /// stale entries, which this replaces.
+    /// Makes `s`'s entries for each field those of its normal form under `active` (none for
+    /// `None`), into `batch`; nothing for a field whose entries already are. Returns how many
+    /// fields changed. The index build's step, under the subject's lock: a field indexed again
+    /// after a while unindexed may have stale entries, which this replaces.
     pub(super) fn set_entries_into(
         &self,
         s: &str,
-        field: &str,
-        normal: Option<&Normalised>,
+        values: &[(&str, Option<Normalised>)],
         active: &IndexKey,
         batch: &mut Batch,
-    ) -> Result<bool, VaultError> {
+    ) -> Result<u64, VaultError> {
         let mut own = self.own_entries(Tier::Any, s)?;
-        let blind = normal.map(|n| active.blind(field, n.as_bytes()));
-        let new = blind.as_ref().map(|b| (active.generation(), b));
-        if own.holds(field, new) {
-            return Ok(false);
+        let mut changed = 0;
+        for (field, normal) in values {
+            let blind = normal.as_ref().map(|n| active.blind(field, n.as_bytes()));
+            let new = blind.as_ref().map(|b| (active.generation(), b));
+            if !own.holds(field, new) {
+                own.set(batch, field, new);
+                changed += 1;
+            }
         }
-        own.set(batch, field, new);
         own.finish(batch);
-        Ok(true)
+        Ok(changed)
     }
 
     /// Whether a live subject other than `s` holds `normal` in the unique field `f`, under any
     /// live generation: the refusal, naming the field only.
     fn unique_conflict(&self, tier: Tier, s: &str, f: &FieldName, normal: &Normalised) -> Result<Option<VaultError>, VaultError> {
-        for key in self.keyring.index_keys() {
-            let blind = key.blind(f.as_str(), normal.as_bytes());
-            let prefix = layout::index_bucket(key.generation(), f.as_str(), &blind.0);
-            let mut other = false;
-            self.store.scan_prefix_in(tier, Space::Index, &prefix, |k, v| {
-                other = v == blind.0 && layout::index_entry_subject(k, &prefix).is_some_and(|holder| holder != s);
-                !other
-            })?;
-            if other {
-                return Ok(Some(VaultError::Conflict(Conflict::UniqueValue { field: f.to_string() })));
-            }
-        }
-        Ok(None)
+        let others = self.holders_in(tier, f, normal, Some(s))?;
+        Ok((!others.is_empty()).then(|| VaultError::Conflict(Conflict::UniqueValue { field: f.to_string() })))
     }
 
     /// The live subjects holding `normal` in `f`, under any live generation.
     pub(super) fn holders(&self, f: &FieldName, normal: &Normalised) -> Result<Vec<String>, VaultError> {
+        self.holders_in(Tier::Any, f, normal, None)
+    }
+
+    /// The subjects holding `normal` in `f` (other than `except`; with one, the first found
+    /// only): each live generation's bucket of the value lists candidates, and a candidate's
+    /// own record says whether it holds the whole index.
+    fn holders_in(&self, tier: Tier, f: &FieldName, normal: &Normalised, except: Option<&str>) -> Result<Vec<String>, VaultError> {
         let mut found = BTreeSet::new();
         for key in self.keyring.index_keys() {
             let blind = key.blind(f.as_str(), normal.as_bytes());
             let prefix = layout::index_bucket(key.generation(), f.as_str(), &blind.0);
-            self.store.scan_prefix(Space::Index, &prefix, |k, v| {
-                if let Some(s) = layout::index_entry_subject(k, &prefix).filter(|_| v == blind.0) {
-                    found.insert(s.to_owned());
+            let mut candidates = Vec::new();
+            self.store.scan_prefix_in(tier, Space::Index, &prefix, |k, _| {
+                if let Some(c) = layout::index_entry_subject(k, &prefix).filter(|c| Some(*c) != except) {
+                    candidates.push(c.to_owned());
                 }
                 true
             })?;
+            for c in candidates {
+                let own = self.own_entries(tier, &c)?;
+                if own.entries.iter().any(|e| e.generation == key.generation() && e.field == f.as_str() && e.blind == blind.0) {
+                    found.insert(c);
+                    if except.is_some() {
+                        return Ok(found.into_iter().collect());
+                    }
+                }
+            }
         }
         Ok(found.into_iter().collect())
     }
@@ -321,20 +330,18 @@ impl Vault {
     }
 
     /// Deletes every entry of `s` into `batch` (its erasure) and returns the ranges its purge
-    /// compacts: each entry's key and the subject's own records.
+    /// compacts: the subject's own record.
     pub(super) fn unindex_into(&self, s: &str, batch: &mut Batch) -> Result<Vec<super::erasure::KeyRange>, VaultError> {
         let own = self.own_entries(Tier::Any, s)?;
-        let mut ranges = Vec::with_capacity(own.entries.len() + 1);
         for e in &own.entries {
-            let key = layout::index_entry(e.generation, &e.field, &e.blind, s);
-            batch.delete(Space::Index, key.clone());
-            ranges.push((Space::Index, key.clone(), key_after(key)));
+            batch.delete(Space::Index, layout::index_entry(e.generation, &e.field, &e.blind, s));
         }
+        // Only the own record holds whole indexes: it is what the purge compacts away. The
+        // entries' keys hold a bucket and the subject id, as the engine's metadata may anyway
+        // (layout.rs), and go with the next natural compaction.
         let record = layout::subject_index(s);
         batch.delete(Space::Index, record.clone());
-        ranges.push((Space::Index, record.clone(), key_after(record)));
-        // One compaction per stretch of keys, in key order.
-        ranges.sort_by(|a, b| a.1.cmp(&b.1));
+        let ranges = vec![(Space::Index, record.clone(), key_after(record))];
         Ok(ranges)
     }
 

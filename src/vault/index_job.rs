@@ -244,6 +244,7 @@ impl Vault {
                     Some(d) => d,
                     None => Arc::new(self.keyring.get(meta.generation()?)?.unwrap_dek(s, meta.dek_version, &meta.wrapped_dek)?),
                 };
+                let mut values = Vec::with_capacity(fields.len());
                 for (f, unique) in &fields {
                     let normal = self.stored_normal(s, f.as_str(), &dek)?;
                     if let (true, Some(normal)) = (*unique, &normal) {
@@ -260,12 +261,11 @@ impl Vault {
                             }
                         }
                     }
-                    // Entries a write made since the build began are current already; stale
-                    // ones (a field indexed before, then not, then again) are replaced.
-                    if self.set_entries_into(s, f.as_str(), normal.as_ref(), &active, &mut batch)? {
-                        made += 1;
-                    }
+                    values.push((f.as_str(), normal));
                 }
+                // Entries a write made since the build began are current already; stale ones (a
+                // field indexed before, then not, then again) are replaced.
+                made += self.set_entries_into(s, &values, &active, &mut batch)?;
             }
             job.done += ids.len() as u64;
             job.cursor = ids.last().cloned();

@@ -18,7 +18,12 @@ fn open(dir: &std::path::Path, indexes: Vec<IndexedField>) -> Vault {
 }
 
 fn put_iin(v: &Vault, s: &str, iin: &str) -> Result<WriteOutcome, VaultError> {
-    let fields = [("identity.iin".to_string(), json!(iin)), ("identity.full_name".to_string(), json!("N"))].into();
+    let fields = [
+        ("identity.iin".to_string(), json!(iin)),
+        ("identity.full_name".to_string(), json!("N")),
+        ("identity.email".to_string(), json!(format!("{s}@example.kz"))),
+    ]
+    .into();
     v.put_fields(Mode::Wait, &ctx(Role::Service), &SubjectId::parse(s).unwrap(), &fields).wait()
 }
 
@@ -144,6 +149,7 @@ fn a_store_written_before_indexes_is_built_online_and_its_duplicates_reported() 
     assert_eq!(job.state, index_job::IndexJobState::Complete);
     assert_eq!(job.fields, ["identity.email", "identity.iin", "identity.phone"]);
     assert_eq!(find(&v, "identity.iin", IIN).unwrap(), ["a", "c", "d"], "duplicates are kept, never dropped");
+    assert_eq!(find(&v, "identity.email", "c@example.kz").unwrap(), ["c"], "every field of a subject is built");
     let mut groups: Vec<Vec<String>> = job.duplicates.iter().map(|d| d.subjects.clone()).collect();
     groups.sort();
     // Reported as found: each later holder with the ones before it (ids only).
