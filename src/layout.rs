@@ -281,11 +281,13 @@ pub const REWRAP_JOB: &[u8] = b"rewrap";
 pub const INDEX_JOB: &[u8] = b"index";
 
 // ---- Index: `v` + generation (u32 big-endian) + field + `\0` + the index's first
-// [`BUCKET_LEN`] bytes + subject, holding the whole index, what a lookup scans; and `s` +
-// subject + `\0`, the subject's own record of its entries, what its writes, the rewrap and its
-// erasure find them by. No key holds a whole index: an engine keeps keys (not values) of deleted
-// entries in metadata a compaction does not rewrite (RocksDB's MANIFEST names each file's
-// first and last key), so a key holds only the bucket (docs/key-management.md).
+// [`BUCKET_LEN`] bytes + subject, no value, what a lookup scans for candidates; and `s` +
+// subject + `\0`, the subject's own record of its entries with their whole indexes, what a
+// lookup checks a candidate against and its writes, the rewrap and its erasure find them by.
+// No key holds a whole index: an engine keeps keys (not values) of deleted entries in metadata
+// a compaction does not rewrite (RocksDB's MANIFEST names each file's first and last key), so
+// a key holds only the bucket, and an erasure's purge compacts away the one record that holds
+// whole indexes (docs/key-management.md).
 
 /// Length of a blind index.
 pub const BLIND_LEN: usize = 32;
@@ -294,7 +296,7 @@ pub const BLIND_LEN: usize = 32;
 pub const BUCKET_LEN: usize = 2;
 
 /// Every entry whose index starts like `blind`, of `field` under `generation`, starts with this
-/// (then the subject); a lookup compares each one's value with the whole index.
+/// (then the subject): a lookup's candidates, each checked against its own record.
 pub fn index_bucket(generation: Generation, field: &str, blind: &[u8; BLIND_LEN]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 4 + field.len() + 1 + BUCKET_LEN + 24);
     k.push(b'v');
@@ -305,8 +307,8 @@ pub fn index_bucket(generation: Generation, field: &str, blind: &[u8; BLIND_LEN]
     k
 }
 
-/// A subject's entry for `field`'s value `blind` under `generation`, in [`Space::Index`]; its
-/// value is the whole index.
+/// A subject's entry for `field`'s value `blind` under `generation`, in [`Space::Index`] (no
+/// value: the whole index is in the subject's own record, [`subject_index`]).
 pub fn index_entry(generation: Generation, field: &str, blind: &[u8; BLIND_LEN], subject: &str) -> Vec<u8> {
     let mut k = index_bucket(generation, field, blind);
     k.extend_from_slice(subject.as_bytes());

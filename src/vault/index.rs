@@ -2,17 +2,19 @@
 //!
 //! - An indexed field's value is put in its normal form ([`Schema::normalise`]) and hashed
 //!   with a generation's index key ([`qoima_keys::IndexKey`], HMAC-SHA-256). The entry
-//!   `v generation field \0 index subject` is what a lookup scans; the subject's own record
-//!   `s subject \0 generation field` (holding the index) is how its next write, the rewrap and
-//!   its erasure find it ([`crate::layout`]).
+//!   `v generation field \0 bucket subject` (16 bits of the index) is what a lookup scans for
+//!   candidates; the subject's own record `s subject \0` lists its entries with their whole
+//!   indexes: what a lookup checks a candidate against, and how the subject's next write, the
+//!   rewrap and its erasure find them ([`crate::layout`]).
 //! - A write changes the entries in the same batch as the records, under the subject's lock. A
 //!   unique field's value is locked too, until the write is applied, so two writers of one
 //!   value (two subjects) cannot both find it free: exactly one wins.
 //! - New entries are made with the active generation's key; a lookup consults every live
 //!   generation, since a subject's entries move to the active one only when the rewrap reaches
 //!   it.
-//! - Erasure deletes the entries in the subject's shred batch, and its purge compacts them out
-//!   of the files with the wrapped DEK.
+//! - Erasure deletes the entries and the own record in the subject's shred batch, and its purge
+//!   compacts the own record (the only place whole indexes are) out of the files with the
+//!   wrapped DEK: one range more per erasure, not one per entry (which cost −55 % erasures/s).
 
 use qoima_keys::{BlindIndex, Generation, IndexKey};
 use serde_json::Value;
