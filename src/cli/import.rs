@@ -205,8 +205,9 @@ impl Progress {
     }
 }
 
-fn token(args: &ImportArgs) -> Result<String, Failure> {
-    let token = match &args.token_file {
+/// The service caller's token: from `token_file`, else `QOIMA_TOKEN` (never an argument).
+pub(super) fn service_token(token_file: Option<&std::path::Path>) -> Result<String, Failure> {
+    let token = match token_file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| Failure(2, format!("{}: {e}", f.display())))?,
         None => {
             std::env::var("QOIMA_TOKEN").map_err(|_| Failure(2, "give the service token with --token-file FILE or QOIMA_TOKEN".into()))?
@@ -220,7 +221,7 @@ fn token(args: &ImportArgs) -> Result<String, Failure> {
 }
 
 pub(super) fn import(args: ImportArgs) -> Result<ExitCode, Failure> {
-    let token = token(&args)?;
+    let token = service_token(args.token_file.as_deref())?;
     let client = Client::new(&args.url, &token);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,5 +1,6 @@
-//! `qoima lookup`: the blind index's build, and the duplicate values of unique fields it found.
-//! Read straight from the store, so both work offline and beside a running vault.
+//! `qoima lookup`: the blind index's build and the duplicate values of unique fields it found
+//! (read straight from the store, so both work offline and beside a running vault), and a
+//! lookup through a running vault's HTTP API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,4 +46,25 @@ pub(super) fn duplicates(config_path: &Option<PathBuf>) -> Result<ExitCode, Fail
         eprintln!("the index build is still running ({} of {} subjects): more may be found", job.done, job.total);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Looks the value on stdin's first line up through a running vault (`POST /v1/lookup`).
+pub(super) fn find(field: &str, purpose: &str, url: &str, token_file: Option<&std::path::Path>) -> Result<ExitCode, Failure> {
+    let token = super::import::service_token(token_file)?;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line).map_err(|e| Failure(2, format!("cannot read the value from stdin: {e}")))?;
+    let value = line.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(Failure(2, "give the value on stdin (e.g. `read -s v; printf '%s\\n' \"$v\" | qoima lookup find …`)".into()));
+    }
+    let client = crate::client::Client::new(url, &token);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(4, format!("cannot start the HTTP client: {e}")))?;
+    let subjects = rt.block_on(client.lookup(field, value, purpose)).map_err(|e| Failure(4, e.to_string()))?;
+    for s in &subjects {
+        println!("{s}");
+    }
+    Ok(if subjects.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -80,6 +80,23 @@ pub enum LookupCmd {
     /// them: one line per value, the field and the subjects' ids (never the value). Both are
     /// kept; resolve them by rectifying or erasing one.
     Duplicates,
+    /// Find the subjects holding a value of an indexed field, through a running vault's
+    /// POST /v1/lookup, as a service caller. The value is read from the first line of stdin
+    /// (never an argument: arguments show in `ps` and shell history). Prints one subject id
+    /// per line; exit 0 if any was found, 1 if none.
+    Find {
+        /// The indexed field, e.g. identity.iin.
+        field: String,
+        /// The purpose the lookup is for (the caller must be granted it).
+        #[arg(long)]
+        purpose: String,
+        /// The running vault's base URL.
+        #[arg(long, default_value_t = format!("http://{}", crate::config::DEFAULT_LISTEN))]
+        url: String,
+        /// A file holding the service caller's bearer token (else QOIMA_TOKEN).
+        #[arg(long = "token-file", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Import(args) => import::import(args),
         Command::Lookup(LookupCmd::Status) => lookup::status(&cli.config),
         Command::Lookup(LookupCmd::Duplicates) => lookup::duplicates(&cli.config),
+        Command::Lookup(LookupCmd::Find { field, purpose, url, token_file }) => lookup::find(&field, &purpose, &url, token_file.as_deref()),
         Command::Backup(BackupCmd::Create { dir }) => backup::backup_create(&cli.config, &dir),
         Command::Backup(BackupCmd::Restore { dir, to, erasure_journal, keyring_escrow }) => {
             backup::backup_restore(&cli.config, &dir, &to, erasure_journal.as_deref(), keyring_escrow.as_deref())

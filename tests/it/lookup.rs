@@ -261,4 +261,33 @@ async fn the_cli_reports_the_index_build_and_its_duplicates() {
     assert!(out.contains("0 duplicate value(s)"), "{out}");
     let (ok, out) = cli_async(&["lookup", "duplicates", "--config", &cfg]).await;
     assert!(ok && out.trim().is_empty(), "{out}");
+
+    // A lookup through the running vault, the value on stdin (never an argument).
+    let iin = app.get("/v1/subjects/c-1/export", "website").await.body["fields"]["identity.iin"].as_str().unwrap().to_string();
+    let find = |value: String, purpose: &'static str| {
+        let addr = app.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = qoima_command()
+                .args(["lookup", "find", "identity.iin", "--purpose", purpose, "--url", &addr])
+                .env("QOIMA_TOKEN", token("svc-all"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(format!("{value}\n").as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    };
+    let (code, stdout, _) = find(iin.clone(), "loan_issuance").await.unwrap();
+    assert_eq!((code, stdout.as_str()), (Some(0), "c-1\n"));
+    let (code, stdout, _) = find(iin_for("nobody"), "loan_issuance").await.unwrap();
+    assert_eq!((code, stdout.as_str()), (Some(1), ""), "none found: exit 1");
+    let (code, _, stderr) = find("900101300011".into(), "loan_issuance").await.unwrap();
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("identity.iin") && !stderr.contains("900101300011"), "a refusal names the field, not the value: {stderr}");
+    let (code, _, stderr) = find(iin.clone(), "advertising").await.unwrap();
+    assert_eq!(code, Some(4), "{stderr}");
 }
