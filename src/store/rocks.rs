@@ -215,20 +215,13 @@ fn cf_options(space: Space, cache: &Cache, merge: MergeRule) -> Options {
         o.set_memtable_whole_key_filtering(true);
         o.set_memtable_prefix_bloom_ratio(0.05);
     }
-    if matches!(space, Space::Subjects | Space::Keyring) {
-        // Small entries (wrapped keys) that erasure and KEK destruction force out of the files
-        // with a range compaction: small files keep that compaction small.
+    if matches!(space, Space::Subjects | Space::Keyring | Space::Index) {
+        // Small entries (wrapped keys, a subject's blind indexes) that erasure and KEK
+        // destruction force out of the files with a range compaction: small files keep that
+        // compaction small.
         o.set_write_buffer_size(8 << 20);
         o.set_target_file_size_base(2 << 20);
         o.set_max_bytes_for_level_base(16 << 20);
-    }
-    if space == Space::Index {
-        // An erasure compacts each of the subject's entries (a few, spread over the space) out
-        // of its file: a forced compaction rewrites the whole file holding the key, so these
-        // files are smaller still.
-        o.set_write_buffer_size(4 << 20);
-        o.set_target_file_size_base(256 << 10);
-        o.set_max_bytes_for_level_base(4 << 20);
     }
     o
 }
