@@ -70,9 +70,10 @@ call() { # METHOD PATH [BODY]
   curl "${args[@]}"
 }
 # A few subjects in different states: with an application, a contract, a consent; erased.
+# Each with its own IIN (a unique field): 9001013000N7 has a valid check digit for N = 1..4.
 for i in 1 2 3 4; do
   s="st-$i"
-  [ "$(call PUT "/v1/subjects/$s" '{"fields": {"identity.full_name": "Test Subject", "identity.iin": "900101300017",
+  [ "$(call PUT "/v1/subjects/$s" '{"fields": {"identity.full_name": "Test Subject", "identity.iin": "9001013000'"$i"'7",
     "identity.birth_date": "1990-01-01", "identity.phone": "+77011234567", "questionnaire.monthly_income": 350000}}')" = 201 ]
 done
 [ "$(call POST /v1/subjects/st-2/contracts '{"contract": "L-1"}')" = 201 ]
