@@ -1,14 +1,14 @@
 //! Fuzz target: the ciphertext envelope parser and every opener that takes stored bytes.
 //!
 //! Arbitrary bytes must never panic `Envelope::parse`, `FieldCipher::open`, `Kek::unwrap_dek`
-//! or `RootKey::unwrap_kek`; they must never open (no forgery); and a sealed value with any
+//! or `RootKey::unwrap_kek` (or `unwrap_index_key`); they must never open (no forgery); and a sealed value with any
 //! edit must fail to open while the untouched one opens to the same plaintext.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use qoima_keys::{Dek, DekVersion, Envelope, FieldContext, Generation, Kek, Kind, RootKey, WrappedDek, WrappedKek, OVERHEAD};
+use qoima_keys::{Dek, DekVersion, Envelope, FieldContext, Generation, Kek, Kind, RootKey, WrappedDek, WrappedIndexKey, WrappedKek, OVERHEAD};
 
 struct Keys {
     dek: Dek,
@@ -39,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(env) = Envelope::parse(data) {
         assert!(data.len() >= OVERHEAD);
         assert_eq!(env.header.format, qoima_keys::FORMAT_V1);
-        assert!(matches!(env.header.kind, Kind::Field | Kind::Dek | Kind::Kek));
+        assert!(matches!(env.header.kind, Kind::Field | Kind::Dek | Kind::Kek | Kind::IndexKey));
     } else {
-        assert!(data.len() < OVERHEAD || data[0] != qoima_keys::FORMAT_V1 || !(1..=3).contains(&data[1]));
+        assert!(data.len() < OVERHEAD || data[0] != qoima_keys::FORMAT_V1 || !(1..=4).contains(&data[1]));
     }
 
     // 2. Opening arbitrary bytes as stored ciphertexts: an error, never a panic, never a forgery.
@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(cipher.open(&ctx, data).is_err(), "arbitrary bytes opened as a field");
     assert!(k.kek.unwrap_dek("s-1", DekVersion(1), &WrappedDek(data.to_vec())).is_err(), "arbitrary bytes unwrapped as a DEK");
     assert!(k.root.unwrap_kek(Generation(1), &WrappedKek(data.to_vec())).is_err(), "arbitrary bytes unwrapped as a KEK");
+    assert!(k.root.unwrap_index_key(Generation(1), &WrappedIndexKey(data.to_vec())).is_err(), "arbitrary bytes unwrapped as an index key");
     let _ = WrappedDek(data.to_vec()).generation();
 
     // 3. Seal the input, then flip one byte chosen by the input: the edit never opens, the
