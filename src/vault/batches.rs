@@ -1,4 +1,5 @@
-//! The thread a background job (the rewrap, the index build) runs its batches on.
+//! What a background job over every subject (the rewrap, the index build) shares: the thread
+//! it runs its batches on, and the next batch of subjects.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -41,4 +42,18 @@ pub(super) fn spawn(
             }
         })
         .expect("spawn a background job's thread")
+}
+
+impl Vault {
+    /// The next batch of subject ids after `cursor` (from the first for `None`), in id order:
+    /// `keys.rewrap_batch` of them at most.
+    pub(super) fn next_subjects(&self, cursor: Option<&str>) -> Result<Vec<String>, VaultError> {
+        let (from, to) = crate::layout::subjects_after(cursor);
+        let mut ids: Vec<String> = Vec::with_capacity(self.settings.rewrap_batch);
+        self.store.scan(crate::store::Space::Subjects, &from, &to, |k, _| {
+            ids.push(String::from_utf8_lossy(k).into_owned());
+            ids.len() < self.settings.rewrap_batch
+        })?;
+        Ok(ids)
+    }
 }

@@ -204,12 +204,7 @@ impl Vault {
             .filter(|i| job.building.iter().any(|b| b == i.field.as_str()))
             .map(|i| (i.field.clone(), i.unique))
             .collect();
-        let (from, to) = layout::subjects_after(job.cursor.as_deref());
-        let mut ids: Vec<String> = Vec::with_capacity(self.settings.rewrap_batch);
-        self.store.scan(Space::Subjects, &from, &to, |k, _| {
-            ids.push(String::from_utf8_lossy(k).into_owned());
-            ids.len() < self.settings.rewrap_batch
-        })?;
+        let ids = self.next_subjects(job.cursor.as_deref())?;
         let mut batch = Batch::default();
         if ids.is_empty() {
             job.state = IndexJobState::Complete;

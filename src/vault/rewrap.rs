@@ -237,12 +237,7 @@ impl Vault {
         }
         let target = self.keyring.get(Generation(job.target))?;
         let target_index = self.keyring.index_key(Generation(job.target))?;
-        let (from, to) = layout::subjects_after(job.cursor.as_deref());
-        let mut ids: Vec<String> = Vec::with_capacity(self.settings.rewrap_batch);
-        self.store.scan(Space::Subjects, &from, &to, |k, _| {
-            ids.push(String::from_utf8_lossy(k).into_owned());
-            ids.len() < self.settings.rewrap_batch
-        })?;
+        let ids = self.next_subjects(job.cursor.as_deref())?;
         let mut batch = Batch::default();
         if ids.is_empty() {
             // End of a pass.
