@@ -14,7 +14,8 @@
 //!   it.
 //! - Erasure deletes the entries and the own record in the subject's shred batch, and its purge
 //!   compacts the own record (the only place whole indexes are) out of the files with the
-//!   wrapped DEK: one range more per erasure, not one per entry (which cost −55 % erasures/s).
+//!   wrapped DEK: one range more per erasure, not one per entry (which cost more than half the
+//!   erasures per second, docs/performance.md).
 
 use qoima_keys::{BlindIndex, Generation, IndexKey};
 use serde_json::Value;
