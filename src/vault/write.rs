@@ -61,9 +61,8 @@ pub(super) struct WriteRequest<'a> {
     pub create: bool,
 }
 
-/// What a write holds until its batch is applied: the subject's lock, the claim on its
-/// idempotency key, the locks on the unique values it writes.
-/// Held for what dropping them does.
+/// What a write holds until its batch is applied (for what dropping it does): the subject's
+/// lock, the claim on its idempotency key, the locks on the unique values it writes.
 struct Held {
     _lock: OwnedSubjectLock,
     _claim: Option<Claim>,
