@@ -112,7 +112,11 @@ impl Vault {
             })?;
             !any
         };
+        // The duplicates found stay reported whatever the next state.
+        let (duplicates, duplicates_found) = job.as_ref().map(|p| (p.duplicates.clone(), p.duplicates_found)).unwrap_or_default();
         let next = match job {
+            // Complete for exactly these fields already: nothing to write (the usual start).
+            Some(j) if j.state == IndexJobState::Complete && missing.is_empty() && complete == configured => j,
             // Nothing to build: a new store, or every configured field complete.
             _ if missing.is_empty() || empty => IndexJob {
                 state: IndexJobState::Complete,
@@ -121,22 +125,22 @@ impl Vault {
                 cursor: None,
                 done: 0,
                 total: 0,
-                duplicates: Vec::new(),
-                duplicates_found: 0,
+                duplicates,
+                duplicates_found,
                 started_at: None,
                 finished_at: Some(rfc3339(self.now())),
             },
             // The same build, interrupted: resumed where it stopped.
             Some(j) if j.state == IndexJobState::Running && j.building.iter().cloned().collect::<BTreeSet<_>>() == missing => j,
-            previous => IndexJob {
+            _ => IndexJob {
                 state: IndexJobState::Running,
                 fields: complete.intersection(&configured).cloned().collect(),
                 building: missing.iter().cloned().collect(),
                 cursor: None,
                 done: 0,
                 total: self.count_subjects()?,
-                duplicates: previous.as_ref().map(|p| p.duplicates.clone()).unwrap_or_default(),
-                duplicates_found: previous.as_ref().map(|p| p.duplicates_found).unwrap_or(0),
+                duplicates,
+                duplicates_found,
                 started_at: Some(rfc3339(self.now())),
                 finished_at: None,
             },
@@ -146,9 +150,11 @@ impl Vault {
         }
         *self.index_build.building.write().unwrap_or_else(|p| p.into_inner()) =
             if next.state == IndexJobState::Running { next.building.iter().cloned().collect() } else { BTreeSet::new() };
-        let mut b = Batch::default();
-        b.put(Space::Jobs, layout::INDEX_JOB.to_vec(), serde_json::to_vec(&next).expect("serialises"));
-        self.store.write(&b)?;
+        if Some(&next) != self.index_job()?.as_ref() {
+            let mut b = Batch::default();
+            b.put(Space::Jobs, layout::INDEX_JOB.to_vec(), serde_json::to_vec(&next).expect("serialises"));
+            self.store.write(&b)?;
+        }
         Ok(())
     }
 

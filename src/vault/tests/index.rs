@@ -160,7 +160,9 @@ fn a_store_written_before_indexes_is_built_online_and_its_duplicates_reported() 
     drop(v);
     // Reopened with the same indexes: nothing to build again.
     let v = open(dir.path(), default_indexes());
-    assert_eq!(v.index_job().unwrap().unwrap().state, index_job::IndexJobState::Complete);
+    let again = v.index_job().unwrap().unwrap();
+    assert_eq!(again.state, index_job::IndexJobState::Complete);
+    assert_eq!((again.duplicates, again.duplicates_found), (job.duplicates, 3), "a restart keeps the duplicates reported");
     assert_eq!(find(&v, "identity.iin", &iin(77)).unwrap(), ["b", "e"]);
     v.close();
 }
