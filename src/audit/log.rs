@@ -21,6 +21,10 @@ pub enum AuditError {
     /// The committer stopped, the vault is shutting down, or the write failed (the reason).
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
+    /// The group's write may or may not have committed, and the store could not tell which
+    /// ([`StoreError::OutcomeUnknown`]): the request is neither done nor not done.
+    #[error("audit log: the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 type Outcome = Result<Vec<u64>, AuditError>;
@@ -135,7 +139,7 @@ impl AuditLog {
         purposes: BTreeSet<String>,
     ) -> Result<Self, StoreError> {
         let head = load_head(&store)?;
-        summary::note_start(&store, head.seq)?;
+        summary::note_start(&store, head.0.seq)?;
         let (tx, rx) = sync_channel::<Job>(4096);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats { purposes, ..AuditStats::default() });
@@ -220,17 +224,20 @@ impl Drop for AuditLog {
     }
 }
 
-fn load_head(store: &Store) -> Result<Head, StoreError> {
+/// The chain's head, and the head record as stored (what the next group expects to replace).
+type StoredHead = (Head, Option<Vec<u8>>);
+
+fn load_head(store: &Store) -> Result<StoredHead, StoreError> {
     let corrupt = |what| StoreError::Corrupt { space: "audit", what };
     match store.get(Space::Keyring, layout::AUDIT_HEAD)? {
-        Some(v) => serde_json::from_slice(&v).map_err(|_| corrupt("chain head")),
+        Some(v) => Ok((serde_json::from_slice(&v).map_err(|_| corrupt("chain head"))?, Some(v))),
         None => match store.last(Space::Audit)? {
             // A log without a head record: continue from its last entry.
             Some((_, v)) => {
                 let e: AuditEntry = serde_json::from_slice(&v).map_err(|_| corrupt("entry"))?;
-                Ok(Head { seq: e.seq, hash: e.hash })
+                Ok((Head { seq: e.seq, hash: e.hash }, None))
             }
-            None => Ok(Head { seq: 0, hash: GENESIS.to_string() }),
+            None => Ok((Head { seq: 0, hash: GENESIS.to_string() }, None)),
         },
     }
 }
@@ -240,10 +247,13 @@ fn committer(
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     faults: Arc<FaultSwitch>,
-    mut head: Head,
+    head: StoredHead,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
 ) {
+    // `None` after a failed write: the head is read again before the next group is sealed (a
+    // write whose outcome was unknown may have moved it; another writer may have).
+    let mut stored: Option<StoredHead> = Some(head);
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -252,6 +262,20 @@ fn committer(
                 Err(_) => break,
             }
         }
+        let (head, head_record) = match stored.take().map_or_else(|| load_head(&store), Ok) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit chain head; requests refused");
+                healthy.store(false, Ordering::SeqCst);
+                for job in group {
+                    if let Some(after) = job.after {
+                        after(false);
+                    }
+                    job.reply.send(Err(AuditError::Unavailable(e.to_string())));
+                }
+                continue;
+            }
+        };
         let time = rfc3339(clock.now());
         let mut batch = Batch::default();
         let mut next = head.clone();
@@ -293,7 +317,10 @@ fn committer(
             }
             seqs.push(mine);
         }
-        batch.put(Space::Keyring, layout::AUDIT_HEAD.to_vec(), serde_json::to_vec(&next).expect("head serialises"));
+        // A compare-and-set: a group sealed on a head someone else moved applies nothing.
+        batch.expect(Space::Keyring, layout::AUDIT_HEAD.to_vec(), head_record);
+        let next_record = serde_json::to_vec(&next).expect("head serialises");
+        batch.put(Space::Keyring, layout::AUDIT_HEAD.to_vec(), next_record.clone());
         let started = std::time::Instant::now();
         let result = if faults.failing() { Err(StoreError::Io("injected audit write failure".into())) } else { store.write(&batch) };
         match result {
@@ -305,7 +332,7 @@ fn committer(
                 for (action, purpose, decision, n) in decided.drain(..) {
                     stats.decisions.add(vec![("action", action), ("purpose", purpose), ("decision", decision.to_owned())], n);
                 }
-                head = next;
+                stored = Some((next, Some(next_record)));
                 healthy.store(true, Ordering::SeqCst);
                 for (job, s) in group.into_iter().zip(seqs) {
                     // First: whoever the reply wakes may write the same subject next.
@@ -316,16 +343,23 @@ fn committer(
                 }
             }
             Err(e) => {
-                // Nothing of the group is applied; the chain head stays where it was.
+                // Nothing of the group is applied (or, outcome unknown, perhaps all of it): the
+                // head is read again before the next group.
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 decided.clear();
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit write failed; requests refused");
+                let unknown = matches!(e, StoreError::OutcomeUnknown(_));
                 for job in group {
                     if let Some(after) = job.after {
+                        // Told "not applied" only when it is known not to be.
                         after(false);
                     }
-                    job.reply.send(Err(AuditError::Unavailable(e.to_string())));
+                    job.reply.send(Err(if unknown {
+                        AuditError::OutcomeUnknown(e.to_string())
+                    } else {
+                        AuditError::Unavailable(e.to_string())
+                    }));
                 }
             }
         }

@@ -28,7 +28,10 @@
 mod engine;
 mod keys;
 pub mod memory;
+pub mod postgres;
 pub mod rocks;
+
+pub use postgres::Holder as LeaseHolder;
 
 #[cfg(test)]
 mod conformance;
@@ -41,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 /// A kind of thing the vault stores: a keyspace of its own (RocksDB: a column family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Space {
     /// KEK generations (wrapped), counters, audit chain head, settings.
     Keyring,
@@ -131,10 +134,21 @@ pub enum Op {
     Merge(Space, Vec<u8>, Vec<u8>),
 }
 
-/// A set of changes applied atomically by [`Store::write`].
+/// A set of changes applied atomically by [`Store::write`], and the values it expects to find
+/// ([`Batch::expect`]).
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    expects: Vec<Expect>,
+}
+
+/// A precondition of a [`Batch`]: `key` of `space` holds `value` (`None`: is absent) when the
+/// batch is applied; otherwise nothing of it is ([`StoreError::Conflict`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub space: Space,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
 }
 
 impl Batch {
@@ -167,12 +181,21 @@ impl Batch {
         self.ops.push(Op::Merge(space, key.into(), operand.into()));
     }
 
+    /// Applies the batch only if `key` of `space` then holds `value` (`None`: is absent): a
+    /// compare-and-set, atomic with the write against every other batch that expects (so every
+    /// writer of such a key must expect: the audit committer, for the chain head, so two
+    /// writers can never both extend the chain from one entry).
+    pub fn expect(&mut self, space: Space, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.expects.push(Expect { space, key: key.into(), value });
+    }
+
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
+        self.expects.extend(other.expects);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.expects.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -181,6 +204,21 @@ impl Batch {
 
     pub fn ops(&self) -> &[Op] {
         &self.ops
+    }
+
+    pub fn expects(&self) -> &[Expect] {
+        &self.expects
+    }
+
+    /// The first expectation `current` (a key's stored value now) does not meet, as the error
+    /// the write fails with.
+    pub fn check_expects(&self, mut current: impl FnMut(&Expect) -> Result<Option<Vec<u8>>, StoreError>) -> Result<(), StoreError> {
+        for e in &self.expects {
+            if current(e)? != e.value {
+                return Err(StoreError::Conflict { space: e.space.name() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -194,9 +232,46 @@ pub enum StoreError {
     Io(String),
     #[error("corrupt {space} entry: {what}")]
     Corrupt { space: &'static str, what: &'static str },
-    /// A [`Tier::Memory`] read would have had to go to the disk.
+    /// A [`Tier::Memory`] read would have had to go to the disk (or the network).
     #[error("not in memory")]
     NotInMemory,
+    /// A write may or may not have been applied, and the engine could not find out which
+    /// (PostgreSQL: the server stayed unreachable after a commit's answer was lost). Nothing
+    /// may be reported done, nor not done, on the strength of it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Another node holds the shared store's active lease (docs/scale-out.md): this one may
+    /// not open it for writing until the lease is free.
+    #[error("another vault node is active on this store ({}; its lease expires in {} s unless renewed)", .0.holder, .0.expires_in_secs)]
+    LeaseHeld(postgres::Holder),
+    /// This node's lease was lost (taken over after it expired unrenewed): it writes nothing
+    /// more, and must restart to stand by.
+    #[error("this vault node's active lease (epoch {epoch}) was lost: another node is active; nothing was written")]
+    Fenced { epoch: i64 },
+    /// A batch's expectation ([`Batch::expect`]) was not met: nothing of it was applied.
+    #[error("a {space} value changed under the write (another writer): nothing was applied")]
+    Conflict { space: &'static str },
+}
+
+/// Which engine holds the vault's data (`[storage] engine`).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum EngineChoice {
+    /// The embedded default: RocksDB in the data directory.
+    #[default]
+    RocksDb,
+    /// A PostgreSQL server or Patroni cluster (docs/scale-out.md).
+    Postgres(postgres::PostgresSettings),
+}
+
+impl EngineChoice {
+    /// As `[storage] engine` names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineChoice::RocksDb => "rocksdb",
+            EngineChoice::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// Where a read may look.
@@ -265,6 +340,26 @@ impl Store {
     /// running vault.
     pub fn open_for_reading(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
         Ok(Self::with_engine(Arc::new(rocks::RocksEngine::open_for_reading(path, merge)?)))
+    }
+
+    /// Opens the configured engine: RocksDB at `path` ([`Store::open`]), or the PostgreSQL
+    /// store the settings name, creating its tables if needed ([`postgres::PostgresEngine::open`]).
+    pub fn open_engine(engine: &EngineChoice, path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        match engine {
+            EngineChoice::RocksDb => Self::open(path, merge),
+            EngineChoice::Postgres(settings) => Ok(Self::with_engine(Arc::new(postgres::PostgresEngine::open(settings, merge)?))),
+        }
+    }
+
+    /// [`Store::open_engine`] for reading beside a running vault ([`Store::open_for_reading`];
+    /// a PostgreSQL store is shared anyway).
+    pub fn open_engine_for_reading(engine: &EngineChoice, path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
+        match engine {
+            EngineChoice::RocksDb => Self::open_for_reading(path, merge),
+            EngineChoice::Postgres(settings) => {
+                Ok(Self::with_engine(Arc::new(postgres::PostgresEngine::open_for_reading(settings, merge)?)))
+            }
+        }
     }
 
     /// An empty store in memory ([`memory::MemoryEngine`]).

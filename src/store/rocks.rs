@@ -281,6 +281,8 @@ pub struct RocksEngine {
     merge: MergeRule,
     /// Purges run one at a time (the vault groups concurrent erasures into one pass).
     purge_lock: Mutex<()>,
+    /// Held while a batch with expectations is checked and written.
+    expect_lock: Mutex<()>,
     /// `rocksdb.background-errors` as last seen, and when it last rose.
     background: Mutex<(u64, Option<Instant>)>,
 }
@@ -320,7 +322,14 @@ impl RocksEngine {
 
     fn new(db: DB, path: &Path, merge: MergeRule) -> Self {
         let errors = db.property_int_value("rocksdb.background-errors").ok().flatten().unwrap_or(0);
-        Self { db, path: path.to_path_buf(), merge, purge_lock: Mutex::new(()), background: Mutex::new((errors, None)) }
+        Self {
+            db,
+            path: path.to_path_buf(),
+            merge,
+            purge_lock: Mutex::new(()),
+            expect_lock: Mutex::new(()),
+            background: Mutex::new((errors, None)),
+        }
     }
 
     /// Opens an existing store read-only, without taking its lock: for verifying and reading
@@ -440,6 +449,13 @@ impl Engine for RocksEngine {
         });
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
+        if batch.expects().is_empty() {
+            return Ok(self.db.write_opt(wb, &wo)?);
+        }
+        // Checked and written under one lock: every other write of a key some batch expects
+        // (the audit head's) carries an expectation too, so it waits here.
+        let _checked = self.expect_lock.lock().unwrap_or_else(|p| p.into_inner());
+        batch.check_expects(|e| Ok(self.db.get_cf(self.cf(e.space), &e.key)?))?;
         Ok(self.db.write_opt(wb, &wo)?)
     }
 
