@@ -102,6 +102,21 @@ impl From<VaultError> for ApiError {
                     "the vault cannot durably record this request right now; nothing was done and nothing is returned",
                 )
             }
+            e @ VaultError::Standby(_) => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "standby", e.to_string()) }
+            }
+            e @ VaultError::OutcomeUnknown(_) => {
+                tracing::error!(detail = %e, "write outcome unknown");
+                Self {
+                    retry_after: Some(5),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "outcome-unknown",
+                        "the vault could not learn whether this request's write committed (the database's answer was lost); nothing is \
+                         returned: retry with the same Idempotency-Key to learn its outcome",
+                    )
+                }
+            }
             VaultError::Unavailable(d) => {
                 tracing::error!(detail = %d, "vault unavailable");
                 Self::new(

@@ -12,6 +12,7 @@ mod import;
 mod lookup;
 mod metrics;
 mod privacy;
+pub mod standby;
 mod subjects;
 pub mod wire;
 

@@ -277,5 +277,5 @@ fn cli_ctx() -> Ctx {
 }
 
 fn open_store_for_reading(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open_for_reading(&config.data_dir, crate::audit::summary::merge)?)
+    Ok(Store::open_engine_for_reading(&config.storage, &config.data_dir, crate::audit::summary::merge)?)
 }

@@ -3,7 +3,7 @@
 use super::Failure;
 use crate::config::Config;
 use crate::server::{self, admin, Options};
-use crate::store::{Store, StoreError};
+use crate::store::{EngineChoice, Store, StoreError};
 use crate::vault::Vault;
 
 /// Where a key or backup command runs: in this process on a stopped vault, or in the running
@@ -14,17 +14,22 @@ pub(super) enum Target {
 }
 
 pub(super) fn target(config: &Config) -> Result<Target, Failure> {
-    match Store::open(&config.data_dir, crate::audit::summary::merge) {
-        Ok(store) => {
-            drop(store);
-            Ok(Target::Offline(Box::new(open_vault_offline(config)?)))
-        }
-        Err(StoreError::Locked(_)) => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;
-            Ok(Target::Online(rt))
-        }
-        Err(e) => Err(e.into()),
+    let running = match &config.storage {
+        // RocksDB's lock says whether a vault runs on the store.
+        EngineChoice::RocksDb => match Store::open(&config.data_dir, crate::audit::summary::merge) {
+            Ok(_) => false,
+            Err(StoreError::Locked(_)) => true,
+            Err(e) => return Err(e.into()),
+        },
+        // A shared store has no such lock: a vault on this machine answers on its socket (one
+        // on another node holds the active lease, and the offline vault cannot take it).
+        _ => std::os::unix::net::UnixStream::connect(admin::socket_path(&config.data_dir)).is_ok(),
+    };
+    if !running {
+        return Ok(Target::Offline(Box::new(open_vault_offline(config)?)));
     }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure(4, e.to_string()))?;
+    Ok(Target::Online(rt))
 }
 
 /// Closes an offline vault after one operation.

@@ -43,6 +43,7 @@ pub(super) struct RawConfig {
     pub indexes: Option<Vec<Spanned<IndexDef>>>,
     pub tls: Option<TlsSettings>,
     pub privacy: Option<Spanned<RawPrivacy>>,
+    pub storage: Option<Spanned<RawStorage>>,
 }
 
 impl RawConfig {
@@ -218,4 +219,28 @@ pub(super) struct RawPrivacy {
     #[serde(default)]
     pub frame_ancestors: Vec<String>,
     pub default_language: Option<String>,
+}
+
+/// `[storage]`: which engine holds the vault's data (docs/configuration.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStorage {
+    pub engine: Option<String>,
+    pub postgres: Option<Spanned<RawPostgres>>,
+}
+
+/// `[storage.postgres]` (docs/scale-out.md).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub schema: Option<String>,
+    pub pool_size: Option<usize>,
+    pub connect_timeout_seconds: Option<u64>,
+    pub resolve_timeout_seconds: Option<u64>,
+    pub allow_async: Option<bool>,
+    pub ca_file: Option<PathBuf>,
+    pub lease_seconds: Option<u64>,
+    pub advertise_url: Option<String>,
 }

@@ -26,6 +26,7 @@ mod paths;
 mod privacy;
 mod schema;
 mod settings;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub privacy: PrivacySettings,
     /// Lock the process's memory (mlockall) so keys and decrypted data are never swapped out.
     pub lock_memory: bool,
+    /// The engine holding the vault's data (`[storage]`).
+    pub storage: crate::store::EngineChoice,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -106,6 +109,7 @@ impl Config {
         let cache = settings::cache(raw.cache, src)?;
         let lock_memory = lock_memory(raw.lock_memory, env)?;
         let privacy = privacy::privacy(raw.privacy, src)?;
+        let storage = storage::storage(raw.storage, env, base, src)?;
         Ok(Self {
             listen,
             data_dir,
@@ -124,6 +128,7 @@ impl Config {
             tls: paths::tls(raw.tls, base),
             privacy,
             lock_memory,
+            storage,
             source: None,
         })
     }
@@ -132,6 +137,7 @@ impl Config {
     pub fn vault_settings(&self) -> Settings {
         Settings {
             data_dir: self.data_dir.clone(),
+            engine: self.storage.clone(),
             erasure_journal: self.erasure_journal.clone(),
             keyring_escrow: self.keyring_escrow.clone(),
             schema: self.schema.clone(),

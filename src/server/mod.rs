@@ -94,17 +94,12 @@ pub fn open_vault(config: &Config, options: &Options) -> Result<Vault, StartErro
 impl Application {
     pub async fn build(config: Config, options: Options) -> Result<Self, StartError> {
         let tls = config.tls.as_ref().map(crate::tls::server_config).transpose().map_err(StartError::Tls)?;
-        let cfg = config.clone();
-        let opts = options.clone();
-        let vault = tokio::task::spawn_blocking(move || open_vault(&cfg, &opts))
-            .await
-            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
-        let vault = Arc::new(vault);
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let vault = Arc::new(open_active(&config, &options, &listener, tls.clone()).await?);
         let v = vault.clone();
         tokio::task::spawn_blocking(move || v.resume_jobs())
             .await
             .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))??;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
         // Session links default to the listener's own address (set privacy.public_url in production).
         let scheme = if tls.is_some() { "https" } else { "http" };
         let own = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -190,6 +185,68 @@ impl Application {
             None => served,
         }
     }
+}
+
+/// Opens the vault; while another node holds the shared store's active lease, serves the
+/// standby API ([`api::standby`]) on `listener` and tries again, until this node takes it.
+async fn open_active(
+    config: &Config,
+    options: &Options,
+    listener: &TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Vault, StartError> {
+    let mut standby: Option<(api::standby::StandbyState, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
+    let vault = loop {
+        let (cfg, opts) = (config.clone(), options.clone());
+        let opened = tokio::task::spawn_blocking(move || open_vault(&cfg, &opts))
+            .await
+            .map_err(|e| VaultError::Internal(crate::vault::error::Internal::StartupTask(e)))?;
+        let active = match opened {
+            Err(StartError::Vault(VaultError::Standby(active))) => active,
+            other => break other,
+        };
+        // Soon after the active node's lease would expire, but at least once a second.
+        let retry = Duration::from_secs(active.expires_in_secs.clamp(1, 5));
+        match &standby {
+            Some((state, ..)) => state.set_active(active),
+            None => {
+                tracing::info!(active = %active.holder, address = ?active.address, "another node is active: standing by");
+                let state = api::standby::StandbyState::new(active, config.limits.max_body_bytes);
+                // The same socket, served by the standby until this node opens the vault.
+                let bind_error = |source| StartError::Bind { addr: config.listen, source };
+                let own = {
+                    use std::os::fd::AsFd;
+                    let fd = listener.as_fd().try_clone_to_owned().map_err(bind_error)?;
+                    let l = std::net::TcpListener::from(fd);
+                    l.set_nonblocking(true).map_err(bind_error)?;
+                    TcpListener::from_std(l).map_err(bind_error)?
+                };
+                let (state_for_serve, tls) = (state.clone(), tls.clone());
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let connections = ConnectionLimits {
+                    max: fit_connections(config.limits.max_connections)?,
+                    header_read: Duration::from_secs(config.limits.header_read_timeout_secs),
+                    idle: Duration::from_secs(config.limits.idle_timeout_secs),
+                };
+                let served = tokio::spawn(async move {
+                    let stop = async {
+                        let _ = stop_rx.await;
+                    };
+                    if let Err(e) = serve(own, api::standby::router(state_for_serve), tls, connections, stop).await {
+                        tracing::warn!(error = %e, "the standby listener stopped");
+                    }
+                });
+                standby = Some((state, stop_tx, served));
+            }
+        }
+        tokio::time::sleep(retry).await;
+    };
+    if let Some((_, stop, served)) = standby {
+        let _ = stop.send(());
+        let _ = served.await;
+        tracing::info!("took the active lease: serving");
+    }
+    vault
 }
 
 /// Removes expired technical data on a timer (P3).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::vault::Vault;
 
-/// How often the watchdog asks RocksDB whether it takes writes.
+/// How often the watchdog asks the store whether it takes writes.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
 /// How long a refusing store is given before the process exits: RocksDB recovers some errors
 /// itself (retryable I/O errors, about once a second); meanwhile /readyz says not ready, so a
@@ -39,7 +39,7 @@ pub(super) async fn store_watchdog(vault: Arc<Vault>) -> String {
             }
             WriteState::Stalled => (STALL_GRACE, "RocksDB has stalled writes".to_string()),
             WriteState::NoSpace(e) => (NO_SPACE_GRACE, format!("RocksDB refuses writes ({e})")),
-            WriteState::Refused(e) => (REFUSING_GRACE, format!("RocksDB refuses writes ({e})")),
+            WriteState::Refused(e) => (REFUSING_GRACE, format!("the store refuses writes ({e})")),
         };
         let since = match failing {
             Some((at, g)) if g == grace => at,

@@ -58,9 +58,17 @@ pub enum VaultError {
     /// before the field was indexed): nothing was looked up; retry (503, `Retry-After`).
     #[error("the index of {field} is still being built; retry in {retry_after_secs} s")]
     IndexBuilding { field: String, retry_after_secs: u64 },
+    /// The store could not tell whether the request's write committed (a PostgreSQL commit
+    /// whose answer was lost and could not be resolved): neither done nor not done; a retry
+    /// with the same `Idempotency-Key` learns which (503).
+    #[error("the outcome of this request's write is unknown: {0}")]
+    OutcomeUnknown(String),
     /// Storage or audit cannot take writes: nothing was done, nothing is returned (503).
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// Another vault node holds the shared store's active lease: this one stands by.
+    #[error("another vault node is active on this store ({}; its lease expires in {} s unless renewed)", .0.holder, .0.expires_in_secs)]
+    Standby(crate::store::LeaseHolder),
     /// The data directory is open in another process (a running vault): nothing was done.
     #[error("data directory {0} is in use by another process (is the vault running?)")]
     InUse(PathBuf),
@@ -266,6 +274,8 @@ impl From<StoreError> for VaultError {
             StoreError::Corrupt { .. } => VaultError::Internal(Internal::Corrupt(e)),
             StoreError::Locked(path) => VaultError::InUse(path),
             StoreError::NotInMemory => VaultError::WouldBlock,
+            StoreError::OutcomeUnknown(why) => VaultError::OutcomeUnknown(why),
+            StoreError::LeaseHeld(holder) => VaultError::Standby(holder),
             _ => VaultError::Unavailable(Unavailable::Store(e)),
         }
     }
@@ -273,7 +283,10 @@ impl From<StoreError> for VaultError {
 
 impl From<AuditError> for VaultError {
     fn from(e: AuditError) -> Self {
-        VaultError::Unavailable(Unavailable::Audit(e))
+        match e {
+            AuditError::OutcomeUnknown(why) => VaultError::OutcomeUnknown(why),
+            e => VaultError::Unavailable(Unavailable::Audit(e)),
+        }
     }
 }
 

@@ -176,7 +176,7 @@ impl Vault {
     /// Opens the store, the keyring (with `root`) and the audit log, then finishes work a
     /// crash or restart left behind (pending erasures whose holds are gone, unpurged shreds).
     pub fn open(settings: Settings, root: RootKey, clock: Arc<dyn Clock>, faults: Arc<FaultSwitch>) -> Result<Self, VaultError> {
-        let store = Arc::new(Store::open(&settings.data_dir, crate::audit::summary::merge)?);
+        let store = Arc::new(Store::open_engine(&settings.engine, &settings.data_dir, crate::audit::summary::merge)?);
         Self::with_store(store, settings, root, clock, faults)
     }
 

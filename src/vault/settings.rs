@@ -24,7 +24,10 @@ pub fn default_indexes() -> Vec<IndexedField> {
 /// What the vault needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The RocksDB store's folder, and the admin socket's (whatever the engine).
     pub data_dir: PathBuf,
+    /// The engine holding the store ([`crate::store::EngineChoice`]).
+    pub engine: crate::store::EngineChoice,
     /// Append-only list of erasures kept outside the data directory, replayed on restore.
     pub erasure_journal: PathBuf,
     /// Copy of the keyring (wrapped KEKs) kept outside the data directory; backups carry none.
@@ -68,6 +71,7 @@ impl Settings {
         let keyring_escrow = sibling(&data_dir, "-keyring.json");
         Self {
             data_dir,
+            engine: Default::default(),
             erasure_journal,
             keyring_escrow,
             schema: Schema::default(),
