@@ -88,6 +88,7 @@ impl Resp {
 pub fn config_text(dir: &Path, extra: &str) -> String {
     let mut t = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n", dir.join("data").display());
     t.push_str(extra);
+    t.push_str(&engine_section(dir));
     t.push_str(&format!("\n[root_key]\nfile = \"{}\"\n", dir.join("root.key").display()));
     for (name, role, purposes) in CALLERS {
         let p: Vec<String> = purposes.iter().map(|p| format!("\"{p}\"")).collect();
@@ -103,6 +104,27 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
         }
     }
     t
+}
+
+/// Whether this run is against PostgreSQL (`QOIMA_TEST_ENGINE=postgres`, which `scripts/test`
+/// sets for the suite's second pass) rather than the embedded RocksDB.
+pub fn on_postgres() -> bool {
+    std::env::var("QOIMA_TEST_ENGINE").is_ok_and(|e| e == "postgres")
+}
+
+/// The `[storage]` section of a vault on `dir`: none for RocksDB; for PostgreSQL the test server
+/// (`QOIMA_TEST_POSTGRES`) and a schema of this vault's own, the same for every restart on
+/// `dir` within this run (and never one a past run used).
+pub fn engine_section(dir: &Path) -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(qoima::domain::random_hex::<16>);
+    let schema = &hex::encode(token_digest(&format!("{run}/{}", dir.display())))[..16];
+    let url = std::env::var("QOIMA_TEST_POSTGRES").expect("QOIMA_TEST_POSTGRES names the test server (scripts/test starts one)");
+    // A single test server: no standby, so `allow_async`.
+    format!("\n[storage]\nengine = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nschema = \"t_{schema}\"\nallow_async = true\npool_size = 8\n")
 }
 
 /// Extra configuration adding the caller `svc-limited` (service, loan_issuance) held to
