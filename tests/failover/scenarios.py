@@ -507,6 +507,7 @@ class Load:
         self.subjects = []
         self.writes = []
         self.reads = {"ok": 0, "fail": 0}
+        self.read_answers = []
         self.rr = [random.randint(0, 2)]
         self.t_fault = None
         self.first_write_after = None
@@ -620,6 +621,7 @@ class Load:
         self.note(a)
         with self.lock:
             self.reads["ok" if a.ok() else "fail"] += 1
+            self.read_answers.append(a)
 
     def worker(self, tid):
         mine = []
@@ -916,12 +918,13 @@ def scen_cancel_commit_wait(suite, load, res):
     standbys = [n for n in ("n1", "n2", "n3") if n != pnode]
     cancelled = 0
     rounds = 3
+    windows = []  # (both standbys frozen since, until)
     load.t_fault = now()
     for r in range(rounds):
         for sb in standbys:
             cluster("stop-node", suite.pgdir, sb)
-        log("round %d: standbys %s stopped" % (r + 1, standbys))
         t = now()
+        log("round %d: standbys %s stopped" % (r + 1, standbys))
         while now() - t < 2.5:
             try:
                 c = psycopg2.connect("host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=2" % pport)
@@ -934,14 +937,27 @@ def scen_cancel_commit_wait(suite, load, res):
             except Exception as e:
                 log("cancel: %s" % e)
             time.sleep(0.3)
+        windows.append((t, now()))
         for sb in standbys:
             cluster("cont-node", suite.pgdir, sb)
         log("round %d: standbys continued; %d waits cancelled so far" % (r + 1, cancelled))
         time.sleep(3)
     res["notes"].append("%d SyncRep waits of qoima backends cancelled over %d rounds" % (cancelled, rounds))
-    load.t_fault = now()  # time to first write measured from the last cont
-    load.first_write_after = None
     load.run_until_recovered()
+    # No 2xx may arrive while both standbys are frozen (0.5 s after the freeze, for answers
+    # already on their way): a write then, or a read (its audit entry is a write), would have
+    # been acknowledged with no standby holding it.
+    bad = []
+    for w in load.writes:
+        for a in w.attempts:
+            if a.ok() and any(t0 + 0.5 <= a.t_done <= t1 for t0, t1 in windows):
+                bad.append("%s %s %s answered %d at +%.2f s into a freeze" % (w.kind, w.subject, a.path, a.status,
+                           min(a.t_done - t0 for t0, t1 in windows if t0 <= a.t_done)))
+    for a in load.read_answers:
+        if a.ok() and any(t0 + 0.5 <= a.t_done <= t1 for t0, t1 in windows):
+            bad.append("read %s answered %d in a freeze" % (a.path, a.status))
+    res["acked_in_freeze"] = len(bad)
+    res["notes"].append("2xx writes answered while both standbys were frozen: %d %s" % (len(bad), bad[:5]))
 
 
 SCENARIOS = [
@@ -973,6 +989,7 @@ def run_scenario(suite, name, fn):
         verify(suite, load, res)
         res["pass"] = (res["lost"] == 0 and res["deks_found"] == 0 and res["audit_ok"] and res["phantom"] == 0
                        and res.get("first_write_s") is not None and res.get("fenced_exit", True) and res.get("woken_acks", 0) == 0
+                       and res.get("acked_in_freeze", 0) == 0
                        and res["writes_acked"] > 0)
     except Exception as e:
         res["error"] = "%s: %s" % (type(e).__name__, e)
