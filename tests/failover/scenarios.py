@@ -751,10 +751,12 @@ def verify(suite, load, res):
     rounds = 0
     cluster("checkpoint-all", suite.pgdir, check=False)
     time.sleep(1)
+    todo = dict(suite.deks_all)
     while True:
         rounds += 1
         ts = now()
-        found = suite.scan(suite.deks_all)
+        found = suite.scan(todo)
+        todo = {k: v for k, v in todo.items() if k in found}  # a rescan looks for those still found
         log("scan %d: %d DEKs, %d found, %.1f s" % (rounds, len(suite.deks_all), len(found), now() - ts))
         if not found or now() - t > 60:
             break
@@ -763,7 +765,7 @@ def verify(suite, load, res):
         for _ in range(9):
             cluster("checkpoint-all", suite.pgdir, check=False)
         time.sleep(1)
-        again = suite.scan(suite.deks_all)
+        again = suite.scan(todo)
         notes.append("diagnosis: after 9 more checkpoint-all (switch WAL + CHECKPOINT), %d of the %d DEKs still in files" % (
             len(again), len(found)))
         log(notes[-1])
@@ -924,6 +926,9 @@ def scen_cancel_commit_wait(suite, load, res):
         for sb in standbys:
             cluster("stop-node", suite.pgdir, sb)
         t = now()
+        if r == 0:  # the fault: both standbys frozen; a write sent from now on must wait
+            with load.lock:
+                load.t_fault, load.first_write_after = t, None
         log("round %d: standbys %s stopped" % (r + 1, standbys))
         while now() - t < 2.5:
             try:
