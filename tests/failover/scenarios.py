@@ -420,11 +420,6 @@ resolve_timeout_seconds = %(resolve)d
         t = now()
         for nd in ("n1", "n2", "n3"):
             cluster("cont-node", self.pgdir, nd, check=False)
-        st = cluster("status", self.pgdir, check=False).stdout
-        for line in st.splitlines():
-            parts = line.split()
-            if parts and parts[0] in ("n1", "n2", "n3"):
-                pass
         for nd in ("n1", "n2", "n3"):
             if cluster("patroni-pid", self.pgdir, nd, check=False).returncode != 0:
                 log("heal: restart-node %s" % nd)
@@ -889,6 +884,9 @@ def scen_stop_active_qoima(suite, load, res):
         res["notes"].append("woken node %s did NOT exit within 15 s (readyz %s)" % (act.name, suite.readyz(act)))
         res["fenced_exit"] = False
     else:
+        t_rc = now()
+        while len(act.exits) <= n_exits and now() - t_rc < 2:  # the supervisor records it
+            time.sleep(0.05)
         rc = act.exits[n_exits][1] if len(act.exits) > n_exits else "?"
         res["notes"].append("woken node %s exited by itself %.1f s after SIGCONT (rc %s)" % (act.name, exited or 0, rc))
         res["fenced_exit"] = True
