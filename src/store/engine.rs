@@ -79,6 +79,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The engine's statistics, as typed values (for `/metrics`); a figure the engine cannot
     /// give is `None`.
     fn stats(&self) -> EngineStats;
+
+    /// Gives up what the engine holds for others to take, before it is dropped (the vault has
+    /// closed): a shared store's active lease. Writes after it are refused.
+    fn close(&self) {}
 }
 
 /// Whether the engine takes writes now ([`Engine::write_state`]).

@@ -253,6 +253,21 @@ pub enum StoreError {
     Conflict { space: &'static str },
 }
 
+/// Creates `path` if absent, readable by the vault's user only.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Which engine holds the vault's data (`[storage] engine`).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -347,7 +362,11 @@ impl Store {
     pub fn open_engine(engine: &EngineChoice, path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
         match engine {
             EngineChoice::RocksDb => Self::open(path, merge),
-            EngineChoice::Postgres(settings) => Ok(Self::with_engine(Arc::new(postgres::PostgresEngine::open(settings, merge)?))),
+            EngineChoice::Postgres(settings) => {
+                // The data directory still holds this node's local files (the admin socket).
+                create_private_dir(path)?;
+                Ok(Self::with_engine(Arc::new(postgres::PostgresEngine::open(settings, merge)?)))
+            }
         }
     }
 
@@ -477,6 +496,11 @@ impl Store {
     /// Whether the store answers reads and takes writes now ([`Engine::ready`]).
     pub fn ready(&self) -> Result<(), StoreError> {
         self.engine.ready()
+    }
+
+    /// Releases what the engine holds for others ([`Engine::close`]); writes after it fail.
+    pub fn close(&self) {
+        self.engine.close()
     }
 
     /// The engine's statistics ([`Engine::stats`]).

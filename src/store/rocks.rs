@@ -297,16 +297,7 @@ impl RocksEngine {
     /// Opens (creating if needed) the store at `path`, folding merges with `merge`.
     /// [`StoreError::Locked`] if another process has it open.
     pub fn open(path: &Path, merge: MergeRule) -> Result<Self, StoreError> {
-        if !path.exists() {
-            std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))?;
-            // Only the vault's user reads its data directory.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", path.display())))?;
-            }
-        }
+        super::create_private_dir(path)?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE);
         let cfs = Space::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s, &cache, merge)));
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| {

@@ -68,7 +68,7 @@ pub enum VaultError {
     Unavailable(#[from] Unavailable),
     /// Another vault node holds the shared store's active lease: this one stands by.
     #[error("another vault node is active on this store ({}; its lease expires in {} s unless renewed)", .0.holder, .0.expires_in_secs)]
-    Standby(crate::store::LeaseHolder),
+    Standby(super::ActiveNode),
     /// The data directory is open in another process (a running vault): nothing was done.
     #[error("data directory {0} is in use by another process (is the vault running?)")]
     InUse(PathBuf),

@@ -49,7 +49,7 @@ use qoima_keys::RootKey;
 use time::OffsetDateTime;
 
 /// The storage engine's statistics, as [`Vault::engine_stats`] gives them.
-pub use crate::store::{EngineStats, SpaceStats};
+pub use crate::store::{EngineStats, LeaseHolder as ActiveNode, SpaceStats};
 pub use answer::{Answer, Mode};
 pub use codec::{ConsentRecord, ContractRecord, DisclosureRecord, ErasureRecord, ErasureStatus};
 pub use dek_cache::DekCache;
@@ -248,6 +248,8 @@ impl Vault {
             tracing::warn!(error = %e, "could not record the count of unrecorded failed authentications");
         }
         self.audit.shutdown();
+        // Last: the audit committer has written everything it had.
+        self.store.close();
     }
 
     /// Rewrites the keyring escrow file from the store.

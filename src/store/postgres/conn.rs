@@ -17,6 +17,9 @@ use super::{db_error, Sql};
 
 /// How connections are made: the parsed connection string, TLS, and the SQL to prepare.
 pub(super) struct Connector {
+    /// The runtime that drives every connection (the engine's own): never the caller's, which
+    /// may be blocked waiting for the very answer the connection carries.
+    runtime: tokio::runtime::Handle,
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     sql: Arc<Sql>,
@@ -79,8 +82,17 @@ pub(super) fn tls_config(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRu
 }
 
 impl Connector {
-    pub fn new(config: tokio_postgres::Config, tls: Option<tokio_postgres_rustls::MakeRustlsConnect>, sql: Arc<Sql>) -> Self {
-        Self { config, tls, sql }
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        config: tokio_postgres::Config,
+        tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+        sql: Arc<Sql>,
+    ) -> Self {
+        Self { runtime, config, tls, sql }
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// A connection without prepared statements (for setting up the tables, and the checks).
@@ -89,12 +101,12 @@ impl Connector {
         let client = match &self.tls {
             Some(tls) => {
                 let (client, connection) = self.config.connect(tls.clone()).await.map_err(|e| connect_error(&e))?;
-                tokio::spawn(drive(connection, notices.clone()));
+                self.runtime.spawn(drive(connection, notices.clone()));
                 client
             }
             None => {
                 let (client, connection) = self.config.connect(NoTls).await.map_err(|e| connect_error(&e))?;
-                tokio::spawn(drive(connection, notices.clone()));
+                self.runtime.spawn(drive(connection, notices.clone()));
                 client
             }
         };
@@ -177,7 +189,10 @@ impl Connector {
             if let Some(t) = self.config.get_connect_timeout() {
                 one.connect_timeout(*t);
             }
-            let client = Connector { config: one, tls: self.tls.clone(), sql: self.sql.clone() }.connect_bare().await.map(|(c, _)| c);
+            let client = Connector { runtime: self.runtime.clone(), config: one, tls: self.tls.clone(), sql: self.sql.clone() }
+                .connect_bare()
+                .await
+                .map(|(c, _)| c);
             out.push((name, client));
         }
         out

@@ -122,7 +122,7 @@ impl Lease {
     /// by a task on the engine's runtime.
     pub fn start(epoch: i64, taken: Instant, ttl: Duration, connector: Arc<Connector>, sql: Arc<LeaseSql>) -> Self {
         let state = Arc::new(State { fenced: AtomicBool::new(false), valid_until: Mutex::new(taken + ttl) });
-        let renewer = tokio::spawn(renew_loop(epoch, ttl, connector, sql, state.clone()));
+        let renewer = connector.runtime().spawn(renew_loop(epoch, ttl, connector.clone(), sql, state.clone()));
         Self { epoch, state, renewer }
     }
 
@@ -140,8 +140,12 @@ impl Lease {
         self.state.fenced.store(true, Ordering::SeqCst);
     }
 
-    /// Gives the lease up (a clean close), so another node need not wait for it to expire.
+    /// Gives the lease up (a clean close), so another node need not wait for it to expire;
+    /// from then on this engine writes nothing. Once only.
     pub async fn release(&self, client: &Client, sql: &LeaseSql) {
+        if self.state.fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.renewer.abort();
         if let Err(e) = client.execute(&sql.release, &[&self.epoch]).await {
             tracing::warn!(error = %db_error("lease release", &e), "the lease is left to expire");

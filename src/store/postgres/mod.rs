@@ -23,9 +23,10 @@
 //!   commit, later in the WAL, did); if it inserted the token the write can never commit. A
 //!   commit is never cancelled.
 //! - Purges: `VACUUM FULL` of the partitions or tables holding the ranges (a rewrite, so no
-//!   page keeps a deleted row's bytes), then a WAL switch and a checkpoint, after which the
-//!   server removes the WAL segments that held them (with `wal_recycle = off`; a recycled
-//!   segment keeps its old bytes). Standbys and archives: docs/scale-out.md.
+//!   page keeps a deleted row's bytes), then WAL switches and checkpoints past what
+//!   `wal_keep_size` keeps, after which the server removes the WAL segments that held them
+//!   (with `wal_recycle = off`; a recycled segment keeps its old bytes); then a restartpoint
+//!   on every standby once it replayed them. Archives: docs/scale-out.md.
 //! - Backups: a consistent copy in the embedded engine's format (one repeatable-read snapshot
 //!   copied into a RocksDB checkpoint folder), so backups, their verification and restore are
 //!   the same whatever the live engine.
@@ -225,6 +226,7 @@ pub fn probe(settings: &PostgresSettings) -> Result<Replication, StoreError> {
         .build()
         .map_err(|e| StoreError::Io(format!("cannot start a runtime: {e}")))?;
     let connector = Connector::new(
+        runtime.handle().clone(),
         config,
         tls,
         Arc::new(Sql {
@@ -299,23 +301,10 @@ impl std::fmt::Debug for PostgresEngine {
 
 impl Drop for PostgresEngine {
     fn drop(&mut self) {
+        // A drop without close (a panic, a test): released all the same.
+        self.close();
         // Not `drop`: the engine may be dropped on an async thread, where a runtime cannot
         // wait for its threads.
-        if let Some(lease) = self.lease.take() {
-            // Briefly, and on the runtime's threads (this may be one of another runtime's).
-            let connector = self.writes.connector.clone();
-            let sql = self.sql.lease.clone();
-            let release = self.runtime.as_ref().map(|rt| {
-                rt.spawn(async move {
-                    if let Ok(Ok((client, _))) = tokio::time::timeout(Duration::from_secs(2), connector.connect_bare()).await {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), lease.release(&client, &sql)).await;
-                    }
-                })
-            });
-            if let Some(done) = release {
-                let _ = futures_executor::block_on(done);
-            }
-        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -335,11 +324,7 @@ impl PostgresEngine {
         })?;
         let epoch = epoch.map_err(StoreError::LeaseHeld)?;
         tracing::info!(epoch, "took the active lease");
-        let renewed = {
-            let _inside = engine.runtime.as_ref().expect("the runtime lives as long as the engine").enter();
-            lease::Lease::start(epoch, taken, settings.lease, engine.writes.connector.clone(), engine.sql.lease.clone())
-        };
-        engine.lease = Some(renewed);
+        engine.lease = Some(lease::Lease::start(epoch, taken, settings.lease, engine.writes.connector.clone(), engine.sql.lease.clone()));
         Ok(engine)
     }
 
@@ -364,7 +349,7 @@ impl PostgresEngine {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Io(format!("cannot start the PostgreSQL engine's runtime: {e}")))?;
-        let connector = Arc::new(Connector::new(config, tls, sql.clone()));
+        let connector = Arc::new(Connector::new(runtime.handle().clone(), config, tls, sql.clone()));
         let wait = settings.connect_timeout.max(Duration::from_secs(30));
         let engine = Self {
             reads: Pool::new("read", settings.pool_size, wait, connector.clone(), None),
@@ -405,10 +390,13 @@ impl PostgresEngine {
     }
 
     /// Runs `f` to completion on this thread, inside the engine's runtime (whose threads drive
-    /// the connections and timers).
+    /// the connections and timers). Unconstrained: called from a tokio task (a test's, or a
+    /// handler's), tokio's cooperative budget is that task's, which never yields while this
+    /// blocks; once spent (after ~128 operations) tokio would defer every wake-up to that
+    /// task's next yield, and the call would hang.
     fn run<F: Future>(&self, f: F) -> F::Output {
         let _inside = self.runtime.as_ref().expect("the runtime lives as long as the engine").enter();
-        futures_executor::block_on(f)
+        futures_executor::block_on(tokio::task::unconstrained(f))
     }
 
     async fn create_tables(&self) -> Result<(), StoreError> {
@@ -787,11 +775,42 @@ impl Engine for PostgresEngine {
                     .await
                     .map_err(|e| db_error("purge (VACUUM FULL)", &e))?;
             }
-            // The WAL that logged the deleted rows: closed, then removed by the checkpoint.
-            client.batch_execute("SELECT pg_switch_wal(); CHECKPOINT").await.map_err(|e| db_error("purge (WAL)", &e))?;
-            let lsn: String =
-                client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| db_error("purge (WAL position)", &e))?.get(0);
-            self.purge_standbys(&lsn).await
+            let wal_error = |e: tokio_postgres::Error| db_error("purge (WAL)", &e);
+            // The WAL that logged the deleted rows ends here.
+            let logged: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(wal_error)?.get(0);
+            // Closed, then removed by a checkpoint; but the server keeps the newest
+            // `wal_keep_size` of WAL (Patroni sets 128 MB), so as many segments are closed
+            // after it as that keeps, and one more. Each checkpoint writes a record, so each
+            // switch closes a segment.
+            let keep: i32 = client
+                .query_one(
+                    "SELECT ceil(pg_size_bytes(current_setting('wal_keep_size')) / pg_size_bytes(current_setting('wal_segment_size')))::int4",
+                    &[],
+                )
+                .await
+                .map_err(wal_error)?
+                .get(0);
+            for _ in 0..=keep.clamp(0, 4096) {
+                client.batch_execute("SELECT pg_switch_wal(); CHECKPOINT").await.map_err(wal_error)?;
+            }
+            let lsn: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(wal_error)?.get(0);
+            self.purge_standbys(&lsn).await?;
+            // The standbys have confirmed past it, so their slots let it go: once more.
+            client.batch_execute("CHECKPOINT").await.map_err(wal_error)?;
+            let holding: Vec<String> = client
+                .query("SELECT slot_name::text FROM pg_replication_slots WHERE restart_lsn < $1::text::pg_lsn", &[&logged])
+                .await
+                .map_err(wal_error)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !holding.is_empty() {
+                return Err(StoreError::Io(format!(
+                    "purge: replication slot(s) {} keep the WAL that logged the purged rows (a standby or consumer that is down?)",
+                    holding.join(", ")
+                )));
+            }
+            Ok(())
         })
     }
 
@@ -843,6 +862,19 @@ impl Engine for PostgresEngine {
         match self.lease.as_ref().and_then(lease::Lease::fenced) {
             Some(fenced) => WriteState::Refused(fenced.to_string()),
             None => WriteState::Accepting,
+        }
+    }
+
+    fn close(&self) {
+        if let Some(lease) = self.lease.as_ref().filter(|l| l.fenced().is_none()) {
+            self.run(async {
+                match tokio::time::timeout(Duration::from_secs(2), self.writes.connector.connect_bare()).await {
+                    Ok(Ok((client, _))) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), lease.release(&client, &self.sql.lease)).await;
+                    }
+                    _ => tracing::warn!("could not reach PostgreSQL to release the active lease; it expires by itself"),
+                }
+            });
         }
     }
 
@@ -952,6 +984,16 @@ mod tests {
         s.url = format!("{} password=hunter2-secret sslmode=require", test_server::url()).into();
         let e = PostgresEngine::open(&s, crate::store::conformance::join).unwrap_err().to_string();
         assert!(e.contains("ca_file") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn calls_from_a_single_threaded_async_runtime_complete() {
+        let engine = PostgresEngine::open(&test_server::settings(), crate::store::conformance::join).unwrap();
+        put(&engine, b"k").unwrap();
+        let store = super::super::Store::with_engine(Arc::new(engine));
+        for i in 0..300 {
+            assert!(store.get(Space::Records, b"k").unwrap().is_some(), "{i}");
+        }
     }
 
     #[test]
