@@ -18,40 +18,40 @@ use axum::routing::get;
 use axum::Router;
 
 use super::error::ApiError;
-use crate::store::LeaseHolder;
+use crate::vault::ActiveNode;
 
 /// Marks a forwarded request, so a standby never forwards one again (two standbys each
 /// believing the other active would otherwise bounce it between them).
 const FORWARDED: HeaderName = HeaderName::from_static("qoima-forwarded");
-/// How long a forwarded request may take (the active node's own request timeout is shorter).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who is active, as this standby last found out.
 #[derive(Clone)]
 pub struct StandbyState {
-    active: Arc<Mutex<LeaseHolder>>,
+    active: Arc<Mutex<ActiveNode>>,
     http: reqwest::Client,
     max_body_bytes: usize,
 }
 
 impl StandbyState {
-    pub fn new(active: LeaseHolder, max_body_bytes: usize) -> Self {
+    /// `timeout`: how long a forwarded request may take (`limits.request_timeout_secs`, as the
+    /// active node's own; a frozen active node's forwards then end no later than its own would).
+    pub fn new(active: ActiveNode, max_body_bytes: usize, timeout: Duration) -> Self {
         // No redirects followed, no proxy from the environment: the answer is the active node's.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(FORWARD_TIMEOUT)
+            .timeout(timeout)
             .build()
             .expect("a client without a proxy or custom TLS builds");
         Self { active: Arc::new(Mutex::new(active)), http, max_body_bytes }
     }
 
     /// What the last attempt to take the lease found.
-    pub fn set_active(&self, active: LeaseHolder) {
+    pub fn set_active(&self, active: ActiveNode) {
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = active;
     }
 
-    fn active(&self) -> LeaseHolder {
+    fn active(&self) -> ActiveNode {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

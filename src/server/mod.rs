@@ -211,7 +211,11 @@ async fn open_active(
             Some((state, ..)) => state.set_active(active),
             None => {
                 tracing::info!(active = %active.holder, address = ?active.address, "another node is active: standing by");
-                let state = api::standby::StandbyState::new(active, config.limits.max_body_bytes);
+                let state = api::standby::StandbyState::new(
+                    active,
+                    config.limits.max_body_bytes,
+                    Duration::from_secs(config.limits.request_timeout_secs),
+                );
                 // The same socket, served by the standby until this node opens the vault.
                 let bind_error = |source| StartError::Bind { addr: config.listen, source };
                 let own = {
@@ -241,10 +245,13 @@ async fn open_active(
         }
         tokio::time::sleep(retry).await;
     };
-    if let Some((_, stop, served)) = standby {
+    if let Some((_, stop, _draining)) = standby {
+        // Not awaited: a request still forwarded to the old active node (perhaps frozen) may
+        // take its whole timeout; this node serves meanwhile, on the same socket.
         let _ = stop.send(());
-        let _ = served.await;
-        tracing::info!("took the active lease: serving");
+        if vault.is_ok() {
+            tracing::info!("took the active lease: serving");
+        }
     }
     vault
 }
