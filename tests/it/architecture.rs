@@ -60,6 +60,27 @@ fn only_the_engine_names_rocksdb() {
     assert!(found.is_empty(), "RocksDB named outside {ENGINE_FILES:?}:\n{}", found.join("\n"));
 }
 
+/// The PostgreSQL client is the PostgreSQL engine's alone.
+#[test]
+fn only_the_postgres_engine_names_its_client() {
+    let engine: Vec<String> = rust_files(&Path::new(ROOT).join("src/store/postgres")).iter().map(|f| relative(f)).collect();
+    let engine: Vec<&str> = engine.iter().map(String::as_str).collect();
+    let found = offenders("src", &engine, &["tokio_postgres", "postgres_rustls"]);
+    assert!(found.is_empty(), "the PostgreSQL client named outside src/store/postgres:\n{}", found.join("\n"));
+}
+
+/// A standby forwards or refuses; it has no vault to decrypt, decide or record with.
+#[test]
+fn a_standby_holds_no_vault() {
+    let file = Path::new(ROOT).join("src/api/standby.rs");
+    let found: Vec<String> = code_lines(&file)
+        .into_iter()
+        .filter(|(_, l)| l.contains("Vault") || l.contains("AppState"))
+        .map(|(n, l)| format!("{n}: {l}"))
+        .collect();
+    assert!(found.is_empty(), "src/api/standby.rs reaches a vault:\n{}", found.join("\n"));
+}
+
 #[test]
 fn the_api_knows_no_engine_and_no_config_file() {
     let found = offenders("src/api", &[], &["crate::store", "crate::config", "rocksdb::", "toml::"]);
@@ -139,6 +160,8 @@ fn the_codemap_states_the_checked_invariants() {
         "**`vault` knows no HTTP and no file format",
         "**`api` knows no engine and no configuration file",
         "**Only the RocksDB engine names RocksDB",
+        "**Only `store/postgres/` names the PostgreSQL client",
+        "**a standby holds no",
         "**`keys` depends on no runtime, web framework or storage engine",
         "**`policy` does no I/O and reads no clock",
         "**`audit` knows no locks",

@@ -87,7 +87,7 @@ async fn verify_over_http_and_cli_detects_edit_delete_reorder() {
 
     // Edit entry 2.
     {
-        let store = Store::open(&data, qoima::audit::summary::merge).unwrap();
+        let store = Store::open_engine(&config.storage, &data, qoima::audit::summary::merge).unwrap();
         let mut e = entry(&store, 2);
         e.reason = "nothing happened".into();
         put_entry(&store, 2, &e);
@@ -95,7 +95,7 @@ async fn verify_over_http_and_cli_detects_edit_delete_reorder() {
     let (ok, out) = shell.verify();
     assert!(!ok && out.contains("BROKEN at entry 2"), "{out}");
     // Restore it, then delete entry 3.
-    let store = Store::open(&data, qoima::audit::summary::merge).unwrap();
+    let store = Store::open_engine(&config.storage, &data, qoima::audit::summary::merge).unwrap();
     let mut e = entry(&store, 2);
     e.reason = "fields written".into();
     if e.compute_hash() != e.hash {
@@ -110,7 +110,7 @@ async fn verify_over_http_and_cli_detects_edit_delete_reorder() {
     let (ok, out) = shell.verify();
     assert!(!ok && out.contains("BROKEN at entry 3"), "{out}");
     // Put 3 back and swap 3 with 4.
-    let store = Store::open(&data, qoima::audit::summary::merge).unwrap();
+    let store = Store::open_engine(&config.storage, &data, qoima::audit::summary::merge).unwrap();
     put_entry(&store, 3, &saved3);
     let four = entry(&store, 4);
     put_entry(&store, 3, &four);
@@ -119,7 +119,7 @@ async fn verify_over_http_and_cli_detects_edit_delete_reorder() {
     let (ok, out) = shell.verify();
     assert!(!ok && out.contains("BROKEN at entry 3"), "{out}");
     // Undo the swap: intact again.
-    let store = Store::open(&data, qoima::audit::summary::merge).unwrap();
+    let store = Store::open_engine(&config.storage, &data, qoima::audit::summary::merge).unwrap();
     put_entry(&store, 3, &saved3);
     put_entry(&store, 4, &four);
     drop(store);

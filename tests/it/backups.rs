@@ -7,6 +7,9 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn backups_and_restores_never_bring_an_erased_borrower_back() {
+    if rocksdb_only("restore into a PostgreSQL store is not built yet (issue #26: pg_basebackup with erasure replay)") {
+        return;
+    }
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml");
     let cfg = cfg.to_str().unwrap().to_string();
@@ -66,6 +69,9 @@ async fn backups_and_restores_never_bring_an_erased_borrower_back() {
 
 #[tokio::test]
 async fn the_journal_alone_replays_when_the_live_store_is_lost() {
+    if rocksdb_only("restore into a PostgreSQL store is not built yet (issue #26)") {
+        return;
+    }
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
     app.put_fields("lost", application("LOSTMARK")).await;
@@ -90,6 +96,9 @@ async fn the_journal_alone_replays_when_the_live_store_is_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kek_destruction_closes_old_backups_even_without_the_journal() {
+    if rocksdb_only("restore into a PostgreSQL store is not built yet (issue #26)") {
+        return;
+    }
     use reqwest::Method;
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();

@@ -263,6 +263,9 @@ fn inode(p: &Path) -> (u64, std::time::SystemTime) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_beside_the_live_vault_uses_its_own_journal_and_escrow() {
+    if rocksdb_only("restore into a PostgreSQL store is not built yet (issue #26)") {
+        return;
+    }
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
     app.put_fields("r-keep", application("RKEEP")).await;
@@ -306,6 +309,9 @@ async fn a_restore_beside_the_live_vault_uses_its_own_journal_and_escrow() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_torn_journal_record_loses_no_whole_one() {
+    if rocksdb_only("it restores a backup; restore into a PostgreSQL store is not built yet (issue #26)") {
+        return;
+    }
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
     for s in ["t-1", "t-2", "t-3", "t-4"] {

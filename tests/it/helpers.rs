@@ -112,6 +112,16 @@ pub fn on_postgres() -> bool {
     std::env::var("QOIMA_TEST_ENGINE").is_ok_and(|e| e == "postgres")
 }
 
+/// For a test of the embedded engine's own behaviour (its files, its memory tier, its backup
+/// format): true, saying so, when the suite runs against PostgreSQL; `why` says why, or where
+/// the PostgreSQL twin is.
+pub fn rocksdb_only(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    on_postgres()
+}
+
 /// The `[storage]` section of a vault on `dir`: none for RocksDB; for PostgreSQL the test server
 /// (`QOIMA_TEST_POSTGRES`) and a schema of this vault's own, the same for every restart on
 /// `dir` within this run (and never one a past run used).
@@ -124,7 +134,7 @@ pub fn engine_section(dir: &Path) -> String {
     let schema = &hex::encode(token_digest(&format!("{run}/{}", dir.display())))[..16];
     let url = std::env::var("QOIMA_TEST_POSTGRES").expect("QOIMA_TEST_POSTGRES names the test server (scripts/test starts one)");
     // A single test server: no standby, so `allow_async`.
-    format!("\n[storage]\nengine = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nschema = \"t_{schema}\"\nallow_async = true\npool_size = 8\n")
+    format!("\n[storage]\nengine = \"postgres\"\n[storage.postgres]\nurl = \"{url}\"\nschema = \"t_{schema}\"\nallow_async = true\npool_size = 8\nlease_seconds = 3\n")
 }
 
 /// Extra configuration adding the caller `svc-limited` (service, loan_issuance) held to
@@ -174,6 +184,21 @@ pub async fn start(dir: TempDir, config: Config, clock: Option<ManualClock>) -> 
 impl TestApp {
     pub fn data_dir(&self) -> PathBuf {
         self.config.data_dir.clone()
+    }
+
+    /// Every folder holding the vault's data: the data directory and, on PostgreSQL, the
+    /// server's (shared with other tests' schemas: scan it for needles only this test made).
+    pub fn store_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.data_dir()];
+        dirs.extend(postgres_data_dir());
+        dirs
+    }
+
+    /// [`TestApp::store_dirs`] and the test's whole folder: everywhere the vault could write.
+    pub fn all_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        dirs.extend(postgres_data_dir());
+        dirs
     }
 
     /// Stops the server and closes the store (the vault's last handle is dropped).
@@ -326,6 +351,17 @@ pub fn application(marker: &str) -> Value {
 }
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.
+/// The test PostgreSQL server's data directory, when the suite runs against it.
+pub fn postgres_data_dir() -> Option<PathBuf> {
+    on_postgres()
+        .then(|| std::env::var_os("QOIMA_TEST_POSTGRES_DATA").expect("QOIMA_TEST_POSTGRES_DATA names the server's data directory").into())
+}
+
+/// [`files_containing`] over several folders.
+pub fn files_in(dirs: &[PathBuf], needle: &[u8]) -> Vec<PathBuf> {
+    dirs.iter().flat_map(|d| files_containing(d, needle)).collect()
+}
+
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     files_holding(dir, &[needle]).into_iter().map(|(_, p)| p).collect()
 }
@@ -343,7 +379,7 @@ pub fn files_holding(dir: &Path, needles: &[&[u8]]) -> Vec<(usize, PathBuf)> {
                 stack.push(p);
             } else if let Ok(bytes) = std::fs::read(&p) {
                 for (i, needle) in needles.iter().enumerate() {
-                    if bytes.windows(needle.len()).any(|w| w == *needle) {
+                    if memchr::memmem::find(&bytes, needle).is_some() {
                         out.push((i, p.clone()));
                     }
                 }

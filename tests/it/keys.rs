@@ -92,10 +92,10 @@ async fn rewrap_moves_every_dek_then_the_old_generation_can_be_destroyed() {
     assert!((0..150).all(|i| generation_of(&app, &format!("rw-{i}")) == 2));
 
     let wrapped_gen1 = app.vault.store().get(Space::Keyring, &wrapped_key(qoima_keys::Generation(1))).unwrap().unwrap();
-    assert!(!files_containing(&app.data_dir(), &wrapped_gen1).is_empty(), "the scan sees the wrapped KEK while it exists");
+    assert!(!files_in(&app.store_dirs(), &wrapped_gen1).is_empty(), "the scan sees the wrapped KEK while it exists");
     let r = app.call(Method::DELETE, "/v1/keys/1", Some("security"), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
-    assert!(files_containing(&app.data_dir(), &wrapped_gen1).is_empty(), "the destroyed generation's wrapped key is gone from every file");
+    assert!(files_in(&app.store_dirs(), &wrapped_gen1).is_empty(), "the destroyed generation's wrapped key is gone from every file");
     let escrow = std::fs::read_to_string(&app.config.keyring_escrow).unwrap();
     assert!(!escrow.contains(&hex::encode(&wrapped_gen1)), "and from the escrow");
     assert_eq!(keys(&app).await[0]["state"], "destroyed");
@@ -299,7 +299,8 @@ async fn rewrap_survives_kill_9_and_resumes_where_it_stopped() {
     // Killed mid-way: the job is stored as running, part done.
     let data = dir.path().join("data");
     let job = {
-        let store = qoima::store::Store::open(&data, qoima::audit::summary::merge).unwrap();
+        let config = qoima::config::Config::load(&cfg, &|_| None).unwrap();
+        let store = qoima::store::Store::open_engine_for_reading(&config.storage, &data, qoima::audit::summary::merge).unwrap();
         let job: Value = serde_json::from_slice(&store.get(Space::Jobs, b"rewrap").unwrap().unwrap()).unwrap();
         let counts: Vec<i64> = (1..=2)
             .map(|g| store.counter(Space::Keyring, &[b"count/deks/".as_slice(), &(g as u32).to_be_bytes()].concat()).unwrap())

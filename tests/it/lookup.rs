@@ -204,12 +204,12 @@ async fn erasure_leaves_no_index_entry_in_any_file() {
     assert_eq!(gone.len(), 3, "identity.iin, identity.phone and identity.email are indexed");
     // The scan can see an index when one is there (in the WAL at this point).
     for b in &gone {
-        assert!(!files_containing(&app.data_dir(), b).is_empty(), "the scan must find a live index");
+        assert!(!files_in(&app.store_dirs(), b).is_empty(), "the scan must find a live index");
     }
     assert_eq!(app.erase("gone").await.body["status"], "erased");
     assert_eq!(index_keys_of(&app, "gone"), 0, "the shred deleted its entries and records");
     for b in &gone {
-        let holding = files_containing(app.dir.path(), b);
+        let holding = files_in(&app.all_dirs(), b);
         assert!(holding.is_empty(), "an erased subject's blind index is still in {holding:?}");
     }
     // The other subject's are untouched and still found.
@@ -221,6 +221,9 @@ async fn erasure_leaves_no_index_entry_in_any_file() {
 
 #[tokio::test]
 async fn a_restore_replays_erasures_into_the_index_too() {
+    if rocksdb_only("restore into a PostgreSQL store is not built yet (issue #26)") {
+        return;
+    }
     let mut app = spawn_app().await;
     let cfg = app.dir.path().join("qoima.toml").to_str().unwrap().to_string();
     let gone_fields = own_contacts(application("IDXGONE"), "gone");

@@ -25,6 +25,7 @@ mod idempotency;
 mod import;
 mod keys;
 mod lookup;
+mod nodes;
 mod privacy;
 mod rights;
 mod storage;

@@ -50,7 +50,7 @@ async fn erasure_waits_for_the_last_contract_and_then_runs_by_itself() {
     assert_eq!(status.body["receipt"], receipt.as_str());
     assert!(status.body["statement"].as_str().unwrap().contains("unreadable in the live store now"));
     assert_eq!(app.read("p-1", "svc-all", "loan_issuance").await.status, StatusCode::GONE);
-    assert!(files_containing(&app.data_dir(), &dek).is_empty(), "wrapped DEK left on disk");
+    assert!(files_in(&app.store_dirs(), &dek).is_empty(), "wrapped DEK left on disk");
     for space in [Space::Records, Space::Facts, Space::Disclosures] {
         assert_eq!(keys_of(&app.vault, space, "p-1"), 0, "{space:?} still holds the subject");
     }
@@ -94,6 +94,7 @@ async fn erase_subject_with(app: &TestApp, subject: &str, n: usize) -> Vec<u8> {
     let dek = wrapped_dek(&app.vault, subject);
     let r = app.erase(subject).await;
     assert_eq!(r.body["status"], "erased");
+    assert_eq!(r.body["purge_pending"], false, "{:?}", r.body);
     assert_eq!(keys_of(&app.vault, Space::Records, subject), 0);
     dek
 }
@@ -108,7 +109,8 @@ async fn erasure_of_ten_and_ten_thousand_fields() {
     let small = erase_subject_with(&app, "small", 10).await;
     let large = erase_subject_with(&app, "large", 10_000).await;
     for dek in [small, large] {
-        assert!(files_containing(&app.data_dir(), &dek).is_empty());
+        let holding = files_in(&app.store_dirs(), &dek);
+        assert!(holding.is_empty(), "{holding:?}");
     }
     for s in ["small", "large"] {
         assert_eq!(app.read(s, "svc-all", "loan_issuance").await.status, StatusCode::GONE);

@@ -20,14 +20,14 @@ async fn plaintext_markers_never_reach_disk() {
         assert_eq!(app.read(&format!("s-{i}"), "svc-all", "loan_issuance").await.status, StatusCode::OK);
     }
     for m in &markers {
-        assert!(files_containing(app.dir.path(), m.as_bytes()).is_empty(), "marker {m} found on disk");
+        assert!(files_in(&app.all_dirs(), m.as_bytes()).is_empty(), "marker {m} found on disk");
     }
     let app2 = {
         app.stop().await;
         app.restart().await
     };
     for m in &markers {
-        assert!(files_containing(app2.dir.path(), m.as_bytes()).is_empty(), "marker {m} on disk after restart");
+        assert!(files_in(&app2.all_dirs(), m.as_bytes()).is_empty(), "marker {m} on disk after restart");
     }
     // The values are still there, only encrypted.
     let r = app2.read("s-0", "svc-all", "loan_issuance").await;
@@ -43,18 +43,18 @@ async fn shredding_leaves_no_wrapped_dek_in_any_file() {
     let dek = wrapped_dek(&app.vault, "gone");
     let kept = wrapped_dek(&app.vault, "keep");
     // The scan can see a wrapped DEK when one is there (in the WAL at this point).
-    assert!(!files_containing(&app.data_dir(), &dek).is_empty(), "the scan must find a live wrapped DEK");
+    assert!(!files_in(&app.store_dirs(), &dek).is_empty(), "the scan must find a live wrapped DEK");
 
     let r = app.erase("gone").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     assert_eq!(r.body["status"], "erased");
     assert!(r.body["key_fingerprint"].as_str().is_some_and(|f| f.len() == 32));
 
-    let holding = files_containing(&app.data_dir(), &dek);
+    let holding = files_in(&app.store_dirs(), &dek);
     assert!(holding.is_empty(), "wrapped DEK still in {holding:?}");
-    assert!(files_containing(app.dir.path(), &dek).is_empty(), "nor anywhere else under the test dir");
+    assert!(files_in(&app.all_dirs(), &dek).is_empty(), "nor anywhere else under the test dir");
     // The other subject is untouched and readable.
-    assert!(!files_containing(&app.data_dir(), &kept).is_empty());
+    assert!(!files_in(&app.store_dirs(), &kept).is_empty());
     assert_eq!(app.read("keep", "svc-all", "loan_issuance").await.status, StatusCode::OK);
     // Later reads say erased, not unknown; writes are refused.
     let r = app.read("gone", "svc-all", "loan_issuance").await;
@@ -112,7 +112,8 @@ async fn concurrent_erasures_beside_creates_leave_no_wrapped_dek_in_any_file() {
     }
     let mut needles: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
     needles.push(&kept);
-    let (found, live): (Vec<_>, Vec<_>) = files_holding(app.dir.path(), &needles).into_iter().partition(|(i, _)| *i < gone.len());
+    let (found, live): (Vec<_>, Vec<_>) =
+        app.all_dirs().iter().flat_map(|d| files_holding(d, &needles)).collect::<Vec<_>>().into_iter().partition(|(i, _)| *i < gone.len());
     assert!(!live.is_empty(), "the scan must find a live wrapped DEK");
     assert!(found.is_empty(), "wrapped DEKs of erased subjects still in files: {found:?}");
 }

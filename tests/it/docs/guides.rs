@@ -54,6 +54,9 @@ async fn the_getting_started_guide_works_as_printed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_guide_works_as_printed() {
+    if rocksdb_only("the guide backs up and restores a RocksDB data directory") {
+        return;
+    }
     let doc = read_doc("docs/operator-guide.md");
     assert_eq!(untested_curl_blocks(&doc), Vec::<String>::new(), "every curl example is tested");
     let blocks = tested_blocks(&doc);
