@@ -579,6 +579,35 @@ impl PostgresEngine {
         Err(StoreError::OutcomeUnknown(format!("{why}; still unresolved after {} s: {last}", self.resolve_timeout.as_secs())))
     }
 
+    /// Waits until no snapshot anywhere in the cluster is older than now: no backend's, no
+    /// standby's (hot-standby feedback), no replication slot's, no prepared transaction's.
+    /// The purge runs after the deletions committed, so then no one can still see the deleted
+    /// rows and `VACUUM FULL` drops them. Bounded by the resolve timeout: a transaction left
+    /// open fails the purge, which is retried (it names no query, only the process).
+    async fn wait_for_older_snapshots(&self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+        let error = |e: tokio_postgres::Error| db_error("purge (open transactions)", &e);
+        let now: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(error)?.get(0);
+        // `age` counts back from the next transaction id: older than `now` is a larger age.
+        let older = "SELECT string_agg(who, ', ') FROM ( \
+             SELECT 'backend ' || pid AS who, greatest(age(backend_xmin), age(backend_xid)) AS a FROM pg_stat_activity \
+               WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) \
+             UNION ALL SELECT 'standby ' || application_name, age(backend_xmin) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL \
+             UNION ALL SELECT 'slot ' || slot_name, age(xmin) FROM pg_replication_slots WHERE xmin IS NOT NULL \
+             UNION ALL SELECT 'prepared ' || gid, age(transaction) FROM pg_prepared_xacts) t \
+             WHERE a > age(($1::text::xid8)::text::xid)";
+        let deadline = tokio::time::Instant::now() + self.resolve_timeout;
+        loop {
+            let who: Option<String> = client.query_one(older, &[&now]).await.map_err(error)?.get(0);
+            let Some(who) = who else { return Ok(()) };
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Io(format!(
+                    "purge: transactions older than the erasure are still open ({who}); their snapshots keep the deleted rows"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits for every standby the connection string names to replay the WAL up to `lsn`
     /// (the purge's rewrite), then has it run a restartpoint (`CHECKPOINT`), after which it
     /// keeps no segment holding the deleted rows. Purged only once every one confirmed: an
@@ -769,6 +798,9 @@ impl Engine for PostgresEngine {
         self.run(async {
             let (client, _) = self.writes.connector.connect_bare().await?;
             if !tables.is_empty() {
+                // A rewrite keeps every row some open snapshot may still see, deleted or not:
+                // first, no transaction older than the purged rows' deletion may be running.
+                self.wait_for_older_snapshots(&client).await?;
                 // A rewrite: the new files hold only live rows; the old ones are truncated.
                 client
                     .batch_execute(&format!("VACUUM FULL {}", tables.join(", ")))
