@@ -357,6 +357,18 @@ pub fn postgres_data_dir() -> Option<PathBuf> {
         .then(|| std::env::var_os("QOIMA_TEST_POSTGRES_DATA").expect("QOIMA_TEST_POSTGRES_DATA names the server's data directory").into())
 }
 
+/// Whether `needle` is in some file of `dirs`: the check that a scan can see a live value.
+/// Tried a few times: on a server shared with other tests, a checkpoint can move the value from
+/// a WAL segment to a table's file between the two reads of one scan.
+pub fn seen_in(dirs: &[PathBuf], needle: &[u8]) -> bool {
+    (0..10).any(|_| {
+        !files_in(dirs, needle).is_empty() || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    })
+}
+
 /// [`files_containing`] over several folders.
 pub fn files_in(dirs: &[PathBuf], needle: &[u8]) -> Vec<PathBuf> {
     dirs.iter().flat_map(|d| files_containing(d, needle)).collect()

@@ -30,15 +30,21 @@ fn node_config(dir: &std::path::Path, name: &str, port: u16, advertise: bool) ->
     Config::load(&path, &|_| None).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_standby_forwards_to_the_active_node_and_takes_over_when_it_stops() {
+/// What two nodes share (a folder with the root key) and their two ports; `None`, saying so,
+/// on RocksDB.
+fn two_nodes() -> Option<(tempfile::TempDir, u16, u16)> {
     if !on_postgres() {
         eprintln!("PostgreSQL only: runs in scripts/test's second pass");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let (pa, pb) = (free_port(), free_port());
+    Some((dir, free_port(), free_port()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_forwards_to_the_active_node_and_takes_over_when_it_stops() {
+    let Some((dir, pa, pb)) = two_nodes() else { return };
     let a = start(tempfile::tempdir().unwrap(), node_config(dir.path(), "a", pa, true), None).await;
     // B finds A's lease (and address) and stands by, forwarding.
     let b_config = node_config(dir.path(), "b", pb, true);
@@ -103,13 +109,7 @@ async fn a_standby_forwards_to_the_active_node_and_takes_over_when_it_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_that_does_not_know_where_the_active_node_is_answers_503_standby() {
-    if !on_postgres() {
-        eprintln!("PostgreSQL only: runs in scripts/test's second pass");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    qoima_keys::RootKey::generate_file(&dir.path().join("root.key")).unwrap();
-    let (pa, pb) = (free_port(), free_port());
+    let Some((dir, pa, pb)) = two_nodes() else { return };
     let mut a = start(tempfile::tempdir().unwrap(), node_config(dir.path(), "a", pa, false), None).await;
     let b = tokio::spawn(start(tempfile::tempdir().unwrap(), node_config(dir.path(), "b", pb, true), None));
     let http = reqwest::Client::new();

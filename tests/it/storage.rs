@@ -43,7 +43,7 @@ async fn shredding_leaves_no_wrapped_dek_in_any_file() {
     let dek = wrapped_dek(&app.vault, "gone");
     let kept = wrapped_dek(&app.vault, "keep");
     // The scan can see a wrapped DEK when one is there (in the WAL at this point).
-    assert!(!files_in(&app.store_dirs(), &dek).is_empty(), "the scan must find a live wrapped DEK");
+    assert!(seen_in(&app.store_dirs(), &dek), "the scan must find a live wrapped DEK");
 
     let r = app.erase("gone").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
