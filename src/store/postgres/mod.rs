@@ -11,7 +11,9 @@
 //!   committer of a connection.
 //! - [`Tier::Memory`]: nothing is in this process's memory, so every such read answers
 //!   [`StoreError::NotInMemory`] at once and the vault asks again from a blocking thread.
-//! - Writes: one transaction per batch (`plan.rs` turns it into statements, pipelined). Its
+//! - Settings and the server's replication: `settings.rs`, `replication.rs`; connections and
+//!   pools: `conn.rs`; the active node's lease: `lease.rs`.
+//! - Writes (`write.rs`): one transaction per batch (`plan.rs` turns it into statements). Its
 //!   outcome is success only if COMMIT returned and no notice arrived meanwhile: PostgreSQL
 //!   reports a cancelled wait for synchronous replication as a *warning* and an ordinary
 //!   COMMIT (the transaction committed locally, maybe nowhere else). On such a notice, a lost
@@ -22,225 +24,46 @@
 //!   the token the write committed, and has now reached the standbys (the resolution's own
 //!   commit, later in the WAL, did); if it inserted the token the write can never commit. A
 //!   commit is never cancelled.
-//! - Purges: `VACUUM FULL` of the partitions or tables holding the ranges (a rewrite, so no
-//!   page keeps a deleted row's bytes), then WAL switches and checkpoints past what
+//! - Purges (`purge.rs`): once no snapshot predates the deletions, `VACUUM FULL` of the
+//!   partitions or tables holding the ranges (a rewrite, so no page keeps a deleted row's
+//!   bytes), then WAL switches and checkpoints past what
 //!   `wal_keep_size` keeps, after which the server removes the WAL segments that held them
 //!   (with `wal_recycle = off`; a recycled segment keeps its old bytes); then a restartpoint
 //!   on every standby once it replayed them. Archives: docs/scale-out.md.
 //! - Backups: a consistent copy in the embedded engine's format (one repeatable-read snapshot
-//!   copied into a RocksDB checkpoint folder), so backups, their verification and restore are
-//!   the same whatever the live engine.
+//!   copied into a RocksDB checkpoint folder). Restore into a PostgreSQL store is not built
+//!   yet (issue #26: PostgreSQL's own tools with erasure replay).
 
 mod conn;
 mod lease;
 mod plan;
+mod purge;
+mod replication;
+mod settings;
 mod tables;
+mod write;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
 use super::engine::{Engine, EngineStats, PurgeRange, SpaceStats, WriteState};
 use super::{Batch, KeyValue, MergeRule, Space, StoreError, Tier};
 use conn::{Connector, Pool};
 pub use lease::Holder;
-use plan::Step;
+use replication::replication_of;
+pub use replication::{probe, Replication};
+use settings::client_config;
+pub use settings::PostgresSettings;
 pub use tables::{check_schema, PARTITIONS};
 
 /// Rows fetched per round trip of a long scan; a scan that fits in one is a single statement.
 const SCAN_CHUNK: usize = 256;
-/// Write tokens are kept this long (a resolution runs within the resolve timeout, minutes).
-const TOKEN_LIFE: &str = "1 hour";
-/// Every this many writes, tokens older than [`TOKEN_LIFE`] are deleted.
-const TOKEN_SWEEP_EVERY: u64 = 4096;
-
-/// How to reach the server and how the engine behaves (`[storage.postgres]`,
-/// docs/configuration.md).
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct PostgresSettings {
-    /// A libpq connection string (key/value or URI; several hosts and
-    /// `target_session_attrs=read-write` for a cluster). It may hold a password: never logged.
-    pub url: SecretString,
-    /// A file holding the password (its first line), if not in `url`.
-    pub password_file: Option<PathBuf>,
-    /// The schema holding the vault's tables (created if absent).
-    pub schema: String,
-    /// Most connections open at once for reads; writes have a pool of a quarter of it (at
-    /// least 2).
-    pub pool_size: usize,
-    pub connect_timeout: Duration,
-    /// How long a write whose outcome was lost is retried for an answer before the engine
-    /// reports it unknown ([`StoreError::OutcomeUnknown`]).
-    pub resolve_timeout: Duration,
-    /// Accept a server whose commits do not wait for a synchronous standby (one machine, or
-    /// async replication): an acknowledged write may then be lost in a failover.
-    pub allow_async: bool,
-    /// The CA certificates (PEM) the server's certificate must chain to; with it, the
-    /// connection uses TLS (`sslmode=require` in `url` makes TLS mandatory).
-    pub ca_file: Option<PathBuf>,
-    /// How long the active node's lease lasts unrenewed (lease.rs): how long the others wait
-    /// after it dies before one of them takes over.
-    pub lease: Duration,
-    /// The URL this node's API is reached at, recorded with its lease so the other nodes can
-    /// forward to it.
-    pub advertise_url: Option<String>,
-}
-
-impl PostgresSettings {
-    pub fn new(url: SecretString) -> Self {
-        Self {
-            url,
-            password_file: None,
-            schema: "qoima".into(),
-            pool_size: 16,
-            connect_timeout: Duration::from_secs(5),
-            resolve_timeout: Duration::from_secs(60),
-            allow_async: false,
-            ca_file: None,
-            lease: Duration::from_secs(10),
-            advertise_url: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for PostgresSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSettings")
-            .field("url", &"[redacted]")
-            .field("schema", &self.schema)
-            .field("pool_size", &self.pool_size)
-            .field("allow_async", &self.allow_async)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The server's replication, as the engine checks it at open and for readiness.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Replication {
-    pub synchronous_commit: String,
-    pub synchronous_standby_names: String,
-    /// Standbys streaming now as synchronous (`sync` or `quorum`).
-    pub synchronous_standbys: u32,
-    pub server_version: String,
-    /// Every standby streaming now: `name sync_state state`, comma-separated.
-    pub standbys: String,
-}
-
-impl std::fmt::Display for Replication {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PostgreSQL {}, synchronous_commit {}, synchronous_standby_names '{}', {} synchronous standby(s) streaming{}",
-            self.server_version,
-            self.synchronous_commit,
-            self.synchronous_standby_names,
-            self.synchronous_standbys,
-            if self.standbys.is_empty() { String::new() } else { format!(" ({})", self.standbys) }
-        )
-    }
-}
-
-impl Replication {
-    /// Why commits on this server are not known to reach a standby before they return.
-    pub fn not_quorum(&self) -> Option<String> {
-        if !matches!(self.synchronous_commit.as_str(), "on" | "remote_write" | "remote_apply") {
-            return Some(format!("synchronous_commit is {}", self.synchronous_commit));
-        }
-        if self.synchronous_standby_names.trim().is_empty() {
-            return Some("synchronous_standby_names is empty (no synchronous standby)".into());
-        }
-        if self.synchronous_standbys == 0 {
-            return Some("no synchronous standby is streaming (commits wait)".into());
-        }
-        None
-    }
-}
-
-/// The connection settings `settings` give: the parsed connection string with the password
-/// file's password, and TLS if a CA is given.
-fn client_config(
-    settings: &PostgresSettings,
-) -> Result<(tokio_postgres::Config, Option<tokio_postgres_rustls::MakeRustlsConnect>), StoreError> {
-    check_schema(&settings.schema).map_err(|e| StoreError::Io(format!("[storage.postgres] {e}")))?;
-    let mut config: tokio_postgres::Config =
-        settings.url.expose_secret().parse().map_err(|e: tokio_postgres::Error| StoreError::Io(format!("[storage.postgres] url: {e}")))?;
-    if let Some(file) = &settings.password_file {
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(file)
-                .map_err(|e| StoreError::Io(format!("[storage.postgres] password_file {}: {e}", file.display())))?,
-        );
-        config.password(text.lines().next().unwrap_or("").as_bytes());
-    }
-    config.application_name("qoima").connect_timeout(settings.connect_timeout).keepalives(true);
-    let tls = match &settings.ca_file {
-        Some(ca) => Some(conn::tls_config(ca)?),
-        None if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
-            return Err(StoreError::Io("[storage.postgres] url asks for sslmode=require: set ca_file to the server's CA".into()))
-        }
-        None => None,
-    };
-    Ok((config, tls))
-}
-
-/// The replication of the server `client` is connected to; an error if it is a standby.
-async fn replication_of(client: &tokio_postgres::Client) -> Result<Replication, StoreError> {
-    let row = client
-        .query_one(
-            "SELECT current_setting('synchronous_commit'), current_setting('synchronous_standby_names'), \
-             (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))::int4, \
-             current_setting('server_version'), pg_is_in_recovery(), \
-             (SELECT coalesce(string_agg(application_name || ' ' || sync_state || ' ' || state, ', ' ORDER BY application_name), '') \
-              FROM pg_stat_replication)",
-            &[],
-        )
-        .await
-        .map_err(|e| db_error("replication check", &e))?;
-    if row.get::<_, bool>(4) {
-        return Err(StoreError::Io(
-            "the PostgreSQL server is a standby (in recovery): connect to the primary (target_session_attrs=read-write)".into(),
-        ));
-    }
-    Ok(Replication {
-        synchronous_commit: row.get(0),
-        synchronous_standby_names: row.get(1),
-        synchronous_standbys: row.get::<_, i32>(2).max(0) as u32,
-        server_version: row.get(3),
-        standbys: row.get(5),
-    })
-}
-
-/// Connects once and reads the server's replication, creating nothing (`qoima config check`).
-pub fn probe(settings: &PostgresSettings) -> Result<Replication, StoreError> {
-    let (config, tls) = client_config(settings)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Io(format!("cannot start a runtime: {e}")))?;
-    let connector = Connector::new(
-        runtime.handle().clone(),
-        config,
-        tls,
-        Arc::new(Sql {
-            schema: settings.schema.clone(),
-            spaces: Vec::new(),
-            insert_token: String::new(),
-            lease: Arc::new(lease::LeaseSql::new(&settings.schema)),
-        }),
-    );
-    runtime.block_on(async {
-        let (client, _) = connector.connect_bare().await?;
-        replication_of(&client).await
-    })
-}
 
 /// The SQL the engine runs, made once for its schema.
 pub(super) struct Sql {
@@ -261,21 +84,6 @@ pub(super) fn db_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
         Some(db) => StoreError::Io(format!("PostgreSQL {what}: {} {}: {}", db.severity(), db.code().code(), db.message())),
         None => StoreError::Io(format!("PostgreSQL {what}: {e}")),
     }
-}
-
-/// Whether a failed COMMIT certainly did not commit: the server answered with an ERROR (it
-/// rolled back). Anything else — a lost connection, a FATAL (the backend was terminated,
-/// possibly after committing locally) — leaves the outcome open.
-fn rolled_back(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| db.severity() == "ERROR" && !db.code().code().starts_with("57"))
-}
-
-/// How a write attempt ended.
-enum Attempt {
-    Committed,
-    NotApplied(StoreError),
-    /// Why the outcome is not known.
-    Unknown(String),
 }
 
 /// The PostgreSQL engine.
@@ -412,269 +220,6 @@ impl PostgresEngine {
     pub fn replication(&self) -> Result<Replication, StoreError> {
         self.run(async { replication_of(&self.reads.get().await?.client).await })
     }
-
-    async fn write_async(&self, batch: &Batch) -> Result<(), StoreError> {
-        let lease = self.lease.as_ref().ok_or_else(|| StoreError::Io("this PostgreSQL store was opened for reading".into()))?;
-        if let Some(fenced) = lease.fenced() {
-            return Err(fenced);
-        }
-        let mut token = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token)
-            .map_err(|_| StoreError::Io("the OS random source failed".into()))?;
-        let epoch = lease.epoch;
-        let mut lease = self.writes.get().await?;
-        let before = lease.notices();
-        let attempt = self.attempt(&mut lease, batch, &token, epoch).await;
-        let why = match attempt {
-            Attempt::Committed if lease.notices() == before => return Ok(()),
-            Attempt::Committed => "a notice arrived during COMMIT (a cancelled wait for synchronous replication?)".to_string(),
-            Attempt::NotApplied(e) => {
-                if matches!(e, StoreError::Fenced { .. }) {
-                    if let Some(l) = &self.lease {
-                        l.fence();
-                    }
-                }
-                return Err(e);
-            }
-            Attempt::Unknown(why) => why,
-        };
-        lease.discard();
-        self.resolve(&token, &why).await
-    }
-
-    /// One try at `batch` in a transaction on `c`.
-    async fn attempt(&self, c: &mut conn::Conn, batch: &Batch, token: &[u8], epoch: i64) -> Attempt {
-        let not_applied = |what: &str, e: tokio_postgres::Error| Attempt::NotApplied(db_error(what, &e));
-        let conn::Conn { client, spaces, insert_token, fence, .. } = c;
-        let (spaces, insert_token, fence) = (&*spaces, &*insert_token, &*fence);
-        let tx = match client.transaction().await {
-            Ok(tx) => tx,
-            Err(e) => return not_applied("begin", e),
-        };
-        let sweep = self.written.fetch_add(1, Ordering::Relaxed) % TOKEN_SWEEP_EVERY == TOKEN_SWEEP_EVERY - 1;
-        let sweep_sql = format!(
-            "DELETE FROM {} WHERE written_at < now() - interval '{TOKEN_LIFE}'",
-            tables::qualified(&self.sql.schema, tables::TOKENS)
-        );
-        // The token, and the locks on the keys whose values the batch adds or merges to.
-        let needed = plan::needed(batch);
-        let locks = needed.iter().map(|(space, keys)| {
-            let st = &spaces[index(*space)];
-            let keys: Vec<&[u8]> = keys.iter().copied().collect();
-            let parts: Vec<i16> = keys.iter().map(|k| tables::partition(k)).collect();
-            let tx = &tx;
-            async move {
-                let params: Vec<&(dyn ToSql + Sync)> = if tables::partitioned(*space) { vec![&keys, &parts] } else { vec![&keys] };
-                tx.execute(&st.reserve, &params).await?;
-                let rows = tx.query(&st.lock, &params).await?;
-                Ok::<_, tokio_postgres::Error>(
-                    rows.into_iter().map(|r| ((*space, r.get::<_, Vec<u8>>(0)), r.get::<_, Option<Vec<u8>>>(1))).collect::<Vec<_>>(),
-                )
-            }
-        });
-        let token_param: [&(dyn ToSql + Sync); 1] = [&token];
-        let token_insert = tx.execute(insert_token, &token_param);
-        let epoch_param: [&(dyn ToSql + Sync); 1] = [&epoch];
-        // First in the pipeline: the lease still ours, its row share-locked to the commit.
-        let fenced = tx.query(fence, &epoch_param);
-        let (held, inserted, locked) =
-            match futures_util::future::try_join3(fenced, token_insert, futures_util::future::try_join_all(locks)).await {
-                Ok(v) => v,
-                Err(e) => return not_applied("write", e),
-            };
-        if held.is_empty() {
-            return Attempt::NotApplied(StoreError::Fenced { epoch });
-        }
-        debug_assert_eq!(inserted, 1);
-        let locked: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> = locked.into_iter().flatten().collect();
-        if let Err(e) = batch.check_expects(|e| Ok(locked.get(&(e.space, e.key.clone())).cloned().flatten())) {
-            return Attempt::NotApplied(e);
-        }
-        let current = needed
-            .iter()
-            .flat_map(|(s, keys)| keys.iter().map(move |k| (*s, *k)))
-            .map(|(s, k)| ((s, k), locked.get(&(s, k.to_vec())).cloned().flatten()))
-            .collect();
-        let steps = plan::steps(batch, current, self.merge);
-        let parts: Vec<i16> = steps
-            .iter()
-            .map(|s| match s {
-                Step::Put(_, k, _) | Step::PutRef(_, k, _) | Step::Delete(_, k) => tables::partition(k),
-                Step::DeleteRange(..) => 0,
-            })
-            .collect();
-        let statements = steps.iter().zip(&parts).map(|(step, part)| {
-            let tx = &tx;
-            async move {
-                match step {
-                    Step::Put(s, k, v) => put(tx, &spaces[index(*s)], *s, k, part, v).await,
-                    Step::PutRef(s, k, v) => put(tx, &spaces[index(*s)], *s, k, part, v).await,
-                    Step::Delete(s, k) if tables::partitioned(*s) => tx.execute(&spaces[index(*s)].delete, &[k, part]).await,
-                    Step::Delete(s, k) => tx.execute(&spaces[index(*s)].delete, &[k]).await,
-                    Step::DeleteRange(s, from, to) => tx.execute(&spaces[index(*s)].delete_range, &[from, to]).await,
-                }
-            }
-        });
-        if let Err(e) = futures_util::future::try_join_all(statements).await {
-            return not_applied("write", e);
-        }
-        if sweep {
-            if let Err(e) = tx.execute(&sweep_sql, &[]).await {
-                return not_applied("token sweep", e);
-            }
-        }
-        match tx.commit().await {
-            Ok(()) => Attempt::Committed,
-            Err(e) if rolled_back(&e) => not_applied("commit", e),
-            Err(e) => Attempt::Unknown(format!("{}", db_error("commit", &e))),
-        }
-    }
-
-    /// Finds out whether the write that inserted `token` committed, on new connections, until
-    /// [`PostgresSettings::resolve_timeout`]; see the module doc.
-    async fn resolve(&self, token: &[u8], why: &str) -> Result<(), StoreError> {
-        tracing::warn!(reason = why, "a PostgreSQL write's outcome is unknown; resolving it before answering");
-        let deadline = tokio::time::Instant::now() + self.resolve_timeout;
-        let tokens = tables::qualified(&self.sql.schema, tables::TOKENS);
-        let poison = format!("INSERT INTO {tokens} (token) VALUES ($1) ON CONFLICT DO NOTHING");
-        let mut pause = Duration::from_millis(50);
-        let mut last = why.to_string();
-        while tokio::time::Instant::now() < deadline {
-            // Bounded: the resolution's own commit waits for a standby too. Dropping it there
-            // cancels nothing (its row is only a witness).
-            let patience = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(10));
-            let outcome = tokio::time::timeout(patience, async {
-                let (mut client, notices) = self.writes.connector.connect_bare().await?;
-                let before = notices.load(Ordering::SeqCst);
-                let tx = client.transaction().await.map_err(|e| db_error("begin", &e))?;
-                let inserted = tx.execute(&poison, &[&token]).await.map_err(|e| db_error("resolve", &e))?;
-                // Always a row of our own: the commit then waits for the standbys, which proves
-                // that everything before it in the WAL (the original write) reached them.
-                let mut own = [0u8; 16];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut own)
-                    .map_err(|_| StoreError::Io("the OS random source failed".into()))?;
-                tx.execute(&poison, &[&&own[..]]).await.map_err(|e| db_error("resolve", &e))?;
-                tx.commit().await.map_err(|e| db_error("resolve commit", &e))?;
-                if notices.load(Ordering::SeqCst) != before {
-                    return Err(StoreError::Io("a notice arrived during the resolution's COMMIT".into()));
-                }
-                Ok(inserted == 0)
-            })
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Io("the resolution got no answer in time".into())));
-            match outcome {
-                Ok(true) => {
-                    tracing::warn!("the PostgreSQL write committed (resolved)");
-                    return Ok(());
-                }
-                Ok(false) => {
-                    tracing::warn!("the PostgreSQL write did not commit (resolved)");
-                    return Err(StoreError::Io(format!("PostgreSQL write not applied ({why})")));
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
-        Err(StoreError::OutcomeUnknown(format!("{why}; still unresolved after {} s: {last}", self.resolve_timeout.as_secs())))
-    }
-
-    /// Waits until no snapshot anywhere in the cluster is older than now: no backend's, no
-    /// standby's (hot-standby feedback), no replication slot's, no prepared transaction's.
-    /// The purge runs after the deletions committed, so then no one can still see the deleted
-    /// rows and `VACUUM FULL` drops them. Bounded by the resolve timeout: a transaction left
-    /// open fails the purge, which is retried (it names no query, only the process).
-    async fn wait_for_older_snapshots(&self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
-        let error = |e: tokio_postgres::Error| db_error("purge (open transactions)", &e);
-        let now: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.map_err(error)?.get(0);
-        // `age` counts back from the next transaction id: older than `now` is a larger age.
-        let older = "SELECT string_agg(who, ', ') FROM ( \
-             SELECT 'backend ' || pid AS who, greatest(age(backend_xmin), age(backend_xid)) AS a FROM pg_stat_activity \
-               WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) \
-             UNION ALL SELECT 'standby ' || application_name, age(backend_xmin) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL \
-             UNION ALL SELECT 'slot ' || slot_name, age(xmin) FROM pg_replication_slots WHERE xmin IS NOT NULL \
-             UNION ALL SELECT 'prepared ' || gid, age(transaction) FROM pg_prepared_xacts) t \
-             WHERE a > age(($1::text::xid8)::text::xid)";
-        let deadline = tokio::time::Instant::now() + self.resolve_timeout;
-        loop {
-            let who: Option<String> = client.query_one(older, &[&now]).await.map_err(error)?.get(0);
-            let Some(who) = who else { return Ok(()) };
-            if tokio::time::Instant::now() > deadline {
-                return Err(StoreError::Io(format!(
-                    "purge: transactions older than the erasure are still open ({who}); their snapshots keep the deleted rows"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits for every standby the connection string names to replay the WAL up to `lsn`
-    /// (the purge's rewrite), then has it run a restartpoint (`CHECKPOINT`), after which it
-    /// keeps no segment holding the deleted rows. Purged only once every one confirmed: an
-    /// unreachable standby fails the purge, which is retried (docs/scale-out.md).
-    async fn purge_standbys(&self, lsn: &str) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + self.resolve_timeout;
-        for (host, client) in self.writes.connector.connect_each_host().await {
-            let client = client.map_err(|e| StoreError::Io(format!("purge: standby {host} not reached: {e}")))?;
-            loop {
-                let row = client
-                    .query_one("SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)", &[&lsn])
-                    .await
-                    .map_err(|e| db_error(&format!("purge (standby {host})"), &e))?;
-                let (standby, replayed): (bool, bool) = (row.get(0), row.get(1));
-                if !standby {
-                    break;
-                }
-                if replayed {
-                    client.batch_execute("CHECKPOINT").await.map_err(|e| db_error(&format!("purge (standby {host} restartpoint)"), &e))?;
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(StoreError::Io(format!(
-                        "purge: standby {host} has not replayed the purge within {} s",
-                        self.resolve_timeout.as_secs()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// The tables a purge of `ranges` rewrites.
-    fn purge_tables(&self, ranges: &[PurgeRange<'_>]) -> Vec<String> {
-        let schema = &self.sql.schema;
-        let mut out = std::collections::BTreeSet::new();
-        for (space, from, to) in ranges {
-            if !tables::partitioned(*space) {
-                out.insert(tables::table(schema, *space));
-                continue;
-            }
-            match (from, to) {
-                // Exactly one key: its partition.
-                (Some(f), Some(t)) if t.len() == f.len() + 1 && t.starts_with(f) && t.last() == Some(&0) => {
-                    out.insert(tables::partition_table(schema, *space, tables::partition(f) as u16));
-                }
-                _ => out.extend((0..PARTITIONS).map(|p| tables::partition_table(schema, *space, p))),
-            }
-        }
-        out.into_iter().collect()
-    }
-}
-
-async fn put(
-    tx: &tokio_postgres::Transaction<'_>,
-    st: &conn::Prepared,
-    space: Space,
-    key: &[u8],
-    part: &i16,
-    value: &[u8],
-) -> Result<u64, tokio_postgres::Error> {
-    if tables::partitioned(space) {
-        tx.execute(&st.put, &[&key, part, &value]).await
-    } else {
-        tx.execute(&st.put, &[&key, &value]).await
-    }
 }
 
 impl Engine for PostgresEngine {
@@ -795,55 +340,7 @@ impl Engine for PostgresEngine {
     fn purge(&self, ranges: &[PurgeRange<'_>]) -> Result<(), StoreError> {
         let _one_at_a_time = self.purge_lock.lock().unwrap_or_else(|p| p.into_inner());
         let tables = self.purge_tables(ranges);
-        self.run(async {
-            let (client, _) = self.writes.connector.connect_bare().await?;
-            if !tables.is_empty() {
-                // A rewrite keeps every row some open snapshot may still see, deleted or not:
-                // first, no transaction older than the purged rows' deletion may be running.
-                self.wait_for_older_snapshots(&client).await?;
-                // A rewrite: the new files hold only live rows; the old ones are truncated.
-                client
-                    .batch_execute(&format!("VACUUM FULL {}", tables.join(", ")))
-                    .await
-                    .map_err(|e| db_error("purge (VACUUM FULL)", &e))?;
-            }
-            let wal_error = |e: tokio_postgres::Error| db_error("purge (WAL)", &e);
-            // The WAL that logged the deleted rows ends here.
-            let logged: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(wal_error)?.get(0);
-            // Closed, then removed by a checkpoint; but the server keeps the newest
-            // `wal_keep_size` of WAL (Patroni sets 128 MB), so as many segments are closed
-            // after it as that keeps, and one more. Each checkpoint writes a record, so each
-            // switch closes a segment.
-            let keep: i32 = client
-                .query_one(
-                    "SELECT ceil(pg_size_bytes(current_setting('wal_keep_size')) / pg_size_bytes(current_setting('wal_segment_size')))::int4",
-                    &[],
-                )
-                .await
-                .map_err(wal_error)?
-                .get(0);
-            for _ in 0..=keep.clamp(0, 4096) {
-                client.batch_execute("SELECT pg_switch_wal(); CHECKPOINT").await.map_err(wal_error)?;
-            }
-            let lsn: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(wal_error)?.get(0);
-            self.purge_standbys(&lsn).await?;
-            // The standbys have confirmed past it, so their slots let it go: once more.
-            client.batch_execute("CHECKPOINT").await.map_err(wal_error)?;
-            let holding: Vec<String> = client
-                .query("SELECT slot_name::text FROM pg_replication_slots WHERE restart_lsn < $1::text::pg_lsn", &[&logged])
-                .await
-                .map_err(wal_error)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if !holding.is_empty() {
-                return Err(StoreError::Io(format!(
-                    "purge: replication slot(s) {} keep the WAL that logged the purged rows (a standby or consumer that is down?)",
-                    holding.join(", ")
-                )));
-            }
-            Ok(())
-        })
+        self.run(self.purge_async(&tables))
     }
 
     fn backup(&self, dir: &Path) -> Result<(), StoreError> {
